@@ -1,0 +1,1 @@
+//! Host capability detection (`warren check`). Being written.

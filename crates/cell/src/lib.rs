@@ -1,0 +1,2 @@
+//! Host side of Warren's cells.
+pub mod check;

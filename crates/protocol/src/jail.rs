@@ -1,0 +1,100 @@
+//! What the host tells a cell's supervisor, and what the cell reports back.
+//!
+//! The host writes one [`JailConfig`] as JSON on the supervisor's stdin and closes it; the
+//! supervisor (and later the cell's init) answer with exactly one [`StartReport`] on the
+//! status pipe: either "ready, with these mechanisms applied" or "refused, because ...".
+
+use serde::{Deserialize, Serialize};
+
+use crate::mount::MountSpec;
+
+/// The uid and gid every command runs as inside a cell.
+pub const CELL_UID: u32 = 1000;
+/// See [`CELL_UID`].
+pub const CELL_GID: u32 = 1000;
+
+/// Resource limits applied by the supervisor (cgroups) and the init (rlimits).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimits {
+    /// `RLIMIT_NOFILE`: open files per process.
+    pub nofile: u64,
+    /// `RLIMIT_FSIZE`: largest file a process may write, in bytes.
+    pub fsize: u64,
+}
+
+/// One cgroup (v1 hierarchy or v2 group) the supervisor places the cell's init into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPlacement {
+    /// Absolute host path of the cgroup directory (already created and configured by the host).
+    pub dir: String,
+}
+
+/// Everything a supervisor needs to build a cell. Produced by `warren-cell`, consumed by
+/// `warren-jail`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailConfig {
+    /// Cell identifier (also the hostname suffix).
+    pub cell_id: String,
+    /// Name of the abstract unix socket the init listens on (without the leading NUL).
+    pub socket_name: String,
+    /// Hex-encoded 32-byte secret every client must present first.
+    pub secret_hex: String,
+    /// Host uid the cell's [`CELL_UID`] maps to. Never 0.
+    pub host_uid: u32,
+    /// Host gid the cell's [`CELL_GID`] maps to. Never 0.
+    pub host_gid: u32,
+    /// Hostname inside the cell's UTS namespace.
+    pub hostname: String,
+    /// The namespace to build.
+    pub mounts: MountSpec,
+    /// Environment every command starts with (the allowlist; nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    /// Initial working directory inside the cell.
+    pub cwd: String,
+    /// Per-process limits.
+    pub rlimits: Rlimits,
+    /// cgroups to join (empty when the cell runs without cgroup limits).
+    pub cgroups: Vec<CgroupPlacement>,
+    /// Pid of the host process that owns the cell: the supervisor exits if it is gone.
+    pub owner_pid: i32,
+    /// Fail to start unless Landlock is available (the default; tests of the fail-closed path
+    /// and `warren check` use this).
+    pub require_landlock: bool,
+}
+
+/// Which Landlock features the init applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockReport {
+    /// ABI version offered by the kernel.
+    pub kernel_abi: u32,
+    /// ABI version whose rights were requested and applied (min of kernel and what we know).
+    pub applied_abi: u32,
+    /// Filesystem rules enforced.
+    pub filesystem: bool,
+    /// TCP bind/connect denied.
+    pub tcp: bool,
+    /// Signals and abstract unix sockets scoped to the cell.
+    pub scoped: bool,
+}
+
+/// The cell's one message on the status pipe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StartReport {
+    /// The cell is up and serving exec requests.
+    Ready {
+        /// Host pid of the cell's init (pid 1 inside).
+        init_pid: i32,
+        /// What Landlock enforces.
+        landlock: LandlockReport,
+        /// Number of syscall rules in the seccomp filter.
+        seccomp_rules: usize,
+    },
+    /// The cell refused to start; nothing ran.
+    Refused {
+        /// The step that failed, e.g. `"landlock"`, `"mount /workspace"`.
+        step: String,
+        /// Human-readable reason naming the missing mechanism.
+        reason: String,
+    },
+}

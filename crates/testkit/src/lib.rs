@@ -1,0 +1,1 @@
+//! Test support for Warren. Never shipped in release builds.
