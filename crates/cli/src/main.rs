@@ -1,2 +1,128 @@
-//! placeholder
-fn main() {}
+//! `warren`: the command-line front end. It parses arguments and prints; the work happens in
+//! the library crates (`warren-cell`, `warren-jail`).
+//!
+//! The hidden `__jail` subcommand is the cell supervisor. It is dispatched before anything
+//! else in `main` — before argument parsing, before any thread exists — so the code that
+//! builds a cell starts from a fresh, single-threaded process image.
+
+mod exec;
+mod policy;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Warren: a secure operating environment for AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about, long_about = None)]
+struct Cli {
+    /// Where Warren keeps state (copy-on-write layers). Default: $WARREN_STATE_DIR, else
+    /// /var/lib/warren for root, else $XDG_STATE_HOME/warren or ~/.local/state/warren.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report what this host supports for isolation, and which cell tiers can run.
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a fresh cell.
+    Exec(exec::ExecArgs),
+    /// Show the changes a `--cow` cell kept, as a unified diff.
+    Diff {
+        /// Cell id printed by `warren exec --cow`.
+        id: String,
+        /// Only list changed paths.
+        #[arg(long)]
+        stat: bool,
+    },
+    /// Apply a cell's kept changes to its workspace, then discard the layer.
+    Apply {
+        /// Cell id.
+        id: String,
+    },
+    /// Delete a cell's kept changes.
+    Discard {
+        /// Cell id.
+        id: String,
+    },
+    /// List cells whose changes are kept.
+    Changes {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag.or_else(|| std::env::var_os("WARREN_STATE_DIR").map(PathBuf::from)) {
+        return d;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/warren");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("warren");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/warren")
+}
+
+/// Process hardening before any work: no core dumps (they could hold secrets later).
+fn harden() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(OsStr::new("__jail")) {
+        let code = warren_jail::main_from_args(args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    harden();
+    let cli = Cli::parse();
+    let state = state_dir(cli.state_dir);
+    let code = match cli.command {
+        Command::Check { json } => check(json),
+        Command::Exec(a) => exec::run(a, &state),
+        Command::Diff { id, stat } => exec::diff(&state, &id, stat),
+        Command::Apply { id } => exec::apply(&state, &id),
+        Command::Discard { id } => exec::discard(&state, &id),
+        Command::Changes { json } => exec::list_changes(&state, json),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn check(json: bool) -> i32 {
+    let report = warren_cell::check::detect();
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", warren_cell::check::render(&report));
+    }
+    match report.process_tier_ready() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            1
+        }
+    }
+}

@@ -1,1 +1,57 @@
-//! placeholder
+//! The jail: the only Warren code that runs inside (or right at the edge of) a cell.
+//!
+//! `warren __jail` (or the test binary `warren-test-jail`) starts here as the cell's
+//! **supervisor**: a fresh, single-threaded process spawned by the host with the cell's
+//! [`JailConfig`] on stdin and a status pipe on fd 3. It
+//!
+//! 1. binds the cell's abstract control socket in the *host's* network namespace,
+//! 2. `clone()`s the cell's init into new user, mount, pid, ipc, uts and net namespaces,
+//! 3. writes the init's uid/gid maps (cell uid 1000 → an unprivileged host uid; host root is
+//!    never mapped), moves it into its cgroups, and lets it go,
+//! 4. waits; on SIGTERM (or its owner's death) kills the init, which takes every process of
+//!    the cell's pid namespace with it, then removes the cgroups and exits.
+//!
+//! The **init** (pid 1 in the cell) joins a new cgroup namespace, builds the root from the
+//! mount spec ([`mounts`]), pivots into it, sets rlimits, drops every capability, sets
+//! no-new-privs, applies Landlock ([`landlock_rules`]) and seccomp ([`seccomp`]) to itself —
+//! so every command it ever forks inherits them and cannot shed them — reports
+//! [`StartReport::Ready`], and serves exec requests ([`serve`]).
+//!
+//! This crate depends on `libc`, `landlock`, `seccompiler` and `serde_json` only: no async
+//! runtime, no HTTP, nothing the cell does not need.
+
+pub mod landlock_rules;
+pub mod mounts;
+pub mod seccomp;
+pub mod serve;
+pub mod sys;
+
+mod init;
+mod supervisor;
+
+use std::io::Read;
+
+use warren_protocol::jail::{JailConfig, StartReport};
+
+pub use warren_protocol::jail::STATUS_FD;
+
+/// Entry point: read the config from stdin and supervise the cell. Returns the exit code.
+pub fn main_from_args<I>(_args: I) -> i32
+where
+    I: IntoIterator<Item = std::ffi::OsString>,
+{
+    let mut input = Vec::new();
+    let status = supervisor::StatusPipe::from_fd(STATUS_FD);
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+        status.report(&StartReport::Refused { step: "read config".into(), reason: e.to_string() });
+        return 2;
+    }
+    let config: JailConfig = match serde_json::from_slice(&input) {
+        Ok(c) => c,
+        Err(e) => {
+            status.report(&StartReport::Refused { step: "parse config".into(), reason: e.to_string() });
+            return 2;
+        }
+    };
+    supervisor::supervise(config, status)
+}

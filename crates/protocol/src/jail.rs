@@ -98,3 +98,6 @@ pub enum StartReport {
         reason: String,
     },
 }
+
+/// The descriptor number of the status pipe in the supervisor's process.
+pub const STATUS_FD: i32 = 3;

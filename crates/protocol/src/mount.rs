@@ -44,7 +44,7 @@ pub enum MountKind {
     /// A symbolic link created in the cell's root (`/bin -> usr/bin` on merged-usr hosts).
     Symlink {
         /// The link's target, as stored in the link.
-        target: String,
+        points_to: String,
     },
     /// A small read-only file whose contents the host chose (`/etc/passwd`, `/etc/hosts`).
     File {

@@ -1,0 +1,481 @@
+//! The process tier: a cell made of Linux namespaces, Landlock, seccomp and cgroups, whose
+//! init is `warren-jail`. See `warren_jail` for what happens inside.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use warren_protocol::guest::{
+    ClientFrame, Decoder, ExecSpec, ExitInfo, Request, Response, SECRET_LEN,
+    ServerFrame, secret_to_hex,
+};
+use warren_protocol::jail::{CgroupPlacement, JailConfig, LandlockReport, Rlimits, StartReport};
+
+use crate::cgroup::{CellCgroups, Hierarchy, RealFs};
+use crate::error::CellError;
+use crate::spec::{CellSpec, CowLayer, WorkspaceMode, base_env, resolve_identity};
+use crate::{Cell, ExecOutcome, OutputSink, Tier};
+
+/// How to start a cell's supervisor: the `warren` binary with `__jail`, or a test binary.
+#[derive(Clone, Debug)]
+pub struct JailProgram {
+    /// Executable path.
+    pub program: PathBuf,
+    /// Arguments before the config is read from stdin.
+    pub args: Vec<String>,
+}
+
+impl JailProgram {
+    /// This executable with the hidden `__jail` subcommand (what the `warren` CLI uses).
+    pub fn current_exe() -> Result<Self, CellError> {
+        let program = std::env::current_exe().map_err(CellError::io("locate", "current executable"))?;
+        Ok(JailProgram { program, args: vec!["__jail".into()] })
+    }
+}
+
+/// What the cell reported when it became ready.
+#[derive(Clone, Debug)]
+pub struct StartInfo {
+    /// Host pid of the cell's init.
+    pub init_pid: i32,
+    /// Host pid of the supervisor.
+    pub supervisor_pid: i32,
+    /// Landlock status.
+    pub landlock: LandlockReport,
+    /// Number of seccomp rules.
+    pub seccomp_rules: usize,
+    /// cgroup hierarchy enforcing limits, if any.
+    pub cgroup: Option<&'static str>,
+    /// Host uid/gid the cell user maps to.
+    pub host_identity: (u32, u32),
+}
+
+/// A running process-tier cell. Dropping it kills the cell.
+pub struct ProcessCell {
+    id: String,
+    socket_name: String,
+    secret: [u8; SECRET_LEN],
+    supervisor: Option<Child>,
+    cgroups: Option<CellCgroups>,
+    cow: Option<CowLayer>,
+    info: StartInfo,
+    max_output: u64,
+}
+
+/// A fresh random id like `c3f9a0b1c2d3e`.
+pub fn new_cell_id() -> String {
+    let b = random_bytes::<6>();
+    format!("c{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: writing into the unfilled tail of a local buffer.
+        let r = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if r > 0 {
+            filled += r as usize;
+        }
+    }
+    b
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ProcessCell {
+    /// Start a cell. Fails closed: any missing mechanism refuses the start with its name.
+    pub fn start(spec: &CellSpec, jail: &JailProgram) -> Result<Self, CellError> {
+        let id = new_cell_id();
+        let hostname = format!("warren-{id}");
+        let (host_uid, host_gid) = resolve_identity(spec);
+        if host_uid == 0 || host_gid == 0 {
+            return Err(CellError::Spec("a cell may not run as host root (uid/gid 0)".into()));
+        }
+
+        // Copy-on-write layer: created on the host, owned by the cell's host identity.
+        let cow = match &spec.workspace {
+            Some(ws) if ws.mode == WorkspaceMode::Cow => {
+                let layer = CowLayer::at(&spec.state_dir, &id);
+                for d in [&layer.upper, &layer.work] {
+                    std::fs::create_dir_all(d).map_err(CellError::io("create", d))?;
+                    chown(d, host_uid, host_gid)?;
+                }
+                crate::cow::write_meta(&layer, &ws.host)?;
+                Some(layer)
+            }
+            _ => None,
+        };
+        let mounts = spec.mount_spec(&hostname, cow.as_ref());
+        let mounts = match mounts {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(c) = &cow {
+                    let _ = std::fs::remove_dir_all(&c.root);
+                }
+                return Err(e);
+            }
+        };
+
+        let cgroups = if spec.limits.cgroup.any() {
+            let Some(h) = Hierarchy::detect() else {
+                return Err(CellError::Refused {
+                    step: "cgroup".into(),
+                    reason: "limits requested but no cgroup hierarchy with memory, pids and cpu controllers is available".into(),
+                });
+            };
+            Some(CellCgroups::create(Box::new(RealFs), h, &id, &spec.limits.cgroup)?)
+        } else {
+            None
+        };
+
+        let secret = random_bytes::<SECRET_LEN>();
+        let socket_name = format!("warren/{id}/{}", random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let mut env = base_env(&hostname);
+        env.extend(spec.env.iter().cloned());
+        let config = JailConfig {
+            cell_id: id.clone(),
+            socket_name: socket_name.clone(),
+            secret_hex: secret_to_hex(&secret),
+            host_uid,
+            host_gid,
+            hostname,
+            mounts,
+            env,
+            cwd: if spec.workspace.is_some() { "/workspace".into() } else { "/tmp".into() },
+            rlimits: Rlimits { nofile: spec.limits.nofile, fsize: spec.limits.fsize },
+            cgroups: cgroups
+                .as_ref()
+                .map(|c| c.dirs.iter().map(|d| CgroupPlacement { dir: d.display().to_string() }).collect())
+                .unwrap_or_default(),
+            owner_pid: std::process::id() as i32,
+            require_landlock: spec.require_landlock,
+        };
+
+        let mut cell = ProcessCell {
+            id,
+            socket_name,
+            secret,
+            supervisor: None,
+            cgroups,
+            cow,
+            info: StartInfo {
+                init_pid: 0,
+                supervisor_pid: 0,
+                landlock: LandlockReport::default(),
+                seccomp_rules: 0,
+                cgroup: None,
+                host_identity: (host_uid, host_gid),
+            },
+            max_output: spec.limits.max_output_bytes,
+        };
+        cell.info.cgroup = cell.cgroups.as_ref().map(|c| c.hierarchy().name());
+        match cell.spawn_supervisor(jail, &config) {
+            Ok(()) => Ok(cell),
+            Err(e) => {
+                // Drop tears down whatever was created; a refused cow layer is discarded.
+                if let Some(c) = cell.cow.take() {
+                    let _ = std::fs::remove_dir_all(&c.root);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_supervisor(&mut self, jail: &JailProgram, config: &JailConfig) -> Result<(), CellError> {
+        let (status_r, status_w) = pipe()?;
+        let status_w_fd = status_w.as_raw_fd();
+        let mut cmd = Command::new(&jail.program);
+        cmd.args(&jail.args)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("WARREN_JAIL_DEBUG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        // SAFETY: between fork and exec we only call dup2 (async-signal-safe) to place the
+        // status pipe at fd 3; dup2 clears close-on-exec on the new descriptor.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(status_w_fd, warren_protocol::jail::STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| CellError::Spawn { program: jail.program.clone(), source })?;
+        drop(status_w);
+        self.info.supervisor_pid = child.id() as i32;
+        let json = serde_json::to_vec(config).map_err(|e| CellError::Spec(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&json);
+        }
+        self.supervisor = Some(child);
+
+        // One line: Ready or Refused.
+        if !wait_readable(&status_r, START_TIMEOUT) {
+            return Err(CellError::Refused { step: "start".into(), reason: format!("no report from the cell within {START_TIMEOUT:?}") });
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(std::fs::File::from(status_r)).read_line(&mut line);
+        match serde_json::from_str::<StartReport>(&line) {
+            Ok(StartReport::Ready { init_pid, landlock, seccomp_rules }) => {
+                self.info.init_pid = init_pid;
+                self.info.landlock = landlock;
+                self.info.seccomp_rules = seccomp_rules;
+                Ok(())
+            }
+            Ok(StartReport::Refused { step, reason }) => Err(CellError::Refused { step, reason }),
+            Err(_) => {
+                let status = self.supervisor.as_mut().and_then(|c| c.wait().ok());
+                Err(CellError::Refused {
+                    step: "start".into(),
+                    reason: format!("the cell supervisor exited without a report ({status:?}); run with WARREN_JAIL_DEBUG=1 to see its stderr"),
+                })
+            }
+        }
+    }
+
+    /// What the cell reported on start.
+    pub fn info(&self) -> &StartInfo {
+        &self.info
+    }
+
+    /// The copy-on-write layer, when `/workspace` is `cow`.
+    pub fn cow_layer(&self) -> Option<&CowLayer> {
+        self.cow.as_ref()
+    }
+
+    /// cgroups of the cell, if limits are enforced.
+    pub fn cgroups(&self) -> Option<&CellCgroups> {
+        self.cgroups.as_ref()
+    }
+
+    /// Connect and authenticate with an arbitrary secret (tests of the channel use this).
+    pub fn connect_with_secret(&self, secret: &[u8; SECRET_LEN]) -> Result<(UnixStream, Decoder), CellError> {
+        use std::os::linux::net::SocketAddrExt;
+        let chan = |what: String| CellError::Channel { id: self.id.clone(), what };
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(self.socket_name.as_bytes())
+            .map_err(|e| chan(format!("socket name: {e}")))?;
+        let mut conn = UnixStream::connect_addr(&addr).map_err(|e| chan(format!("connect: {e}")))?;
+        let mut buf = Vec::new();
+        ClientFrame::Hello(*secret).encode(&mut buf);
+        conn.write_all(&buf).map_err(|e| chan(format!("send hello: {e}")))?;
+        Ok((conn, Decoder::default()))
+    }
+
+    fn request(&self, req: Request) -> Result<Response, CellError> {
+        let (mut conn, mut dec) = self.connect_with_secret(&self.secret)?;
+        let mut buf = Vec::new();
+        ClientFrame::Request(req).encode(&mut buf);
+        conn.write_all(&buf).map_err(|e| self.chan(format!("send: {e}")))?;
+        loop {
+            match self.read_server(&mut conn, &mut dec)? {
+                ServerFrame::Welcome { .. } => continue,
+                ServerFrame::Done(r) => return Ok(r),
+                _ => return Err(self.chan("unexpected output frame".into())),
+            }
+        }
+    }
+
+    fn chan(&self, what: String) -> CellError {
+        CellError::Channel { id: self.id.clone(), what }
+    }
+
+    fn read_server(&self, conn: &mut UnixStream, dec: &mut Decoder) -> Result<ServerFrame, CellError> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match dec.next_server() {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(self.chan(format!("protocol: {e}"))),
+            }
+            match conn.read(&mut buf) {
+                Ok(0) => return Err(self.chan("the cell closed the connection (did it die?)".into())),
+                Ok(n) => dec.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(self.chan("no answer from the cell's init in time".into()));
+                }
+                Err(e) => return Err(self.chan(format!("read: {e}"))),
+            }
+        }
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.supervisor.take() {
+            // SIGTERM asks the supervisor to kill the init and clean up; it exits promptly.
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.remove();
+        }
+    }
+}
+
+fn chown(path: &std::path::Path, uid: u32, gid: u32) -> Result<(), CellError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(()); // an ordinary user already owns what it creates
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(CellError::io("chown", path))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), CellError> {
+    let mut fds = [0; 2];
+    // SAFETY: valid two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CellError::io("pipe", "status")(std::io::Error::last_os_error()));
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    n > 0
+}
+
+impl Drop for ProcessCell {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+impl Cell for ProcessCell {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn tier(&self) -> Tier {
+        Tier::Process
+    }
+
+    fn exec(&self, spec: &ExecSpec, stdin: Option<Box<dyn Read + Send>>, sink: &mut dyn OutputSink) -> Result<ExecOutcome, CellError> {
+        let oom_before = self.cgroups.as_ref().map_or(0, |c| c.oom_kills());
+        let cap = spec.max_output_bytes;
+        let (mut conn, mut dec) = self.connect_with_secret(&self.secret)?;
+        let mut spec = spec.clone();
+        spec.stdin = stdin.is_some();
+        let mut buf = Vec::new();
+        ClientFrame::Request(Request::Exec(spec.clone())).encode(&mut buf);
+        conn.write_all(&buf).map_err(|e| self.chan(format!("send: {e}")))?;
+        // The init enforces the timeout; if it goes silent well past it, give up on it.
+        if let Some(ms) = spec.timeout_ms {
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(ms) + Duration::from_secs(10)));
+        }
+        if let Some(mut input) = stdin {
+            // Detached: the command may finish without reading its input, and a blocking read
+            // of (say) a terminal cannot be interrupted; the thread ends with the socket.
+            let mut w = conn.try_clone().map_err(|e| self.chan(format!("clone socket: {e}")))?;
+            std::thread::spawn(move || {
+                let mut chunk = vec![0u8; 32 * 1024];
+                let mut out = Vec::new();
+                loop {
+                    let n = match input.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    out.clear();
+                    ClientFrame::Stdin(chunk[..n].to_vec()).encode(&mut out);
+                    if w.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+                out.clear();
+                ClientFrame::StdinEof.encode(&mut out);
+                let _ = w.write_all(&out);
+            });
+        }
+        let (mut sent_out, mut sent_err) = (0u64, 0u64);
+        let result = loop {
+            match self.read_server(&mut conn, &mut dec)? {
+                ServerFrame::Welcome { .. } => {}
+                // The init is inside the cell: treat what it says as hostile and enforce the
+                // output cap here too.
+                ServerFrame::Stdout(b) => {
+                    let room = cap.saturating_sub(sent_out) as usize;
+                    let b = &b[..b.len().min(room)];
+                    sent_out += b.len() as u64;
+                    sink.stdout(b);
+                }
+                ServerFrame::Stderr(b) => {
+                    let room = cap.saturating_sub(sent_err) as usize;
+                    let b = &b[..b.len().min(room)];
+                    sent_err += b.len() as u64;
+                    sink.stderr(b);
+                }
+                ServerFrame::Done(r) => break r,
+            }
+        };
+        match result {
+            Response::Exited(exit) => {
+                let oom_after = self.cgroups.as_ref().map_or(0, |c| c.oom_kills());
+                let oom_killed = oom_after > oom_before && exit.signal == Some(libc::SIGKILL);
+                Ok(ExecOutcome {
+                    stdout_truncated: exit.stdout_truncated(cap),
+                    stderr_truncated: exit.stderr_truncated(cap),
+                    exit,
+                    oom_killed,
+                    failure: None,
+                })
+            }
+            Response::Failed { code, message } => Ok(ExecOutcome {
+                exit: ExitInfo::default(),
+                oom_killed: false,
+                stdout_truncated: false,
+                stderr_truncated: false,
+                failure: Some((code, message)),
+            }),
+            Response::Ok => Err(self.chan("unexpected Ok for exec".into())),
+        }
+    }
+
+    fn set_env(&self, vars: Vec<(String, Option<String>)>) -> Result<(), CellError> {
+        self.simple(Request::SetEnv { vars })
+    }
+
+    fn chdir(&self, path: &str) -> Result<(), CellError> {
+        self.simple(Request::Chdir { path: path.into() })
+    }
+
+    fn max_output_bytes(&self) -> u64 {
+        self.max_output
+    }
+
+    fn kill(&mut self) {
+        self.kill_now();
+    }
+}
+
+impl ProcessCell {
+    fn simple(&self, req: Request) -> Result<(), CellError> {
+        match self.request(req)? {
+            Response::Ok => Ok(()),
+            Response::Failed { code, message } => Err(self.chan(format!("{code:?}: {message}"))),
+            Response::Exited(_) => Err(self.chan("unexpected exit".into())),
+        }
+    }
+
+    /// Liveness check through the authenticated channel.
+    pub fn ping(&self) -> Result<(), CellError> {
+        self.simple(Request::Ping)
+    }
+}

@@ -1,0 +1,357 @@
+//! `warren exec` and the commands that act on kept changes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use warren_cell::cgroup::CgroupLimits;
+use warren_cell::{Cell, CellSpec, ExecSpec, FailureCode, JailProgram, OutputSink, ProcessCell, Workspace, WorkspaceMode, cow};
+use warren_protocol::exit;
+
+use crate::policy::{self, Mode, Policy};
+
+/// Arguments of `warren exec`.
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct ExecArgs {
+    /// Host directory mounted at /workspace (default: none; the command starts in /tmp).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Mount the workspace read-write: changes land on the host directly.
+    #[arg(long, conflicts_with_all = ["ro", "cow"])]
+    rw: bool,
+    /// Mount the workspace read-only.
+    #[arg(long, conflicts_with_all = ["rw", "cow"])]
+    ro: bool,
+    /// Mount the workspace copy-on-write (the default): changes are kept for review.
+    #[arg(long, conflicts_with_all = ["rw", "ro"])]
+    cow: bool,
+    /// Memory limit, no swap (e.g. 512M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
+    memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pids: Option<u64>,
+    /// CPU quota in cores (e.g. 0.5, 2).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Kill the command after this long (e.g. 30s, 500ms, 2m).
+    #[arg(long, value_name = "DUR", value_parser = policy::parse_duration)]
+    timeout: Option<Duration>,
+    /// Size of the cell's /tmp (default 256M).
+    #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
+    tmp_size: Option<u64>,
+    /// Bytes of stdout and of stderr passed through (default 1M each); the rest is dropped
+    /// and the truncation reported.
+    #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
+    output_limit: Option<u64>,
+    /// Extra environment variable for the command (repeatable). Nothing else is inherited.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Read these settings from a TOML file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Forward this process's stdin to the command (default: /dev/null).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Print one JSON object with the outcome and captured output instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments.
+    #[arg(required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.into(), v.into())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+struct Streaming;
+
+impl OutputSink for Streaming {
+    fn stdout(&mut self, b: &[u8]) {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(b);
+        let _ = o.flush();
+    }
+    fn stderr(&mut self, b: &[u8]) {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(b);
+        let _ = e.flush();
+    }
+}
+
+fn settings(a: &ExecArgs) -> Result<Policy, String> {
+    let mut p = match &a.policy {
+        Some(f) => policy::load(f).map_err(|e| e.to_string())?,
+        None => Policy::default(),
+    };
+    if a.workspace.is_some() {
+        p.workspace = a.workspace.clone();
+    }
+    if a.rw {
+        p.mode = Some(Mode::Rw);
+    } else if a.ro {
+        p.mode = Some(Mode::Ro);
+    } else if a.cow {
+        p.mode = Some(Mode::Cow);
+    }
+    p.memory = a.memory.or(p.memory);
+    p.pids = a.pids.or(p.pids);
+    if let Some(c) = a.cpus {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(format!("--cpus must be a positive number, not {c}"));
+        }
+        p.cpus = Some(c);
+    }
+    p.timeout = a.timeout.or(p.timeout);
+    p.tmp_size = a.tmp_size.or(p.tmp_size);
+    p.output_limit = a.output_limit.or(p.output_limit);
+    p.env.extend(a.env.iter().cloned());
+    Ok(p)
+}
+
+fn cell_spec(p: &Policy, state: &Path) -> Result<CellSpec, String> {
+    let mut spec = CellSpec::new(state);
+    if let Some(ws) = &p.workspace {
+        let host = std::fs::canonicalize(ws).map_err(|e| format!("workspace {}: {e}", ws.display()))?;
+        let mode = match p.mode.unwrap_or(Mode::Cow) {
+            Mode::Ro => WorkspaceMode::ReadOnly,
+            Mode::Rw => WorkspaceMode::ReadWrite,
+            Mode::Cow => WorkspaceMode::Cow,
+        };
+        spec.workspace = Some(Workspace { host, mode });
+    } else if p.mode.is_some() {
+        return Err("--rw/--ro/--cow need --workspace DIR".into());
+    }
+    spec.limits.cgroup = CgroupLimits { memory_bytes: p.memory, pids: p.pids, cpus: p.cpus };
+    if let Some(t) = p.tmp_size {
+        spec.limits.tmp_bytes = t;
+    }
+    if let Some(o) = p.output_limit {
+        spec.limits.max_output_bytes = o;
+    }
+    spec.env = p.env.clone();
+    Ok(spec)
+}
+
+/// Map an outcome to `warren exec`'s documented exit code.
+pub fn exit_code(o: &warren_cell::ExecOutcome) -> i32 {
+    if let Some((code, _)) = &o.failure {
+        return match code {
+            FailureCode::NotFound => exit::NOT_FOUND,
+            FailureCode::NotExecutable | FailureCode::SpawnFailed => exit::NOT_EXECUTABLE,
+            _ => exit::REFUSED,
+        };
+    }
+    if o.exit.timed_out {
+        exit::TIMEOUT
+    } else if o.oom_killed {
+        exit::OUT_OF_MEMORY
+    } else if let Some(sig) = o.exit.signal {
+        exit::for_signal(sig)
+    } else {
+        o.exit.code.unwrap_or(exit::REFUSED)
+    }
+}
+
+/// `warren exec`.
+pub fn run(a: ExecArgs, state: &Path) -> i32 {
+    let refuse = |msg: String| {
+        eprintln!("warren: {msg}");
+        exit::REFUSED
+    };
+    let p = match settings(&a) {
+        Ok(p) => p,
+        Err(e) => return refuse(e),
+    };
+    let spec = match cell_spec(&p, state) {
+        Ok(s) => s,
+        Err(e) => return refuse(e),
+    };
+    let jail = match JailProgram::current_exe() {
+        Ok(j) => j,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let cell = match ProcessCell::start(&spec, &jail) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let exec = ExecSpec {
+        argv: a.command.clone(),
+        timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
+        max_output_bytes: spec.limits.max_output_bytes,
+        ..Default::default()
+    };
+    let stdin: Option<Box<dyn std::io::Read + Send>> = a.interactive.then(|| Box::new(std::io::stdin()) as _);
+    let mut collected = warren_cell::Collect::default();
+    let result = if a.json { cell.exec(&exec, stdin, &mut collected) } else { cell.exec(&exec, stdin, &mut Streaming) };
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let code = exit_code(&outcome);
+    let id = cell.id().to_owned();
+    let layer = cell.cow_layer().cloned();
+    let info = cell.info().clone();
+    drop(cell); // kill the cell before inspecting its layer
+    let workspace = spec.workspace.as_ref().map(|w| w.host.clone());
+    let changes = match (&layer, &workspace) {
+        (Some(l), Some(ws)) => cow::changes(l, ws).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if let (Some(l), true) = (&layer, changes.is_empty()) {
+        let _ = cow::discard(l);
+    }
+    let kept = layer.is_some() && !changes.is_empty();
+    if a.json {
+        let v = serde_json::json!({
+            "cell": id,
+            "exit_code": code,
+            "code": outcome.exit.code,
+            "signal": outcome.exit.signal,
+            "timed_out": outcome.exit.timed_out,
+            "oom_killed": outcome.oom_killed,
+            "failure": outcome.failure.as_ref().map(|(c, m)| serde_json::json!({"code": c, "message": m})),
+            "duration_us": outcome.exit.duration_us,
+            "stdout": String::from_utf8_lossy(&collected.stdout),
+            "stderr": String::from_utf8_lossy(&collected.stderr),
+            "stdout_bytes": outcome.exit.stdout_bytes,
+            "stderr_bytes": outcome.exit.stderr_bytes,
+            "stdout_truncated": outcome.stdout_truncated,
+            "stderr_truncated": outcome.stderr_truncated,
+            "changes": changes,
+            "changes_kept": kept,
+            "landlock_abi": info.landlock.applied_abi,
+            "cgroup": info.cgroup,
+        });
+        println!("{v}");
+        return code;
+    }
+    if let Some((_, msg)) = &outcome.failure {
+        eprintln!("warren: {msg}");
+    }
+    if outcome.stdout_truncated || outcome.stderr_truncated {
+        eprintln!(
+            "warren: output truncated at {} bytes per stream (stdout {} bytes, stderr {} bytes in total)",
+            exec.max_output_bytes, outcome.exit.stdout_bytes, outcome.exit.stderr_bytes
+        );
+    }
+    if outcome.exit.timed_out {
+        eprintln!("warren: killed after the {:?} timeout", p.timeout.unwrap_or_default());
+    }
+    if outcome.oom_killed {
+        eprintln!("warren: killed by the out-of-memory killer (memory limit {} bytes)", p.memory.unwrap_or(0));
+    }
+    if layer.is_some() {
+        if changes.is_empty() {
+            eprintln!("warren: no changes to the workspace");
+        } else {
+            eprintln!("warren: {} change(s) kept as cell {id}:", changes.len());
+            for c in &changes {
+                eprintln!("  {} {}", c.marker(), c.path().display());
+            }
+            eprintln!("warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`");
+        }
+    }
+    code
+}
+
+fn open_layer(state: &Path, id: &str) -> Result<cow::StoredLayer, i32> {
+    cow::open(state, id).map_err(|e| {
+        eprintln!("warren: {e}");
+        1
+    })
+}
+
+/// `warren diff`.
+pub fn diff(state: &Path, id: &str, stat: bool) -> i32 {
+    let l = match open_layer(state, id) {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
+    let r = if stat {
+        cow::changes(&l.layer, &l.meta.workspace).map(|cs| cs.iter().map(|c| format!("{} {}\n", c.marker(), c.path().display())).collect())
+    } else {
+        cow::diff(&l.layer, &l.meta.workspace)
+    };
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("warren: {e}");
+            1
+        }
+    }
+}
+
+/// `warren apply`.
+pub fn apply(state: &Path, id: &str) -> i32 {
+    let l = match open_layer(state, id) {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
+    match cow::apply(&l.layer, &l.meta.workspace) {
+        Ok(r) => {
+            let _ = cow::discard(&l.layer);
+            eprintln!(
+                "warren: applied cell {id} to {}: {} written, {} removed",
+                l.meta.workspace.display(),
+                r.written.len(),
+                r.removed.len()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("warren: {e}");
+            1
+        }
+    }
+}
+
+/// `warren discard`.
+pub fn discard(state: &Path, id: &str) -> i32 {
+    let l = match open_layer(state, id) {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
+    match cow::discard(&l.layer) {
+        Ok(()) => {
+            eprintln!("warren: discarded the changes of cell {id}");
+            0
+        }
+        Err(e) => {
+            eprintln!("warren: {e}");
+            1
+        }
+    }
+}
+
+/// `warren changes`.
+pub fn list_changes(state: &Path, json: bool) -> i32 {
+    let layers = cow::list(state);
+    if json {
+        let v: Vec<_> = layers
+            .iter()
+            .map(|l| {
+                let n = cow::changes(&l.layer, &l.meta.workspace).map(|c| c.len()).unwrap_or(0);
+                serde_json::json!({"cell": l.id, "workspace": l.meta.workspace, "created": l.meta.created, "changes": n})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else if layers.is_empty() {
+        eprintln!("warren: no kept changes");
+    } else {
+        for l in layers {
+            let n = cow::changes(&l.layer, &l.meta.workspace).map(|c| c.len()).unwrap_or(0);
+            println!("{}  {} change(s)  {}", l.id, n, l.meta.workspace.display());
+        }
+    }
+    0
+}

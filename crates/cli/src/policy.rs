@@ -1,0 +1,233 @@
+//! `--policy FILE`: the same settings as `warren exec`'s flags, in TOML.
+//!
+//! Two stages (raw → resolved): [`RawPolicy`] is exactly the file, parsed with spans so every
+//! error — syntax, unknown key, or a bad value such as `memory = "12Q"` — names the file, line
+//! and column; [`Policy`] holds the validated values.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The policy file as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    workspace: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    memory: Option<Spanned<String>>,
+    pids: Option<Spanned<u64>>,
+    cpus: Option<Spanned<f64>>,
+    timeout: Option<Spanned<String>>,
+    tmp_size: Option<Spanned<String>>,
+    output_limit: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Validated policy values; every field optional so flags can override.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Policy {
+    /// Host workspace directory.
+    pub workspace: Option<PathBuf>,
+    /// `ro`, `rw` or `cow`.
+    pub mode: Option<Mode>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Process limit.
+    pub pids: Option<u64>,
+    /// CPU quota in cores.
+    pub cpus: Option<f64>,
+    /// Wall-clock timeout.
+    pub timeout: Option<Duration>,
+    /// `/tmp` size.
+    pub tmp_size: Option<u64>,
+    /// Output cap per stream.
+    pub output_limit: Option<u64>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Workspace mount mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read-only bind.
+    Ro,
+    /// Read-write bind.
+    Rw,
+    /// Copy-on-write overlay.
+    Cow,
+}
+
+/// A policy error with its location.
+#[derive(Debug)]
+pub struct PolicyError {
+    /// `FILE:LINE:COL: message`.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Parse a size like `512M`, `1.5G`, `64k` or `1048576` (bytes; binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("unknown size unit {:?} (use K, M, G or T)", &s[i..])),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s:?} must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parse a duration like `30s`, `500ms`, `2m`, `1h` or `10` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let n: f64 = s[..split].trim().parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match &s[split..] {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse policy text; `file` is only used in messages.
+pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
+    let at = |offset: usize, msg: &str| {
+        let (l, c) = line_col(text, offset);
+        PolicyError { message: format!("{}:{l}:{c}: {msg}", file.display()) }
+    };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        at(offset, e.message())
+    })?;
+    let value = |v: &Spanned<String>, f: fn(&str) -> Result<u64, String>| f(v.get_ref()).map_err(|m| at(v.span().start, &m));
+    let mode = match &raw.mode {
+        None => None,
+        Some(m) => Some(match m.get_ref().as_str() {
+            "ro" => Mode::Ro,
+            "rw" => Mode::Rw,
+            "cow" => Mode::Cow,
+            other => return Err(at(m.span().start, &format!("mode must be \"ro\", \"rw\" or \"cow\", not {other:?}"))),
+        }),
+    };
+    if let Some(p) = &raw.pids {
+        if *p.get_ref() == 0 {
+            return Err(at(p.span().start, "pids must be at least 1"));
+        }
+    }
+    if let Some(c) = &raw.cpus {
+        let v = *c.get_ref();
+        if !(v.is_finite() && v > 0.0) {
+            return Err(at(c.span().start, "cpus must be a positive number"));
+        }
+    }
+    for k in raw.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(at(0, &format!("invalid environment variable name {k:?}")));
+        }
+    }
+    Ok(Policy {
+        workspace: raw.workspace.as_ref().map(|w| PathBuf::from(w.get_ref())),
+        mode,
+        memory: raw.memory.as_ref().map(|v| value(v, parse_size)).transpose()?,
+        pids: raw.pids.map(|p| p.into_inner()),
+        cpus: raw.cpus.map(|c| c.into_inner()),
+        timeout: raw
+            .timeout
+            .as_ref()
+            .map(|t| parse_duration(t.get_ref()).map_err(|m| at(t.span().start, &m)))
+            .transpose()?,
+        tmp_size: raw.tmp_size.as_ref().map(|v| value(v, parse_size)).transpose()?,
+        output_limit: raw.output_limit.as_ref().map(|v| value(v, parse_size)).transpose()?,
+        env: raw.env.into_iter().collect(),
+    })
+}
+
+/// Read and parse a policy file.
+pub fn load(file: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(file).map_err(|e| PolicyError { message: format!("{}: {e}", file.display()) })?;
+    parse(file, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("p.toml"), text).unwrap_err().message
+    }
+
+    #[test]
+    fn full_policy_parses() {
+        let p = parse(
+            Path::new("p.toml"),
+            "workspace = \"/src\"\nmode = \"cow\"\nmemory = \"512M\"\npids = 64\ncpus = 1.5\ntimeout = \"30s\"\ntmp_size = \"64M\"\noutput_limit = \"1M\"\n[env]\nA = \"b\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.memory, Some(512 << 20));
+        assert_eq!(p.mode, Some(Mode::Cow));
+        assert_eq!(p.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(p.env, vec![("A".into(), "b".into())]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        assert!(err("pids = 4\nmemory = \"12Q\"\n").starts_with("p.toml:2:10: unknown size unit"), "{}", err("pids = 4\nmemory = \"12Q\"\n"));
+        let e = err("pids = 4\nbogus = 1\n");
+        assert!(e.starts_with("p.toml:2:1:") && e.contains("unknown field"), "{e}");
+        let e = err("pids = \n");
+        assert!(e.starts_with("p.toml:1:"), "{e}");
+        let e = err("mode = \"rx\"\n");
+        assert!(e.starts_with("p.toml:1:8: mode must be"), "{e}");
+        let e = err("pids = 0");
+        assert!(e.starts_with("p.toml:1:8: pids must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("-1M").is_err() && parse_size("x").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("10y").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Landlock rules derived from the cell's mount spec.
+//!
+//! The mount table decides what exists; Landlock independently decides what may be done with
+//! it, from the same [`MountSpec`]: read and execute where something is mounted, write only
+//! below writable mounts, TCP bind/connect denied (the cell has no network), signals and
+//! abstract unix sockets scoped to the cell. If a mount were ever made writable by mistake,
+//! Landlock would still refuse the write — two independent layers, one source of truth.
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use warren_protocol::jail::LandlockReport;
+use warren_protocol::mount::{MountKind, MountSpec};
+
+/// The newest ABI this build knows how to use.
+const KNOWN: ABI = ABI::V6;
+const KNOWN_NUM: u32 = 6;
+
+/// The kernel's Landlock ABI version (0 when Landlock is unavailable).
+pub fn kernel_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the documented way to query the ABI: null attr, zero size, VERSION flag.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(r).unwrap_or(0)
+}
+
+fn abi_from(n: u32) -> ABI {
+    match n {
+        0 => ABI::Unsupported,
+        1 => ABI::V1,
+        2 => ABI::V2,
+        3 => ABI::V3,
+        4 => ABI::V4,
+        5 => ABI::V5,
+        _ => KNOWN,
+    }
+}
+
+/// Errors applying Landlock.
+#[derive(Debug)]
+pub struct LandlockError(pub String);
+
+/// Apply Landlock to the calling thread (and its future children) for the given namespace.
+/// Paths are the cell's own (this runs after `pivot_root`).
+pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, LandlockError> {
+    let kernel = kernel_abi();
+    if kernel == 0 {
+        return if required {
+            Err(LandlockError("Landlock is not available in this kernel (landlock_create_ruleset failed); refusing to start without it".into()))
+        } else {
+            Ok(LandlockReport::default())
+        };
+    }
+    let applied = kernel.min(KNOWN_NUM);
+    let abi = abi_from(applied);
+    let err = |e: landlock::RulesetError| LandlockError(e.to_string());
+
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?;
+    if applied >= 4 {
+        ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(err)?;
+    }
+    if applied >= 6 {
+        ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
+    }
+    let mut created = ruleset.create().map_err(err)?;
+
+    for (path, access) in rules(spec, abi) {
+        let fd = PathFd::new(&path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
+        // Rules on files may only carry file rights (a read-only bind of /etc/ld.so.cache, say).
+        let access = if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) { access } else { access & AccessFs::from_file(abi) };
+        created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+    }
+
+    let status = created.restrict_self().map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(LandlockError(format!("Landlock only partially enforced: {:?}", status.ruleset)));
+    }
+    Ok(LandlockReport {
+        kernel_abi: kernel,
+        applied_abi: applied,
+        filesystem: true,
+        tcp: applied >= 4,
+        scoped: applied >= 6,
+    })
+}
+
+/// The (path, rights) pairs for a namespace, in cell paths. Pure, so it is unit-tested.
+pub fn rules(spec: &MountSpec, abi: ABI) -> Vec<(String, BitFlags<AccessFs>)> {
+    let read = AccessFs::from_read(abi);
+    // Writable mounts get every right except creating device nodes.
+    let write = AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock);
+    let device = (AccessFs::ReadFile | AccessFs::WriteFile) | (AccessFs::from_all(abi) & AccessFs::IoctlDev);
+    let mut out = vec![
+        // Listing directories anywhere is harmless and `ls /` needs it; reading files is not
+        // granted by this rule.
+        ("/".to_owned(), BitFlags::from(AccessFs::ReadDir)),
+        // A fresh procfs of the cell's own pid namespace: readable, never writable.
+        ("/proc".to_owned(), AccessFs::ReadFile | AccessFs::ReadDir),
+    ];
+    for m in &spec.mounts {
+        let access = match &m.kind {
+            MountKind::Bind { .. } | MountKind::Cow { .. } | MountKind::Tmpfs { .. } => {
+                if m.writable() { write } else { read }
+            }
+            MountKind::Device { .. } => device,
+            MountKind::File { .. } => BitFlags::from(AccessFs::ReadFile),
+            MountKind::Symlink { .. } => continue,
+        };
+        out.push((m.target.clone(), access));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_protocol::mount::Mount;
+
+    #[test]
+    fn rules_mirror_the_mount_spec() {
+        let spec = MountSpec {
+            mounts: vec![
+                Mount { target: "/usr".into(), kind: MountKind::Bind { source: "/usr".into(), readonly: true } },
+                Mount { target: "/bin".into(), kind: MountKind::Symlink { points_to: "usr/bin".into() } },
+                Mount { target: "/workspace".into(), kind: MountKind::Cow { lower: "/a".into(), upper: "/b".into(), work: "/c".into() } },
+                Mount { target: "/dev/null".into(), kind: MountKind::Device { source: "/dev/null".into() } },
+            ],
+        };
+        let rules = rules(&spec, ABI::V6);
+        let get = |p: &str| rules.iter().find(|(q, _)| q == p).map(|(_, a)| *a);
+        let usr = get("/usr").unwrap_or_default();
+        assert!(usr.contains(AccessFs::Execute) && !usr.contains(AccessFs::WriteFile));
+        let ws = get("/workspace").unwrap_or_default();
+        assert!(ws.contains(AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::RemoveFile));
+        assert!(!ws.contains(AccessFs::MakeBlock) && !ws.contains(AccessFs::MakeChar));
+        assert!(get("/bin").is_none(), "symlinks resolve to their target's rule");
+        let null = get("/dev/null").unwrap_or_default();
+        assert!(null.contains(AccessFs::WriteFile) && !null.contains(AccessFs::Execute));
+        let root = get("/").unwrap_or_default();
+        assert_eq!(root, BitFlags::from(AccessFs::ReadDir));
+    }
+}
