@@ -195,13 +195,17 @@ impl ProcessCell {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("WARREN_JAIL_DEBUG").is_some() { Stdio::inherit() } else { Stdio::null() });
-        // SAFETY: between fork and exec we only call dup2 (async-signal-safe) to place the
-        // status pipe at fd 3; dup2 clears close-on-exec on the new descriptor.
+        // SAFETY: between fork and exec we only call dup2 and close_range (async-signal-safe) to
+        // place the status pipe at fd 3 (dup2 clears its close-on-exec) and close the rest.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(status_w_fd, warren_protocol::jail::STATUS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Descriptors this process inherited without close-on-exec must not reach
+                // the cell: mark everything above the status pipe close-on-exec.
+                // CLOSE_RANGE_CLOEXEC (4): std still needs its exec-error pipe until the exec.
+                libc::syscall(libc::SYS_close_range, warren_protocol::jail::STATUS_FD as u32 + 1, u32::MAX, 4u32);
                 Ok(())
             });
         }

@@ -102,6 +102,12 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
     if pfd.revents & libc::POLLHUP != 0 {
         std::process::exit(1);
     }
+    // Non-dumpable: the init's /proc entries (environ, mem, fd, …) become owned by the host's
+    // root, which is unmapped here, so no command in the cell can read or ptrace its pid 1.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(("dumpable".into(), sys::errno("prctl(PR_SET_DUMPABLE)").to_string()));
+    }
     at("no_new_privs", sys::set_no_new_privs())?;
     let landlock = landlock_rules::apply(&cfg.mounts, cfg.require_landlock).map_err(|e| ("landlock".to_owned(), e.0))?;
     let programs = at("seccomp compile", seccomp::compile())?;

@@ -13,9 +13,11 @@ use landlock::{
 use warren_protocol::jail::LandlockReport;
 use warren_protocol::mount::{MountKind, MountSpec};
 
-/// The newest ABI this build knows how to use.
-const KNOWN: ABI = ABI::V6;
-const KNOWN_NUM: u32 = 6;
+/// The newest ABI this build applies. ABI 7 adds audit-logging controls, no new rights; ABI 8
+/// and 9 are applied as 7 until their new rights (thread sync, unix-socket scoping) are wired
+/// and tested.
+const KNOWN: ABI = ABI::V7;
+const KNOWN_NUM: u32 = 7;
 
 /// The kernel's Landlock ABI version (0 when Landlock is unavailable).
 pub fn kernel_abi() -> u32 {
@@ -40,6 +42,7 @@ fn abi_from(n: u32) -> ABI {
         3 => ABI::V3,
         4 => ABI::V4,
         5 => ABI::V5,
+        6 => ABI::V6,
         _ => KNOWN,
     }
 }

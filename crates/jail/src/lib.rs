@@ -40,6 +40,9 @@ pub fn main_from_args<I>(_args: I) -> i32
 where
     I: IntoIterator<Item = std::ffi::OsString>,
 {
+    // Whatever descriptors our parent leaked to us (its parent's, without close-on-exec) stop
+    // here: only stdin (the config) and the status pipe are kept.
+    sys::close_from(STATUS_FD as u32 + 1);
     let mut input = Vec::new();
     let status = supervisor::StatusPipe::from_fd(STATUS_FD);
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {

@@ -81,7 +81,7 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
                     &what,
                     sys::fs_mount(
                         "overlay",
-                        &[("lowerdir", lower), ("upperdir", upper), ("workdir", work)],
+                        &[("lowerdir", lower), ("upperdir", upper), ("workdir", work), ("userxattr", "")],
                         attr::NOSUID | attr::NODEV,
                     ),
                 )?;

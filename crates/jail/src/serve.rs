@@ -220,6 +220,8 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
             libc::sigemptyset(&mut set);
             libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Nothing but stdio crosses into a command, whatever the init holds.
+            crate::sys::cloexec_from(3);
             Ok(())
         });
     }
@@ -267,6 +269,18 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
     let mut buf = vec![0u8; CHUNK];
 
     loop {
+        // Frames may already be buffered (read together with the request).
+        while let Ok(Some(f)) = dec.next_client() {
+            match f {
+                ClientFrame::Stdin(b) => stdin_pending.extend_from_slice(&b),
+                ClientFrame::StdinEof => stdin_eof = true,
+                ClientFrame::Signal(sig) => kill_group(sig),
+                _ => {}
+            }
+        }
+        if stdin_eof && stdin_pending.is_empty() {
+            stdin = None;
+        }
         if status.is_some() && out.fd.is_none() && err.fd.is_none() {
             break;
         }
@@ -347,17 +361,7 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
                     client_gone = true;
                     kill_group(libc::SIGKILL);
                 }
-                Ok(n) => {
-                    dec.push(&buf[..n]);
-                    while let Ok(Some(f)) = dec.next_client() {
-                        match f {
-                            ClientFrame::Stdin(b) => stdin_pending.extend_from_slice(&b),
-                            ClientFrame::StdinEof => stdin_eof = true,
-                            ClientFrame::Signal(sig) => kill_group(sig),
-                            _ => {}
-                        }
-                    }
-                }
+                Ok(n) => dec.push(&buf[..n]),
             }
         }
         if let Some(fd) = &stdin {
@@ -371,9 +375,6 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
                     stdin = None;
                 }
             }
-        }
-        if stdin_eof && stdin_pending.is_empty() {
-            stdin = None;
         }
     }
     drop(child);

@@ -29,6 +29,7 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 
@@ -118,10 +119,10 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
     use std::os::fd::AsRawFd;
     for (k, v) in options {
         let (k, v) = (cstr(k)?, cstr(v)?);
-        // SAFETY: strings valid for the call.
-        let r = unsafe {
-            libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
-        };
+        // An empty value means a flag option (`userxattr`), set with FSCONFIG_SET_FLAG.
+        let (cmd, value) = if v.is_empty() { (FSCONFIG_SET_FLAG, std::ptr::null()) } else { (FSCONFIG_SET_STRING, v.as_ptr()) };
+        // SAFETY: strings valid for the call; value is null only for flags.
+        let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), value, 0) };
         check(r, &format!("fsconfig {fstype} {}", k.to_string_lossy()))?;
     }
     // SAFETY: no pointers passed.
@@ -261,4 +262,19 @@ pub fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
             return s;
         }
     }
+}
+
+/// Close every descriptor from `first` up (`close_range(2)`; async-signal-safe, so it may run
+/// between fork and exec).
+pub fn close_from(first: u32) {
+    // SAFETY: close_range only closes descriptors; no memory is touched.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// Mark every descriptor from `first` up close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`).
+/// Used between fork and exec, where `std::process` still needs its own error pipe open.
+pub fn cloexec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: only descriptor flags change; no memory is touched.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
 }

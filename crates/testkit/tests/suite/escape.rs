@@ -1,0 +1,331 @@
+//! The escape suite: a probe inside a real cell tries to get out; every attempt must fail.
+//!
+//! Each test starts its own cell (they run in parallel) with the probe bind-mounted read-only.
+//! Host-side fixtures — a secret file outside every mount, listening sockets, a victim process —
+//! give the probe real targets. Positive controls at the end show the harness can tell an
+//! allowed action from a blocked one, so a passing suite is not vacuous.
+
+use std::io::Read;
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use warren_cell::cgroup::CgroupLimits;
+use warren_cell::{CellSpec, Workspace, WorkspaceMode};
+use warren_testkit::{TempDir, assert_blocked, probe, require_cgroup_limits, require_process_tier, run, spec_with_probe, start};
+
+use super::{JAIL, PROBE};
+
+struct Env {
+    _state: TempDir,
+    host: TempDir,
+    spec: CellSpec,
+}
+
+/// A state dir, a host dir holding a planted secret, and a spec with the probe.
+fn env() -> Option<Env> {
+    if !require_process_tier() {
+        return None;
+    }
+    let state = TempDir::new("state");
+    let host = TempDir::new("host");
+    std::fs::write(host.path().join("secret.txt"), "TOP-SECRET-HOST-DATA").unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(host.path().join("secret.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let spec = spec_with_probe(state.path(), PROBE);
+    Some(Env { _state: state, host, spec })
+}
+
+fn secret_path(e: &Env) -> String {
+    e.host.path().join("secret.txt").display().to_string()
+}
+
+macro_rules! blocked {
+    ($name:ident, [$($arg:expr),+ $(,)?]) => {
+        #[test]
+        fn $name() {
+            let Some(e) = env() else { return };
+            let cell = start(&e.spec, JAIL);
+            assert_blocked(&cell, &[$($arg),+]);
+        }
+    };
+}
+
+// --- Files outside the namespace -----------------------------------------------------------
+
+blocked!(shadow_file_absent, ["read-file", "/etc/shadow"]);
+blocked!(gshadow_file_absent, ["read-file", "/etc/gshadow"]);
+blocked!(sys_not_mounted, ["read-file", "/sys/kernel/notes"]);
+blocked!(kcore_unreadable, ["read-file", "/proc/kcore"]);
+
+#[test]
+fn host_file_outside_mounts() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["read-file", &secret_path(&e)]);
+}
+
+#[test]
+fn dotdot_traversal_out_of_workspace() {
+    let Some(mut e) = env() else { return };
+    let ws = TempDir::new("ws");
+    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadWrite });
+    let cell = start(&e.spec, JAIL);
+    let path = format!("/workspace/../../../../..{}", secret_path(&e));
+    assert_blocked(&cell, &["read-file", &path]);
+    assert_blocked(&cell, &["list-dir", &format!("/workspace/../../..{}", e.host.path().display())]);
+}
+
+#[test]
+fn planted_symlink_out_of_workspace() {
+    let Some(mut e) = env() else { return };
+    let ws = TempDir::new("ws");
+    std::os::unix::fs::symlink(secret_path(&e), ws.path().join("escape")).unwrap();
+    std::os::unix::fs::symlink(e.host.path(), ws.path().join("escape-dir")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc/shadow", ws.path().join("shadow")).unwrap();
+    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::Cow });
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["read-file", "/workspace/escape"]);
+    assert_blocked(&cell, &["read-file", "/workspace/escape-dir/secret.txt"]);
+    assert_blocked(&cell, &["read-file", "/workspace/shadow"]);
+}
+
+#[test]
+fn proc_root_tricks() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["read-file", &format!("/proc/1/root{}", secret_path(&e))]);
+    assert_blocked(&cell, &["read-file", &format!("/proc/self/root/../../..{}", secret_path(&e))]);
+    assert_blocked(&cell, &["list-dir", "/proc/1/root/"]);
+    assert_blocked(&cell, &["read-file", "/proc/1/environ"]);
+}
+
+#[test]
+fn proc_sys_and_sysrq_not_writable() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["write-file", "/proc/sys/kernel/hostname"]);
+    assert_blocked(&cell, &["write-file", "/proc/sys/vm/drop_caches"]);
+    assert_blocked(&cell, &["write-file", "/proc/sysrq-trigger"]);
+    assert_blocked(&cell, &["write-file", "/proc/self/oom_score_adj"]);
+}
+
+blocked!(write_usr, ["write-file", "/usr/bin/warren-pwned"]);
+blocked!(write_etc_passwd, ["write-file", "/etc/passwd"]);
+blocked!(write_cell_root, ["mkdir", "/pwned"]);
+
+#[test]
+fn write_readonly_workspace() {
+    let Some(mut e) = env() else { return };
+    let ws = TempDir::new("ws");
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadOnly });
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["write-file", "/workspace/x"]);
+    assert!(!ws.path().join("x").exists());
+}
+
+// --- Network and IPC -------------------------------------------------------------------------
+
+#[test]
+fn host_unix_socket() {
+    let Some(e) = env() else { return };
+    let sock = e.host.path().join("host.sock");
+    let _l = UnixListener::bind(&sock).unwrap();
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["unix-connect", &sock.display().to_string()]);
+}
+
+#[test]
+fn host_abstract_socket() {
+    let Some(e) = env() else { return };
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("warren-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _l = UnixListener::bind_addr(&addr).unwrap();
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["abstract-connect", &name]);
+}
+
+#[test]
+fn host_tcp_listener() {
+    let Some(e) = env() else { return };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["tcp-connect", &addr]);
+}
+
+blocked!(tcp_bind, ["tcp-bind", "8080"]);
+
+#[test]
+fn udp_packet_out() {
+    let Some(e) = env() else { return };
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let addr = sock.local_addr().unwrap().to_string();
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["udp-send", &addr]);
+    let mut buf = [0u8; 64];
+    assert!(sock.recv(&mut buf).is_err(), "the host received a UDP packet from the cell");
+}
+
+blocked!(dns_lookup, ["dns", "example.com"]);
+blocked!(raw_and_packet_sockets, ["raw-socket"]);
+blocked!(vsock_socket, ["vsock"]);
+blocked!(netlink_audit_socket, ["netlink-audit"]);
+
+// --- Processes and kernel interfaces ------------------------------------------------------------
+
+blocked!(ptrace_sibling, ["ptrace-sibling"]);
+blocked!(process_vm_readv_sibling, ["process-vm-readv"]);
+blocked!(mount_anything, ["mount"]);
+blocked!(unshare_to_regain_capabilities, ["unshare"]);
+blocked!(setns_into_namespaces, ["setns"]);
+blocked!(chroot_and_pivot_root, ["chroot"]);
+blocked!(io_uring, ["io-uring"]);
+blocked!(bpf, ["bpf"]);
+blocked!(keyctl, ["keyctl"]);
+blocked!(perf_event_open, ["perf-event"]);
+blocked!(userfaultfd, ["userfaultfd"]);
+blocked!(sethostname, ["sethostname"]);
+blocked!(tiocsti_injection, ["tiocsti"]);
+blocked!(kernel_modules, ["module"]);
+blocked!(kexec_and_reboot, ["kexec-reboot"]);
+blocked!(set_clock, ["clock"]);
+blocked!(swap_acct_syslog, ["swap-acct"]);
+blocked!(io_ports, ["iopl"]);
+blocked!(open_by_handle, ["open-by-handle"]);
+blocked!(dev_kvm, ["open-device", "/dev/kvm"]);
+blocked!(dev_vsock, ["open-device", "/dev/vsock"]);
+blocked!(block_device_node, ["open-device", "/dev/vda"]);
+blocked!(mknod_block_device, ["mknod-block", "/tmp/blk"]);
+
+#[test]
+fn signal_host_process() {
+    let Some(e) = env() else { return };
+    let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let cell = start(&e.spec, JAIL);
+    assert_blocked(&cell, &["kill", &victim.id().to_string()]);
+    assert!(victim.try_wait().unwrap().is_none(), "the host process was killed from the cell");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
+
+// --- Identity ----------------------------------------------------------------------------------
+
+blocked!(no_capabilities_nnp_seccomp, ["caps"]);
+blocked!(no_inherited_host_fds, ["fds"]);
+
+#[test]
+fn host_environment_secret_not_visible() {
+    let Some(e) = env() else { return };
+    // Start the supervisor itself with a secret in its environment (as if the host process had
+    // one): neither the commands nor the cell's pid 1 may expose it.
+    let program = warren_cell::JailProgram {
+        program: "/usr/bin/env".into(),
+        args: vec!["WARREN_TEST_SECRET=sk-planted-0123456789".into(), JAIL.into()],
+    };
+    let cell = warren_cell::ProcessCell::start(&e.spec, &program).unwrap();
+    assert_blocked(&cell, &["env-absent", "WARREN_TEST_SECRET"]);
+    let (_, out) = run(&cell, &["/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null"], None);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sk-planted"), "secret visible in the cell");
+}
+
+#[test]
+fn setuid_binaries_gain_nothing() {
+    let Some(mut e) = env() else { return };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        warren_testkit::skip("planting a setuid-root binary needs root");
+        return;
+    }
+    let ws = TempDir::new("ws");
+    let suid = ws.path().join("probe-suid");
+    std::fs::copy(PROBE, &suid).unwrap();
+    std::os::unix::fs::chown(&suid, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadOnly });
+    let cell = start(&e.spec, JAIL);
+    let r = assert_blocked(&cell, &["setuid-exec", "/workspace/probe-suid"]);
+    assert_eq!(r.json["child"]["Uid"][1], 1000, "effective uid changed: {}", r.json);
+}
+
+// --- Resource limits -------------------------------------------------------------------------
+
+#[test]
+fn fork_bomb_stopped_by_pids_limit() {
+    let Some(mut e) = env() else { return };
+    if !require_cgroup_limits() {
+        return;
+    }
+    e.spec.limits.cgroup = CgroupLimits { pids: Some(64), ..Default::default() };
+    let cell = start(&e.spec, JAIL);
+    let r = assert_blocked(&cell, &["fork-bomb", "64"]);
+    assert!(r.json["forked"].as_u64().unwrap() < 64, "{}", r.json);
+    // The cell still works afterwards.
+    let (o, out) = run(&cell, &["/bin/echo", "alive"], None);
+    assert_eq!((o.exit.code, out.stdout.as_slice()), (Some(0), &b"alive\n"[..]));
+}
+
+#[test]
+fn memory_hog_killed_and_reported_oom() {
+    let Some(mut e) = env() else { return };
+    if !require_cgroup_limits() {
+        return;
+    }
+    e.spec.limits.cgroup = CgroupLimits { memory_bytes: Some(64 << 20), ..Default::default() };
+    let cell = start(&e.spec, JAIL);
+    let (o, out) = run(&cell, &[warren_testkit::PROBE_IN_CELL, "memory-hog", "1024"], Some(60_000));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("escaped"), "allocated 1 GiB under a 64 MiB limit");
+    assert_eq!(o.exit.signal, Some(libc::SIGKILL), "{o:?}");
+    assert!(o.oom_killed, "OOM kill not reported: {o:?}");
+}
+
+#[test]
+fn spinner_killed_at_timeout() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    let t = std::time::Instant::now();
+    let (o, _) = run(&cell, &[warren_testkit::PROBE_IN_CELL, "spin"], Some(300));
+    assert!(o.exit.timed_out && o.exit.signal == Some(libc::SIGKILL), "{o:?}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn disk_fill_stopped_by_tmpfs_size() {
+    let Some(mut e) = env() else { return };
+    e.spec.limits.tmp_bytes = 8 << 20;
+    let cell = start(&e.spec, JAIL);
+    let r = assert_blocked(&cell, &["disk-fill", "/tmp/fill", &(8u64 << 20).to_string()]);
+    assert!(r.json["written"].as_u64().unwrap() <= 9 << 20);
+}
+
+// --- Positive controls: the harness does see allowed actions ------------------------------------
+
+#[test]
+fn controls_allowed_actions_are_reported_as_such() {
+    let Some(mut e) = env() else { return };
+    let ws = TempDir::new("ws");
+    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::Cow });
+    let cell = start(&e.spec, JAIL);
+    for args in [
+        &["write-file", "/tmp/ok"][..],
+        &["write-file", "/workspace/ok"],
+        &["read-file", "/etc/passwd"],
+        &["read-file", "/usr/bin/env"],
+        &["list-dir", "/workspace"],
+    ] {
+        let r = probe(&cell, args);
+        assert_eq!(r.outcome, "escaped", "an allowed action was reported as blocked: {args:?} {}", r.json);
+    }
+    let r = probe(&cell, &["whoami"]);
+    assert_eq!(r.outcome, "info");
+    let mut f = std::fs::File::open(PROBE).unwrap();
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"\x7fELF");
+    drop(cell);
+}
