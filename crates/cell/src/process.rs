@@ -432,7 +432,9 @@ impl Cell for ProcessCell {
         match result {
             Response::Exited(exit) => {
                 let oom_after = self.cgroups.as_ref().map_or(0, |c| c.oom_kills());
-                let oom_killed = oom_after > oom_before && exit.signal == Some(libc::SIGKILL);
+                // The victim may be any process of the command (a pipeline's `tail`, say), so the
+                // cgroup's counter decides, not the top process's signal.
+                let oom_killed = oom_after > oom_before && exit.code != Some(0);
                 Ok(ExecOutcome {
                     stdout_truncated: exit.stdout_truncated(cap),
                     stderr_truncated: exit.stderr_truncated(cap),
