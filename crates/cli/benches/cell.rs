@@ -1,2 +1,223 @@
-//! placeholder
-fn main() {}
+//! Cell benchmarks: `cargo bench -p warren-cli --bench cell`.
+//!
+//! Prints, from one run on this machine:
+//! 1. cold start of a cell running `/bin/true` end to end (namespaces, mounts, Landlock,
+//!    seccomp, cgroup, exec, teardown) beside `bwrap --unshare-all --die-with-parent` with
+//!    read-only binds of the same system directories, and the ratio of medians;
+//! 2. exec into a warm cell: latency p50/p99 and throughput, sequential and concurrent;
+//! 3. resident memory of an idle cell (supervisor + init) and the host-side bookkeeping per
+//!    cell.
+//!
+//! Figures, not assertions: these machines are shared and noisy. Iteration counts can be
+//! scaled with `WARREN_BENCH_SCALE` (e.g. 0.2 for a quick look).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warren_cell::cgroup::CgroupLimits;
+use warren_cell::{Cell, CellSpec, Collect, ExecSpec, JailProgram, ProcessCell};
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("WARREN_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(5)
+}
+
+struct Stats {
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Stats { samples }
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let i = ((self.samples.len() as f64 - 1.0) * p).round() as usize;
+        self.samples[i.min(self.samples.len() - 1)]
+    }
+    fn p50(&self) -> Duration {
+        self.pct(0.5)
+    }
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<44} n={:<5} p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms",
+            self.samples.len(),
+            ms(self.p50()),
+            ms(self.pct(0.9)),
+            ms(self.pct(0.99))
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn jail() -> JailProgram {
+    JailProgram { program: env!("CARGO_BIN_EXE_warren").into(), args: vec!["__jail".into()] }
+}
+
+fn true_spec() -> ExecSpec {
+    ExecSpec { argv: vec!["/bin/true".into()], max_output_bytes: 1 << 16, ..Default::default() }
+}
+
+fn run_true(cell: &ProcessCell) {
+    let o = cell.exec(&true_spec(), None, &mut Collect::default()).expect("exec");
+    assert_eq!(o.exit.code, Some(0), "{o:?}");
+}
+
+fn cold_warren(spec: &CellSpec, n: usize) -> Stats {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut cell = ProcessCell::start(spec, &jail()).expect("cell start");
+        run_true(&cell);
+        cell.kill();
+        samples.push(t.elapsed());
+    }
+    Stats::new(samples)
+}
+
+fn bwrap_args() -> Vec<String> {
+    let mut a: Vec<String> = ["--unshare-all", "--die-with-parent", "--new-session"].iter().map(|s| s.to_string()).collect();
+    for dir in warren_cell::spec::SYSTEM_DIRS {
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let t = std::fs::read_link(dir).expect("readlink");
+                a.extend(["--symlink".into(), t.display().to_string(), dir.to_string()]);
+            }
+            Ok(m) if m.is_dir() => a.extend(["--ro-bind".into(), dir.to_string(), dir.to_string()]),
+            _ => {}
+        }
+    }
+    a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"].iter().map(|s| s.to_string()));
+    a
+}
+
+fn cold_bwrap(n: usize) -> Option<Stats> {
+    let args = bwrap_args();
+    let ok = Command::new("bwrap").args(&args).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        return None;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = Command::new("bwrap").args(&args).stdin(Stdio::null()).status().expect("bwrap");
+        assert!(s.success());
+        samples.push(t.elapsed());
+    }
+    Some(Stats::new(samples))
+}
+
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let field = |file: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+            .unwrap_or(0)
+    };
+    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+}
+
+fn self_rss_kib() -> u64 {
+    rss_kib(std::process::id() as i32).0
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let state = std::env::temp_dir().join(format!("warren-bench-{}", std::process::id()));
+    let mut spec = CellSpec::new(&state);
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut with_cgroup = spec.clone();
+    if root {
+        with_cgroup.limits.cgroup = CgroupLimits { memory_bytes: Some(256 << 20), pids: Some(256), cpus: None };
+    }
+    spec.limits.cgroup = CgroupLimits::default();
+
+    println!("warren cell benchmarks (kernel {}, {} CPUs)", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!();
+    println!("== cold start: start a cell, run /bin/true in it, tear it down ==");
+    let n = scale(200);
+    // Warm up caches (page cache of the binary, dentries) for both.
+    let _ = cold_warren(&with_cgroup, 5);
+    let _ = cold_bwrap(5);
+    let w_cg = cold_warren(&with_cgroup, n);
+    let w = cold_warren(&spec, n);
+    let b = cold_bwrap(n);
+    println!("{}", w_cg.line(if root { "warren (ns+mounts+landlock+seccomp+cgroup)" } else { "warren (no cgroup: not root)" }));
+    println!("{}", w.line("warren (same, without cgroup limits)"));
+    match &b {
+        Some(b) => {
+            println!("{}", b.line("bwrap --unshare-all --die-with-parent"));
+            println!(
+                "ratio warren/bwrap (p50): {:.2} with cgroup, {:.2} without (target <= 1.0)",
+                ms(w_cg.p50()) / ms(b.p50()),
+                ms(w.p50()) / ms(b.p50())
+            );
+        }
+        None => println!("bwrap: not available (install bubblewrap) — no ratio"),
+    }
+
+    println!();
+    println!("== exec into a warm cell (/bin/true) ==");
+    let cell = ProcessCell::start(&with_cgroup, &jail()).expect("cell");
+    for _ in 0..50 {
+        run_true(&cell);
+    }
+    let n = scale(3000);
+    let mut lat = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        run_true(&cell);
+        lat.push(t.elapsed());
+    }
+    let seq_rate = n as f64 / t0.elapsed().as_secs_f64();
+    println!("{}", Stats::new(lat).line("sequential exec latency"));
+    println!("sequential throughput: {seq_rate:.0} execs/s (target >= 1000)");
+    for threads in [2usize, 4] {
+        let per = n / threads;
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..per {
+                        run_true(&cell);
+                    }
+                });
+            }
+        });
+        println!("concurrent throughput ({threads} clients): {:.0} execs/s", (per * threads) as f64 / t0.elapsed().as_secs_f64());
+    }
+    drop(cell);
+
+    println!();
+    println!("== resident memory of idle cells ==");
+    let before = self_rss_kib();
+    let cells: Vec<ProcessCell> = (0..scale(50)).map(|_| ProcessCell::start(&with_cgroup, &jail()).expect("cell")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = self_rss_kib();
+    let (mut rss, mut pss) = (0u64, 0u64);
+    for c in &cells {
+        for pid in [c.info().supervisor_pid, c.info().init_pid] {
+            let (r, p) = rss_kib(pid);
+            rss += r;
+            pss += p;
+        }
+    }
+    let k = cells.len() as u64;
+    println!("cells measured: {k}");
+    println!("per cell, supervisor + init: RSS {:.0} KiB, PSS {:.0} KiB", rss as f64 / k as f64, pss as f64 / k as f64);
+    println!("per cell, host-side bookkeeping (RSS growth of this process): {:.1} KiB", after.saturating_sub(before) as f64 / k as f64);
+    println!(
+        "per cell, total (PSS + bookkeeping): {:.2} MiB (target <= 2 MiB)",
+        (pss as f64 / k as f64 + after.saturating_sub(before) as f64 / k as f64) / 1024.0
+    );
+    drop(cells);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
