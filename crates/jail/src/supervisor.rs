@@ -71,6 +71,12 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
     if config.host_uid == 0 || config.host_gid == 0 {
         return refuse(&status, "user namespace", "refusing to map host root into a cell");
     }
+    // A new session without a controlling terminal: otherwise the cell would share the host
+    // user's terminal, and `/dev/tty` inside would open it.
+    // SAFETY: setsid has no preconditions; it fails only if we already lead a group.
+    if unsafe { libc::setsid() } < 0 {
+        return refuse(&status, "setsid", sys::errno("setsid"));
+    }
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let signals = sys::block_signals(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);

@@ -329,3 +329,16 @@ fn controls_allowed_actions_are_reported_as_such() {
     assert_eq!(&head, b"\x7fELF");
     drop(cell);
 }
+
+#[test]
+fn no_controlling_terminal_of_the_host() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    // /dev/tty exists, but opening it must not reach any terminal of the host.
+    assert_blocked(&cell, &["open-device", "/dev/tty"]);
+    let (_, out) = run(&cell, &["/bin/sh", "-c", "cat /proc/self/stat"], None);
+    let stat = String::from_utf8_lossy(&out.stdout);
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let tty_nr: i64 = after.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(tty_nr, 0, "a command has a controlling terminal: {stat}");
+}
