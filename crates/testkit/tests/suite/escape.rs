@@ -336,9 +336,12 @@ fn no_controlling_terminal_of_the_host() {
     let cell = start(&e.spec, JAIL);
     // /dev/tty exists, but opening it must not reach any terminal of the host.
     assert_blocked(&cell, &["open-device", "/dev/tty"]);
-    let (_, out) = run(&cell, &["/bin/sh", "-c", "cat /proc/self/stat"], None);
-    let stat = String::from_utf8_lossy(&out.stdout);
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let tty_nr: i64 = after.split_whitespace().nth(4).unwrap().parse().unwrap();
-    assert_eq!(tty_nr, 0, "a command has a controlling terminal: {stat}");
+    // Neither the commands nor the cell's pid 1 have a controlling terminal (field 7, tty_nr).
+    for who in ["self", "1"] {
+        let (_, out) = run(&cell, &["/bin/cat", &format!("/proc/{who}/stat")], None);
+        let stat = String::from_utf8_lossy(&out.stdout);
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let tty_nr: i64 = after.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert_eq!(tty_nr, 0, "/proc/{who} has a controlling terminal: {stat}");
+    }
 }
