@@ -92,7 +92,10 @@ impl CgroupFs for RecordingFs {
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
     fn exists(&self, path: &Path) -> bool {
-        self.files.lock().map(|f| f.contains_key(path)).unwrap_or(false)
+        self.files
+            .lock()
+            .map(|f| f.contains_key(path))
+            .unwrap_or(false)
     }
     fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
         self.log(format!("rmdir {}", path.display()));
@@ -130,21 +133,29 @@ impl Hierarchy {
     pub fn detect() -> Option<Hierarchy> {
         let want = ["memory", "pids", "cpu"];
         let v2 = |mount: &Path, ctrls: &[String]| {
-            want.iter().all(|w| ctrls.iter().any(|c| c == w)).then(|| Hierarchy::V2 {
-                parent: std::env::var_os("WARREN_CGROUP_PARENT")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| mount.join("warren")),
-            })
+            want.iter()
+                .all(|w| ctrls.iter().any(|c| c == w))
+                .then(|| Hierarchy::V2 {
+                    parent: std::env::var_os("WARREN_CGROUP_PARENT")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| mount.join("warren")),
+                })
         };
         let v1 = |mounts: &BTreeMap<String, PathBuf>| {
-            want.iter().all(|w| mounts.contains_key(*w)).then(|| Hierarchy::V1 { mounts: mounts.clone() })
+            want.iter()
+                .all(|w| mounts.contains_key(*w))
+                .then(|| Hierarchy::V1 {
+                    mounts: mounts.clone(),
+                })
         };
         match cgroup_layout() {
             CgroupLayout::V2 { mount, controllers } => v2(&mount, &controllers),
             CgroupLayout::V1 { mounts } => v1(&mounts),
-            CgroupLayout::Hybrid { v2_mount, v2_controllers, v1: mounts } => {
-                v2(&v2_mount, &v2_controllers).or_else(|| v1(&mounts))
-            }
+            CgroupLayout::Hybrid {
+                v2_mount,
+                v2_controllers,
+                v1: mounts,
+            } => v2(&v2_mount, &v2_controllers).or_else(|| v1(&mounts)),
             CgroupLayout::None => None,
         }
     }
@@ -171,25 +182,44 @@ pub struct CellCgroups {
 fn refused(step: &str, path: &Path, e: std::io::Error) -> CellError {
     CellError::Refused {
         step: step.into(),
-        reason: format!("{}: {e} (cgroup limits need a writable cgroup hierarchy; run as root or delegate a cgroup v2 subtree)", path.display()),
+        reason: format!(
+            "{}: {e} (cgroup limits need a writable cgroup hierarchy; run as root or delegate a cgroup v2 subtree)",
+            path.display()
+        ),
     }
 }
 
 impl CellCgroups {
     /// Create and configure the cell's cgroups. Fails closed: any limit that cannot be written
     /// refuses the cell.
-    pub fn create(fs: Box<dyn CgroupFs>, hierarchy: Hierarchy, cell_id: &str, limits: &CgroupLimits) -> Result<Self, CellError> {
-        let mut me = CellCgroups { fs, hierarchy: hierarchy.clone(), dirs: Vec::new(), oom_file: None };
+    pub fn create(
+        fs: Box<dyn CgroupFs>,
+        hierarchy: Hierarchy,
+        cell_id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Self, CellError> {
+        let mut me = CellCgroups {
+            fs,
+            hierarchy: hierarchy.clone(),
+            dirs: Vec::new(),
+            oom_file: None,
+        };
         match &hierarchy {
             Hierarchy::V2 { parent } => {
                 let root = parent.parent().unwrap_or(parent);
                 // Enable the controllers from the hierarchy root down to our parent.
                 let ctl = "+memory +pids +cpu";
                 let _ = me.fs.write(&root.join("cgroup.subtree_control"), ctl);
-                me.fs.create_dir(parent).map_err(|e| refused("cgroup", parent, e))?;
-                me.fs.write(&parent.join("cgroup.subtree_control"), ctl).map_err(|e| refused("cgroup controllers", parent, e))?;
+                me.fs
+                    .create_dir(parent)
+                    .map_err(|e| refused("cgroup", parent, e))?;
+                me.fs
+                    .write(&parent.join("cgroup.subtree_control"), ctl)
+                    .map_err(|e| refused("cgroup controllers", parent, e))?;
                 let dir = parent.join(cell_id);
-                me.fs.create_dir(&dir).map_err(|e| refused("cgroup", &dir, e))?;
+                me.fs
+                    .create_dir(&dir)
+                    .map_err(|e| refused("cgroup", &dir, e))?;
                 me.dirs.push(dir.clone());
                 if let Some(m) = limits.memory_bytes {
                     me.set(&dir, "memory.max", &m.to_string(), "cgroup memory")?;
@@ -211,19 +241,33 @@ impl CellCgroups {
                 // One group per controller hierarchy; always memory and pids (so usage is
                 // accounted and the OOM counter exists), cpu only when limited.
                 for ctrl in ["memory", "pids", "cpu"] {
-                    let Some(mount) = mounts.get(ctrl) else { continue };
+                    let Some(mount) = mounts.get(ctrl) else {
+                        continue;
+                    };
                     if ctrl == "cpu" && limits.cpus.is_none() {
                         continue;
                     }
                     let dir = mount.join("warren").join(cell_id);
-                    me.fs.create_dir(&dir).map_err(|e| refused("cgroup", &dir, e))?;
+                    me.fs
+                        .create_dir(&dir)
+                        .map_err(|e| refused("cgroup", &dir, e))?;
                     me.dirs.push(dir.clone());
                     match ctrl {
                         "memory" => {
                             if let Some(m) = limits.memory_bytes {
-                                me.set(&dir, "memory.limit_in_bytes", &m.to_string(), "cgroup memory")?;
+                                me.set(
+                                    &dir,
+                                    "memory.limit_in_bytes",
+                                    &m.to_string(),
+                                    "cgroup memory",
+                                )?;
                                 if me.fs.exists(&dir.join("memory.memsw.limit_in_bytes")) {
-                                    me.set(&dir, "memory.memsw.limit_in_bytes", &m.to_string(), "cgroup memory")?;
+                                    me.set(
+                                        &dir,
+                                        "memory.memsw.limit_in_bytes",
+                                        &m.to_string(),
+                                        "cgroup memory",
+                                    )?;
                                 }
                             }
                             me.oom_file = Some(dir.join("memory.oom_control"));
@@ -288,39 +332,69 @@ mod tests {
 
     struct Shared(Arc<RecordingFs>);
     impl CgroupFs for Shared {
-        fn create_dir(&self, p: &Path) -> std::io::Result<()> { self.0.create_dir(p) }
-        fn write(&self, p: &Path, v: &str) -> std::io::Result<()> { self.0.write(p, v) }
-        fn read(&self, p: &Path) -> std::io::Result<String> { self.0.read(p) }
-        fn exists(&self, p: &Path) -> bool { self.0.exists(p) }
-        fn remove_dir(&self, p: &Path) -> std::io::Result<()> { self.0.remove_dir(p) }
+        fn create_dir(&self, p: &Path) -> std::io::Result<()> {
+            self.0.create_dir(p)
+        }
+        fn write(&self, p: &Path, v: &str) -> std::io::Result<()> {
+            self.0.write(p, v)
+        }
+        fn read(&self, p: &Path) -> std::io::Result<String> {
+            self.0.read(p)
+        }
+        fn exists(&self, p: &Path) -> bool {
+            self.0.exists(p)
+        }
+        fn remove_dir(&self, p: &Path) -> std::io::Result<()> {
+            self.0.remove_dir(p)
+        }
     }
 
     fn limits() -> CgroupLimits {
-        CgroupLimits { memory_bytes: Some(64 << 20), pids: Some(32), cpus: Some(0.5) }
+        CgroupLimits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+            cpus: Some(0.5),
+        }
     }
 
     #[test]
     fn v2_writes_limits_in_one_group() {
         let fs = Arc::new(RecordingFs::default());
-        let h = Hierarchy::V2 { parent: "/cg/warren".into() };
+        let h = Hierarchy::V2 {
+            parent: "/cg/warren".into(),
+        };
         let cg = CellCgroups::create(Box::new(Shared(fs.clone())), h, "c1", &limits()).unwrap();
         let ops = fs.ops.lock().unwrap().clone();
-        assert!(ops.contains(&"write /cg/warren/c1/memory.max 67108864".to_string()), "{ops:?}");
+        assert!(
+            ops.contains(&"write /cg/warren/c1/memory.max 67108864".to_string()),
+            "{ops:?}"
+        );
         assert!(ops.contains(&"write /cg/warren/c1/pids.max 32".to_string()));
         assert!(ops.contains(&"write /cg/warren/c1/cpu.max 50000 100000".to_string()));
-        assert!(ops.contains(&"write /cg/warren/cgroup.subtree_control +memory +pids +cpu".to_string()));
+        assert!(
+            ops.contains(&"write /cg/warren/cgroup.subtree_control +memory +pids +cpu".to_string())
+        );
         assert_eq!(cg.dirs, vec![PathBuf::from("/cg/warren/c1")]);
     }
 
     #[test]
     fn v1_writes_one_group_per_controller_and_disables_swap() {
         let fs = Arc::new(RecordingFs::default());
-        fs.files.lock().unwrap().insert("/m/warren/c1/memory.memsw.limit_in_bytes".into(), String::new());
+        fs.files.lock().unwrap().insert(
+            "/m/warren/c1/memory.memsw.limit_in_bytes".into(),
+            String::new(),
+        );
         let mounts = [("memory", "/m"), ("pids", "/p"), ("cpu", "/c")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
             .collect();
-        let cg = CellCgroups::create(Box::new(Shared(fs.clone())), Hierarchy::V1 { mounts }, "c1", &limits()).unwrap();
+        let cg = CellCgroups::create(
+            Box::new(Shared(fs.clone())),
+            Hierarchy::V1 { mounts },
+            "c1",
+            &limits(),
+        )
+        .unwrap();
         let ops = fs.ops.lock().unwrap().clone();
         for want in [
             "write /m/warren/c1/memory.limit_in_bytes 67108864",
@@ -336,8 +410,19 @@ mod tests {
     #[test]
     fn oom_counter_parsed_from_both_formats() {
         let fs = Arc::new(RecordingFs::default());
-        fs.files.lock().unwrap().insert("/cg/warren/c1/memory.events".into(), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n".into());
-        let cg = CellCgroups::create(Box::new(Shared(fs.clone())), Hierarchy::V2 { parent: "/cg/warren".into() }, "c1", &CgroupLimits::default()).unwrap();
+        fs.files.lock().unwrap().insert(
+            "/cg/warren/c1/memory.events".into(),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n".into(),
+        );
+        let cg = CellCgroups::create(
+            Box::new(Shared(fs.clone())),
+            Hierarchy::V2 {
+                parent: "/cg/warren".into(),
+            },
+            "c1",
+            &CgroupLimits::default(),
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 2);
     }
 }

@@ -98,13 +98,21 @@ pub fn open(state_dir: &Path, id: &str) -> Result<StoredLayer, CellError> {
     let p = layer.root.join("meta.json");
     let text = std::fs::read(&p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            CellError::Spec(format!("no changes kept for cell {id} (looked in {})", layer.root.display()))
+            CellError::Spec(format!(
+                "no changes kept for cell {id} (looked in {})",
+                layer.root.display()
+            ))
         } else {
             CellError::io("read", &p)(e)
         }
     })?;
-    let meta = serde_json::from_slice(&text).map_err(|e| CellError::Spec(format!("{}: {e}", p.display())))?;
-    Ok(StoredLayer { id: id.to_owned(), layer, meta })
+    let meta = serde_json::from_slice(&text)
+        .map_err(|e| CellError::Spec(format!("{}: {e}", p.display())))?;
+    Ok(StoredLayer {
+        id: id.to_owned(),
+        layer,
+        meta,
+    })
 }
 
 /// Every layer kept under `state_dir`, oldest first.
@@ -124,14 +132,21 @@ fn is_whiteout(m: &std::fs::Metadata) -> bool {
 }
 
 fn is_opaque(path: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|name| {
-        let Ok(p) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-        let Ok(n) = std::ffi::CString::new(*name) else { return false };
-        let mut v = [0u8; 4];
-        // SAFETY: valid C strings and a buffer of the stated length.
-        let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        r > 0 && v[0] == b'y'
-    })
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let Ok(p) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            let Ok(n) = std::ffi::CString::new(*name) else {
+                return false;
+            };
+            let mut v = [0u8; 4];
+            // SAFETY: valid C strings and a buffer of the stated length.
+            let r =
+                unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+            r > 0 && v[0] == b'y'
+        })
 }
 
 /// List the changes in a layer against the workspace it overlays, sorted by path.
@@ -142,7 +157,13 @@ pub fn changes(layer: &CowLayer, workspace: &Path) -> Result<Vec<Change>, CellEr
     Ok(out)
 }
 
-fn walk(upper: &Path, rel: &Path, lower_root: &Path, lower_hidden: bool, out: &mut Vec<Change>) -> Result<(), CellError> {
+fn walk(
+    upper: &Path,
+    rel: &Path,
+    lower_root: &Path,
+    lower_hidden: bool,
+    out: &mut Vec<Change>,
+) -> Result<(), CellError> {
     let dir = upper.join(rel);
     let entries = std::fs::read_dir(&dir).map_err(CellError::io("read", &dir))?;
     for e in entries {
@@ -163,16 +184,30 @@ fn walk(upper: &Path, rel: &Path, lower_root: &Path, lower_hidden: bool, out: &m
             let opaque = is_opaque(&up);
             if !lower_is_dir {
                 if in_lower {
-                    out.push(Change::Deleted { path: rel_path.clone() });
+                    out.push(Change::Deleted {
+                        path: rel_path.clone(),
+                    });
                 }
-                out.push(Change::Added { path: rel_path.clone() });
+                out.push(Change::Added {
+                    path: rel_path.clone(),
+                });
             } else if opaque {
                 // The directory was removed and recreated: everything below in the lower
                 // layer is gone unless the upper layer has it again.
-                out.push(Change::Deleted { path: rel_path.clone() });
-                out.push(Change::Added { path: rel_path.clone() });
+                out.push(Change::Deleted {
+                    path: rel_path.clone(),
+                });
+                out.push(Change::Added {
+                    path: rel_path.clone(),
+                });
             }
-            walk(upper, &rel_path, lower_root, lower_hidden || opaque || !lower_is_dir, out)?;
+            walk(
+                upper,
+                &rel_path,
+                lower_root,
+                lower_hidden || opaque || !lower_is_dir,
+                out,
+            )?;
         } else if in_lower {
             out.push(Change::Modified { path: rel_path });
         } else {
@@ -199,17 +234,32 @@ pub fn diff(layer: &CowLayer, workspace: &Path) -> Result<String, CellError> {
         if old.is_dir() || new.is_dir() {
             continue;
         }
-        let old_text = match &c { Change::Added { .. } => Some(String::new()), _ => read_text(&old) };
-        let new_text = match &c { Change::Deleted { .. } => Some(String::new()), _ => read_text(&new) };
+        let old_text = match &c {
+            Change::Added { .. } => Some(String::new()),
+            _ => read_text(&old),
+        };
+        let new_text = match &c {
+            Change::Deleted { .. } => Some(String::new()),
+            _ => read_text(&new),
+        };
         let (a, b) = match &c {
             Change::Added { .. } => ("/dev/null".to_owned(), format!("b/{}", rel.display())),
             Change::Deleted { .. } => (format!("a/{}", rel.display()), "/dev/null".to_owned()),
-            Change::Modified { .. } => (format!("a/{}", rel.display()), format!("b/{}", rel.display())),
+            Change::Modified { .. } => (
+                format!("a/{}", rel.display()),
+                format!("b/{}", rel.display()),
+            ),
         };
         match (old_text, new_text) {
             (Some(o), Some(n)) => {
                 out.push_str(&format!("diff --warren a/{0} b/{0}\n", rel.display()));
-                out.push_str(&similar::TextDiff::from_lines(&o, &n).unified_diff().context_radius(3).header(&a, &b).to_string());
+                out.push_str(
+                    &similar::TextDiff::from_lines(&o, &n)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header(&a, &b)
+                        .to_string(),
+                );
             }
             _ => out.push_str(&format!("Binary files {a} and {b} differ\n")),
         }
@@ -247,13 +297,17 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
                 if m.is_dir() {
                     plan.push(Op::MkDir(dst, m.permissions().mode() & 0o7777));
                 } else if m.file_type().is_symlink() {
-                    let target = std::fs::read_link(&src).map_err(CellError::io("readlink", &src))?;
+                    let target =
+                        std::fs::read_link(&src).map_err(CellError::io("readlink", &src))?;
                     plan.push(Op::Symlink { target, at: dst });
                 } else if m.is_file() {
                     std::fs::File::open(&src).map_err(CellError::io("open", &src))?;
                     plan.push(Op::Copy { from: src, to: dst });
                 } else {
-                    return Err(CellError::Spec(format!("{}: not a regular file, directory or symlink", c.path().display())));
+                    return Err(CellError::Spec(format!(
+                        "{}: not a regular file, directory or symlink",
+                        c.path().display()
+                    )));
                 }
             }
         }
@@ -262,7 +316,11 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
     for op in plan {
         match op {
             Op::Remove(p) => {
-                let r = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let r = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
                 match r {
                     Ok(()) => report.removed.push(p),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -277,7 +335,12 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
                 }
             }
             Op::Copy { from, to } => {
-                let tmp = to.with_file_name(format!(".{}.warren-apply", to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+                let tmp = to.with_file_name(format!(
+                    ".{}.warren-apply",
+                    to.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ));
                 std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
                 if let Ok(m) = std::fs::metadata(&to) {
                     // Keep the owner of a file we replace (apply may run as root).
@@ -334,26 +397,51 @@ mod tests {
         std::fs::write(layer.upper.join("edit.txt"), "new\n").unwrap();
         std::fs::write(layer.upper.join("sub/new.txt"), "hello\n").unwrap();
         // A whiteout needs mknod of a 0/0 char device: root only. Skip that part otherwise.
-        let c = std::ffi::CString::new(layer.upper.join("gone.txt").into_os_string().into_encoded_bytes()).unwrap();
+        let c = std::ffi::CString::new(
+            layer
+                .upper
+                .join("gone.txt")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
         // SAFETY: valid C string.
         let whiteout = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) } == 0;
 
         let got = changes(&layer, &ws).unwrap();
         let mut want = vec![
-            Change::Modified { path: "edit.txt".into() },
-            Change::Added { path: "sub/new.txt".into() },
+            Change::Modified {
+                path: "edit.txt".into(),
+            },
+            Change::Added {
+                path: "sub/new.txt".into(),
+            },
         ];
         if whiteout {
-            want.insert(1, Change::Deleted { path: "gone.txt".into() });
+            want.insert(
+                1,
+                Change::Deleted {
+                    path: "gone.txt".into(),
+                },
+            );
         }
         assert_eq!(got, want);
         let d = diff(&layer, &ws).unwrap();
         assert!(d.contains("-old\n+new\n") && d.contains("+hello\n"), "{d}");
 
         apply(&layer, &ws).unwrap();
-        assert_eq!(std::fs::read_to_string(ws.join("edit.txt")).unwrap(), "new\n");
-        assert_eq!(std::fs::read_to_string(ws.join("sub/new.txt")).unwrap(), "hello\n");
-        assert_eq!(std::fs::read_to_string(ws.join("keep.txt")).unwrap(), "same\n");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("edit.txt")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("sub/new.txt")).unwrap(),
+            "hello\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("keep.txt")).unwrap(),
+            "same\n"
+        );
         if whiteout {
             assert!(!ws.join("gone.txt").exists());
         }

@@ -45,7 +45,10 @@ pub enum CellError {
 }
 
 impl CellError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CellError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> CellError {
         let path = path.into();
         move |source| CellError::Io { op, path, source }
     }

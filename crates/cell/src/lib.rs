@@ -82,7 +82,12 @@ pub trait Cell: Send + Sync {
     /// Its tier.
     fn tier(&self) -> Tier;
     /// Run a command inside, streaming its output to `sink`.
-    fn exec(&self, spec: &ExecSpec, stdin: Option<Box<dyn Read + Send>>, sink: &mut dyn OutputSink) -> Result<ExecOutcome, CellError>;
+    fn exec(
+        &self,
+        spec: &ExecSpec,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutcome, CellError>;
     /// Change the session environment for later commands.
     fn set_env(&self, vars: Vec<(String, Option<String>)>) -> Result<(), CellError>;
     /// Change the session working directory for later commands.

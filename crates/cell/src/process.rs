@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use warren_protocol::guest::{
-    ClientFrame, Decoder, ExecSpec, ExitInfo, Request, Response, SECRET_LEN,
-    ServerFrame, secret_to_hex,
+    ClientFrame, Decoder, ExecSpec, ExitInfo, Request, Response, SECRET_LEN, ServerFrame,
+    secret_to_hex,
 };
 use warren_protocol::jail::{CgroupPlacement, JailConfig, LandlockReport, Rlimits, StartReport};
 
@@ -32,8 +32,12 @@ pub struct JailProgram {
 impl JailProgram {
     /// This executable with the hidden `__jail` subcommand (what the `warren` CLI uses).
     pub fn current_exe() -> Result<Self, CellError> {
-        let program = std::env::current_exe().map_err(CellError::io("locate", "current executable"))?;
-        Ok(JailProgram { program, args: vec!["__jail".into()] })
+        let program =
+            std::env::current_exe().map_err(CellError::io("locate", "current executable"))?;
+        Ok(JailProgram {
+            program,
+            args: vec!["__jail".into()],
+        })
     }
 }
 
@@ -69,7 +73,10 @@ pub struct ProcessCell {
 /// A fresh random id like `c3f9a0b1c2d3e`.
 pub fn new_cell_id() -> String {
     let b = random_bytes::<6>();
-    format!("c{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "c{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -94,7 +101,9 @@ impl ProcessCell {
         let hostname = format!("warren-{id}");
         let (host_uid, host_gid) = resolve_identity(spec);
         if host_uid == 0 || host_gid == 0 {
-            return Err(CellError::Spec("a cell may not run as host root (uid/gid 0)".into()));
+            return Err(CellError::Spec(
+                "a cell may not run as host root (uid/gid 0)".into(),
+            ));
         }
 
         // Copy-on-write layer: created on the host, owned by the cell's host identity.
@@ -128,13 +137,24 @@ impl ProcessCell {
                     reason: "limits requested but no cgroup hierarchy with memory, pids and cpu controllers is available".into(),
                 });
             };
-            Some(CellCgroups::create(Box::new(RealFs), h, &id, &spec.limits.cgroup)?)
+            Some(CellCgroups::create(
+                Box::new(RealFs),
+                h,
+                &id,
+                &spec.limits.cgroup,
+            )?)
         } else {
             None
         };
 
         let secret = random_bytes::<SECRET_LEN>();
-        let socket_name = format!("warren/{id}/{}", random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let socket_name = format!(
+            "warren/{id}/{}",
+            random_bytes::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
         let mut env = base_env(&hostname);
         env.extend(spec.env.iter().cloned());
         let config = JailConfig {
@@ -146,11 +166,25 @@ impl ProcessCell {
             hostname,
             mounts,
             env,
-            cwd: if spec.workspace.is_some() { "/workspace".into() } else { "/tmp".into() },
-            rlimits: Rlimits { nofile: spec.limits.nofile, fsize: spec.limits.fsize },
+            cwd: if spec.workspace.is_some() {
+                "/workspace".into()
+            } else {
+                "/tmp".into()
+            },
+            rlimits: Rlimits {
+                nofile: spec.limits.nofile,
+                fsize: spec.limits.fsize,
+            },
             cgroups: cgroups
                 .as_ref()
-                .map(|c| c.dirs.iter().map(|d| CgroupPlacement { dir: d.display().to_string() }).collect())
+                .map(|c| {
+                    c.dirs
+                        .iter()
+                        .map(|d| CgroupPlacement {
+                            dir: d.display().to_string(),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
             owner_pid: std::process::id() as i32,
             require_landlock: spec.require_landlock,
@@ -186,7 +220,11 @@ impl ProcessCell {
         }
     }
 
-    fn spawn_supervisor(&mut self, jail: &JailProgram, config: &JailConfig) -> Result<(), CellError> {
+    fn spawn_supervisor(
+        &mut self,
+        jail: &JailProgram,
+        config: &JailConfig,
+    ) -> Result<(), CellError> {
         let (status_r, status_w) = pipe()?;
         let status_w_fd = status_w.as_raw_fd();
         let mut cmd = Command::new(&jail.program);
@@ -194,7 +232,11 @@ impl ProcessCell {
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("WARREN_JAIL_DEBUG").is_some() { Stdio::inherit() } else { Stdio::null() });
+            .stderr(if std::env::var_os("WARREN_JAIL_DEBUG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         // SAFETY: between fork and exec we only call dup2 and close_range (async-signal-safe) to
         // place the status pipe at fd 3 (dup2 clears its close-on-exec) and close the rest.
         unsafe {
@@ -205,11 +247,19 @@ impl ProcessCell {
                 // Descriptors this process inherited without close-on-exec must not reach
                 // the cell: mark everything above the status pipe close-on-exec.
                 // CLOSE_RANGE_CLOEXEC (4): std still needs its exec-error pipe until the exec.
-                libc::syscall(libc::SYS_close_range, warren_protocol::jail::STATUS_FD as u32 + 1, u32::MAX, 4u32);
+                libc::syscall(
+                    libc::SYS_close_range,
+                    warren_protocol::jail::STATUS_FD as u32 + 1,
+                    u32::MAX,
+                    4u32,
+                );
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| CellError::Spawn { program: jail.program.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| CellError::Spawn {
+            program: jail.program.clone(),
+            source,
+        })?;
         drop(status_w);
         self.info.supervisor_pid = child.id() as i32;
         let json = serde_json::to_vec(config).map_err(|e| CellError::Spec(e.to_string()))?;
@@ -220,12 +270,19 @@ impl ProcessCell {
 
         // One line: Ready or Refused.
         if !wait_readable(&status_r, START_TIMEOUT) {
-            return Err(CellError::Refused { step: "start".into(), reason: format!("no report from the cell within {START_TIMEOUT:?}") });
+            return Err(CellError::Refused {
+                step: "start".into(),
+                reason: format!("no report from the cell within {START_TIMEOUT:?}"),
+            });
         }
         let mut line = String::new();
         let _ = BufReader::new(std::fs::File::from(status_r)).read_line(&mut line);
         match serde_json::from_str::<StartReport>(&line) {
-            Ok(StartReport::Ready { init_pid, landlock, seccomp_rules }) => {
+            Ok(StartReport::Ready {
+                init_pid,
+                landlock,
+                seccomp_rules,
+            }) => {
                 self.info.init_pid = init_pid;
                 self.info.landlock = landlock;
                 self.info.seccomp_rules = seccomp_rules;
@@ -236,7 +293,9 @@ impl ProcessCell {
                 let status = self.supervisor.as_mut().and_then(|c| c.wait().ok());
                 Err(CellError::Refused {
                     step: "start".into(),
-                    reason: format!("the cell supervisor exited without a report ({status:?}); run with WARREN_JAIL_DEBUG=1 to see its stderr"),
+                    reason: format!(
+                        "the cell supervisor exited without a report ({status:?}); run with WARREN_JAIL_DEBUG=1 to see its stderr"
+                    ),
                 })
             }
         }
@@ -258,23 +317,40 @@ impl ProcessCell {
     }
 
     /// Connect and authenticate with an arbitrary secret (tests of the channel use this).
-    pub fn connect_with_secret(&self, secret: &[u8; SECRET_LEN]) -> Result<(UnixStream, Decoder), CellError> {
+    pub fn connect_with_secret(
+        &self,
+        secret: &[u8; SECRET_LEN],
+    ) -> Result<(UnixStream, Decoder), CellError> {
+        self.connect_and_send(secret, None)
+    }
+
+    /// Connect, then send the hello and (optionally) the request in one write.
+    fn connect_and_send(
+        &self,
+        secret: &[u8; SECRET_LEN],
+        req: Option<Request>,
+    ) -> Result<(UnixStream, Decoder), CellError> {
         use std::os::linux::net::SocketAddrExt;
-        let chan = |what: String| CellError::Channel { id: self.id.clone(), what };
+        let chan = |what: String| CellError::Channel {
+            id: self.id.clone(),
+            what,
+        };
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(self.socket_name.as_bytes())
             .map_err(|e| chan(format!("socket name: {e}")))?;
-        let mut conn = UnixStream::connect_addr(&addr).map_err(|e| chan(format!("connect: {e}")))?;
+        let mut conn =
+            UnixStream::connect_addr(&addr).map_err(|e| chan(format!("connect: {e}")))?;
         let mut buf = Vec::new();
         ClientFrame::Hello(*secret).encode(&mut buf);
-        conn.write_all(&buf).map_err(|e| chan(format!("send hello: {e}")))?;
+        if let Some(r) = req {
+            ClientFrame::Request(r).encode(&mut buf);
+        }
+        conn.write_all(&buf)
+            .map_err(|e| chan(format!("send: {e}")))?;
         Ok((conn, Decoder::default()))
     }
 
     fn request(&self, req: Request) -> Result<Response, CellError> {
-        let (mut conn, mut dec) = self.connect_with_secret(&self.secret)?;
-        let mut buf = Vec::new();
-        ClientFrame::Request(req).encode(&mut buf);
-        conn.write_all(&buf).map_err(|e| self.chan(format!("send: {e}")))?;
+        let (mut conn, mut dec) = self.connect_and_send(&self.secret, Some(req))?;
         loop {
             match self.read_server(&mut conn, &mut dec)? {
                 ServerFrame::Welcome { .. } => continue,
@@ -285,10 +361,17 @@ impl ProcessCell {
     }
 
     fn chan(&self, what: String) -> CellError {
-        CellError::Channel { id: self.id.clone(), what }
+        CellError::Channel {
+            id: self.id.clone(),
+            what,
+        }
     }
 
-    fn read_server(&self, conn: &mut UnixStream, dec: &mut Decoder) -> Result<ServerFrame, CellError> {
+    fn read_server(
+        &self,
+        conn: &mut UnixStream,
+        dec: &mut Decoder,
+    ) -> Result<ServerFrame, CellError> {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match dec.next_server() {
@@ -297,9 +380,14 @@ impl ProcessCell {
                 Err(e) => return Err(self.chan(format!("protocol: {e}"))),
             }
             match conn.read(&mut buf) {
-                Ok(0) => return Err(self.chan("the cell closed the connection (did it die?)".into())),
+                Ok(0) => {
+                    return Err(self.chan("the cell closed the connection (did it die?)".into()));
+                }
                 Ok(n) => dec.push(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     return Err(self.chan("no answer from the cell's init in time".into()));
                 }
                 Err(e) => return Err(self.chan(format!("read: {e}"))),
@@ -309,21 +397,29 @@ impl ProcessCell {
 
     fn kill_now(&mut self) {
         if let Some(mut child) = self.supervisor.take() {
-            // SIGTERM asks the supervisor to kill the init and clean up; it exits promptly.
+            // SIGTERM asks the supervisor to kill the init (taking the whole pid namespace with
+            // it) and remove the cgroups; it exits promptly. Wait on a pidfd, not a sleep loop.
+            let pid = child.id() as i32;
+            // SAFETY: pidfd_open on our own, not yet reaped, child.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if std::time::Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-                }
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let exited = pidfd >= 0 && {
+                let mut p = libc::pollfd {
+                    fd: pidfd as i32,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the descriptor is closed right after.
+                let n = unsafe { libc::poll(&mut p, 1, 5000) };
+                // SAFETY: closing the pidfd we opened.
+                unsafe { libc::close(pidfd as i32) };
+                n > 0
+            };
+            if !exited {
+                let _ = child.kill();
             }
+            let _ = child.wait();
         }
         if let Some(cg) = &self.cgroups {
             cg.remove();
@@ -343,7 +439,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), CellError> {
     let mut fds = [0; 2];
     // SAFETY: valid two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(CellError::io("pipe", "status")(std::io::Error::last_os_error()));
+        return Err(CellError::io("pipe", "status")(
+            std::io::Error::last_os_error(),
+        ));
     }
     use std::os::fd::FromRawFd;
     // SAFETY: fresh descriptors we own.
@@ -351,7 +449,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), CellError> {
 }
 
 fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
     n > 0
@@ -372,23 +474,29 @@ impl Cell for ProcessCell {
         Tier::Process
     }
 
-    fn exec(&self, spec: &ExecSpec, stdin: Option<Box<dyn Read + Send>>, sink: &mut dyn OutputSink) -> Result<ExecOutcome, CellError> {
+    fn exec(
+        &self,
+        spec: &ExecSpec,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutcome, CellError> {
         let oom_before = self.cgroups.as_ref().map_or(0, |c| c.oom_kills());
         let cap = spec.max_output_bytes;
-        let (mut conn, mut dec) = self.connect_with_secret(&self.secret)?;
         let mut spec = spec.clone();
         spec.stdin = stdin.is_some();
-        let mut buf = Vec::new();
-        ClientFrame::Request(Request::Exec(spec.clone())).encode(&mut buf);
-        conn.write_all(&buf).map_err(|e| self.chan(format!("send: {e}")))?;
+        let (mut conn, mut dec) =
+            self.connect_and_send(&self.secret, Some(Request::Exec(spec.clone())))?;
         // The init enforces the timeout; if it goes silent well past it, give up on it.
         if let Some(ms) = spec.timeout_ms {
-            let _ = conn.set_read_timeout(Some(Duration::from_millis(ms) + Duration::from_secs(10)));
+            let _ =
+                conn.set_read_timeout(Some(Duration::from_millis(ms) + Duration::from_secs(10)));
         }
         if let Some(mut input) = stdin {
             // Detached: the command may finish without reading its input, and a blocking read
             // of (say) a terminal cannot be interrupted; the thread ends with the socket.
-            let mut w = conn.try_clone().map_err(|e| self.chan(format!("clone socket: {e}")))?;
+            let mut w = conn
+                .try_clone()
+                .map_err(|e| self.chan(format!("clone socket: {e}")))?;
             std::thread::spawn(move || {
                 let mut chunk = vec![0u8; 32 * 1024];
                 let mut out = Vec::new();

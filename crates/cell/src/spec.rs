@@ -96,7 +96,9 @@ impl CellSpec {
 
 /// System directories bound read-only when present (symlinks are recreated as symlinks, as
 /// on merged-/usr hosts where `/bin -> usr/bin`).
-pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+];
 
 /// Host `/etc` entries a cell may see, each needed by ordinary programs and none secret.
 /// Everything else (shadow, gshadow, sudoers, ssh keys, machine-id, credentials of package
@@ -105,7 +107,10 @@ pub const ETC_ALLOWLIST: &[(&str, &str)] = &[
     ("ld.so.cache", "dynamic linker's library index"),
     ("ld.so.conf", "dynamic linker configuration"),
     ("ld.so.conf.d", "dynamic linker configuration"),
-    ("alternatives", "Debian's /usr/bin/* -> alternatives symlinks (awk, editor, java, …)"),
+    (
+        "alternatives",
+        "Debian's /usr/bin/* -> alternatives symlinks (awk, editor, java, …)",
+    ),
     ("ssl", "CA certificates for TLS clients"),
     ("ca-certificates", "CA certificates for TLS clients"),
     ("localtime", "time zone"),
@@ -127,7 +132,10 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 /// The fixed environment of every command; nothing from the host leaks in.
 pub fn base_env(hostname: &str) -> Vec<(String, String)> {
     [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
         ("HOME", "/tmp"),
         ("USER", "agent"),
         ("LOGNAME", "agent"),
@@ -158,22 +166,30 @@ pub fn resolve_identity(spec: &CellSpec) -> (u32, u32) {
     if euid != 0 {
         return (euid, egid);
     }
-    if let Some(ws) = &spec.workspace {
-        if let Ok(m) = std::fs::metadata(&ws.host) {
-            if m.uid() != 0 {
-                return (m.uid(), if m.gid() != 0 { m.gid() } else { m.uid() });
-            }
-        }
+    if let Some(ws) = &spec.workspace
+        && let Ok(m) = std::fs::metadata(&ws.host)
+        && m.uid() != 0
+    {
+        return (m.uid(), if m.gid() != 0 { m.gid() } else { m.uid() });
     }
     (65534, 65534)
 }
 
 fn bind(target: &str, source: &str, readonly: bool) -> Mount {
-    Mount { target: target.into(), kind: MountKind::Bind { source: source.into(), readonly } }
+    Mount {
+        target: target.into(),
+        kind: MountKind::Bind {
+            source: source.into(),
+            readonly,
+        },
+    }
 }
 
 fn file(target: &str, contents: String) -> Mount {
-    Mount { target: target.into(), kind: MountKind::File { contents } }
+    Mount {
+        target: target.into(),
+        kind: MountKind::File { contents },
+    }
 }
 
 /// Copy-on-write layer directories of a cell.
@@ -191,25 +207,38 @@ impl CowLayer {
     /// Layout under the state directory.
     pub fn at(state_dir: &Path, id: &str) -> Self {
         let root = state_dir.join("changes").join(id);
-        CowLayer { upper: root.join("upper"), work: root.join("work"), root }
+        CowLayer {
+            upper: root.join("upper"),
+            work: root.join("work"),
+            root,
+        }
     }
 }
 
 fn utf8(p: &Path) -> Result<&str, CellError> {
-    p.to_str().ok_or_else(|| CellError::Spec(format!("path {} is not UTF-8", p.display())))
+    p.to_str()
+        .ok_or_else(|| CellError::Spec(format!("path {} is not UTF-8", p.display())))
 }
 
 impl CellSpec {
     /// The explicit namespace for this spec. `cow` must be given when the workspace is `Cow`.
-    pub fn mount_spec(&self, hostname: &str, cow: Option<&CowLayer>) -> Result<MountSpec, CellError> {
+    pub fn mount_spec(
+        &self,
+        hostname: &str,
+        cow: Option<&CowLayer>,
+    ) -> Result<MountSpec, CellError> {
         let mut mounts = Vec::new();
         for dir in SYSTEM_DIRS {
-            let Ok(meta) = std::fs::symlink_metadata(dir) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(dir) else {
+                continue;
+            };
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(dir).map_err(CellError::io("readlink", *dir))?;
                 mounts.push(Mount {
                     target: (*dir).into(),
-                    kind: MountKind::Symlink { points_to: utf8(&target)?.to_owned() },
+                    kind: MountKind::Symlink {
+                        points_to: utf8(&target)?.to_owned(),
+                    },
                 });
             } else if meta.is_dir() {
                 mounts.push(bind(dir, dir, true));
@@ -219,11 +248,23 @@ impl CellSpec {
         mounts.push(file("/etc/passwd", format!(
             "root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{CELL_UID}:{CELL_GID}:Warren agent:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )));
-        mounts.push(file("/etc/group", format!("root:x:0:\nagent:x:{CELL_GID}:\nnogroup:x:65534:\n")));
+        mounts.push(file(
+            "/etc/group",
+            format!("root:x:0:\nagent:x:{CELL_GID}:\nnogroup:x:65534:\n"),
+        ));
         mounts.push(file("/etc/hostname", format!("{hostname}\n")));
-        mounts.push(file("/etc/hosts", format!("127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n")));
-        mounts.push(file("/etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n".into()));
-        mounts.push(file("/etc/resolv.conf", "# no network in this cell\n".into()));
+        mounts.push(file(
+            "/etc/hosts",
+            format!("127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n"),
+        ));
+        mounts.push(file(
+            "/etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files\n".into(),
+        ));
+        mounts.push(file(
+            "/etc/resolv.conf",
+            "# no network in this cell\n".into(),
+        ));
         for (name, _why) in ETC_ALLOWLIST {
             let host = format!("/etc/{name}");
             if std::fs::metadata(&host).is_ok() {
@@ -235,13 +276,16 @@ impl CellSpec {
             let host = utf8(&ws.host)?;
             check_path(host).map_err(|e| CellError::Spec(e.to_string()))?;
             if !ws.host.is_dir() {
-                return Err(CellError::Spec(format!("workspace {host} is not a directory")));
+                return Err(CellError::Spec(format!(
+                    "workspace {host} is not a directory"
+                )));
             }
             mounts.push(match ws.mode {
                 WorkspaceMode::ReadOnly => bind("/workspace", host, true),
                 WorkspaceMode::ReadWrite => bind("/workspace", host, false),
                 WorkspaceMode::Cow => {
-                    let cow = cow.ok_or_else(|| CellError::Spec("cow workspace without a layer".into()))?;
+                    let cow =
+                        cow.ok_or_else(|| CellError::Spec("cow workspace without a layer".into()))?;
                     Mount {
                         target: "/workspace".into(),
                         kind: MountKind::Cow {
@@ -253,22 +297,54 @@ impl CellSpec {
                 }
             });
         }
-        mounts.push(Mount { target: "/tmp".into(), kind: MountKind::Tmpfs { size_bytes: self.limits.tmp_bytes, mode: 0o1777 } });
+        mounts.push(Mount {
+            target: "/tmp".into(),
+            kind: MountKind::Tmpfs {
+                size_bytes: self.limits.tmp_bytes,
+                mode: 0o1777,
+            },
+        });
         // /dev: a small tmpfs with bound character devices and the usual symlinks.
-        mounts.push(Mount { target: "/dev".into(), kind: MountKind::Tmpfs { size_bytes: 64 << 10, mode: 0o755 } });
+        mounts.push(Mount {
+            target: "/dev".into(),
+            kind: MountKind::Tmpfs {
+                size_bytes: 64 << 10,
+                mode: 0o755,
+            },
+        });
         for d in DEVICES {
             let p = format!("/dev/{d}");
             if std::fs::metadata(&p).is_ok() {
-                mounts.push(Mount { target: p.clone(), kind: MountKind::Device { source: p } });
+                mounts.push(Mount {
+                    target: p.clone(),
+                    kind: MountKind::Device { source: p },
+                });
             }
         }
-        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-            mounts.push(Mount { target: format!("/dev/{name}"), kind: MountKind::Symlink { points_to: target.into() } });
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            mounts.push(Mount {
+                target: format!("/dev/{name}"),
+                kind: MountKind::Symlink {
+                    points_to: target.into(),
+                },
+            });
         }
-        mounts.push(Mount { target: "/dev/shm".into(), kind: MountKind::Tmpfs { size_bytes: self.limits.tmp_bytes.min(64 << 20), mode: 0o1777 } });
+        mounts.push(Mount {
+            target: "/dev/shm".into(),
+            kind: MountKind::Tmpfs {
+                size_bytes: self.limits.tmp_bytes.min(64 << 20),
+                mode: 0o1777,
+            },
+        });
         mounts.extend(self.extra_mounts.iter().cloned());
         let spec = MountSpec { mounts };
-        spec.validate().map_err(|e| CellError::Spec(e.to_string()))?;
+        spec.validate()
+            .map_err(|e| CellError::Spec(e.to_string()))?;
         Ok(spec)
     }
 }
@@ -280,11 +356,27 @@ mod tests {
 
     #[test]
     fn default_namespace_has_no_secrets_and_no_dangerous_devices() {
-        let spec = CellSpec::new("/nonexistent-state").mount_spec("cell", None).unwrap();
+        let spec = CellSpec::new("/nonexistent-state")
+            .mount_spec("cell", None)
+            .unwrap();
         for m in &spec.mounts {
-            assert!(!m.target.contains("shadow") && !m.target.contains("sudoers") && !m.target.contains("ssh"), "{m:?}");
+            assert!(
+                !m.target.contains("shadow")
+                    && !m.target.contains("sudoers")
+                    && !m.target.contains("ssh"),
+                "{m:?}"
+            );
             if let MountKind::Device { source } = &m.kind {
-                assert!(!["/dev/kvm", "/dev/vsock", "/dev/fuse", "/dev/vda", "/dev/sda"].contains(&source.as_str()));
+                assert!(
+                    ![
+                        "/dev/kvm",
+                        "/dev/vsock",
+                        "/dev/fuse",
+                        "/dev/vda",
+                        "/dev/sda"
+                    ]
+                    .contains(&source.as_str())
+                );
             }
             if let MountKind::Bind { readonly, .. } = &m.kind {
                 assert!(readonly, "system binds must be read-only: {m:?}");
@@ -297,20 +389,34 @@ mod tests {
     #[test]
     fn workspace_modes_map_to_mount_kinds() {
         let mut s = CellSpec::new("/state");
-        s.workspace = Some(Workspace { host: "/usr".into(), mode: WorkspaceMode::ReadOnly });
+        s.workspace = Some(Workspace {
+            host: "/usr".into(),
+            mode: WorkspaceMode::ReadOnly,
+        });
         let m = s.mount_spec("c", None).unwrap();
-        assert!(matches!(m.get("/workspace").unwrap().kind, MountKind::Bind { readonly: true, .. }));
-        s.workspace = Some(Workspace { host: "/usr".into(), mode: WorkspaceMode::Cow });
+        assert!(matches!(
+            m.get("/workspace").unwrap().kind,
+            MountKind::Bind { readonly: true, .. }
+        ));
+        s.workspace = Some(Workspace {
+            host: "/usr".into(),
+            mode: WorkspaceMode::Cow,
+        });
         assert!(s.mount_spec("c", None).is_err(), "cow needs a layer");
         let layer = CowLayer::at(Path::new("/state"), "c1");
         let m = s.mount_spec("c", Some(&layer)).unwrap();
-        assert!(matches!(&m.get("/workspace").unwrap().kind, MountKind::Cow { upper, .. } if upper == "/state/changes/c1/upper"));
+        assert!(
+            matches!(&m.get("/workspace").unwrap().kind, MountKind::Cow { upper, .. } if upper == "/state/changes/c1/upper")
+        );
     }
 
     #[test]
     fn root_never_maps_to_host_root() {
         let mut s = CellSpec::new("/state");
-        s.workspace = Some(Workspace { host: "/".into(), mode: WorkspaceMode::ReadOnly });
+        s.workspace = Some(Workspace {
+            host: "/".into(),
+            mode: WorkspaceMode::ReadOnly,
+        });
         let (uid, gid) = resolve_identity(&s);
         assert!(uid != 0 && gid != 0);
     }

@@ -11,6 +11,8 @@
 //! Figures, not assertions: these machines are shared and noisy. Iteration counts can be
 //! scaled with `WARREN_BENCH_SCALE` (e.g. 0.2 for a quick look).
 
+#![allow(clippy::expect_used)] // a benchmark aborts loudly on failure
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,10 @@ use warren_cell::cgroup::CgroupLimits;
 use warren_cell::{Cell, CellSpec, Collect, ExecSpec, JailProgram, ProcessCell};
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("WARREN_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let s: f64 = std::env::var("WARREN_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     ((n as f64 * s) as usize).max(5)
 }
 
@@ -54,32 +59,52 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn jail() -> JailProgram {
-    JailProgram { program: env!("CARGO_BIN_EXE_warren").into(), args: vec!["__jail".into()] }
+    JailProgram {
+        program: env!("CARGO_BIN_EXE_warren").into(),
+        args: vec!["__jail".into()],
+    }
 }
 
 fn true_spec() -> ExecSpec {
-    ExecSpec { argv: vec!["/bin/true".into()], max_output_bytes: 1 << 16, ..Default::default() }
+    ExecSpec {
+        argv: vec!["/bin/true".into()],
+        max_output_bytes: 1 << 16,
+        ..Default::default()
+    }
 }
 
 fn run_true(cell: &ProcessCell) {
-    let o = cell.exec(&true_spec(), None, &mut Collect::default()).expect("exec");
+    let o = cell
+        .exec(&true_spec(), None, &mut Collect::default())
+        .expect("exec");
     assert_eq!(o.exit.code, Some(0), "{o:?}");
 }
 
-fn cold_warren(spec: &CellSpec, n: usize) -> Stats {
+/// Whole-cycle samples, plus per-phase samples (start-to-ready, first exec, teardown).
+fn cold_warren(spec: &CellSpec, n: usize) -> (Stats, [Stats; 3]) {
     let mut samples = Vec::with_capacity(n);
+    let mut phases: [Vec<Duration>; 3] = Default::default();
     for _ in 0..n {
         let t = Instant::now();
         let mut cell = ProcessCell::start(spec, &jail()).expect("cell start");
+        let t1 = Instant::now();
         run_true(&cell);
+        let t2 = Instant::now();
         cell.kill();
-        samples.push(t.elapsed());
+        let t3 = Instant::now();
+        samples.push(t3 - t);
+        phases[0].push(t1 - t);
+        phases[1].push(t2 - t1);
+        phases[2].push(t3 - t2);
     }
-    Stats::new(samples)
+    (Stats::new(samples), phases.map(Stats::new))
 }
 
 fn bwrap_args() -> Vec<String> {
-    let mut a: Vec<String> = ["--unshare-all", "--die-with-parent", "--new-session"].iter().map(|s| s.to_string()).collect();
+    let mut a: Vec<String> = ["--unshare-all", "--die-with-parent", "--new-session"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for dir in warren_cell::spec::SYSTEM_DIRS {
         match std::fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_symlink() => {
@@ -90,20 +115,40 @@ fn bwrap_args() -> Vec<String> {
             _ => {}
         }
     }
-    a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"].iter().map(|s| s.to_string()));
+    a.extend(
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "/bin/true",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a
 }
 
 fn cold_bwrap(n: usize) -> Option<Stats> {
     let args = bwrap_args();
-    let ok = Command::new("bwrap").args(&args).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("bwrap")
+        .args(&args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         return None;
     }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let s = Command::new("bwrap").args(&args).stdin(Stdio::null()).status().expect("bwrap");
+        let s = Command::new("bwrap")
+            .args(&args)
+            .stdin(Stdio::null())
+            .status()
+            .expect("bwrap");
         assert!(s.success());
         samples.push(t.elapsed());
     }
@@ -114,7 +159,11 @@ fn rss_kib(pid: i32) -> (u64, u64) {
     let field = |file: &str, key: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{file}"))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
             .unwrap_or(0)
     };
     (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
@@ -128,24 +177,46 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let state = std::env::temp_dir().join(format!("warren-bench-{}", std::process::id()));
     let mut spec = CellSpec::new(&state);
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut with_cgroup = spec.clone();
     if root {
-        with_cgroup.limits.cgroup = CgroupLimits { memory_bytes: Some(256 << 20), pids: Some(256), cpus: None };
+        with_cgroup.limits.cgroup = CgroupLimits {
+            memory_bytes: Some(256 << 20),
+            pids: Some(256),
+            cpus: None,
+        };
     }
     spec.limits.cgroup = CgroupLimits::default();
 
-    println!("warren cell benchmarks (kernel {}, {} CPUs)", kernel(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "warren cell benchmarks (kernel {}, {} CPUs)",
+        kernel(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!();
     println!("== cold start: start a cell, run /bin/true in it, tear it down ==");
     let n = scale(200);
     // Warm up caches (page cache of the binary, dentries) for both.
     let _ = cold_warren(&with_cgroup, 5);
     let _ = cold_bwrap(5);
-    let w_cg = cold_warren(&with_cgroup, n);
-    let w = cold_warren(&spec, n);
+    let (w_cg, phases) = cold_warren(&with_cgroup, n);
+    let (w, _) = cold_warren(&spec, n);
     let b = cold_bwrap(n);
-    println!("{}", w_cg.line(if root { "warren (ns+mounts+landlock+seccomp+cgroup)" } else { "warren (no cgroup: not root)" }));
+    println!(
+        "{}",
+        w_cg.line(if root {
+            "warren (ns+mounts+landlock+seccomp+cgroup)"
+        } else {
+            "warren (no cgroup: not root)"
+        })
+    );
+    println!("{}", phases[0].line("  of which: start to ready"));
+    println!("{}", phases[1].line("  of which: first exec of /bin/true"));
+    println!(
+        "{}",
+        phases[2].line("  of which: teardown (kill, reap, rmdir cgroups)")
+    );
     println!("{}", w.line("warren (same, without cgroup limits)"));
     match &b {
         Some(b) => {
@@ -188,14 +259,19 @@ fn main() {
                 });
             }
         });
-        println!("concurrent throughput ({threads} clients): {:.0} execs/s", (per * threads) as f64 / t0.elapsed().as_secs_f64());
+        println!(
+            "concurrent throughput ({threads} clients): {:.0} execs/s",
+            (per * threads) as f64 / t0.elapsed().as_secs_f64()
+        );
     }
     drop(cell);
 
     println!();
     println!("== resident memory of idle cells ==");
     let before = self_rss_kib();
-    let cells: Vec<ProcessCell> = (0..scale(50)).map(|_| ProcessCell::start(&with_cgroup, &jail()).expect("cell")).collect();
+    let cells: Vec<ProcessCell> = (0..scale(50))
+        .map(|_| ProcessCell::start(&with_cgroup, &jail()).expect("cell"))
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let after = self_rss_kib();
     let (mut rss, mut pss) = (0u64, 0u64);
@@ -208,8 +284,15 @@ fn main() {
     }
     let k = cells.len() as u64;
     println!("cells measured: {k}");
-    println!("per cell, supervisor + init: RSS {:.0} KiB, PSS {:.0} KiB", rss as f64 / k as f64, pss as f64 / k as f64);
-    println!("per cell, host-side bookkeeping (RSS growth of this process): {:.1} KiB", after.saturating_sub(before) as f64 / k as f64);
+    println!(
+        "per cell, supervisor + init: RSS {:.0} KiB, PSS {:.0} KiB",
+        rss as f64 / k as f64,
+        pss as f64 / k as f64
+    );
+    println!(
+        "per cell, host-side bookkeeping (RSS growth of this process): {:.1} KiB",
+        after.saturating_sub(before) as f64 / k as f64
+    );
     println!(
         "per cell, total (PSS + bookkeeping): {:.2} MiB (target <= 2 MiB)",
         (pss as f64 / k as f64 + after.saturating_sub(before) as f64 / k as f64) / 1024.0
@@ -219,5 +302,7 @@ fn main() {
 }
 
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

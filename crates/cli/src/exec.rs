@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 use warren_cell::cgroup::CgroupLimits;
-use warren_cell::{Cell, CellSpec, ExecSpec, FailureCode, JailProgram, OutputSink, ProcessCell, Workspace, WorkspaceMode, cow};
+use warren_cell::{
+    Cell, CellSpec, ExecSpec, FailureCode, JailProgram, OutputSink, ProcessCell, Workspace,
+    WorkspaceMode, cow,
+};
 use warren_protocol::exit;
 
 use crate::policy::{self, Mode, Policy};
@@ -65,7 +68,9 @@ pub struct ExecArgs {
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.into(), v.into())),
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.into(), v.into()))
+        }
         _ => Err(format!("{s:?} is not K=V")),
     }
 }
@@ -118,7 +123,8 @@ fn settings(a: &ExecArgs) -> Result<Policy, String> {
 fn cell_spec(p: &Policy, state: &Path) -> Result<CellSpec, String> {
     let mut spec = CellSpec::new(state);
     if let Some(ws) = &p.workspace {
-        let host = std::fs::canonicalize(ws).map_err(|e| format!("workspace {}: {e}", ws.display()))?;
+        let host =
+            std::fs::canonicalize(ws).map_err(|e| format!("workspace {}: {e}", ws.display()))?;
         let mode = match p.mode.unwrap_or(Mode::Cow) {
             Mode::Ro => WorkspaceMode::ReadOnly,
             Mode::Rw => WorkspaceMode::ReadWrite,
@@ -128,7 +134,11 @@ fn cell_spec(p: &Policy, state: &Path) -> Result<CellSpec, String> {
     } else if p.mode.is_some() {
         return Err("--rw/--ro/--cow need --workspace DIR".into());
     }
-    spec.limits.cgroup = CgroupLimits { memory_bytes: p.memory, pids: p.pids, cpus: p.cpus };
+    spec.limits.cgroup = CgroupLimits {
+        memory_bytes: p.memory,
+        pids: p.pids,
+        cpus: p.cpus,
+    };
     if let Some(t) = p.tmp_size {
         spec.limits.tmp_bytes = t;
     }
@@ -187,9 +197,14 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         max_output_bytes: spec.limits.max_output_bytes,
         ..Default::default()
     };
-    let stdin: Option<Box<dyn std::io::Read + Send>> = a.interactive.then(|| Box::new(std::io::stdin()) as _);
+    let stdin: Option<Box<dyn std::io::Read + Send>> =
+        a.interactive.then(|| Box::new(std::io::stdin()) as _);
     let mut collected = warren_cell::Collect::default();
-    let result = if a.json { cell.exec(&exec, stdin, &mut collected) } else { cell.exec(&exec, stdin, &mut Streaming) };
+    let result = if a.json {
+        cell.exec(&exec, stdin, &mut collected)
+    } else {
+        cell.exec(&exec, stdin, &mut Streaming)
+    };
     let outcome = match result {
         Ok(o) => o,
         Err(e) => return refuse(e.to_string()),
@@ -242,10 +257,16 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         );
     }
     if outcome.exit.timed_out {
-        eprintln!("warren: killed after the {:?} timeout", p.timeout.unwrap_or_default());
+        eprintln!(
+            "warren: killed after the {:?} timeout",
+            p.timeout.unwrap_or_default()
+        );
     }
     if outcome.oom_killed {
-        eprintln!("warren: killed by the out-of-memory killer (memory limit {} bytes)", p.memory.unwrap_or(0));
+        eprintln!(
+            "warren: killed by the out-of-memory killer (memory limit {} bytes)",
+            p.memory.unwrap_or(0)
+        );
     }
     if layer.is_some() {
         if changes.is_empty() {
@@ -255,7 +276,9 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
             for c in &changes {
                 eprintln!("  {} {}", c.marker(), c.path().display());
             }
-            eprintln!("warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`");
+            eprintln!(
+                "warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
+            );
         }
     }
     code
@@ -275,7 +298,11 @@ pub fn diff(state: &Path, id: &str, stat: bool) -> i32 {
         Err(c) => return c,
     };
     let r = if stat {
-        cow::changes(&l.layer, &l.meta.workspace).map(|cs| cs.iter().map(|c| format!("{} {}\n", c.marker(), c.path().display())).collect())
+        cow::changes(&l.layer, &l.meta.workspace).map(|cs| {
+            cs.iter()
+                .map(|c| format!("{} {}\n", c.marker(), c.path().display()))
+                .collect()
+        })
     } else {
         cow::diff(&l.layer, &l.meta.workspace)
     };
@@ -349,7 +376,9 @@ pub fn list_changes(state: &Path, json: bool) -> i32 {
         eprintln!("warren: no kept changes");
     } else {
         for l in layers {
-            let n = cow::changes(&l.layer, &l.meta.workspace).map(|c| c.len()).unwrap_or(0);
+            let n = cow::changes(&l.layer, &l.meta.workspace)
+                .map(|c| c.len())
+                .unwrap_or(0);
             println!("{}  {} change(s)  {}", l.id, n, l.meta.workspace.display());
         }
     }

@@ -74,13 +74,18 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(x).join("warren");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/warren")
 }
 
 /// Process hardening before any work: no core dumps (they could hold secrets later).
 fn harden() {
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: setrlimit with a valid struct.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }

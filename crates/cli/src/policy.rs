@@ -93,13 +93,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 "m" => 1 << 20,
                 "g" => 1 << 30,
                 "t" => 1 << 40,
-                _ => return Err(format!("unknown size unit {:?} (use K, M, G or T)", &s[i..])),
+                _ => {
+                    return Err(format!(
+                        "unknown size unit {:?} (use K, M, G or T)",
+                        &s[i..]
+                    ));
+                }
             };
             (&s[..i], mult)
         }
         None => (s, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{s:?} must be positive"));
     }
@@ -110,7 +118,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let n: f64 = s[..split].trim().parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let n: f64 = s[..split]
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
     let secs = match &s[split..] {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -128,26 +139,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
     let at = |offset: usize, msg: &str| {
         let (l, c) = line_col(text, offset);
-        PolicyError { message: format!("{}:{l}:{c}: {msg}", file.display()) }
+        PolicyError {
+            message: format!("{}:{l}:{c}: {msg}", file.display()),
+        }
     };
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         at(offset, e.message())
     })?;
-    let value = |v: &Spanned<String>, f: fn(&str) -> Result<u64, String>| f(v.get_ref()).map_err(|m| at(v.span().start, &m));
+    let value = |v: &Spanned<String>, f: fn(&str) -> Result<u64, String>| {
+        f(v.get_ref()).map_err(|m| at(v.span().start, &m))
+    };
     let mode = match &raw.mode {
         None => None,
         Some(m) => Some(match m.get_ref().as_str() {
             "ro" => Mode::Ro,
             "rw" => Mode::Rw,
             "cow" => Mode::Cow,
-            other => return Err(at(m.span().start, &format!("mode must be \"ro\", \"rw\" or \"cow\", not {other:?}"))),
+            other => {
+                return Err(at(
+                    m.span().start,
+                    &format!("mode must be \"ro\", \"rw\" or \"cow\", not {other:?}"),
+                ));
+            }
         }),
     };
-    if let Some(p) = &raw.pids {
-        if *p.get_ref() == 0 {
-            return Err(at(p.span().start, "pids must be at least 1"));
-        }
+    if let Some(p) = &raw.pids
+        && *p.get_ref() == 0
+    {
+        return Err(at(p.span().start, "pids must be at least 1"));
     }
     if let Some(c) = &raw.cpus {
         let v = *c.get_ref();
@@ -163,7 +183,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
     Ok(Policy {
         workspace: raw.workspace.as_ref().map(|w| PathBuf::from(w.get_ref())),
         mode,
-        memory: raw.memory.as_ref().map(|v| value(v, parse_size)).transpose()?,
+        memory: raw
+            .memory
+            .as_ref()
+            .map(|v| value(v, parse_size))
+            .transpose()?,
         pids: raw.pids.map(|p| p.into_inner()),
         cpus: raw.cpus.map(|c| c.into_inner()),
         timeout: raw
@@ -171,15 +195,25 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
             .as_ref()
             .map(|t| parse_duration(t.get_ref()).map_err(|m| at(t.span().start, &m)))
             .transpose()?,
-        tmp_size: raw.tmp_size.as_ref().map(|v| value(v, parse_size)).transpose()?,
-        output_limit: raw.output_limit.as_ref().map(|v| value(v, parse_size)).transpose()?,
+        tmp_size: raw
+            .tmp_size
+            .as_ref()
+            .map(|v| value(v, parse_size))
+            .transpose()?,
+        output_limit: raw
+            .output_limit
+            .as_ref()
+            .map(|v| value(v, parse_size))
+            .transpose()?,
         env: raw.env.into_iter().collect(),
     })
 }
 
 /// Read and parse a policy file.
 pub fn load(file: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(file).map_err(|e| PolicyError { message: format!("{}: {e}", file.display()) })?;
+    let text = std::fs::read_to_string(file).map_err(|e| PolicyError {
+        message: format!("{}: {e}", file.display()),
+    })?;
     parse(file, &text)
 }
 
@@ -207,9 +241,16 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_column() {
-        assert!(err("pids = 4\nmemory = \"12Q\"\n").starts_with("p.toml:2:10: unknown size unit"), "{}", err("pids = 4\nmemory = \"12Q\"\n"));
+        assert!(
+            err("pids = 4\nmemory = \"12Q\"\n").starts_with("p.toml:2:10: unknown size unit"),
+            "{}",
+            err("pids = 4\nmemory = \"12Q\"\n")
+        );
         let e = err("pids = 4\nbogus = 1\n");
-        assert!(e.starts_with("p.toml:2:1:") && e.contains("unknown field"), "{e}");
+        assert!(
+            e.starts_with("p.toml:2:1:") && e.contains("unknown field"),
+            "{e}"
+        );
         let e = err("pids = \n");
         assert!(e.starts_with("p.toml:1:"), "{e}");
         let e = err("mode = \"rx\"\n");

@@ -11,7 +11,13 @@ use crate::supervisor::StatusPipe;
 use crate::{landlock_rules, mounts, seccomp, serve, sys};
 
 /// Run as the cell's init. Never returns.
-pub fn run(cfg: &JailConfig, listener: UnixListener, sync_r: OwnedFd, mut status: StatusPipe, signals: libc::sigset_t) -> ! {
+pub fn run(
+    cfg: &JailConfig,
+    listener: UnixListener,
+    sync_r: OwnedFd,
+    mut status: StatusPipe,
+    signals: libc::sigset_t,
+) -> ! {
     match setup(cfg, &sync_r) {
         Ok(ready) => {
             status.report(&ready);
@@ -76,7 +82,10 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
     // /proc/self/cgroup shows "/" and the host's hierarchy stays hidden.
     // SAFETY: unshare with a flag constant.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(("cgroup namespace".into(), sys::errno("unshare(CLONE_NEWCGROUP)").to_string()));
+        return Err((
+            "cgroup namespace".into(),
+            sys::errno("unshare(CLONE_NEWCGROUP)").to_string(),
+        ));
     }
     let host = sys::cstr(&cfg.hostname).map_err(|e| ("hostname".to_owned(), e.to_string()))?;
     // SAFETY: valid C string and its length.
@@ -89,14 +98,27 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
     mounts::build_root(&cfg.mounts).map_err(|e| (e.step, e.error.to_string()))?;
 
     at("rlimit core", sys::lower_rlimit(libc::RLIMIT_CORE, 0))?;
-    at("rlimit nofile", sys::lower_rlimit(libc::RLIMIT_NOFILE, cfg.rlimits.nofile))?;
-    at("rlimit fsize", sys::lower_rlimit(libc::RLIMIT_FSIZE, cfg.rlimits.fsize))?;
+    at(
+        "rlimit nofile",
+        sys::lower_rlimit(libc::RLIMIT_NOFILE, cfg.rlimits.nofile),
+    )?;
+    at(
+        "rlimit fsize",
+        sys::lower_rlimit(libc::RLIMIT_FSIZE, cfg.rlimits.fsize),
+    )?;
 
     at("drop capabilities", sys::drop_all_caps())?;
     // Credential changes above reset the parent-death signal; set it now, then make sure the
     // supervisor did not die before it took effect.
-    at("parent death signal", sys::set_parent_death_signal(libc::SIGKILL))?;
-    let mut pfd = libc::pollfd { fd: sync_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    at(
+        "parent death signal",
+        sys::set_parent_death_signal(libc::SIGKILL),
+    )?;
+    let mut pfd = libc::pollfd {
+        fd: sync_r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { libc::poll(&mut pfd, 1, 0) };
     if pfd.revents & libc::POLLHUP != 0 {
@@ -106,11 +128,19 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
     // root, which is unmapped here, so no command in the cell can read or ptrace its pid 1.
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(("dumpable".into(), sys::errno("prctl(PR_SET_DUMPABLE)").to_string()));
+        return Err((
+            "dumpable".into(),
+            sys::errno("prctl(PR_SET_DUMPABLE)").to_string(),
+        ));
     }
     at("no_new_privs", sys::set_no_new_privs())?;
-    let landlock = landlock_rules::apply(&cfg.mounts, cfg.require_landlock).map_err(|e| ("landlock".to_owned(), e.0))?;
+    let landlock = landlock_rules::apply(&cfg.mounts, cfg.require_landlock)
+        .map_err(|e| ("landlock".to_owned(), e.0))?;
     let programs = at("seccomp compile", seccomp::compile())?;
     at("seccomp install", seccomp::install(&programs))?;
-    Ok(StartReport::Ready { init_pid, landlock, seccomp_rules: seccomp::rule_count() })
+    Ok(StartReport::Ready {
+        init_pid,
+        landlock,
+        seccomp_rules: seccomp::rule_count(),
+    })
 }

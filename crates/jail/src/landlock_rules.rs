@@ -71,7 +71,9 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, Landloc
         .handle_access(AccessFs::from_all(abi))
         .map_err(err)?;
     if applied >= 4 {
-        ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(err)?;
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(err)?;
     }
     if applied >= 6 {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
@@ -81,13 +83,22 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, Landloc
     for (path, access) in rules(spec, abi) {
         let fd = PathFd::new(&path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
         // Rules on files may only carry file rights (a read-only bind of /etc/ld.so.cache, say).
-        let access = if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) { access } else { access & AccessFs::from_file(abi) };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+        let access = if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            access
+        } else {
+            access & AccessFs::from_file(abi)
+        };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
     }
 
     let status = created.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(LandlockError(format!("Landlock only partially enforced: {:?}", status.ruleset)));
+        return Err(LandlockError(format!(
+            "Landlock only partially enforced: {:?}",
+            status.ruleset
+        )));
     }
     Ok(LandlockReport {
         kernel_abi: kernel,
@@ -103,7 +114,8 @@ pub fn rules(spec: &MountSpec, abi: ABI) -> Vec<(String, BitFlags<AccessFs>)> {
     let read = AccessFs::from_read(abi);
     // Writable mounts get every right except creating device nodes.
     let write = AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock);
-    let device = (AccessFs::ReadFile | AccessFs::WriteFile) | (AccessFs::from_all(abi) & AccessFs::IoctlDev);
+    let device =
+        (AccessFs::ReadFile | AccessFs::WriteFile) | (AccessFs::from_all(abi) & AccessFs::IoctlDev);
     let mut out = vec![
         // Listing directories anywhere is harmless and `ls /` needs it; reading files is not
         // granted by this rule.
@@ -134,10 +146,33 @@ mod tests {
     fn rules_mirror_the_mount_spec() {
         let spec = MountSpec {
             mounts: vec![
-                Mount { target: "/usr".into(), kind: MountKind::Bind { source: "/usr".into(), readonly: true } },
-                Mount { target: "/bin".into(), kind: MountKind::Symlink { points_to: "usr/bin".into() } },
-                Mount { target: "/workspace".into(), kind: MountKind::Cow { lower: "/a".into(), upper: "/b".into(), work: "/c".into() } },
-                Mount { target: "/dev/null".into(), kind: MountKind::Device { source: "/dev/null".into() } },
+                Mount {
+                    target: "/usr".into(),
+                    kind: MountKind::Bind {
+                        source: "/usr".into(),
+                        readonly: true,
+                    },
+                },
+                Mount {
+                    target: "/bin".into(),
+                    kind: MountKind::Symlink {
+                        points_to: "usr/bin".into(),
+                    },
+                },
+                Mount {
+                    target: "/workspace".into(),
+                    kind: MountKind::Cow {
+                        lower: "/a".into(),
+                        upper: "/b".into(),
+                        work: "/c".into(),
+                    },
+                },
+                Mount {
+                    target: "/dev/null".into(),
+                    kind: MountKind::Device {
+                        source: "/dev/null".into(),
+                    },
+                },
             ],
         };
         let rules = rules(&spec, ABI::V6);
@@ -147,7 +182,10 @@ mod tests {
         let ws = get("/workspace").unwrap_or_default();
         assert!(ws.contains(AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::RemoveFile));
         assert!(!ws.contains(AccessFs::MakeBlock) && !ws.contains(AccessFs::MakeChar));
-        assert!(get("/bin").is_none(), "symlinks resolve to their target's rule");
+        assert!(
+            get("/bin").is_none(),
+            "symlinks resolve to their target's rule"
+        );
         let null = get("/dev/null").unwrap_or_default();
         assert!(null.contains(AccessFs::WriteFile) && !null.contains(AccessFs::Execute));
         let root = get("/").unwrap_or_default();

@@ -46,13 +46,19 @@ where
     let mut input = Vec::new();
     let status = supervisor::StatusPipe::from_fd(STATUS_FD);
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
-        status.report(&StartReport::Refused { step: "read config".into(), reason: e.to_string() });
+        status.report(&StartReport::Refused {
+            step: "read config".into(),
+            reason: e.to_string(),
+        });
         return 2;
     }
     let config: JailConfig = match serde_json::from_slice(&input) {
         Ok(c) => c,
         Err(e) => {
-            status.report(&StartReport::Refused { step: "parse config".into(), reason: e.to_string() });
+            status.report(&StartReport::Refused {
+                step: "parse config".into(),
+                reason: e.to_string(),
+            });
             return 2;
         }
     };

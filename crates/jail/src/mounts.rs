@@ -41,13 +41,19 @@ pub struct MountError {
 }
 
 fn step<T>(what: impl Into<String>, r: io::Result<T>) -> Result<T, MountError> {
-    r.map_err(|error| MountError { step: what.into(), error })
+    r.map_err(|error| MountError {
+        step: what.into(),
+        error,
+    })
 }
 
 /// Build the root described by `spec` and switch into it. Must run as the cell's pid 1 (for
 /// `/proc`), in fresh user and mount namespaces, with capabilities in the user namespace.
 pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
-    step("make / private", sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None))?;
+    step(
+        "make / private",
+        sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None),
+    )?;
 
     // Phase 1: capture.
     let mut captured = Vec::with_capacity(spec.mounts.len());
@@ -62,18 +68,27 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
                     set |= attr::RDONLY;
                 }
                 step(&what, sys::mount_setattr(fd.as_raw_fd(), "", set, true))?;
-                Captured::Tree { fd, dir: meta.is_dir() }
+                Captured::Tree {
+                    fd,
+                    dir: meta.is_dir(),
+                }
             }
             MountKind::Device { source } => {
                 let meta = step(&what, std::fs::metadata(source))?;
                 if !meta.file_type().is_char_device() {
                     return Err(MountError {
                         step: what,
-                        error: io::Error::new(io::ErrorKind::InvalidInput, format!("{source} is not a character device")),
+                        error: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("{source} is not a character device"),
+                        ),
                     });
                 }
                 let fd = step(&what, sys::open_tree_clone(source, false))?;
-                step(&what, sys::mount_setattr(fd.as_raw_fd(), "", attr::NOSUID | attr::NOEXEC, false))?;
+                step(
+                    &what,
+                    sys::mount_setattr(fd.as_raw_fd(), "", attr::NOSUID | attr::NOEXEC, false),
+                )?;
                 Captured::Tree { fd, dir: false }
             }
             MountKind::Cow { lower, upper, work } => {
@@ -81,7 +96,12 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
                     &what,
                     sys::fs_mount(
                         "overlay",
-                        &[("lowerdir", lower), ("upperdir", upper), ("workdir", work), ("userxattr", "")],
+                        &[
+                            ("lowerdir", lower),
+                            ("upperdir", upper),
+                            ("workdir", work),
+                            ("userxattr", ""),
+                        ],
                         attr::NOSUID | attr::NODEV,
                     ),
                 )?;
@@ -97,13 +117,25 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
     // Phase 2: assemble under STAGING.
     step(
         "mount new root",
-        sys::mount(Some("warren"), STAGING, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("size=1m,mode=0755")),
+        sys::mount(
+            Some("warren"),
+            STAGING,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("size=1m,mode=0755"),
+        ),
     )?;
     for (m, c) in spec.mounts.iter().zip(captured) {
         let what = format!("mount {}", m.target);
         let at = format!("{STAGING}{}", m.target);
         if let Some(parent) = std::path::Path::new(&at).parent() {
-            step(&what, std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent))?;
+            step(
+                &what,
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent),
+            )?;
         }
         match (&m.kind, c) {
             (_, Captured::Tree { fd, dir }) => {
@@ -113,7 +145,16 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
             (MountKind::Tmpfs { size_bytes, mode }, _) => {
                 step(&what, make_mountpoint(&at, true))?;
                 let data = format!("size={size_bytes},mode={mode:o}");
-                step(&what, sys::mount(Some("tmpfs"), &at, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data)))?;
+                step(
+                    &what,
+                    sys::mount(
+                        Some("tmpfs"),
+                        &at,
+                        Some("tmpfs"),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        Some(&data),
+                    ),
+                )?;
             }
             (MountKind::Symlink { points_to }, _) => {
                 step(&what, std::os::unix::fs::symlink(points_to, &at))?;
@@ -130,9 +171,25 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
     step("mount /proc", make_mountpoint(&proc_dir, true))?;
     step(
         "mount /proc",
-        sys::mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None),
+        sys::mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ),
     )?;
-    for sub in ["sys", "sysrq-trigger", "irq", "bus", "fs", "latency_stats", "timer_list", "kcore", "keys"] {
+    for sub in [
+        "sys",
+        "sysrq-trigger",
+        "irq",
+        "bus",
+        "fs",
+        "latency_stats",
+        "timer_list",
+        "kcore",
+        "keys",
+    ] {
         let p = format!("{proc_dir}/{sub}");
         if std::fs::symlink_metadata(&p).is_ok() {
             step(format!("read-only /proc/{sub}"), bind_readonly_self(&p))?;
@@ -143,7 +200,13 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
     step("pivot_root", sys::pivot_into(STAGING))?;
     step(
         "read-only root",
-        sys::mount(None, "/", None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None),
+        sys::mount(
+            None,
+            "/",
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        ),
     )?;
     Ok(())
 }
@@ -152,19 +215,33 @@ fn make_mountpoint(path: &str, dir: bool) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Ok(()),
         Err(_) if dir => std::fs::DirBuilder::new().mode(0o755).create(path),
-        Err(_) => std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path).map(drop),
+        Err(_) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .map(drop),
     }
 }
 
 fn write_new(path: &str, contents: &str) -> io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
     f.write_all(contents.as_bytes())
 }
 
 /// Bind a path onto itself read-only (for procfs knobs).
 fn bind_readonly_self(path: &str) -> io::Result<()> {
     let fd = sys::open_tree_clone(path, true)?;
-    sys::mount_setattr(fd.as_raw_fd(), "", attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC, true)?;
+    sys::mount_setattr(
+        fd.as_raw_fd(),
+        "",
+        attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+        true,
+    )?;
     sys::move_mount(fd.as_raw_fd(), path)
 }

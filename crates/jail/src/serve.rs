@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,10 +51,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Serve forever. `sigchld` is the (already blocked) signal set the reaper waits on.
-pub fn serve(listener: UnixListener, secret: [u8; SECRET_LEN], cwd: String, env: Vec<(String, String)>, sigchld: libc::sigset_t) -> ! {
+pub fn serve(
+    listener: UnixListener,
+    secret: [u8; SECRET_LEN],
+    cwd: String,
+    env: Vec<(String, String)>,
+    sigchld: libc::sigset_t,
+) -> ! {
     let shared = Arc::new(Shared {
         secret,
-        session: Mutex::new(Session { cwd, env: env.into_iter().collect() }),
+        session: Mutex::new(Session {
+            cwd,
+            env: env.into_iter().collect(),
+        }),
         waiting: Mutex::new(HashMap::new()),
     });
     let reaper = Arc::clone(&shared);
@@ -82,10 +92,10 @@ pub fn serve(listener: UnixListener, secret: [u8; SECRET_LEN], cwd: String, env:
                     handle(c, &s);
                 }
             });
-        if r.is_err() {
-            if let Some(c) = lock(&conn).take() {
-                handle(c, &shared);
-            }
+        if r.is_err()
+            && let Some(c) = lock(&conn).take()
+        {
+            handle(c, &shared);
         }
     }
 }
@@ -117,7 +127,13 @@ fn send(conn: &mut UnixStream, frame: &ServerFrame) -> io::Result<()> {
 }
 
 fn fail(conn: &mut UnixStream, code: FailureCode, message: impl Into<String>) {
-    let _ = send(conn, &ServerFrame::Done(Response::Failed { code, message: message.into() }));
+    let _ = send(
+        conn,
+        &ServerFrame::Done(Response::Failed {
+            code,
+            message: message.into(),
+        }),
+    );
 }
 
 /// Read until one complete client frame is available.
@@ -141,13 +157,23 @@ fn handle(mut conn: UnixStream, shared: &Shared) {
     let mut dec = Decoder::default();
     match read_frame(&mut conn, &mut dec) {
         Some(ClientFrame::Hello(s)) if secrets_equal(&s, &shared.secret) => {}
-        _ => return fail(&mut conn, FailureCode::Unauthenticated, "missing or wrong cell secret"),
+        _ => {
+            return fail(
+                &mut conn,
+                FailureCode::Unauthenticated,
+                "missing or wrong cell secret",
+            );
+        }
     }
     if send(&mut conn, &ServerFrame::Welcome { version: VERSION }).is_err() {
         return;
     }
     let Some(ClientFrame::Request(req)) = read_frame(&mut conn, &mut dec) else {
-        return fail(&mut conn, FailureCode::BadRequest, "expected a request frame");
+        return fail(
+            &mut conn,
+            FailureCode::BadRequest,
+            "expected a request frame",
+        );
     };
     let _ = conn.set_read_timeout(None);
     match req {
@@ -170,7 +196,11 @@ fn handle(mut conn: UnixStream, shared: &Shared) {
                 lock(&shared.session).cwd = path;
                 let _ = send(&mut conn, &ServerFrame::Done(Response::Ok));
             } else {
-                fail(&mut conn, FailureCode::BadCwd, format!("{path}: not a directory"));
+                fail(
+                    &mut conn,
+                    FailureCode::BadCwd,
+                    format!("{path}: not a directory"),
+                );
             }
         }
         Request::Exec(spec) => exec(conn, dec, spec, shared),
@@ -202,29 +232,42 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         (spec.cwd.clone().unwrap_or_else(|| s.cwd.clone()), env)
     };
     if !std::path::Path::new(&cwd).is_dir() {
-        return fail(&mut conn, FailureCode::BadCwd, format!("{cwd}: not a directory"));
+        return fail(
+            &mut conn,
+            FailureCode::BadCwd,
+            format!("{cwd}: not a directory"),
+        );
     }
-    let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
+    // Resolve argv[0] against the session's PATH ourselves: with an absolute path and no
+    // pre-exec hook, std spawns with posix_spawn (vfork-style: no copy of the init's page
+    // tables). Nothing else is needed between fork and exec: the init has no controlling
+    // terminal (the supervisor called setsid) and every descriptor it holds is close-on-exec.
+    let path = match resolve(program, env.get("PATH").map(String::as_str), &cwd) {
+        Ok(p) => p,
+        Err(code) => {
+            let what = if code == FailureCode::NotFound {
+                "command not found"
+            } else {
+                "permission denied"
+            };
+            return fail(&mut conn, code, format!("{program}: {what}"));
+        }
+    };
+    let mut cmd = Command::new(&path);
+    cmd.arg0(program)
+        .args(&spec.argv[1..])
         .env_clear()
         .envs(&env)
         .current_dir(&cwd)
-        .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+        // Its own process group, so a timeout or cancellation kills its children too.
+        .process_group(0)
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // Nothing but stdio crosses into a command, whatever the init holds.
-            crate::sys::cloexec_from(3);
-            Ok(())
-        });
-    }
     let (notify_r, notify_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&mut conn, FailureCode::SpawnFailed, e.to_string()),
@@ -254,8 +297,16 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         unsafe { libc::kill(-pgid, sig) };
     };
 
-    let mut out = Stream { fd: child.stdout.take().map(OwnedFd::from), total: 0, sent: 0 };
-    let mut err = Stream { fd: child.stderr.take().map(OwnedFd::from), total: 0, sent: 0 };
+    let mut out = Stream {
+        fd: child.stdout.take().map(OwnedFd::from),
+        total: 0,
+        sent: 0,
+    };
+    let mut err = Stream {
+        fd: child.stderr.take().map(OwnedFd::from),
+        total: 0,
+        sent: 0,
+    };
     let mut stdin: Option<OwnedFd> = child.stdin.take().map(OwnedFd::from);
     if let Some(fd) = &stdin {
         set_nonblocking(fd.as_raw_fd());
@@ -265,7 +316,9 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
     let mut client_gone = false;
     let mut status: Option<i32> = None;
     let mut timed_out = false;
-    let deadline = spec.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+    let deadline = spec
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms));
     let mut buf = vec![0u8; CHUNK];
 
     loop {
@@ -286,12 +339,18 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         }
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(5);
         let mut push = |fd: RawFd, events: i16| {
-            fds.push(libc::pollfd { fd, events, revents: 0 });
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
             fds.len() - 1
         };
         let i_out = out.fd.as_ref().map(|f| push(f.as_raw_fd(), libc::POLLIN));
         let i_err = err.fd.as_ref().map(|f| push(f.as_raw_fd(), libc::POLLIN));
-        let i_exit = status.is_none().then(|| push(notify_r.as_raw_fd(), libc::POLLIN));
+        let i_exit = status
+            .is_none()
+            .then(|| push(notify_r.as_raw_fd(), libc::POLLIN));
         let i_conn = (!client_gone).then(|| push(conn.as_raw_fd(), libc::POLLIN));
         let i_in = stdin
             .as_ref()
@@ -300,7 +359,9 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         let timeout_ms: i32 = if status.is_some() {
             DRAIN_GRACE.as_millis() as i32
         } else if let (Some(d), false) = (deadline, timed_out) {
-            d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
         } else {
             -1
         };
@@ -339,7 +400,11 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
             let fwd = &data[..data.len().min(room)];
             if !fwd.is_empty() && !client_gone {
                 stream.sent += fwd.len() as u64;
-                let frame = if is_out { ServerFrame::Stdout(fwd.to_vec()) } else { ServerFrame::Stderr(fwd.to_vec()) };
+                let frame = if is_out {
+                    ServerFrame::Stdout(fwd.to_vec())
+                } else {
+                    ServerFrame::Stderr(fwd.to_vec())
+                };
                 if send(&mut conn, &frame).is_err() {
                     client_gone = true;
                     kill_group(libc::SIGKILL);
@@ -364,16 +429,22 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
                 Ok(n) => dec.push(&buf[..n]),
             }
         }
-        if let Some(fd) = &stdin {
-            if ready(i_in) || !stdin_pending.is_empty() {
-                // SAFETY: writing from a buffer we own to a non-blocking pipe.
-                let r = unsafe { libc::write(fd.as_raw_fd(), stdin_pending.as_ptr().cast(), stdin_pending.len()) };
-                if r > 0 {
-                    stdin_pending.drain(..r as usize);
-                } else if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-                    stdin_pending.clear();
-                    stdin = None;
-                }
+        if let Some(fd) = &stdin
+            && (ready(i_in) || !stdin_pending.is_empty())
+        {
+            // SAFETY: writing from a buffer we own to a non-blocking pipe.
+            let r = unsafe {
+                libc::write(
+                    fd.as_raw_fd(),
+                    stdin_pending.as_ptr().cast(),
+                    stdin_pending.len(),
+                )
+            };
+            if r > 0 {
+                stdin_pending.drain(..r as usize);
+            } else if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                stdin_pending.clear();
+                stdin = None;
             }
         }
     }
@@ -392,4 +463,43 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         duration_us: started.elapsed().as_micros() as u64,
     };
     let _ = send(&mut conn, &ServerFrame::Done(Response::Exited(info)));
+}
+
+/// `execvp`'s lookup: a name with a slash is used as is (relative to `cwd`); otherwise the
+/// first executable regular file named so in `PATH`.
+fn resolve(
+    program: &str,
+    path: Option<&str>,
+    cwd: &str,
+) -> Result<std::path::PathBuf, FailureCode> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::Path::new(cwd).join(program);
+        return match executable(&p) {
+            Ok(true) => Ok(p),
+            Ok(false) => Err(FailureCode::NotExecutable),
+            Err(_) => Err(FailureCode::NotFound),
+        };
+    }
+    let mut found_unexecutable = false;
+    for dir in path
+        .unwrap_or("/usr/bin:/bin")
+        .split(':')
+        .filter(|d| !d.is_empty())
+    {
+        let p = std::path::Path::new(dir).join(program);
+        match executable(&p) {
+            Ok(true) => return Ok(p),
+            Ok(false) => found_unexecutable = true,
+            Err(_) => {}
+        }
+    }
+    Err(if found_unexecutable {
+        FailureCode::NotExecutable
+    } else {
+        FailureCode::NotFound
+    })
 }

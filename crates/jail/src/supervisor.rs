@@ -24,8 +24,10 @@ impl StatusPipe {
             // close-on-exec so no command ever inherits it.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
-        // SAFETY: we own the descriptor from here on (or hold nothing).
-        StatusPipe { fd: open.then(|| unsafe { OwnedFd::from_raw_fd(fd) }) }
+        StatusPipe {
+            // SAFETY: we own the descriptor from here on (or hold nothing).
+            fd: open.then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
     }
 
     /// Send the one report line (later writes are ignored by the host).
@@ -48,7 +50,10 @@ impl StatusPipe {
 }
 
 fn refuse(status: &StatusPipe, step: &str, reason: impl std::fmt::Display) -> i32 {
-    status.report(&StartReport::Refused { step: step.into(), reason: reason.to_string() });
+    status.report(&StartReport::Refused {
+        step: step.into(),
+        reason: reason.to_string(),
+    });
     1
 }
 
@@ -69,7 +74,11 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
         return refuse(&status, "owner", "the owning process is gone");
     }
     if config.host_uid == 0 || config.host_gid == 0 {
-        return refuse(&status, "user namespace", "refusing to map host root into a cell");
+        return refuse(
+            &status,
+            "user namespace",
+            "refusing to map host root into a cell",
+        );
     }
     // A new session without a controlling terminal: otherwise the cell would share the host
     // user's terminal, and `/dev/tty` inside would open it.
@@ -108,9 +117,24 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
         | libc::CLONE_NEWNET;
     // SAFETY: a fork-style clone (no new stack) in a single-threaded process: the child gets a
     // copy of this address space and continues below with `pid == 0`.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if pid < 0 {
-        return refuse(&status, "create namespaces", sys::errno("clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWNET)"));
+        return refuse(
+            &status,
+            "create namespaces",
+            sys::errno(
+                "clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWNET)",
+            ),
+        );
     }
     if pid == 0 {
         drop(sync_w);
@@ -126,14 +150,21 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
     };
     let setup = || -> Result<(), (String, std::io::Error)> {
         if !root {
-            sys::write_file(&format!("/proc/{pid}/setgroups"), "deny").map_err(|e| ("user namespace".into(), e))?;
+            sys::write_file(&format!("/proc/{pid}/setgroups"), "deny")
+                .map_err(|e| ("user namespace".into(), e))?;
         }
         let uid = warren_protocol::jail::CELL_UID;
         let gid = warren_protocol::jail::CELL_GID;
-        sys::write_file(&format!("/proc/{pid}/uid_map"), &format!("{uid} {} 1\n", config.host_uid))
-            .map_err(|e| ("user namespace uid map".into(), e))?;
-        sys::write_file(&format!("/proc/{pid}/gid_map"), &format!("{gid} {} 1\n", config.host_gid))
-            .map_err(|e| ("user namespace gid map".into(), e))?;
+        sys::write_file(
+            &format!("/proc/{pid}/uid_map"),
+            &format!("{uid} {} 1\n", config.host_uid),
+        )
+        .map_err(|e| ("user namespace uid map".into(), e))?;
+        sys::write_file(
+            &format!("/proc/{pid}/gid_map"),
+            &format!("{gid} {} 1\n", config.host_gid),
+        )
+        .map_err(|e| ("user namespace gid map".into(), e))?;
         for cg in &config.cgroups {
             sys::write_file(&format!("{}/cgroup.procs", cg.dir), &pid.to_string())
                 .map_err(|e| (format!("join cgroup {}", cg.dir), e))?;

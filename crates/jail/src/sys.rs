@@ -58,7 +58,9 @@ struct MountAttr {
 /// means no later mount can shadow a source (a workspace under `/tmp`, say).
 pub fn open_tree_clone(path: &str, recursive: bool) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
     let fd = check(fd, &format!("open_tree {path}"))?;
@@ -73,7 +75,12 @@ pub fn mount_setattr(fd: RawFd, path: &str, set: u64, recursive: bool) -> io::Re
     if path.is_empty() {
         flags |= libc::AT_EMPTY_PATH as libc::c_uint;
     }
-    let a = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let a = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     // SAFETY: `c` and `a` live across the call; the size passed matches the struct.
     let r = unsafe {
         libc::syscall(
@@ -120,14 +127,34 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
     for (k, v) in options {
         let (k, v) = (cstr(k)?, cstr(v)?);
         // An empty value means a flag option (`userxattr`), set with FSCONFIG_SET_FLAG.
-        let (cmd, value) = if v.is_empty() { (FSCONFIG_SET_FLAG, std::ptr::null()) } else { (FSCONFIG_SET_STRING, v.as_ptr()) };
+        let (cmd, value) = if v.is_empty() {
+            (FSCONFIG_SET_FLAG, std::ptr::null())
+        } else {
+            (FSCONFIG_SET_STRING, v.as_ptr())
+        };
         // SAFETY: strings valid for the call; value is null only for flags.
-        let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), value, 0) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                k.as_ptr(),
+                value,
+                0,
+            )
+        };
         check(r, &format!("fsconfig {fstype} {}", k.to_string_lossy()))?;
     }
     // SAFETY: no pointers passed.
     let r = unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, 0usize, 0usize, 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            0usize,
+            0usize,
+            0,
+        )
     };
     check(r, &format!("create {fstype} superblock"))?;
     // SAFETY: no pointers passed.
@@ -138,7 +165,13 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
 }
 
 /// Classic `mount(2)`.
-pub fn mount(src: Option<&str>, target: &str, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+pub fn mount(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     let src = src.map(cstr).transpose()?;
     let target_c = cstr(target)?;
     let fstype = fstype.map(cstr).transpose()?;
@@ -146,7 +179,13 @@ pub fn mount(src: Option<&str>, target: &str, fstype: Option<&str>, flags: libc:
     let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is either null or a valid C string living across the call.
     let r = unsafe {
-        libc::mount(p(&src), target_c.as_ptr(), p(&fstype), flags, p(&data) as *const libc::c_void)
+        libc::mount(
+            p(&src),
+            target_c.as_ptr(),
+            p(&fstype),
+            flags,
+            p(&data) as *const libc::c_void,
+        )
     };
     check(r as libc::c_long, &format!("mount {target}")).map(drop)
 }
@@ -159,8 +198,14 @@ pub fn pivot_into(new_root: &str) -> io::Result<()> {
     // SAFETY: valid C strings; these calls only change this process's root and cwd.
     unsafe {
         check(libc::chdir(root.as_ptr()) as libc::c_long, "chdir new root")?;
-        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()), "pivot_root")?;
-        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as libc::c_long, "detach old root")?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
+            "pivot_root",
+        )?;
+        check(
+            libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
+            "detach old root",
+        )?;
         check(libc::chdir(c"/".as_ptr()) as libc::c_long, "chdir /")?;
     }
     Ok(())
@@ -168,7 +213,8 @@ pub fn pivot_into(new_root: &str) -> io::Result<()> {
 
 /// Write a whole file (for `/proc/<pid>/uid_map` and cgroup control files).
 pub fn write_file(path: &str, contents: &str) -> io::Result<()> {
-    std::fs::write(path, contents).map_err(|e| io::Error::new(e.kind(), format!("write {path}: {e}")))
+    std::fs::write(path, contents)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {path}: {e}")))
 }
 
 /// Drop every capability: bounding set, ambient set, then effective/permitted/inheritable.
@@ -186,7 +232,16 @@ pub fn drop_all_caps() -> io::Result<()> {
         }
     }
     // SAFETY: prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) } as libc::c_long, "clear ambient caps")?;
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    check(r as libc::c_long, "clear ambient caps")?;
     #[repr(C)]
     struct Header {
         version: u32,
@@ -199,8 +254,15 @@ pub fn drop_all_caps() -> io::Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let h = Header { version: 0x2008_0522, pid: 0 }; // _LINUX_CAPABILITY_VERSION_3
-    let d = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let h = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let d = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: header and two data structs as capset(2) v3 requires.
     let r = unsafe { libc::syscall(libc::SYS_capset, &h as *const Header, d.as_ptr()) };
     check(r, "capset").map(drop)
@@ -210,31 +272,49 @@ pub fn drop_all_caps() -> io::Result<()> {
 /// file capabilities are ignored), and unprivileged seccomp/Landlock become possible.
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long, "no_new_privs").map(drop)
+    check(
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long,
+        "no_new_privs",
+    )
+    .map(drop)
 }
 
 /// Ask the kernel to send `sig` to this process when its parent thread exits.
 pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } as libc::c_long, "pdeathsig").map(drop)
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }
+            as libc::c_long,
+        "pdeathsig",
+    )
+    .map(drop)
 }
 
 /// Set both soft and hard limits of `resource` to `value`, never raising the hard limit.
 pub fn lower_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
-    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `cur` is a valid out-pointer.
-    check(unsafe { libc::getrlimit(resource, &mut cur) } as libc::c_long, "getrlimit")?;
+    let r = unsafe { libc::getrlimit(resource, &mut cur) };
+    check(r as libc::c_long, "getrlimit")?;
     let v = value.min(cur.rlim_max);
-    let new = libc::rlimit { rlim_cur: v, rlim_max: v };
+    let new = libc::rlimit {
+        rlim_cur: v,
+        rlim_max: v,
+    };
     // SAFETY: `new` is a valid in-pointer.
-    check(unsafe { libc::setrlimit(resource, &new) } as libc::c_long, "setrlimit").map(drop)
+    let r = unsafe { libc::setrlimit(resource, &new) };
+    check(r as libc::c_long, "setrlimit").map(drop)
 }
 
 /// A pipe with both ends close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid two-int array.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long, "pipe2")?;
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(r as libc::c_long, "pipe2")?;
     // SAFETY: fresh descriptors owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

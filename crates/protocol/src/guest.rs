@@ -206,7 +206,10 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(what: &'static str, p: &[u8]) -> Result<T, FrameError> {
-    serde_json::from_slice(p).map_err(|e| FrameError::Payload { what, detail: e.to_string() })
+    serde_json::from_slice(p).map_err(|e| FrameError::Payload {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 impl ClientFrame {
@@ -260,7 +263,9 @@ impl ServerFrame {
                     what: "welcome",
                     detail: format!("{} bytes", p.len()),
                 })?;
-                ServerFrame::Welcome { version: u32::from_le_bytes(b) }
+                ServerFrame::Welcome {
+                    version: u32::from_le_bytes(b),
+                }
             }
             tag::STDOUT => ServerFrame::Stdout(p.to_vec()),
             tag::STDERR => ServerFrame::Stderr(p.to_vec()),
@@ -283,7 +288,9 @@ impl Decoder {
     }
 
     fn next_raw(&mut self) -> Result<Option<(u8, Vec<u8>)>, FrameError> {
-        let Some(head) = self.buf.get(..4) else { return Ok(None) };
+        let Some(head) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len == 0 || len > MAX_FRAME {
             return Err(FrameError::Length(len));
@@ -299,18 +306,25 @@ impl Decoder {
 
     /// The next complete client frame, if one has fully arrived.
     pub fn next_client(&mut self) -> Result<Option<ClientFrame>, FrameError> {
-        self.next_raw()?.map(|(t, p)| ClientFrame::decode(t, &p)).transpose()
+        self.next_raw()?
+            .map(|(t, p)| ClientFrame::decode(t, &p))
+            .transpose()
     }
 
     /// The next complete server frame, if one has fully arrived.
     pub fn next_server(&mut self) -> Result<Option<ServerFrame>, FrameError> {
-        self.next_raw()?.map(|(t, p)| ServerFrame::decode(t, &p)).transpose()
+        self.next_raw()?
+            .map(|(t, p)| ServerFrame::decode(t, &p))
+            .transpose()
     }
 }
 
 /// Compare secrets without an early exit, so timing reveals nothing about the prefix.
 pub fn secrets_equal(a: &[u8; SECRET_LEN], b: &[u8; SECRET_LEN]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Hex-encode a secret for the jail config.
@@ -366,7 +380,10 @@ mod tests {
             ServerFrame::Welcome { version: VERSION },
             ServerFrame::Stdout(b"out".to_vec()),
             ServerFrame::Stderr(vec![]),
-            ServerFrame::Done(Response::Exited(ExitInfo { code: Some(3), ..Default::default() })),
+            ServerFrame::Done(Response::Exited(ExitInfo {
+                code: Some(3),
+                ..Default::default()
+            })),
             ServerFrame::Done(Response::Failed {
                 code: FailureCode::NotFound,
                 message: "nope".into(),
@@ -390,12 +407,21 @@ mod tests {
         assert!(matches!(d.next_client(), Err(FrameError::Tag(99))));
         let mut d = Decoder::default();
         d.push(&[3, 0, 0, 0, 1, 1, 2]);
-        assert!(matches!(d.next_client(), Err(FrameError::Payload { what: "hello", .. })));
+        assert!(matches!(
+            d.next_client(),
+            Err(FrameError::Payload { what: "hello", .. })
+        ));
         let mut d = Decoder::default();
         let mut buf = Vec::new();
         put(&mut buf, tag::REQUEST, b"{not json");
         d.push(&buf);
-        assert!(matches!(d.next_client(), Err(FrameError::Payload { what: "request", .. })));
+        assert!(matches!(
+            d.next_client(),
+            Err(FrameError::Payload {
+                what: "request",
+                ..
+            })
+        ));
     }
 
     #[test]

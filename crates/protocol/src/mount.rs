@@ -108,9 +108,15 @@ pub fn check_path(path: &str) -> Result<(), SpecError> {
     let ok = path.starts_with('/')
         && path.len() > 1
         && !path.ends_with('/')
-        && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
         && !path.contains('\0');
-    if ok { Ok(()) } else { Err(SpecError::BadPath(path.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadPath(path.to_owned()))
+    }
 }
 
 impl MountSpec {
@@ -164,30 +170,69 @@ mod tests {
     fn duplicates_and_reserved_rejected() {
         let tmp = |t: &str| Mount {
             target: t.into(),
-            kind: MountKind::Tmpfs { size_bytes: 1, mode: 0o755 },
+            kind: MountKind::Tmpfs {
+                size_bytes: 1,
+                mode: 0o755,
+            },
         };
-        let spec = MountSpec { mounts: vec![tmp("/tmp"), tmp("/tmp")] };
+        let spec = MountSpec {
+            mounts: vec![tmp("/tmp"), tmp("/tmp")],
+        };
         assert_eq!(spec.validate(), Err(SpecError::Duplicate("/tmp".into())));
-        let spec = MountSpec { mounts: vec![tmp("/proc")] };
+        let spec = MountSpec {
+            mounts: vec![tmp("/proc")],
+        };
         assert_eq!(spec.validate(), Err(SpecError::Reserved("/proc".into())));
     }
 
     #[test]
     fn writability_follows_kind() {
-        let m = |kind| Mount { target: "/x".into(), kind };
-        assert!(!m(MountKind::Bind { source: "/a".into(), readonly: true }).writable());
-        assert!(m(MountKind::Bind { source: "/a".into(), readonly: false }).writable());
-        assert!(m(MountKind::Tmpfs { size_bytes: 1, mode: 0o1777 }).writable());
-        assert!(!m(MountKind::Device { source: "/dev/null".into() }).writable());
+        let m = |kind| Mount {
+            target: "/x".into(),
+            kind,
+        };
+        assert!(
+            !m(MountKind::Bind {
+                source: "/a".into(),
+                readonly: true
+            })
+            .writable()
+        );
+        assert!(
+            m(MountKind::Bind {
+                source: "/a".into(),
+                readonly: false
+            })
+            .writable()
+        );
+        assert!(
+            m(MountKind::Tmpfs {
+                size_bytes: 1,
+                mode: 0o1777
+            })
+            .writable()
+        );
+        assert!(
+            !m(MountKind::Device {
+                source: "/dev/null".into()
+            })
+            .writable()
+        );
     }
 
     #[test]
     fn wire_shape_is_flat_and_tagged() {
         let m = Mount {
             target: "/workspace".into(),
-            kind: MountKind::Bind { source: "/src".into(), readonly: true },
+            kind: MountKind::Bind {
+                source: "/src".into(),
+                readonly: true,
+            },
         };
         let json = serde_json::to_string(&m).unwrap_or_default();
-        assert_eq!(json, r#"{"target":"/workspace","kind":"bind","source":"/src","readonly":true}"#);
+        assert_eq!(
+            json,
+            r#"{"target":"/workspace","kind":"bind","source":"/src","readonly":true}"#
+        );
     }
 }

@@ -22,7 +22,10 @@ pub fn in_ci() -> bool {
 /// Call when a test cannot run here. In CI this fails the test; elsewhere it prints the reason
 /// and returns, so the caller returns early.
 pub fn skip(reason: &str) {
-    assert!(!in_ci(), "required for this security test but missing in CI: {reason}");
+    assert!(
+        !in_ci(),
+        "required for this security test but missing in CI: {reason}"
+    );
     eprintln!("SKIPPED (not in CI): {reason}");
 }
 
@@ -44,9 +47,10 @@ pub fn require_cgroup_limits() -> bool {
             warren_cell::cgroup::Hierarchy::V2 { parent } => parent.clone(),
             warren_cell::cgroup::Hierarchy::V1 { mounts } => mounts.get("pids")?.clone(),
         };
-        // SAFETY: access(2) with a valid C string.
         let c = std::ffi::CString::new(dir.into_os_string().into_encoded_bytes()).ok()?;
-        (unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0).then_some(())
+        // SAFETY: access(2) with a valid C string.
+        let r = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+        (r == 0).then_some(())
     });
     if probe.is_none() {
         skip("no writable cgroup hierarchy with memory, pids and cpu (run as root)");
@@ -63,7 +67,11 @@ impl TempDir {
     pub fn new(name: &str) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("warren-test-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "warren-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         if let Err(e) = std::fs::create_dir_all(&p) {
             panic!("create {}: {e}", p.display());
@@ -80,7 +88,10 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(self.0.join("changes"), std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(
+            self.0.join("changes"),
+            std::fs::Permissions::from_mode(0o755),
+        );
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -90,14 +101,20 @@ pub fn spec_with_probe(state: &Path, probe: &str) -> CellSpec {
     let mut spec = CellSpec::new(state);
     spec.extra_mounts.push(Mount {
         target: PROBE_IN_CELL.into(),
-        kind: MountKind::Bind { source: probe.into(), readonly: true },
+        kind: MountKind::Bind {
+            source: probe.into(),
+            readonly: true,
+        },
     });
     spec
 }
 
 /// Start a cell or panic with the reason.
 pub fn start(spec: &CellSpec, jail: &str) -> ProcessCell {
-    let program = JailProgram { program: jail.into(), args: vec![] };
+    let program = JailProgram {
+        program: jail.into(),
+        args: vec![],
+    };
     match ProcessCell::start(spec, &program) {
         Ok(c) => c,
         Err(e) => panic!("cell failed to start: {e}"),
@@ -136,15 +153,26 @@ pub fn probe(cell: &ProcessCell, args: &[&str]) -> ProbeReport {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!("probe {args:?} printed no report ({e}); exit {:?}; stdout {text:?}; stderr {:?}", o.exit, String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "probe {args:?} printed no report ({e}); exit {:?}; stdout {text:?}; stderr {:?}",
+            o.exit,
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
-    ProbeReport { outcome: json["outcome"].as_str().unwrap_or_default().to_owned(), json }
+    ProbeReport {
+        outcome: json["outcome"].as_str().unwrap_or_default().to_owned(),
+        json,
+    }
 }
 
 /// Assert a probe case was blocked, printing its detail either way.
 pub fn assert_blocked(cell: &ProcessCell, args: &[&str]) -> ProbeReport {
     let r = probe(cell, args);
     eprintln!("{args:?}: {}", r.json);
-    assert_eq!(r.outcome, "blocked", "ESCAPE: {args:?} was not blocked: {}", r.json);
+    assert_eq!(
+        r.outcome, "blocked",
+        "ESCAPE: {args:?} was not blocked: {}",
+        r.json
+    );
     r
 }

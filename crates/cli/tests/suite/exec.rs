@@ -14,11 +14,32 @@ fn exit_codes_are_passed_through_and_documented() {
         return;
     }
     let s = TempDir::new("state");
-    assert_eq!(code(&warren(s.path(), &["exec", "--", "sh", "-c", "exit 7"])), 7);
-    assert_eq!(code(&warren(s.path(), &["exec", "--", "sh", "-c", "kill -TERM $$"])), 128 + 15);
-    assert_eq!(code(&warren(s.path(), &["exec", "--", "no-such-command"])), 127);
-    assert_eq!(code(&warren(s.path(), &["exec", "--timeout", "300ms", "--", "sleep", "30"])), 124);
-    let o = warren(s.path(), &["exec", "--workspace", "/nonexistent/dir", "--", "true"]);
+    assert_eq!(
+        code(&warren(s.path(), &["exec", "--", "sh", "-c", "exit 7"])),
+        7
+    );
+    assert_eq!(
+        code(&warren(
+            s.path(),
+            &["exec", "--", "sh", "-c", "kill -TERM $$"]
+        )),
+        128 + 15
+    );
+    assert_eq!(
+        code(&warren(s.path(), &["exec", "--", "no-such-command"])),
+        127
+    );
+    assert_eq!(
+        code(&warren(
+            s.path(),
+            &["exec", "--timeout", "300ms", "--", "sleep", "30"]
+        )),
+        124
+    );
+    let o = warren(
+        s.path(),
+        &["exec", "--workspace", "/nonexistent/dir", "--", "true"],
+    );
     assert_eq!(code(&o), 125, "{}", stderr(&o));
 }
 
@@ -28,7 +49,18 @@ fn out_of_memory_has_its_own_exit_code() {
         return;
     }
     let s = TempDir::new("state");
-    let o = warren(s.path(), &["exec", "--memory", "32M", "--", "sh", "-c", "head -c 256m /dev/zero | tail > /dev/null"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--memory",
+            "32M",
+            "--",
+            "sh",
+            "-c",
+            "head -c 256m /dev/zero | tail > /dev/null",
+        ],
+    );
     assert_eq!(code(&o), 123, "{}", stderr(&o));
     assert!(stderr(&o).contains("out-of-memory"));
 }
@@ -39,10 +71,25 @@ fn output_streams_and_json_reports() {
         return;
     }
     let s = TempDir::new("state");
-    let o = warren(s.path(), &["exec", "--", "sh", "-c", "echo out; echo err >&2"]);
+    let o = warren(
+        s.path(),
+        &["exec", "--", "sh", "-c", "echo out; echo err >&2"],
+    );
     assert_eq!((stdout(&o).as_str(), code(&o)), ("out\n", 0));
     assert!(stderr(&o).contains("err\n"));
-    let o = warren(s.path(), &["exec", "--json", "--output-limit", "5", "--", "sh", "-c", "echo 0123456789"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--json",
+            "--output-limit",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            "echo 0123456789",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["stdout"], "01234");
     assert_eq!(v["stdout_bytes"], 11);
@@ -65,7 +112,10 @@ fn environment_is_an_allowlist() {
         .unwrap();
     let env = stdout(&o);
     assert!(env.contains("GIVEN=yes"), "{env}");
-    assert!(!env.contains("sk-host-secret") && !env.contains("OPENAI_API_KEY"), "host env leaked: {env}");
+    assert!(
+        !env.contains("sk-host-secret") && !env.contains("OPENAI_API_KEY"),
+        "host env leaked: {env}"
+    );
     assert!(!env.contains("WARREN_STATE_DIR"), "{env}");
 }
 
@@ -115,29 +165,72 @@ fn cow_changes_are_listed_diffed_applied_or_discarded() {
     let s = TempDir::new("state");
     let ws = workspace();
     let w = ws.path().to_str().unwrap();
-    let o = warren(s.path(), &["exec", "--workspace", w, "--cow", "--", "sh", "-c", "echo new > edit.txt; rm gone.txt; mkdir d; echo hi > d/new.txt"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--cow",
+            "--",
+            "sh",
+            "-c",
+            "echo new > edit.txt; rm gone.txt; mkdir d; echo hi > d/new.txt",
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("M edit.txt") && err.contains("D gone.txt") && err.contains("A d/new.txt"), "{err}");
+    assert!(
+        err.contains("M edit.txt") && err.contains("D gone.txt") && err.contains("A d/new.txt"),
+        "{err}"
+    );
     // Nothing reached the host yet.
-    assert_eq!(std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(), "old\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(),
+        "old\n"
+    );
     assert!(ws.path().join("gone.txt").exists());
     let id = kept_id(&err);
 
     let d = warren(s.path(), &["diff", &id]);
-    assert!(stdout(&d).contains("-old\n+new\n") && stdout(&d).contains("+hi\n"), "{}", stdout(&d));
+    assert!(
+        stdout(&d).contains("-old\n+new\n") && stdout(&d).contains("+hi\n"),
+        "{}",
+        stdout(&d)
+    );
     let list = warren(s.path(), &["changes", "--json"]);
     assert!(stdout(&list).contains(&id));
 
     let a = warren(s.path(), &["apply", &id]);
     assert_eq!(code(&a), 0, "{}", stderr(&a));
-    assert_eq!(std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(), "new\n");
-    assert_eq!(std::fs::read_to_string(ws.path().join("d/new.txt")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("d/new.txt")).unwrap(),
+        "hi\n"
+    );
     assert!(!ws.path().join("gone.txt").exists());
-    assert_eq!(code(&warren(s.path(), &["diff", &id])), 1, "an applied layer is gone");
+    assert_eq!(
+        code(&warren(s.path(), &["diff", &id])),
+        1,
+        "an applied layer is gone"
+    );
 
     // Discard path.
-    let o = warren(s.path(), &["exec", "--workspace", w, "--", "sh", "-c", "echo x > other.txt"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--",
+            "sh",
+            "-c",
+            "echo x > other.txt",
+        ],
+    );
     let id = kept_id(&stderr(&o));
     assert_eq!(code(&warren(s.path(), &["discard", &id])), 0);
     assert!(!ws.path().join("other.txt").exists());
@@ -152,11 +245,38 @@ fn read_only_and_read_write_workspaces() {
     let s = TempDir::new("state");
     let ws = workspace();
     let w = ws.path().to_str().unwrap();
-    let o = warren(s.path(), &["exec", "--workspace", w, "--ro", "--", "sh", "-c", "echo x > edit.txt"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--ro",
+            "--",
+            "sh",
+            "-c",
+            "echo x > edit.txt",
+        ],
+    );
     assert_ne!(code(&o), 0);
-    let o = warren(s.path(), &["exec", "--workspace", w, "--rw", "--", "sh", "-c", "echo direct > edit.txt"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--rw",
+            "--",
+            "sh",
+            "-c",
+            "echo direct > edit.txt",
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(), "direct\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(),
+        "direct\n"
+    );
 }
 
 #[test]
@@ -168,17 +288,36 @@ fn policy_file_is_applied_and_errors_name_file_line_column() {
     let p = s.path().join("policy.toml");
     std::fs::write(&p, "timeout = \"200ms\"\n[env]\nFROM_POLICY = \"1\"\n").unwrap();
     let pol = p.to_str().unwrap();
-    let o = warren(s.path(), &["exec", "--policy", pol, "--", "sh", "-c", "echo $FROM_POLICY; sleep 30"]);
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--policy",
+            pol,
+            "--",
+            "sh",
+            "-c",
+            "echo $FROM_POLICY; sleep 30",
+        ],
+    );
     assert_eq!((code(&o), stdout(&o).as_str()), (124, "1\n"));
 
     std::fs::write(&p, "pids = 10\nmemory = \"12Q\"\n").unwrap();
     let o = warren(s.path(), &["exec", "--policy", pol, "--", "true"]);
     assert_eq!(code(&o), 125);
-    assert!(stderr(&o).contains(&format!("{pol}:2:10: unknown size unit")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{pol}:2:10: unknown size unit")),
+        "{}",
+        stderr(&o)
+    );
 
     std::fs::write(&p, "pids = 10\nnetwork = true\n").unwrap();
     let o = warren(s.path(), &["exec", "--policy", pol, "--", "true"]);
-    assert!(stderr(&o).contains(&format!("{pol}:2:1:")) && stderr(&o).contains("unknown field"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{pol}:2:1:")) && stderr(&o).contains("unknown field"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -206,7 +345,13 @@ fn runs_as_an_ordinary_user() {
             .output()
             .unwrap()
     };
-    let o = run(&["exec", "--", "sh", "-c", "id -u; grep CapEff /proc/self/status"]);
+    let o = run(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "id -u; grep CapEff /proc/self/status",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o), "1000\nCapEff:\t0000000000000000\n");
     let o = run(&["exec", "--", "cat", "/etc/shadow"]);
@@ -214,5 +359,9 @@ fn runs_as_an_ordinary_user() {
     // Limits an ordinary user cannot enforce are refused, never silently dropped — unless
     // this host delegates a cgroup subtree to that user.
     let o = run(&["exec", "--pids", "10", "--", "true"]);
-    assert!(code(&o) == 0 || (code(&o) == 125 && stderr(&o).contains("cgroup")), "{}", stderr(&o));
+    assert!(
+        code(&o) == 0 || (code(&o) == 125 && stderr(&o).contains("cgroup")),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -8,7 +8,11 @@ use super::WARREN;
 
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
             out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
         }
@@ -31,19 +35,27 @@ fn sigkill_of_warren_kills_the_whole_cell_and_removes_its_cgroups() {
     if limits {
         args.extend(["--memory", "128M", "--pids", "50"]);
     }
-    args.extend(["--", "sh", "-c", "sleep 1000 & (setsid sleep 1000 &); sleep 1000"]);
-    let mut warren = std::process::Command::new(WARREN).args(&args).env("WARREN_STATE_DIR", s.path()).spawn().unwrap();
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & (setsid sleep 1000 &); sleep 1000",
+    ]);
+    let mut warren = std::process::Command::new(WARREN)
+        .args(&args)
+        .env("WARREN_STATE_DIR", s.path())
+        .spawn()
+        .unwrap();
 
     // warren -> supervisor -> init -> sh -> sleepers
     let deadline = Instant::now() + Duration::from_secs(20);
     let (supervisor, init) = loop {
         assert!(Instant::now() < deadline, "cell did not come up");
-        if let Some(&sup) = children(warren.id()).first() {
-            if let Some(&init) = children(sup).first() {
-                if !children(init).is_empty() {
-                    break (sup, init);
-                }
-            }
+        if let Some(&sup) = children(warren.id()).first()
+            && let Some(&init) = children(sup).first()
+            && !children(init).is_empty()
+        {
+            break (sup, init);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -54,10 +66,15 @@ fn sigkill_of_warren_kills_the_whole_cell_and_removes_its_cgroups() {
         .filter_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
-            (path.contains("/warren/") && ["memory", "pids"].contains(&ctrl)).then(|| format!("/sys/fs/cgroup/{ctrl}{path}").into())
+            (path.contains("/warren/") && ["memory", "pids"].contains(&ctrl))
+                .then(|| format!("/sys/fs/cgroup/{ctrl}{path}").into())
         })
         .collect();
-    assert_eq!(!cgroup_dirs.is_empty(), limits && cgroup_lines.contains("pids:"), "{cgroup_lines}");
+    assert_eq!(
+        !cgroup_dirs.is_empty(),
+        limits && cgroup_lines.contains("pids:"),
+        "{cgroup_lines}"
+    );
 
     warren.kill().unwrap(); // SIGKILL
     warren.wait().unwrap();
@@ -68,13 +85,19 @@ fn sigkill_of_warren_kills_the_whole_cell_and_removes_its_cgroups() {
             .unwrap()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns) && alive(*p))
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns) && alive(*p)
+            })
             .collect();
         let left = cgroup_dirs.iter().filter(|d| d.exists()).count();
         if survivors.is_empty() && !alive(supervisor) && left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "left behind: processes {survivors:?}, supervisor alive {}, cgroups {left}", alive(supervisor));
+        assert!(
+            Instant::now() < deadline,
+            "left behind: processes {survivors:?}, supervisor alive {}, cgroups {left}",
+            alive(supervisor)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

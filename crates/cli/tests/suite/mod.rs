@@ -8,7 +8,11 @@ pub const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// `warren ARGS…` with a private state dir; returns the output.
 pub fn warren(state: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(WARREN).args(args).env("WARREN_STATE_DIR", state).output().unwrap()
+    Command::new(WARREN)
+        .args(args)
+        .env("WARREN_STATE_DIR", state)
+        .output()
+        .unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use warren_cell::cgroup::CgroupLimits;
 use warren_cell::{CellSpec, Workspace, WorkspaceMode};
-use warren_testkit::{TempDir, assert_blocked, probe, require_cgroup_limits, require_process_tier, run, spec_with_probe, start};
+use warren_testkit::{
+    TempDir, assert_blocked, probe, require_cgroup_limits, require_process_tier, run,
+    spec_with_probe, start,
+};
 
 use super::{JAIL, PROBE};
 
@@ -32,9 +35,17 @@ fn env() -> Option<Env> {
     let host = TempDir::new("host");
     std::fs::write(host.path().join("secret.txt"), "TOP-SECRET-HOST-DATA").unwrap();
     std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(host.path().join("secret.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        host.path().join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let spec = spec_with_probe(state.path(), PROBE);
-    Some(Env { _state: state, host, spec })
+    Some(Env {
+        _state: state,
+        host,
+        spec,
+    })
 }
 
 fn secret_path(e: &Env) -> String {
@@ -70,11 +81,20 @@ fn host_file_outside_mounts() {
 fn dotdot_traversal_out_of_workspace() {
     let Some(mut e) = env() else { return };
     let ws = TempDir::new("ws");
-    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadWrite });
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::ReadWrite,
+    });
     let cell = start(&e.spec, JAIL);
     let path = format!("/workspace/../../../../..{}", secret_path(&e));
     assert_blocked(&cell, &["read-file", &path]);
-    assert_blocked(&cell, &["list-dir", &format!("/workspace/../../..{}", e.host.path().display())]);
+    assert_blocked(
+        &cell,
+        &[
+            "list-dir",
+            &format!("/workspace/../../..{}", e.host.path().display()),
+        ],
+    );
 }
 
 #[test]
@@ -84,7 +104,10 @@ fn planted_symlink_out_of_workspace() {
     std::os::unix::fs::symlink(secret_path(&e), ws.path().join("escape")).unwrap();
     std::os::unix::fs::symlink(e.host.path(), ws.path().join("escape-dir")).unwrap();
     std::os::unix::fs::symlink("../../../../../../etc/shadow", ws.path().join("shadow")).unwrap();
-    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::Cow });
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::Cow,
+    });
     let cell = start(&e.spec, JAIL);
     assert_blocked(&cell, &["read-file", "/workspace/escape"]);
     assert_blocked(&cell, &["read-file", "/workspace/escape-dir/secret.txt"]);
@@ -95,8 +118,17 @@ fn planted_symlink_out_of_workspace() {
 fn proc_root_tricks() {
     let Some(e) = env() else { return };
     let cell = start(&e.spec, JAIL);
-    assert_blocked(&cell, &["read-file", &format!("/proc/1/root{}", secret_path(&e))]);
-    assert_blocked(&cell, &["read-file", &format!("/proc/self/root/../../..{}", secret_path(&e))]);
+    assert_blocked(
+        &cell,
+        &["read-file", &format!("/proc/1/root{}", secret_path(&e))],
+    );
+    assert_blocked(
+        &cell,
+        &[
+            "read-file",
+            &format!("/proc/self/root/../../..{}", secret_path(&e)),
+        ],
+    );
     assert_blocked(&cell, &["list-dir", "/proc/1/root/"]);
     assert_blocked(&cell, &["read-file", "/proc/1/environ"]);
 }
@@ -120,7 +152,10 @@ fn write_readonly_workspace() {
     let Some(mut e) = env() else { return };
     let ws = TempDir::new("ws");
     std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadOnly });
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::ReadOnly,
+    });
     let cell = start(&e.spec, JAIL);
     assert_blocked(&cell, &["write-file", "/workspace/x"]);
     assert!(!ws.path().join("x").exists());
@@ -163,12 +198,16 @@ blocked!(tcp_bind, ["tcp-bind", "8080"]);
 fn udp_packet_out() {
     let Some(e) = env() else { return };
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let addr = sock.local_addr().unwrap().to_string();
     let cell = start(&e.spec, JAIL);
     assert_blocked(&cell, &["udp-send", &addr]);
     let mut buf = [0u8; 64];
-    assert!(sock.recv(&mut buf).is_err(), "the host received a UDP packet from the cell");
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "the host received a UDP packet from the cell"
+    );
 }
 
 blocked!(dns_lookup, ["dns", "example.com"]);
@@ -205,10 +244,16 @@ blocked!(mknod_block_device, ["mknod-block", "/tmp/blk"]);
 #[test]
 fn signal_host_process() {
     let Some(e) = env() else { return };
-    let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let cell = start(&e.spec, JAIL);
     assert_blocked(&cell, &["kill", &victim.id().to_string()]);
-    assert!(victim.try_wait().unwrap().is_none(), "the host process was killed from the cell");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the host process was killed from the cell"
+    );
     victim.kill().unwrap();
     victim.wait().unwrap();
 }
@@ -225,12 +270,22 @@ fn host_environment_secret_not_visible() {
     // one): neither the commands nor the cell's pid 1 may expose it.
     let program = warren_cell::JailProgram {
         program: "/usr/bin/env".into(),
-        args: vec!["WARREN_TEST_SECRET=sk-planted-0123456789".into(), JAIL.into()],
+        args: vec![
+            "WARREN_TEST_SECRET=sk-planted-0123456789".into(),
+            JAIL.into(),
+        ],
     };
     let cell = warren_cell::ProcessCell::start(&e.spec, &program).unwrap();
     assert_blocked(&cell, &["env-absent", "WARREN_TEST_SECRET"]);
-    let (_, out) = run(&cell, &["/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null"], None);
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("sk-planted"), "secret visible in the cell");
+    let (_, out) = run(
+        &cell,
+        &["/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null"],
+        None,
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("sk-planted"),
+        "secret visible in the cell"
+    );
 }
 
 #[test]
@@ -247,10 +302,17 @@ fn setuid_binaries_gain_nothing() {
     std::os::unix::fs::chown(&suid, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadOnly });
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::ReadOnly,
+    });
     let cell = start(&e.spec, JAIL);
     let r = assert_blocked(&cell, &["setuid-exec", "/workspace/probe-suid"]);
-    assert_eq!(r.json["child"]["Uid"][1], 1000, "effective uid changed: {}", r.json);
+    assert_eq!(
+        r.json["child"]["Uid"][1], 1000,
+        "effective uid changed: {}",
+        r.json
+    );
 }
 
 // --- Resource limits -------------------------------------------------------------------------
@@ -261,13 +323,19 @@ fn fork_bomb_stopped_by_pids_limit() {
     if !require_cgroup_limits() {
         return;
     }
-    e.spec.limits.cgroup = CgroupLimits { pids: Some(64), ..Default::default() };
+    e.spec.limits.cgroup = CgroupLimits {
+        pids: Some(64),
+        ..Default::default()
+    };
     let cell = start(&e.spec, JAIL);
     let r = assert_blocked(&cell, &["fork-bomb", "64"]);
     assert!(r.json["forked"].as_u64().unwrap() < 64, "{}", r.json);
     // The cell still works afterwards.
     let (o, out) = run(&cell, &["/bin/echo", "alive"], None);
-    assert_eq!((o.exit.code, out.stdout.as_slice()), (Some(0), &b"alive\n"[..]));
+    assert_eq!(
+        (o.exit.code, out.stdout.as_slice()),
+        (Some(0), &b"alive\n"[..])
+    );
 }
 
 #[test]
@@ -276,10 +344,20 @@ fn memory_hog_killed_and_reported_oom() {
     if !require_cgroup_limits() {
         return;
     }
-    e.spec.limits.cgroup = CgroupLimits { memory_bytes: Some(64 << 20), ..Default::default() };
+    e.spec.limits.cgroup = CgroupLimits {
+        memory_bytes: Some(64 << 20),
+        ..Default::default()
+    };
     let cell = start(&e.spec, JAIL);
-    let (o, out) = run(&cell, &[warren_testkit::PROBE_IN_CELL, "memory-hog", "1024"], Some(60_000));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("escaped"), "allocated 1 GiB under a 64 MiB limit");
+    let (o, out) = run(
+        &cell,
+        &[warren_testkit::PROBE_IN_CELL, "memory-hog", "1024"],
+        Some(60_000),
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("escaped"),
+        "allocated 1 GiB under a 64 MiB limit"
+    );
     assert_eq!(o.exit.signal, Some(libc::SIGKILL), "{o:?}");
     assert!(o.oom_killed, "OOM kill not reported: {o:?}");
 }
@@ -290,7 +368,10 @@ fn spinner_killed_at_timeout() {
     let cell = start(&e.spec, JAIL);
     let t = std::time::Instant::now();
     let (o, _) = run(&cell, &[warren_testkit::PROBE_IN_CELL, "spin"], Some(300));
-    assert!(o.exit.timed_out && o.exit.signal == Some(libc::SIGKILL), "{o:?}");
+    assert!(
+        o.exit.timed_out && o.exit.signal == Some(libc::SIGKILL),
+        "{o:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(30));
 }
 
@@ -299,7 +380,10 @@ fn disk_fill_stopped_by_tmpfs_size() {
     let Some(mut e) = env() else { return };
     e.spec.limits.tmp_bytes = 8 << 20;
     let cell = start(&e.spec, JAIL);
-    let r = assert_blocked(&cell, &["disk-fill", "/tmp/fill", &(8u64 << 20).to_string()]);
+    let r = assert_blocked(
+        &cell,
+        &["disk-fill", "/tmp/fill", &(8u64 << 20).to_string()],
+    );
     assert!(r.json["written"].as_u64().unwrap() <= 9 << 20);
 }
 
@@ -309,7 +393,10 @@ fn disk_fill_stopped_by_tmpfs_size() {
 fn controls_allowed_actions_are_reported_as_such() {
     let Some(mut e) = env() else { return };
     let ws = TempDir::new("ws");
-    e.spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::Cow });
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::Cow,
+    });
     let cell = start(&e.spec, JAIL);
     for args in [
         &["write-file", "/tmp/ok"][..],
@@ -319,7 +406,11 @@ fn controls_allowed_actions_are_reported_as_such() {
         &["list-dir", "/workspace"],
     ] {
         let r = probe(&cell, args);
-        assert_eq!(r.outcome, "escaped", "an allowed action was reported as blocked: {args:?} {}", r.json);
+        assert_eq!(
+            r.outcome, "escaped",
+            "an allowed action was reported as blocked: {args:?} {}",
+            r.json
+        );
     }
     let r = probe(&cell, &["whoami"]);
     assert_eq!(r.outcome, "info");

@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use warren_cell::cgroup::CgroupLimits;
 use warren_cell::{Cell, Workspace, WorkspaceMode};
 use warren_protocol::guest::{ClientFrame, Decoder, FailureCode, Request, Response, ServerFrame};
-use warren_testkit::{TempDir, require_cgroup_limits, require_process_tier, run, spec_with_probe, start};
+use warren_testkit::{
+    TempDir, require_cgroup_limits, require_process_tier, run, spec_with_probe, start,
+};
 
 use super::{JAIL, PROBE};
 
@@ -26,7 +28,9 @@ fn wrong_secret_rejected_right_secret_accepted() {
     let _ = conn.read_to_end(&mut all);
     dec.push(&all);
     match dec.next_server().unwrap() {
-        Some(ServerFrame::Done(Response::Failed { code, .. })) => assert_eq!(code, FailureCode::Unauthenticated),
+        Some(ServerFrame::Done(Response::Failed { code, .. })) => {
+            assert_eq!(code, FailureCode::Unauthenticated)
+        }
         other => panic!("a wrong secret was not rejected: {other:?}"),
     }
     assert!(dec.next_server().unwrap().is_none(), "data after rejection");
@@ -44,12 +48,28 @@ fn cwd_env_and_files_persist_between_commands() {
     }
     let state = TempDir::new("state");
     let cell = start(&spec_with_probe(state.path(), PROBE), JAIL);
-    run(&cell, &["/bin/sh", "-c", "mkdir -p /tmp/a/b && echo kept > /tmp/a/b/f"], None);
+    run(
+        &cell,
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/a/b && echo kept > /tmp/a/b/f",
+        ],
+        None,
+    );
     cell.chdir("/tmp/a/b").unwrap();
-    cell.set_env(vec![("GREETING".into(), Some("hello".into()))]).unwrap();
-    let (o, out) = run(&cell, &["/bin/sh", "-c", "pwd; cat f; echo $GREETING"], None);
+    cell.set_env(vec![("GREETING".into(), Some("hello".into()))])
+        .unwrap();
+    let (o, out) = run(
+        &cell,
+        &["/bin/sh", "-c", "pwd; cat f; echo $GREETING"],
+        None,
+    );
     assert_eq!(o.exit.code, Some(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp/a/b\nkept\nhello\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/tmp/a/b\nkept\nhello\n"
+    );
     assert!(cell.chdir("/nonexistent").is_err());
 }
 
@@ -65,8 +85,15 @@ fn concurrent_execs_in_one_cell() {
             .map(|i| {
                 let cell = &cell;
                 s.spawn(move || {
-                    let (o, out) = run(cell, &["/bin/sh", "-c", &format!("sleep 0.05; echo {i}")], None);
-                    (o.exit.code, String::from_utf8_lossy(&out.stdout).into_owned())
+                    let (o, out) = run(
+                        cell,
+                        &["/bin/sh", "-c", &format!("sleep 0.05; echo {i}")],
+                        None,
+                    );
+                    (
+                        o.exit.code,
+                        String::from_utf8_lossy(&out.stdout).into_owned(),
+                    )
                 })
             })
             .collect();
@@ -83,13 +110,28 @@ fn stdin_streams_and_output_cap_is_marked() {
     }
     let state = TempDir::new("state");
     let cell = start(&spec_with_probe(state.path(), PROBE), JAIL);
-    let spec = warren_cell::ExecSpec { argv: vec!["/bin/cat".into()], max_output_bytes: 1 << 20, ..Default::default() };
+    let spec = warren_cell::ExecSpec {
+        argv: vec!["/bin/cat".into()],
+        max_output_bytes: 1 << 20,
+        ..Default::default()
+    };
     let mut out = warren_cell::Collect::default();
     let input: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(b"from stdin".to_vec()));
     let o = cell.exec(&spec, Some(input), &mut out).unwrap();
-    assert_eq!((o.exit.code, out.stdout.as_slice()), (Some(0), &b"from stdin"[..]));
+    assert_eq!(
+        (o.exit.code, out.stdout.as_slice()),
+        (Some(0), &b"from stdin"[..])
+    );
 
-    let spec = warren_cell::ExecSpec { argv: vec!["/bin/sh".into(), "-c".into(), "head -c 100000 /dev/zero".into()], max_output_bytes: 1000, ..Default::default() };
+    let spec = warren_cell::ExecSpec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "head -c 100000 /dev/zero".into(),
+        ],
+        max_output_bytes: 1000,
+        ..Default::default()
+    };
     let mut out = warren_cell::Collect::default();
     let o = cell.exec(&spec, None, &mut out).unwrap();
     assert_eq!(out.stdout.len(), 1000);
@@ -106,13 +148,22 @@ fn missing_command_and_bad_cwd_are_reported() {
     let cell = start(&spec_with_probe(state.path(), PROBE), JAIL);
     let (o, _) = run(&cell, &["no-such-command"], None);
     assert_eq!(o.failure.map(|f| f.0), Some(FailureCode::NotFound));
-    let spec = warren_cell::ExecSpec { argv: vec!["/bin/true".into()], cwd: Some("/nope".into()), max_output_bytes: 10, ..Default::default() };
-    let o = cell.exec(&spec, None, &mut warren_cell::Collect::default()).unwrap();
+    let spec = warren_cell::ExecSpec {
+        argv: vec!["/bin/true".into()],
+        cwd: Some("/nope".into()),
+        max_output_bytes: 10,
+        ..Default::default()
+    };
+    let o = cell
+        .exec(&spec, None, &mut warren_cell::Collect::default())
+        .unwrap();
     assert_eq!(o.failure.map(|f| f.0), Some(FailureCode::BadCwd));
 }
 
 fn pid_ns_of(pid: i32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn processes_in_ns(ns: u64) -> Vec<i32> {
@@ -121,7 +172,8 @@ fn processes_in_ns(ns: u64) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l.to_string_lossy() == format!("pid:[{ns}]"))
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .is_ok_and(|l| l.to_string_lossy() == format!("pid:[{ns}]"))
         })
         .collect()
 }
@@ -134,18 +186,36 @@ fn killing_the_cell_leaves_nothing_behind() {
     let state = TempDir::new("state");
     let ws = TempDir::new("ws");
     let mut spec = spec_with_probe(state.path(), PROBE);
-    spec.workspace = Some(Workspace { host: ws.path().to_path_buf(), mode: WorkspaceMode::ReadWrite });
+    spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::ReadWrite,
+    });
     let limits = require_cgroup_limits();
     if limits {
-        spec.limits.cgroup = CgroupLimits { memory_bytes: Some(256 << 20), pids: Some(100), cpus: Some(1.0) };
+        spec.limits.cgroup = CgroupLimits {
+            memory_bytes: Some(256 << 20),
+            pids: Some(100),
+            cpus: Some(1.0),
+        };
     }
     let mut cell = start(&spec, JAIL);
     // Daemons that try to outlive their command, including one that double-forks and setsids.
-    run(&cell, &["/bin/sh", "-c", "sleep 1000 & (setsid sleep 1000 &) ; echo started"], None);
+    run(
+        &cell,
+        &[
+            "/bin/sh",
+            "-c",
+            "sleep 1000 & (setsid sleep 1000 &) ; echo started",
+        ],
+        None,
+    );
     let init = cell.info().init_pid;
     let ns = pid_ns_of(init).expect("init's pid namespace");
     let mnt = std::fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
-    assert!(processes_in_ns(ns).len() >= 3, "expected init and two sleepers");
+    assert!(
+        processes_in_ns(ns).len() >= 3,
+        "expected init and two sleepers"
+    );
     let cgroups = cell.cgroups().map(|c| c.dirs.clone()).unwrap_or_default();
     assert_eq!(cgroups.is_empty(), !limits);
     for d in &cgroups {
@@ -153,7 +223,10 @@ fn killing_the_cell_leaves_nothing_behind() {
     }
 
     cell.kill();
-    assert!(processes_in_ns(ns).is_empty(), "processes survived the cell");
+    assert!(
+        processes_in_ns(ns).is_empty(),
+        "processes survived the cell"
+    );
     for d in &cgroups {
         assert!(!d.exists(), "cgroup {} left behind", d.display());
     }
@@ -165,7 +238,11 @@ fn killing_the_cell_leaves_nothing_behind() {
         .count();
     assert_eq!(holders, 0, "the cell's mount namespace is still alive");
     // A non-cow cell creates no files on the host.
-    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0, "state dir not empty");
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "state dir not empty"
+    );
 }
 
 #[test]
@@ -178,21 +255,40 @@ fn fails_closed_naming_the_missing_mechanism() {
     // A mount whose source does not exist cannot be built: refused, naming the step.
     spec.extra_mounts.push(warren_protocol::mount::Mount {
         target: "/missing".into(),
-        kind: warren_protocol::mount::MountKind::Bind { source: "/nonexistent/warren".into(), readonly: true },
+        kind: warren_protocol::mount::MountKind::Bind {
+            source: "/nonexistent/warren".into(),
+            readonly: true,
+        },
     });
-    let err = warren_cell::ProcessCell::start(&spec, &warren_cell::JailProgram { program: JAIL.into(), args: vec![] })
-        .err()
-        .expect("started without its mount");
+    let err = warren_cell::ProcessCell::start(
+        &spec,
+        &warren_cell::JailProgram {
+            program: JAIL.into(),
+            args: vec![],
+        },
+    )
+    .err()
+    .expect("started without its mount");
     let msg = err.to_string();
     assert!(msg.contains("mount /missing"), "{msg}");
     // A device that is a block device is refused.
     let mut spec = spec_with_probe(state.path(), PROBE);
     spec.extra_mounts.push(warren_protocol::mount::Mount {
         target: "/dev/disk".into(),
-        kind: warren_protocol::mount::MountKind::Device { source: "/dev/vda".into() },
+        kind: warren_protocol::mount::MountKind::Device {
+            source: "/dev/vda".into(),
+        },
     });
     if std::path::Path::new("/dev/vda").exists() {
-        let err = warren_cell::ProcessCell::start(&spec, &warren_cell::JailProgram { program: JAIL.into(), args: vec![] }).err().expect("block device accepted");
+        let err = warren_cell::ProcessCell::start(
+            &spec,
+            &warren_cell::JailProgram {
+                program: JAIL.into(),
+                args: vec![],
+            },
+        )
+        .err()
+        .expect("block device accepted");
         assert!(err.to_string().contains("not a character device"), "{err}");
     }
 }
