@@ -18,16 +18,17 @@ pub fn run(
     mut status: StatusPipe,
     signals: libc::sigset_t,
 ) -> ! {
-    match setup(cfg, &sync_r) {
-        Ok(ready) => {
+    let commands_ruleset = match setup(cfg, &sync_r) {
+        Ok((ready, ruleset)) => {
             status.report(&ready);
             status.close();
+            ruleset
         }
         Err((step, reason)) => {
             status.report(&StartReport::Refused { step, reason });
             std::process::exit(1);
         }
-    }
+    };
     drop(sync_r);
     // The supervisor blocked these; pid 1 only needs SIGCHLD blocked (for the reaper).
     // SAFETY: adjusting this thread's signal mask with a locally built set.
@@ -48,7 +49,14 @@ pub fn run(
         libc::sigaddset(&mut chld, libc::SIGCHLD);
     }
     let secret = secret_from_hex(&cfg.secret_hex).unwrap_or([0; 32]);
-    serve::serve(listener, secret, cfg.cwd.clone(), cfg.env.clone(), chld)
+    serve::serve(
+        listener,
+        secret,
+        cfg.cwd.clone(),
+        cfg.env.clone(),
+        chld,
+        commands_ruleset,
+    )
 }
 
 type StepError = (String, String);
@@ -57,7 +65,7 @@ fn at<T, E: std::fmt::Display>(step: &str, r: Result<T, E>) -> Result<T, StepErr
     r.map_err(|e| (step.to_owned(), e.to_string()))
 }
 
-fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
+fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<(StartReport, Option<OwnedFd>), StepError> {
     if secret_from_hex(&cfg.secret_hex).is_none() {
         return Err(("config".into(), "malformed cell secret".into()));
     }
@@ -134,13 +142,16 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<StartReport, StepError> {
         ));
     }
     at("no_new_privs", sys::set_no_new_privs())?;
-    let landlock = landlock_rules::apply(&cfg.mounts, cfg.require_landlock)
+    let confinement = landlock_rules::apply(&cfg.mounts, cfg.require_landlock)
         .map_err(|e| ("landlock".to_owned(), e.0))?;
     let programs = at("seccomp compile", seccomp::compile())?;
     at("seccomp install", seccomp::install(&programs))?;
-    Ok(StartReport::Ready {
-        init_pid,
-        landlock,
-        seccomp_rules: seccomp::rule_count(),
-    })
+    Ok((
+        StartReport::Ready {
+            init_pid,
+            landlock: confinement.report,
+            seccomp_rules: seccomp::rule_count(),
+        },
+        confinement.commands,
+    ))
 }

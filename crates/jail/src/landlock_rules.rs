@@ -51,21 +51,68 @@ fn abi_from(n: u32) -> ABI {
 #[derive(Debug)]
 pub struct LandlockError(pub String);
 
-/// Apply Landlock to the calling thread (and its future children) for the given namespace.
-/// Paths are the cell's own (this runs after `pivot_root`).
-pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, LandlockError> {
+/// Landlock as applied to a cell.
+pub struct Confinement {
+    /// What is enforced.
+    pub report: LandlockReport,
+    /// The stricter ruleset every command stacks on top of the init's domain between fork and
+    /// exec (`None` when Landlock is unavailable and not required).
+    pub commands: Option<std::os::fd::OwnedFd>,
+}
+
+/// Confine the calling thread (the init, and so everything it forks) and prepare the
+/// commands' ruleset. Paths are the cell's own (this runs after `pivot_root`).
+///
+/// Two domains, because a Landlock domain can only ever narrow: the init's allows writing
+/// `/proc` (so a new command can still raise its own `oom_score_adj` — commands, never the
+/// init, must be the out-of-memory killer's choice), and each command then stacks the strict
+/// ruleset, in which `/proc` is read-only.
+pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockError> {
     let kernel = kernel_abi();
     if kernel == 0 {
         return if required {
             Err(LandlockError("Landlock is not available in this kernel (landlock_create_ruleset failed); refusing to start without it".into()))
         } else {
-            Ok(LandlockReport::default())
+            Ok(Confinement {
+                report: LandlockReport::default(),
+                commands: None,
+            })
         };
     }
     let applied = kernel.min(KNOWN_NUM);
+    let err = |e: landlock::RulesetError| LandlockError(e.to_string());
+    let status = build(spec, applied, true)?.restrict_self().map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(LandlockError(format!(
+            "Landlock only partially enforced: {:?}",
+            status.ruleset
+        )));
+    }
+    let commands: Option<std::os::fd::OwnedFd> = build(spec, applied, false)?.into();
+    if commands.is_none() {
+        return Err(LandlockError(
+            "no Landlock ruleset descriptor for commands".into(),
+        ));
+    }
+    Ok(Confinement {
+        report: LandlockReport {
+            kernel_abi: kernel,
+            applied_abi: applied,
+            filesystem: true,
+            tcp: applied >= 4,
+            scoped: applied >= 6,
+        },
+        commands,
+    })
+}
+
+fn build(
+    spec: &MountSpec,
+    applied: u32,
+    proc_write: bool,
+) -> Result<landlock::RulesetCreated, LandlockError> {
     let abi = abi_from(applied);
     let err = |e: landlock::RulesetError| LandlockError(e.to_string());
-
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessFs::from_all(abi))
@@ -79,8 +126,7 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, Landloc
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
     }
     let mut created = ruleset.create().map_err(err)?;
-
-    for (path, access) in rules(spec, abi) {
+    for (path, access) in rules(spec, abi, proc_write) {
         let fd = PathFd::new(&path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
         // Rules on files may only carry file rights (a read-only bind of /etc/ld.so.cache, say).
         let access = if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
@@ -92,25 +138,11 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<LandlockReport, Landloc
             .add_rule(PathBeneath::new(fd, access))
             .map_err(err)?;
     }
-
-    let status = created.restrict_self().map_err(err)?;
-    if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(LandlockError(format!(
-            "Landlock only partially enforced: {:?}",
-            status.ruleset
-        )));
-    }
-    Ok(LandlockReport {
-        kernel_abi: kernel,
-        applied_abi: applied,
-        filesystem: true,
-        tcp: applied >= 4,
-        scoped: applied >= 6,
-    })
+    Ok(created)
 }
 
 /// The (path, rights) pairs for a namespace, in cell paths. Pure, so it is unit-tested.
-pub fn rules(spec: &MountSpec, abi: ABI) -> Vec<(String, BitFlags<AccessFs>)> {
+pub fn rules(spec: &MountSpec, abi: ABI, proc_write: bool) -> Vec<(String, BitFlags<AccessFs>)> {
     let read = AccessFs::from_read(abi);
     // Writable mounts get every right except creating device nodes.
     let write = AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock);
@@ -120,8 +152,19 @@ pub fn rules(spec: &MountSpec, abi: ABI) -> Vec<(String, BitFlags<AccessFs>)> {
         // Listing directories anywhere is harmless and `ls /` needs it; reading files is not
         // granted by this rule.
         ("/".to_owned(), BitFlags::from(AccessFs::ReadDir)),
-        // A fresh procfs of the cell's own pid namespace: readable, never writable.
-        ("/proc".to_owned(), AccessFs::ReadFile | AccessFs::ReadDir),
+        // A fresh procfs of the cell's own pid namespace: readable; writable only in the
+        // init's own domain (see `apply`).
+        (
+            "/proc".to_owned(),
+            if proc_write {
+                AccessFs::ReadFile
+                    | AccessFs::ReadDir
+                    | AccessFs::WriteFile
+                    | (AccessFs::from_all(abi) & AccessFs::Truncate)
+            } else {
+                AccessFs::ReadFile | AccessFs::ReadDir
+            },
+        ),
     ];
     for m in &spec.mounts {
         let access = match &m.kind {
@@ -175,7 +218,19 @@ mod tests {
                 },
             ],
         };
-        let rules = rules(&spec, ABI::V6);
+        let rules = rules(&spec, ABI::V6, false);
+        let relaxed = super::rules(&spec, ABI::V6, true);
+        let proc_of = |r: &[(String, BitFlags<AccessFs>)]| {
+            r.iter()
+                .find(|(p, _)| p == "/proc")
+                .map(|(_, a)| *a)
+                .unwrap_or_default()
+        };
+        assert!(
+            !proc_of(&rules).contains(AccessFs::WriteFile),
+            "commands may not write /proc"
+        );
+        assert!(proc_of(&relaxed).contains(AccessFs::WriteFile));
         let get = |p: &str| rules.iter().find(|(q, _)| q == p).map(|(_, a)| *a);
         let usr = get("/usr").unwrap_or_default();
         assert!(usr.contains(AccessFs::Execute) && !usr.contains(AccessFs::WriteFile));

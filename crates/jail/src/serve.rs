@@ -41,6 +41,8 @@ struct Session {
 
 struct Shared {
     secret: [u8; SECRET_LEN],
+    /// The strict Landlock ruleset each command stacks before exec (-1: none).
+    commands_ruleset: RawFd,
     session: Mutex<Session>,
     /// pid -> write end of the pipe that receives its wait status.
     waiting: Mutex<HashMap<i32, OwnedFd>>,
@@ -57,9 +59,12 @@ pub fn serve(
     cwd: String,
     env: Vec<(String, String)>,
     sigchld: libc::sigset_t,
+    commands_ruleset: Option<OwnedFd>,
 ) -> ! {
+    let commands_ruleset = commands_ruleset.map_or(-1, std::os::fd::IntoRawFd::into_raw_fd);
     let shared = Arc::new(Shared {
         secret,
+        commands_ruleset,
         session: Mutex::new(Session {
             cwd,
             env: env.into_iter().collect(),
@@ -238,10 +243,10 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
             format!("{cwd}: not a directory"),
         );
     }
-    // Resolve argv[0] against the session's PATH ourselves: with an absolute path and no
-    // pre-exec hook, std spawns with posix_spawn (vfork-style: no copy of the init's page
-    // tables). Nothing else is needed between fork and exec: the init has no controlling
-    // terminal (the supervisor called setsid) and every descriptor it holds is close-on-exec.
+    // Resolve argv[0] against the session's PATH ourselves, as execvp would, so "not found"
+    // and "not executable" are told apart before anything is spawned. The init has no
+    // controlling terminal (the supervisor called setsid) and every descriptor it holds is
+    // close-on-exec, so commands get stdio only.
     let path = match resolve(program, env.get("PATH").map(String::as_str), &cwd) {
         Ok(p) => p,
         Err(code) => {
@@ -268,6 +273,17 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let ruleset = shared.commands_ruleset;
+    // SAFETY: the closure runs between fork and exec and makes one raw syscall.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Stack the strict ruleset: from here on /proc is read-only too.
+            if ruleset >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let (notify_r, notify_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&mut conn, FailureCode::SpawnFailed, e.to_string()),
@@ -292,6 +308,15 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         }
     };
     let pgid = child.id() as i32;
+    // The out-of-memory killer must take commands, never the init, or the whole cell dies.
+    // Raising a score needs no privilege; the init's own Landlock domain permits this write,
+    // and `spawn` returned after the exec, when the command's /proc entry is its own again
+    // (before it, the fork inherited the init's non-dumpable state). A command forks only
+    // after its own start-up, well after this write.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pgid}/oom_score_adj"))
+        .and_then(|mut f| f.write_all(b"1000"));
     let kill_group = |sig: i32| {
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(-pgid, sig) };

@@ -360,6 +360,29 @@ fn memory_hog_killed_and_reported_oom() {
     );
     assert_eq!(o.exit.signal, Some(libc::SIGKILL), "{o:?}");
     assert!(o.oom_killed, "OOM kill not reported: {o:?}");
+    // The victim is always a command, never the cell's init: the cell survives, every time,
+    // even when the hog sits inside a pipeline and the OOM killer runs more than once.
+    for _ in 0..5 {
+        let (o, _) = run(
+            &cell,
+            &["/bin/sh", "-c", "head -c 512m /dev/zero | tail > /dev/null"],
+            Some(60_000),
+        );
+        assert!(o.oom_killed && o.exit.code != Some(0), "{o:?}");
+    }
+    let (o, out) = run(
+        &cell,
+        &[
+            "/bin/cat",
+            "/proc/1/oom_score_adj",
+            "/proc/self/oom_score_adj",
+        ],
+        None,
+    );
+    assert_eq!(
+        (o.exit.code, String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "0\n1000\n")
+    );
 }
 
 #[test]
