@@ -274,9 +274,26 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let ruleset = shared.commands_ruleset;
-    // SAFETY: the closure runs between fork and exec and makes one raw syscall.
+    // SAFETY: the closure runs between fork and exec and makes only raw syscalls on a static
+    // path and stack data.
     unsafe {
         cmd.pre_exec(move || {
+            // The out-of-memory killer must take commands, never the init, or the whole cell
+            // dies. A fork of the init is non-dumpable (its /proc entry belongs to the unmapped
+            // root); become dumpable to raise our own score — no privilege needed — then stack
+            // the strict ruleset. Until the exec, no other command can read this copy of the
+            // init's memory: ptrace and process_vm_* are seccomp-denied, and Landlock refuses
+            // /proc/<pid>/mem from a more restricted domain (every other command) to a less
+            // restricted one (this child, still in the init's domain).
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
             // Stack the strict ruleset: from here on /proc is read-only too.
             if ruleset >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) != 0 {
                 return Err(io::Error::last_os_error());
@@ -308,15 +325,7 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
         }
     };
     let pgid = child.id() as i32;
-    // The out-of-memory killer must take commands, never the init, or the whole cell dies.
-    // Raising a score needs no privilege; the init's own Landlock domain permits this write,
-    // and `spawn` returned after the exec, when the command's /proc entry is its own again
-    // (before it, the fork inherited the init's non-dumpable state). A command forks only
-    // after its own start-up, well after this write.
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pgid}/oom_score_adj"))
-        .and_then(|mut f| f.write_all(b"1000"));
+
     let kill_group = |sig: i32| {
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(-pgid, sig) };

@@ -459,3 +459,30 @@ fn no_controlling_terminal_of_the_host() {
         assert_eq!(tty_nr, 0, "/proc/{who} has a controlling terminal: {stat}");
     }
 }
+
+#[test]
+fn other_commands_and_init_memory_unreadable() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    // A long-lived command left running in the cell by an earlier request.
+    let (_, out) = run(
+        &cell,
+        &["/bin/sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"],
+        None,
+    );
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(pid.parse::<u32>().is_ok(), "{pid:?}");
+    for path in [
+        format!("/proc/{pid}/mem"),
+        format!("/proc/{pid}/environ"),
+        "/proc/1/mem".into(),
+    ] {
+        let r = assert_blocked(&cell, &["read-file", &path]);
+        // Refused at open (the ptrace-mode access check), not merely an unreadable offset.
+        assert!(
+            r.json["detail"].as_str().unwrap().starts_with("open:"),
+            "{}",
+            r.json
+        );
+    }
+}
