@@ -302,14 +302,17 @@ impl CellSpec {
             kind: MountKind::Tmpfs {
                 size_bytes: self.limits.tmp_bytes,
                 mode: 0o1777,
+                readonly: false,
             },
         });
-        // /dev: a small tmpfs with bound character devices and the usual symlinks.
+        // /dev: a small tmpfs with bound character devices and the usual symlinks, read-only
+        // once populated (only the devices themselves and /dev/shm are writable).
         mounts.push(Mount {
             target: "/dev".into(),
             kind: MountKind::Tmpfs {
                 size_bytes: 64 << 10,
                 mode: 0o755,
+                readonly: true,
             },
         });
         for d in DEVICES {
@@ -339,6 +342,7 @@ impl CellSpec {
             kind: MountKind::Tmpfs {
                 size_bytes: self.limits.tmp_bytes.min(64 << 20),
                 mode: 0o1777,
+                readonly: false,
             },
         });
         mounts.extend(self.extra_mounts.iter().cloned());

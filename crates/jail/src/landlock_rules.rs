@@ -80,15 +80,46 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockEr
         };
     }
     let applied = kernel.min(KNOWN_NUM);
+    let abi = abi_from(applied);
     let err = |e: landlock::RulesetError| LandlockError(e.to_string());
-    let status = build(spec, applied, true)?.restrict_self().map_err(err)?;
+    let init_rules = rules(spec, abi, true);
+    let command_rules = rules(spec, abi, false);
+    // Open each path once; both rulesets refer to the same descriptors.
+    let mut fds: std::collections::BTreeMap<&str, (PathFd, bool)> =
+        std::collections::BTreeMap::new();
+    for (path, _) in init_rules.iter().chain(&command_rules) {
+        if !fds.contains_key(path.as_str()) {
+            let fd = PathFd::new(path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
+            let dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+            fds.insert(path, (fd, dir));
+        }
+    }
+    let build = |rules: &[(String, BitFlags<AccessFs>)]| {
+        let mut created = ruleset(applied)?;
+        for (path, access) in rules {
+            let Some((fd, dir)) = fds.get(path.as_str()) else {
+                continue;
+            };
+            // Rules on files may only carry file rights (a bind of /dev/null, say).
+            let access = if *dir {
+                *access
+            } else {
+                *access & AccessFs::from_file(abi)
+            };
+            created = created
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(err)?;
+        }
+        Ok::<_, LandlockError>(created)
+    };
+    let status = build(&init_rules)?.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
         return Err(LandlockError(format!(
             "Landlock only partially enforced: {:?}",
             status.ruleset
         )));
     }
-    let commands: Option<std::os::fd::OwnedFd> = build(spec, applied, false)?.into();
+    let commands: Option<std::os::fd::OwnedFd> = build(&command_rules)?.into();
     if commands.is_none() {
         return Err(LandlockError(
             "no Landlock ruleset descriptor for commands".into(),
@@ -106,11 +137,7 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockEr
     })
 }
 
-fn build(
-    spec: &MountSpec,
-    applied: u32,
-    proc_write: bool,
-) -> Result<landlock::RulesetCreated, LandlockError> {
+fn ruleset(applied: u32) -> Result<landlock::RulesetCreated, LandlockError> {
     let abi = abi_from(applied);
     let err = |e: landlock::RulesetError| LandlockError(e.to_string());
     let mut ruleset = Ruleset::default()
@@ -125,20 +152,7 @@ fn build(
     if applied >= 6 {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
     }
-    let mut created = ruleset.create().map_err(err)?;
-    for (path, access) in rules(spec, abi, proc_write) {
-        let fd = PathFd::new(&path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
-        // Rules on files may only carry file rights (a read-only bind of /etc/ld.so.cache, say).
-        let access = if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
-            access
-        } else {
-            access & AccessFs::from_file(abi)
-        };
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(err)?;
-    }
-    Ok(created)
+    ruleset.create().map_err(err)
 }
 
 /// The (path, rights) pairs for a namespace, in cell paths. Pure, so it is unit-tested.
@@ -166,6 +180,10 @@ pub fn rules(spec: &MountSpec, abi: ABI, proc_write: bool) -> Vec<(String, BitFl
             },
         ),
     ];
+    if spec.mounts.iter().any(|m| m.target.starts_with("/etc/")) {
+        // One rule for the generated /etc and every host entry bound below it.
+        out.push(("/etc".to_owned(), read));
+    }
     for m in &spec.mounts {
         let access = match &m.kind {
             MountKind::Bind { .. } | MountKind::Cow { .. } | MountKind::Tmpfs { .. } => {
@@ -177,7 +195,18 @@ pub fn rules(spec: &MountSpec, abi: ABI, proc_write: bool) -> Vec<(String, BitFl
         };
         out.push((m.target.clone(), access));
     }
-    out
+    // Rules apply beneath their path, across mount points: drop every rule an ancestor's rule
+    // already covers (fewer rules, same policy, faster start).
+    let covered = |(path, access): &(String, BitFlags<AccessFs>)| {
+        out.iter().any(|(p, a)| {
+            p != path && (p == "/" || path.starts_with(&format!("{p}/"))) && a.contains(*access)
+        })
+    };
+    let keep: Vec<bool> = out.iter().map(|r| !covered(r)).collect();
+    out.into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
 }
 
 #[cfg(test)]
@@ -245,5 +274,87 @@ mod tests {
         assert!(null.contains(AccessFs::WriteFile) && !null.contains(AccessFs::Execute));
         let root = get("/").unwrap_or_default();
         assert_eq!(root, BitFlags::from(AccessFs::ReadDir));
+    }
+
+    #[test]
+    fn rules_covered_by_an_ancestor_are_dropped() {
+        let m = |t: &str, kind| Mount {
+            target: t.into(),
+            kind,
+        };
+        let spec = MountSpec {
+            mounts: vec![
+                m(
+                    "/etc/passwd",
+                    MountKind::File {
+                        contents: String::new(),
+                    },
+                ),
+                m(
+                    "/etc/ssl",
+                    MountKind::Bind {
+                        source: "/etc/ssl".into(),
+                        readonly: true,
+                    },
+                ),
+                m(
+                    "/dev",
+                    MountKind::Tmpfs {
+                        size_bytes: 1,
+                        mode: 0o755,
+                        readonly: true,
+                    },
+                ),
+                m(
+                    "/dev/null",
+                    MountKind::Device {
+                        source: "/dev/null".into(),
+                    },
+                ),
+                m(
+                    "/dev/shm",
+                    MountKind::Tmpfs {
+                        size_bytes: 1,
+                        mode: 0o1777,
+                        readonly: false,
+                    },
+                ),
+                m(
+                    "/tmp",
+                    MountKind::Tmpfs {
+                        size_bytes: 1,
+                        mode: 0o1777,
+                        readonly: false,
+                    },
+                ),
+                m(
+                    "/tmp/inner",
+                    MountKind::Bind {
+                        source: "/x".into(),
+                        readonly: true,
+                    },
+                ),
+            ],
+        };
+        let r = rules(&spec, ABI::V6, false);
+        let paths: Vec<&str> = r.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/",
+                "/proc",
+                "/etc",
+                "/dev",
+                "/dev/null",
+                "/dev/shm",
+                "/tmp"
+            ]
+        );
+        let dev = r
+            .iter()
+            .find(|(p, _)| p == "/dev")
+            .map(|(_, a)| *a)
+            .unwrap_or_default();
+        assert!(!dev.contains(AccessFs::WriteFile) && !dev.contains(AccessFs::MakeReg));
     }
 }

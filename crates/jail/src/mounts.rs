@@ -142,16 +142,25 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
                 step(&what, make_mountpoint(&at, dir))?;
                 step(&what, sys::move_mount(fd.as_raw_fd(), &at))?;
             }
-            (MountKind::Tmpfs { size_bytes, mode }, _) => {
+            (
+                MountKind::Tmpfs {
+                    size_bytes,
+                    mode,
+                    readonly,
+                },
+                _,
+            ) => {
                 step(&what, make_mountpoint(&at, true))?;
                 let data = format!("size={size_bytes},mode={mode:o}");
+                // A tmpfs that becomes read-only holds nothing to execute either (`/dev`).
+                let noexec = if *readonly { libc::MS_NOEXEC } else { 0 };
                 step(
                     &what,
                     sys::mount(
                         Some("tmpfs"),
                         &at,
                         Some("tmpfs"),
-                        libc::MS_NOSUID | libc::MS_NODEV,
+                        libc::MS_NOSUID | libc::MS_NODEV | noexec,
                         Some(&data),
                     ),
                 )?;
@@ -166,7 +175,32 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
         }
     }
 
-    // A fresh /proc for the cell's own pid namespace, with its kernel knobs read-only.
+    // Read-only tmpfs mounts are sealed now that everything below them exists.
+    for m in &spec.mounts {
+        if let MountKind::Tmpfs { readonly: true, .. } = m.kind {
+            let at = format!("{STAGING}{}", m.target);
+            step(
+                format!("read-only {}", m.target),
+                sys::mount(
+                    None,
+                    &at,
+                    None,
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    None,
+                ),
+            )?;
+        }
+    }
+
+    // A fresh /proc for the cell's own pid namespace. Its kernel knobs are owned by the host's
+    // root, which is unmapped here, so DAC already refuses writes; /proc/sys and
+    // /proc/sysrq-trigger are additionally bound read-only, and Landlock makes all of /proc
+    // read-only for commands.
     let proc_dir = format!("{STAGING}/proc");
     step("mount /proc", make_mountpoint(&proc_dir, true))?;
     step(
@@ -179,17 +213,7 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
             None,
         ),
     )?;
-    for sub in [
-        "sys",
-        "sysrq-trigger",
-        "irq",
-        "bus",
-        "fs",
-        "latency_stats",
-        "timer_list",
-        "kcore",
-        "keys",
-    ] {
+    for sub in ["sys", "sysrq-trigger"] {
         let p = format!("{proc_dir}/{sub}");
         if std::fs::symlink_metadata(&p).is_ok() {
             step(format!("read-only /proc/{sub}"), bind_readonly_self(&p))?;

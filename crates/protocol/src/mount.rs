@@ -35,6 +35,9 @@ pub enum MountKind {
         size_bytes: u64,
         /// Octal mode of the mount root.
         mode: u32,
+        /// Made read-only once everything below it is in place (`/dev`).
+        #[serde(default)]
+        readonly: bool,
     },
     /// A host device node (character devices only; the jail refuses block devices).
     Device {
@@ -67,8 +70,8 @@ impl Mount {
     /// Whether processes in the cell may write below this mount.
     pub fn writable(&self) -> bool {
         match &self.kind {
-            MountKind::Bind { readonly, .. } => !readonly,
-            MountKind::Cow { .. } | MountKind::Tmpfs { .. } => true,
+            MountKind::Bind { readonly, .. } | MountKind::Tmpfs { readonly, .. } => !readonly,
+            MountKind::Cow { .. } => true,
             MountKind::Device { .. } | MountKind::Symlink { .. } | MountKind::File { .. } => false,
         }
     }

@@ -146,6 +146,7 @@ fn proc_sys_and_sysrq_not_writable() {
 blocked!(write_usr, ["write-file", "/usr/bin/warren-pwned"]);
 blocked!(write_etc_passwd, ["write-file", "/etc/passwd"]);
 blocked!(write_cell_root, ["mkdir", "/pwned"]);
+blocked!(write_dev, ["write-file", "/dev/pwned"]);
 
 #[test]
 fn write_readonly_workspace() {
