@@ -24,6 +24,7 @@ pub mod landlock_rules;
 pub mod mounts;
 pub mod seccomp;
 pub mod serve;
+pub mod spawn;
 pub mod sys;
 
 mod init;

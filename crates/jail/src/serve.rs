@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,7 +23,7 @@ use warren_protocol::guest::{
     ServerFrame, VERSION, secrets_equal,
 };
 
-use crate::sys;
+use crate::{spawn, sys};
 
 const CHUNK: usize = 64 * 1024;
 /// How long a client has to authenticate.
@@ -258,73 +256,55 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
             return fail(&mut conn, code, format!("{program}: {what}"));
         }
     };
-    let mut cmd = Command::new(&path);
-    cmd.arg0(program)
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(&env)
-        .current_dir(&cwd)
-        // Its own process group, so a timeout or cancellation kills its children too.
-        .process_group(0)
-        .stdin(if spec.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+    let cstr = |s: &str| std::ffi::CString::new(s).ok();
+    let req = (|| {
+        Some(spawn::SpawnRequest {
+            path: std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?,
+            argv: spec.argv.iter().map(|a| cstr(a)).collect::<Option<_>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| cstr(&format!("{k}={v}")))
+                .collect::<Option<_>>()?,
+            cwd: cstr(&cwd)?,
+            ruleset: shared.commands_ruleset,
+            stdin: spec.stdin,
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let ruleset = shared.commands_ruleset;
-    // SAFETY: the closure runs between fork and exec and makes only raw syscalls on a static
-    // path and stack data.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The out-of-memory killer must take commands, never the init, or the whole cell
-            // dies. A fork of the init is non-dumpable (its /proc entry belongs to the unmapped
-            // root); become dumpable to raise our own score — no privilege needed — then stack
-            // the strict ruleset. Until the exec, no other command can read this copy of the
-            // init's memory: ptrace and process_vm_* are seccomp-denied, and Landlock refuses
-            // /proc/<pid>/mem from a more restricted domain (every other command) to a less
-            // restricted one (this child, still in the init's domain).
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if fd >= 0 {
-                libc::write(fd, b"1000".as_ptr().cast(), 4);
-                libc::close(fd);
-            }
-            // Stack the strict ruleset: from here on /proc is read-only too.
-            if ruleset >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    })();
+    let Some(req) = req else {
+        return fail(
+            &mut conn,
+            FailureCode::BadRequest,
+            "NUL byte in argv, env or cwd",
+        );
+    };
     let (notify_r, notify_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&mut conn, FailureCode::SpawnFailed, e.to_string()),
     };
     let started = Instant::now();
-    let mut child = {
+    let child = {
         let mut waiting = lock(&shared.waiting);
-        match cmd.spawn() {
+        match spawn::spawn(&req) {
             Ok(c) => {
-                waiting.insert(c.id() as i32, notify_w);
+                waiting.insert(c.pid, notify_w);
                 c
             }
             Err(e) => {
+                // A child that failed before its exec has exited; the reaper collects it as an
+                // orphan.
                 drop(waiting);
                 let code = match e.kind() {
                     io::ErrorKind::NotFound => FailureCode::NotFound,
+                    // EACCES, or ENOEXEC from the exec itself.
                     io::ErrorKind::PermissionDenied => FailureCode::NotExecutable,
+                    _ if e.to_string().starts_with("exec:") => FailureCode::NotExecutable,
                     _ => FailureCode::SpawnFailed,
                 };
                 return fail(&mut conn, code, format!("{program}: {e}"));
             }
         }
     };
-    let pgid = child.id() as i32;
+    let pgid = child.pid;
 
     let kill_group = |sig: i32| {
         // SAFETY: signalling our own child's process group.
@@ -332,16 +312,16 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
     };
 
     let mut out = Stream {
-        fd: child.stdout.take().map(OwnedFd::from),
+        fd: Some(child.stdout),
         total: 0,
         sent: 0,
     };
     let mut err = Stream {
-        fd: child.stderr.take().map(OwnedFd::from),
+        fd: Some(child.stderr),
         total: 0,
         sent: 0,
     };
-    let mut stdin: Option<OwnedFd> = child.stdin.take().map(OwnedFd::from);
+    let mut stdin: Option<OwnedFd> = child.stdin;
     if let Some(fd) = &stdin {
         set_nonblocking(fd.as_raw_fd());
     }
@@ -482,7 +462,6 @@ fn exec(mut conn: UnixStream, mut dec: Decoder, spec: ExecSpec, shared: &Shared)
             }
         }
     }
-    drop(child);
     if client_gone {
         return;
     }
