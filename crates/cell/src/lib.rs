@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cow;
 pub mod error;
+pub mod forkserver;
 pub mod process;
 pub mod spec;
 

@@ -2,7 +2,7 @@
 //! init is `warren-jail`. See `warren_jail` for what happens inside.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -27,6 +27,9 @@ pub struct JailProgram {
     pub program: PathBuf,
     /// Arguments before the config is read from stdin.
     pub args: Vec<String>,
+    /// Fork supervisors from a shared, long-lived fork server instead of executing the
+    /// program once per cell (for hosts that start many cells).
+    pub fork_server: bool,
 }
 
 impl JailProgram {
@@ -37,6 +40,7 @@ impl JailProgram {
         Ok(JailProgram {
             program,
             args: vec!["__jail".into()],
+            fork_server: false,
         })
     }
 }
@@ -58,12 +62,18 @@ pub struct StartInfo {
     pub host_identity: (u32, u32),
 }
 
+/// The cell's supervisor: our child (direct exec) or a fork server's child (held by pidfd).
+enum Supervisor {
+    Child(Child),
+    Forked { pidfd: OwnedFd },
+}
+
 /// A running process-tier cell. Dropping it kills the cell.
 pub struct ProcessCell {
     id: String,
     socket_name: String,
     secret: [u8; SECRET_LEN],
-    supervisor: Option<Child>,
+    supervisor: Option<Supervisor>,
     cgroups: Option<CellCgroups>,
     cow: Option<CowLayer>,
     info: StartInfo,
@@ -225,6 +235,15 @@ impl ProcessCell {
         jail: &JailProgram,
         config: &JailConfig,
     ) -> Result<(), CellError> {
+        if jail.fork_server {
+            let (status_r, status_w) = pipe()?;
+            let json = serde_json::to_vec(config).map_err(|e| CellError::Spec(e.to_string()))?;
+            let (pid, pidfd) = crate::forkserver::launch(jail, &json, &status_w)?;
+            drop(status_w);
+            self.info.supervisor_pid = pid;
+            self.supervisor = Some(Supervisor::Forked { pidfd });
+            return self.read_report(status_r);
+        }
         let (status_r, status_w) = pipe()?;
         let status_w_fd = status_w.as_raw_fd();
         let mut cmd = Command::new(&jail.program);
@@ -266,9 +285,12 @@ impl ProcessCell {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&json);
         }
-        self.supervisor = Some(child);
+        self.supervisor = Some(Supervisor::Child(child));
+        self.read_report(status_r)
+    }
 
-        // One line: Ready or Refused.
+    /// Read the cell's one line on the status pipe: Ready or Refused.
+    fn read_report(&mut self, status_r: OwnedFd) -> Result<(), CellError> {
         if !wait_readable(&status_r, START_TIMEOUT) {
             return Err(CellError::Refused {
                 step: "start".into(),
@@ -290,7 +312,10 @@ impl ProcessCell {
             }
             Ok(StartReport::Refused { step, reason }) => Err(CellError::Refused { step, reason }),
             Err(_) => {
-                let status = self.supervisor.as_mut().and_then(|c| c.wait().ok());
+                let status = match self.supervisor.as_mut() {
+                    Some(Supervisor::Child(c)) => c.wait().ok().map(|s| s.to_string()),
+                    _ => None,
+                };
                 Err(CellError::Refused {
                     step: "start".into(),
                     reason: format!(
@@ -396,30 +421,45 @@ impl ProcessCell {
     }
 
     fn kill_now(&mut self) {
-        if let Some(mut child) = self.supervisor.take() {
-            // SIGTERM asks the supervisor to kill the init (taking the whole pid namespace with
-            // it) and remove the cgroups; it exits promptly. Wait on a pidfd, not a sleep loop.
-            let pid = child.id() as i32;
-            // SAFETY: pidfd_open on our own, not yet reaped, child.
-            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let exited = pidfd >= 0 && {
-                let mut p = libc::pollfd {
-                    fd: pidfd as i32,
-                    events: libc::POLLIN,
-                    revents: 0,
+        // SIGTERM asks the supervisor to kill the init (taking the whole pid namespace with it)
+        // and remove the cgroups; it exits promptly. Wait on a pidfd, not a sleep loop.
+        match self.supervisor.take() {
+            Some(Supervisor::Child(mut child)) => {
+                let pid = child.id() as i32;
+                // SAFETY: pidfd_open on our own, not yet reaped, child.
+                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let exited = pidfd >= 0 && {
+                    // SAFETY: a fresh descriptor we own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+                    wait_readable(&fd, Duration::from_secs(5))
                 };
-                // SAFETY: one valid pollfd; the descriptor is closed right after.
-                let n = unsafe { libc::poll(&mut p, 1, 5000) };
-                // SAFETY: closing the pidfd we opened.
-                unsafe { libc::close(pidfd as i32) };
-                n > 0
-            };
-            if !exited {
-                let _ = child.kill();
+                if !exited {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
             }
-            let _ = child.wait();
+            Some(Supervisor::Forked { pidfd }) => {
+                let signal = |sig: i32| {
+                    // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd.as_raw_fd(),
+                            sig,
+                            0usize,
+                            0u32,
+                        )
+                    };
+                };
+                signal(libc::SIGTERM);
+                if !wait_readable(&pidfd, Duration::from_secs(5)) {
+                    signal(libc::SIGKILL);
+                    wait_readable(&pidfd, Duration::from_secs(5));
+                }
+            }
+            None => {}
         }
         if let Some(cg) = &self.cgroups {
             cg.remove();
@@ -443,7 +483,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), CellError> {
             std::io::Error::last_os_error(),
         ));
     }
-    use std::os::fd::FromRawFd;
     // SAFETY: fresh descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -3,7 +3,9 @@
 //! Prints, from one run on this machine:
 //! 1. cold start of a cell running `/bin/true` end to end (namespaces, mounts, Landlock,
 //!    seccomp, cgroup, exec, teardown) beside `bwrap --unshare-all --die-with-parent` with
-//!    read-only binds of the same system directories, and the ratio of medians;
+//!    read-only binds of the same system directories, and the ratio of medians — both with
+//!    the fork server a long-lived host (the daemon) uses, and with one `execve` of the
+//!    supervisor per cell as `warren exec` does;
 //! 2. exec into a warm cell: latency p50/p99 and throughput, sequential and concurrent;
 //! 3. resident memory of an idle cell (supervisor + init) and the host-side bookkeeping per
 //!    cell.
@@ -62,6 +64,7 @@ fn jail() -> JailProgram {
     JailProgram {
         program: env!("CARGO_BIN_EXE_warren").into(),
         args: vec!["__jail".into()],
+        fork_server: false,
     }
 }
 
@@ -81,12 +84,12 @@ fn run_true(cell: &ProcessCell) {
 }
 
 /// Whole-cycle samples, plus per-phase samples (start-to-ready, first exec, teardown).
-fn cold_warren(spec: &CellSpec, n: usize) -> (Stats, [Stats; 3]) {
+fn cold_warren(spec: &CellSpec, jail: &JailProgram, n: usize) -> (Stats, [Stats; 3]) {
     let mut samples = Vec::with_capacity(n);
     let mut phases: [Vec<Duration>; 3] = Default::default();
     for _ in 0..n {
         let t = Instant::now();
-        let mut cell = ProcessCell::start(spec, &jail()).expect("cell start");
+        let mut cell = ProcessCell::start(spec, jail).expect("cell start");
         let t1 = Instant::now();
         run_true(&cell);
         let t2 = Instant::now();
@@ -198,41 +201,65 @@ fn main() {
     println!("== cold start: start a cell, run /bin/true in it, tear it down ==");
     let n = scale(200);
     // Warm up caches (page cache of the binary, dentries) for both.
-    let _ = cold_warren(&with_cgroup, 5);
+    let direct = jail();
+    let server = JailProgram {
+        fork_server: true,
+        ..jail()
+    };
+    let _ = cold_warren(&with_cgroup, &direct, 5);
+    let _ = cold_warren(&with_cgroup, &server, 5);
     let _ = cold_bwrap(5);
-    let (w_cg, phases) = cold_warren(&with_cgroup, n);
-    let (w, _) = cold_warren(&spec, n);
     let b = cold_bwrap(n);
-    println!(
-        "{}",
-        w_cg.line(if root {
-            "warren (ns+mounts+landlock+seccomp+cgroup)"
-        } else {
-            "warren (no cgroup: not root)"
-        })
-    );
-    println!("{}", phases[0].line("  of which: start to ready"));
-    println!("{}", phases[1].line("  of which: first exec of /bin/true"));
-    println!(
-        "{}",
-        phases[2].line("  of which: teardown (kill, reap, rmdir cgroups)")
-    );
-    println!("{}", w.line("warren (same, without cgroup limits)"));
+    let cg = if root {
+        "+cgroup"
+    } else {
+        "no cgroup: not root"
+    };
+    let mut rows = Vec::new();
+    for (label, jail, spec) in [
+        (format!("warren, fork server ({cg})"), &server, &with_cgroup),
+        (
+            "warren, fork server (no cgroup limits)".to_owned(),
+            &server,
+            &spec,
+        ),
+        (
+            format!("warren, exec per cell ({cg})"),
+            &direct,
+            &with_cgroup,
+        ),
+        (
+            "warren, exec per cell (no cgroup limits)".to_owned(),
+            &direct,
+            &spec,
+        ),
+    ] {
+        let (total, phases) = cold_warren(spec, jail, n);
+        println!("{}", total.line(&label));
+        println!("{}", phases[0].line("  of which: start to ready"));
+        println!("{}", phases[1].line("  of which: first exec of /bin/true"));
+        println!(
+            "{}",
+            phases[2].line("  of which: teardown (kill, reap, rmdir cgroups)")
+        );
+        rows.push((label, total));
+    }
     match &b {
         Some(b) => {
             println!("{}", b.line("bwrap --unshare-all --die-with-parent"));
-            println!(
-                "ratio warren/bwrap (p50): {:.2} with cgroup, {:.2} without (target <= 1.0)",
-                ms(w_cg.p50()) / ms(b.p50()),
-                ms(w.p50()) / ms(b.p50())
-            );
+            for (label, total) in &rows {
+                println!(
+                    "ratio {label} / bwrap (p50): {:.2} (target <= 1.0)",
+                    ms(total.p50()) / ms(b.p50())
+                );
+            }
         }
         None => println!("bwrap: not available (install bubblewrap) — no ratio"),
     }
 
     println!();
     println!("== exec into a warm cell (/bin/true) ==");
-    let cell = ProcessCell::start(&with_cgroup, &jail()).expect("cell");
+    let cell = ProcessCell::start(&with_cgroup, &server).expect("cell");
     for _ in 0..50 {
         run_true(&cell);
     }
@@ -270,7 +297,7 @@ fn main() {
     println!("== resident memory of idle cells ==");
     let before = self_rss_kib();
     let cells: Vec<ProcessCell> = (0..scale(50))
-        .map(|_| ProcessCell::start(&with_cgroup, &jail()).expect("cell"))
+        .map(|_| ProcessCell::start(&with_cgroup, &server).expect("cell"))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let after = self_rss_kib();

@@ -86,15 +86,6 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<(StartReport, Option<Owne
             return Err(("setresuid".into(), sys::errno("setresuid").to_string()));
         }
     }
-    // A cgroup namespace rooted at the cell's own cgroup (the supervisor has placed us there):
-    // /proc/self/cgroup shows "/" and the host's hierarchy stays hidden.
-    // SAFETY: unshare with a flag constant.
-    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err((
-            "cgroup namespace".into(),
-            sys::errno("unshare(CLONE_NEWCGROUP)").to_string(),
-        ));
-    }
     let host = sys::cstr(&cfg.hostname).map_err(|e| ("hostname".to_owned(), e.to_string()))?;
     // SAFETY: valid C string and its length.
     if unsafe { libc::sethostname(host.as_ptr(), cfg.hostname.len()) } != 0 {
@@ -105,6 +96,18 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<(StartReport, Option<Owne
     }
     mounts::build_root(&cfg.mounts).map_err(|e| (e.step, e.error.to_string()))?;
 
+    // The supervisor moves us into the cell's cgroups while we build the root; wait for it,
+    // then take a cgroup namespace rooted there: /proc/self/cgroup shows "/" and the host's
+    // hierarchy stays hidden.
+    let mut joined = [0u8; 1];
+    at("wait for cgroups", f.read_exact(&mut joined))?;
+    // SAFETY: unshare with a flag constant.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err((
+            "cgroup namespace".into(),
+            sys::errno("unshare(CLONE_NEWCGROUP)").to_string(),
+        ));
+    }
     at("rlimit core", sys::lower_rlimit(libc::RLIMIT_CORE, 0))?;
     at(
         "rlimit nofile",

@@ -17,6 +17,10 @@
 //! so every command it ever forks inherits them and cannot shed them — reports
 //! [`StartReport::Ready`], and serves exec requests ([`serve`]).
 //!
+//! A host that starts many cells (a daemon, a benchmark) can instead run one long-lived
+//! `warren __jail --fork-server` ([`forkserver`]), which forks a supervisor per cell rather
+//! than paying for an `execve` of the whole binary each time.
+//!
 //! This crate depends on `libc`, `landlock`, `seccompiler` and `serde_json` only: no async
 //! runtime, no HTTP, nothing the cell does not need.
 
@@ -27,6 +31,7 @@ pub mod serve;
 pub mod spawn;
 pub mod sys;
 
+pub mod forkserver;
 mod init;
 mod supervisor;
 
@@ -37,10 +42,13 @@ use warren_protocol::jail::{JailConfig, StartReport};
 pub use warren_protocol::jail::STATUS_FD;
 
 /// Entry point: read the config from stdin and supervise the cell. Returns the exit code.
-pub fn main_from_args<I>(_args: I) -> i32
+pub fn main_from_args<I>(args: I) -> i32
 where
     I: IntoIterator<Item = std::ffi::OsString>,
 {
+    if args.into_iter().any(|a| a == "--fork-server") {
+        return forkserver::run();
+    }
     // Whatever descriptors our parent leaked to us (its parent's, without close-on-exec) stop
     // here: only stdin (the config) and the status pipe are kept.
     sys::close_from(STATUS_FD as u32 + 1);
@@ -63,5 +71,6 @@ where
             return 2;
         }
     };
-    supervisor::supervise(config, status)
+    let owner = config.owner_pid;
+    supervisor::supervise(config, status, owner)
 }

@@ -15,6 +15,11 @@ pub struct StatusPipe {
 }
 
 impl StatusPipe {
+    /// Adopt an owned descriptor (the fork server receives it over its socket).
+    pub fn from_owned(fd: OwnedFd) -> Self {
+        StatusPipe { fd: Some(fd) }
+    }
+
     /// Adopt descriptor `fd` if it is open.
     pub fn from_fd(fd: i32) -> Self {
         // SAFETY: F_GETFD only queries whether `fd` is open.
@@ -64,13 +69,16 @@ fn bind_abstract(name: &str) -> std::io::Result<UnixListener> {
 }
 
 /// Run the supervisor to completion; returns the process exit code.
-pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
+///
+/// `parent` is the process that must be our parent: the owner of the cell when the host
+/// executed us directly, or the fork server.
+pub fn supervise(config: JailConfig, mut status: StatusPipe, parent: i32) -> i32 {
     // Die (cleanly, via SIGTERM) with the host process that owns the cell.
     if let Err(e) = sys::set_parent_death_signal(libc::SIGTERM) {
         return refuse(&status, "parent death signal", e);
     }
     // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != config.owner_pid {
+    if unsafe { libc::getppid() } != parent {
         return refuse(&status, "owner", "the owning process is gone");
     }
     if config.host_uid == 0 || config.host_gid == 0 {
@@ -165,10 +173,6 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
             &format!("{gid} {} 1\n", config.host_gid),
         )
         .map_err(|e| ("user namespace gid map".into(), e))?;
-        for cg in &config.cgroups {
-            sys::write_file(&format!("{}/cgroup.procs", cg.dir), &pid.to_string())
-                .map_err(|e| (format!("join cgroup {}", cg.dir), e))?;
-        }
         Ok(())
     };
     if let Err((step, e)) = setup() {
@@ -182,6 +186,26 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe) -> i32 {
     let mut w = std::fs::File::from(sync_w);
     if w.write_all(&pid.to_le_bytes()).is_err() {
         kill_init();
+    }
+    // Join the cgroups while the init builds its root: on cgroup v1 a migration waits for an
+    // RCU grace period, which need not delay the start. The init waits for this second message
+    // before it creates its cgroup namespace — and so before any command can exist.
+    let joined = config.cgroups.iter().try_for_each(|cg| {
+        sys::write_file(&format!("{}/cgroup.procs", cg.dir), &pid.to_string())
+            .map_err(|e| (format!("join cgroup {}", cg.dir), e))
+    });
+    match joined {
+        Ok(()) => {
+            if w.write_all(&[1]).is_err() {
+                kill_init();
+            }
+        }
+        Err((step, e)) => {
+            kill_init();
+            wait_child(pid, &signals, &kill_init);
+            remove_cgroups(&config);
+            return refuse(&status, &step, e);
+        }
     }
 
     let code = wait_child(pid, &signals, &kill_init);

@@ -114,6 +114,7 @@ pub fn start(spec: &CellSpec, jail: &str) -> ProcessCell {
     let program = JailProgram {
         program: jail.into(),
         args: vec![],
+        fork_server: false,
     };
     match ProcessCell::start(spec, &program) {
         Ok(c) => c,

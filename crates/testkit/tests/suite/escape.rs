@@ -275,6 +275,7 @@ fn host_environment_secret_not_visible() {
             "WARREN_TEST_SECRET=sk-planted-0123456789".into(),
             JAIL.into(),
         ],
+        fork_server: false,
     };
     let cell = warren_cell::ProcessCell::start(&e.spec, &program).unwrap();
     assert_blocked(&cell, &["env-absent", "WARREN_TEST_SECRET"]);

@@ -265,6 +265,7 @@ fn fails_closed_naming_the_missing_mechanism() {
         &warren_cell::JailProgram {
             program: JAIL.into(),
             args: vec![],
+            fork_server: false,
         },
     )
     .err()
@@ -285,10 +286,102 @@ fn fails_closed_naming_the_missing_mechanism() {
             &warren_cell::JailProgram {
                 program: JAIL.into(),
                 args: vec![],
+                fork_server: false,
             },
         )
         .err()
         .expect("block device accepted");
         assert!(err.to_string().contains("not a character device"), "{err}");
+    }
+}
+
+fn fork_server_jail() -> warren_cell::JailProgram {
+    warren_cell::JailProgram {
+        program: JAIL.into(),
+        args: vec![],
+        fork_server: true,
+    }
+}
+
+#[test]
+fn fork_server_cells_run_confined_and_tear_down_completely() {
+    if !require_process_tier() {
+        return;
+    }
+    let state = TempDir::new("state");
+    let spec = spec_with_probe(state.path(), PROBE);
+    // Several cells through the same server, one after another and side by side.
+    let mut cells: Vec<_> = (0..3)
+        .map(|_| warren_cell::ProcessCell::start(&spec, &fork_server_jail()).unwrap())
+        .collect();
+    for cell in &cells {
+        warren_testkit::assert_blocked(cell, &["caps"]);
+        warren_testkit::assert_blocked(cell, &["fds"]);
+        assert_eq!(
+            warren_testkit::probe(cell, &["no-such-case"]).outcome,
+            "error"
+        );
+    }
+    let init = cells[0].info().init_pid;
+    let ns = pid_ns_of(init).unwrap();
+    run(&cells[0], &["/bin/sh", "-c", "sleep 1000 & echo"], None);
+    for c in &mut cells {
+        c.kill();
+    }
+    assert!(
+        processes_in_ns(ns).is_empty(),
+        "processes survived a fork-server cell"
+    );
+}
+
+#[test]
+fn killing_the_fork_server_takes_its_cells_down() {
+    if !require_process_tier() {
+        return;
+    }
+    let state = TempDir::new("state");
+    let spec = spec_with_probe(state.path(), PROBE);
+    let cell = warren_cell::ProcessCell::start(&spec, &private_fork_server_jail()).unwrap();
+    let init = cell.info().init_pid;
+    let ns = pid_ns_of(init).unwrap();
+    let supervisor = cell.info().supervisor_pid;
+    let stat = std::fs::read_to_string(format!("/proc/{supervisor}/stat")).unwrap();
+    let server: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        server,
+        std::process::id() as i32,
+        "the supervisor should be the server's child"
+    );
+    // SAFETY: killing the fork server this test started.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_in_ns(ns).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cell survived its fork server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(cell);
+    // The next cell gets a fresh server.
+    let cell = warren_cell::ProcessCell::start(&spec, &private_fork_server_jail()).unwrap();
+    cell.ping().unwrap();
+}
+
+/// A server of its own (servers are shared per program and arguments; the jail ignores the
+/// extra argument), so killing it cannot disturb tests running in parallel.
+fn private_fork_server_jail() -> warren_cell::JailProgram {
+    warren_cell::JailProgram {
+        program: JAIL.into(),
+        args: vec!["--private-server-for-kill-test".into()],
+        fork_server: true,
     }
 }
