@@ -176,6 +176,7 @@ mod tests {
             kind: MountKind::Tmpfs {
                 size_bytes: 1,
                 mode: 0o755,
+                readonly: false,
             },
         };
         let spec = MountSpec {
@@ -211,7 +212,16 @@ mod tests {
         assert!(
             m(MountKind::Tmpfs {
                 size_bytes: 1,
-                mode: 0o1777
+                mode: 0o1777,
+                readonly: false,
+            })
+            .writable()
+        );
+        assert!(
+            !m(MountKind::Tmpfs {
+                size_bytes: 1,
+                mode: 0o755,
+                readonly: true,
             })
             .writable()
         );
