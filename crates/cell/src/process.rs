@@ -197,6 +197,7 @@ impl ProcessCell {
                 })
                 .unwrap_or_default(),
             owner_pid: std::process::id() as i32,
+            idmap: crate::spec::workspace_idmap(spec, host_uid),
             require_landlock: spec.require_landlock,
         };
 

@@ -175,6 +175,27 @@ pub fn resolve_identity(spec: &CellSpec) -> (u32, u32) {
     (65534, 65534)
 }
 
+/// When root runs a cell on a workspace whose owner is not the cell's host identity (a
+/// root-owned checkout, mapped to `nobody`), present the workspace through an idmapped mount so
+/// the cell can edit it as its owner would. Needs root; ordinary users map themselves and own
+/// their workspace already.
+pub fn workspace_idmap(spec: &CellSpec, host_uid: u32) -> Option<warren_protocol::jail::IdMap> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let ws = spec.workspace.as_ref()?;
+    if ws.mode == WorkspaceMode::ReadOnly {
+        return None;
+    }
+    let m = std::fs::metadata(&ws.host).ok()?;
+    (m.uid() != host_uid).then(|| warren_protocol::jail::IdMap {
+        target: "/workspace".into(),
+        disk_uid: m.uid(),
+        disk_gid: m.gid(),
+    })
+}
+
 fn bind(target: &str, source: &str, readonly: bool) -> Mount {
     Mount {
         target: target.into(),

@@ -17,8 +17,9 @@ pub fn run(
     sync_r: OwnedFd,
     mut status: StatusPipe,
     signals: libc::sigset_t,
+    premounted: Option<(String, OwnedFd)>,
 ) -> ! {
-    let commands_ruleset = match setup(cfg, &sync_r) {
+    let commands_ruleset = match setup(cfg, &sync_r, premounted) {
         Ok((ready, ruleset)) => {
             status.report(&ready);
             status.close();
@@ -65,7 +66,11 @@ fn at<T, E: std::fmt::Display>(step: &str, r: Result<T, E>) -> Result<T, StepErr
     r.map_err(|e| (step.to_owned(), e.to_string()))
 }
 
-fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<(StartReport, Option<OwnedFd>), StepError> {
+fn setup(
+    cfg: &JailConfig,
+    sync_r: &OwnedFd,
+    premounted: Option<(String, OwnedFd)>,
+) -> Result<(StartReport, Option<OwnedFd>), StepError> {
     if secret_from_hex(&cfg.secret_hex).is_none() {
         return Err(("config".into(), "malformed cell secret".into()));
     }
@@ -94,7 +99,7 @@ fn setup(cfg: &JailConfig, sync_r: &OwnedFd) -> Result<(StartReport, Option<Owne
     if let Err(e) = cfg.mounts.validate() {
         return Err(("mount spec".into(), e.to_string()));
     }
-    mounts::build_root(&cfg.mounts).map_err(|e| (e.step, e.error.to_string()))?;
+    mounts::build_root(&cfg.mounts, premounted).map_err(|e| (e.step, e.error.to_string()))?;
 
     // The supervisor moves us into the cell's cgroups while we build the root; wait for it,
     // then take a cgroup namespace rooted there: /proc/self/cgroup shows "/" and the host's

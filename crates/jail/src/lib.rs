@@ -32,6 +32,7 @@ pub mod spawn;
 pub mod sys;
 
 pub mod forkserver;
+pub mod idmap;
 mod init;
 mod supervisor;
 

@@ -49,7 +49,14 @@ fn step<T>(what: impl Into<String>, r: io::Result<T>) -> Result<T, MountError> {
 
 /// Build the root described by `spec` and switch into it. Must run as the cell's pid 1 (for
 /// `/proc`), in fresh user and mount namespaces, with capabilities in the user namespace.
-pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
+///
+/// `premounted` is a mount the supervisor prepared for one target (an idmapped workspace, or
+/// an overlay over one); it is moved into place as is.
+pub fn build_root(
+    spec: &MountSpec,
+    premounted: Option<(String, OwnedFd)>,
+) -> Result<(), MountError> {
+    let mut premounted = premounted;
     step(
         "make / private",
         sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None),
@@ -60,6 +67,15 @@ pub fn build_root(spec: &MountSpec) -> Result<(), MountError> {
     for m in &spec.mounts {
         let what = format!("mount {}", m.target);
         let c = match &m.kind {
+            MountKind::Bind { .. } | MountKind::Cow { .. }
+                if premounted.as_ref().is_some_and(|(t, _)| *t == m.target) =>
+            {
+                match premounted.take() {
+                    // Built and configured (idmap, ro, nosuid, nodev) by the supervisor.
+                    Some((_, fd)) => Captured::Tree { fd, dir: true },
+                    None => Captured::Later,
+                }
+            }
             MountKind::Bind { source, readonly } => {
                 let meta = step(&what, std::fs::metadata(source))?;
                 let fd = step(&what, sys::open_tree_clone(source, true))?;

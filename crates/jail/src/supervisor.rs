@@ -112,6 +112,13 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe, parent: i32) -> i32
         Ok(l) => l,
         Err(e) => return refuse(&status, "control socket", e),
     };
+    // An idmapped source must be prepared here, by the supervisor: only a process privileged
+    // over the source's mount (host root, outside the cell) may create one. The init inherits
+    // the descriptor through clone().
+    let premounted = match prepare_idmap(&config) {
+        Ok(p) => p,
+        Err(e) => return refuse(&status, "idmapped workspace", e),
+    };
     let (sync_r, sync_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => return refuse(&status, "sync pipe", e),
@@ -146,7 +153,7 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe, parent: i32) -> i32
     }
     if pid == 0 {
         drop(sync_w);
-        init::run(&config, listener, sync_r, status, signals);
+        init::run(&config, listener, sync_r, status, signals, premounted);
     }
     let pid = pid as i32;
     drop(sync_r);
@@ -248,4 +255,47 @@ fn remove_cgroups(config: &JailConfig) {
             }
         }
     }
+}
+
+/// The idmapped tree for `config.idmap`, if any, as (cell target, descriptor).
+fn prepare_idmap(config: &JailConfig) -> std::io::Result<Option<(String, OwnedFd)>> {
+    use warren_protocol::mount::MountKind;
+    let Some(map) = &config.idmap else {
+        return Ok(None);
+    };
+    let mount = config.mounts.get(&map.target).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no mount at {}", map.target),
+        )
+    })?;
+    let (source, readonly) = match &mount.kind {
+        MountKind::Bind { source, readonly } => (source, *readonly),
+        MountKind::Cow { lower, upper, work } => {
+            // Overlayfs refuses idmapped layers when mounted inside a user namespace, so the
+            // whole overlay is built here (by root) and the init only moves it into place.
+            // The lower layer is never written through.
+            let lower_tree =
+                crate::idmap::idmapped_tree(lower, map, config.host_uid, config.host_gid, true)?;
+            let lower_path = format!("/proc/self/fd/{}", lower_tree.as_raw_fd());
+            let fd = sys::fs_mount(
+                "overlay",
+                &[
+                    ("lowerdir", &lower_path),
+                    ("upperdir", upper),
+                    ("workdir", work),
+                ],
+                sys::attr::NOSUID | sys::attr::NODEV,
+            )?;
+            return Ok(Some((map.target.clone(), fd)));
+        }
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a bind or cow mount", map.target),
+            ));
+        }
+    };
+    let fd = crate::idmap::idmapped_tree(source, map, config.host_uid, config.host_gid, readonly)?;
+    Ok(Some((map.target.clone(), fd)))
 }

@@ -29,6 +29,20 @@ pub struct CgroupPlacement {
     pub dir: String,
 }
 
+/// Present the source of one mount through an idmapped mount: files owned on disk by
+/// `disk_uid`/`disk_gid` appear owned by the cell user, and files the cell creates are owned by
+/// them on disk. Used when root runs a cell on a tree owned by root: the cell never runs as host
+/// root, yet can edit that tree as its owner would. Only root can create idmapped mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// Cell path of the mount (a `bind` or `cow` mount in the spec).
+    pub target: String,
+    /// On-disk owner uid shown as the cell user.
+    pub disk_uid: u32,
+    /// On-disk owner gid shown as the cell group.
+    pub disk_gid: u32,
+}
+
 /// Everything a supervisor needs to build a cell. Produced by `warren-cell`, consumed by
 /// `warren-jail`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +71,9 @@ pub struct JailConfig {
     pub cgroups: Vec<CgroupPlacement>,
     /// Pid of the host process that owns the cell: the supervisor exits if it is gone.
     pub owner_pid: i32,
+    /// A mount whose source is presented through an idmapped mount.
+    #[serde(default)]
+    pub idmap: Option<IdMap>,
     /// Fail to start unless Landlock is available (the default; tests of the fail-closed path
     /// and `warren check` use this).
     pub require_landlock: bool,

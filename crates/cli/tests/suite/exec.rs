@@ -365,3 +365,78 @@ fn runs_as_an_ordinary_user() {
         stderr(&o)
     );
 }
+
+#[test]
+fn root_owned_workspace_is_editable_through_an_idmapped_mount() {
+    if !require_process_tier() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // only root creates idmapped mounts; an ordinary user owns its workspace
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("rootws");
+    std::fs::write(ws.path().join("edit.txt"), "old\n").unwrap();
+    std::fs::create_dir(ws.path().join("d")).unwrap();
+    std::fs::write(ws.path().join("d/gone.txt"), "x\n").unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let w = ws.path().to_str().unwrap();
+    // The cell is not host root, yet edits root-owned files as their owner would.
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--",
+            "sh",
+            "-c",
+            "echo new > edit.txt; rm -r d; echo hi > added.txt; id -u",
+        ],
+    );
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "1000\n"),
+        "{}",
+        stderr(&o)
+    );
+    let id = kept_id(&stderr(&o));
+    assert_eq!(code(&warren(s.path(), &["apply", &id])), 0);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(),
+        "new\n"
+    );
+    assert!(!ws.path().join("d").exists());
+    use std::os::unix::fs::MetadataExt;
+    for f in ["edit.txt", "added.txt"] {
+        assert_eq!(
+            std::fs::metadata(ws.path().join(f)).unwrap().uid(),
+            0,
+            "{f} changed owner"
+        );
+    }
+    // Read-write: files written in place stay root's on disk.
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--workspace",
+            w,
+            "--rw",
+            "--",
+            "sh",
+            "-c",
+            "echo direct >> edit.txt; echo n > rw.txt",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("edit.txt")).unwrap(),
+        "new\ndirect\n"
+    );
+    assert_eq!(
+        std::fs::metadata(ws.path().join("rw.txt")).unwrap().uid(),
+        0
+    );
+}

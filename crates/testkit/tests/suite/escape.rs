@@ -488,3 +488,61 @@ fn other_commands_and_init_memory_unreadable() {
         );
     }
 }
+
+#[test]
+fn idmapped_root_workspace_widens_nothing() {
+    let Some(mut e) = env() else { return };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        warren_testkit::skip("idmapped workspaces are made for root only");
+        return;
+    }
+    let ws = TempDir::new("rootws");
+    std::fs::write(ws.path().join("root-file"), "r").unwrap();
+    std::fs::write(ws.path().join("other-user-secret"), "s").unwrap();
+    std::os::unix::fs::chown(ws.path().join("other-user-secret"), Some(1234), Some(1234)).unwrap();
+    std::fs::set_permissions(
+        ws.path().join("other-user-secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let suid = ws.path().join("probe-suid");
+    std::fs::copy(PROBE, &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for mode in [WorkspaceMode::Cow, WorkspaceMode::ReadWrite] {
+        e.spec.workspace = Some(Workspace {
+            host: ws.path().to_path_buf(),
+            mode,
+        });
+        let cell = start(&e.spec, JAIL);
+        // Still an unprivileged host uid, never host root.
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", cell.info().init_pid)).unwrap();
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_owned();
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+            "{uid_line}"
+        );
+        // Files of other owners keep their protection; setuid still gains nothing.
+        assert_blocked(&cell, &["read-file", "/workspace/other-user-secret"]);
+        let r = assert_blocked(&cell, &["setuid-exec", "/workspace/probe-suid"]);
+        assert_eq!(r.json["child"]["Uid"][1], 1000, "{}", r.json);
+        // Positive control: the root-owned file is the cell's to edit.
+        assert_eq!(
+            probe(&cell, &["write-file", "/workspace/root-file"]).outcome,
+            "escaped"
+        );
+    }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(ws.path().join("root-file"))
+            .unwrap()
+            .uid(),
+        0
+    );
+}
