@@ -997,26 +997,13 @@ fn probe_overlayfs_userns(euid: u32) -> Feature {
 // ---------------------------------------------------------------------------
 // Landlock
 
-/// `LANDLOCK_CREATE_RULESET_VERSION`.
-const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-
 /// Landlock ABI version of the running kernel, or `(0, errno)` if Landlock is
-/// unsupported (`ENOSYS`: not built; `EOPNOTSUPP`: disabled at boot).
+/// unsupported (`ENOSYS`: not built; `EOPNOTSUPP`: disabled at boot). The same query the cell's
+/// init makes before it applies Landlock.
 fn landlock_probe() -> (u32, Option<i32>) {
-    // SAFETY: with a null attr and size 0, the VERSION flag only queries the
-    // ABI; no memory is accessed and no fd is created.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if r < 0 {
-        (0, Some(last_errno()))
-    } else {
-        (u32::try_from(r).unwrap_or(0), None)
+    match warren_jail::landlock_rules::query_abi() {
+        Ok(abi) => (abi, None),
+        Err(errno) => (0, Some(errno)),
     }
 }
 

@@ -12,8 +12,6 @@ use warren_protocol::jail::IdMap;
 
 use crate::sys::{self, attr};
 
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
 /// A user namespace whose uid and gid maps send `disk` ids to `host` ids, as an fd.
 fn mapping_namespace(
     disk_uid: u32,
@@ -77,38 +75,11 @@ pub fn idmapped_tree(
 ) -> io::Result<OwnedFd> {
     let ns = mapping_namespace(map.disk_uid, map.disk_gid, host_uid, host_gid)?;
     let tree = sys::open_tree_clone(source, false)?;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let mut set = MOUNT_ATTR_IDMAP | attr::NOSUID | attr::NODEV;
+    let mut set = attr::IDMAP | attr::NOSUID | attr::NODEV;
     if readonly {
         set |= attr::RDONLY;
     }
-    let a = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: ns.as_raw_fd() as u64,
-    };
-    // SAFETY: mount_setattr on our detached tree with a correctly sized attr struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &a as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(sys::errno(&format!(
-            "idmap {source} (mount_setattr MOUNT_ATTR_IDMAP)"
-        )));
-    }
+    sys::mount_setattr_with(tree.as_raw_fd(), "", set, false, Some(ns.as_raw_fd()))
+        .map_err(|e| io::Error::new(e.kind(), format!("idmap {source}: {e}")))?;
     Ok(tree)
 }

@@ -19,10 +19,12 @@ use warren_protocol::mount::{MountKind, MountSpec};
 const KNOWN: ABI = ABI::V7;
 const KNOWN_NUM: u32 = 7;
 
-/// The kernel's Landlock ABI version (0 when Landlock is unavailable).
-pub fn kernel_abi() -> u32 {
+/// The kernel's Landlock ABI version, or the errno explaining its absence (`ENOSYS`: not
+/// built; `EOPNOTSUPP`: disabled at boot).
+pub fn query_abi() -> Result<u32, i32> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: the documented way to query the ABI: null attr, zero size, VERSION flag.
+    // SAFETY: the documented way to query the ABI: null attr, zero size, VERSION flag; no
+    // memory is accessed and no descriptor is created.
     let r = unsafe {
         libc::syscall(
             libc::SYS_landlock_create_ruleset,
@@ -31,7 +33,16 @@ pub fn kernel_abi() -> u32 {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    u32::try_from(r).unwrap_or(0)
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(u32::try_from(r).unwrap_or(0))
+    }
+}
+
+/// The kernel's Landlock ABI version (0 when Landlock is unavailable).
+pub fn kernel_abi() -> u32 {
+    query_abi().unwrap_or(0)
 }
 
 fn abi_from(n: u32) -> ABI {

@@ -43,6 +43,8 @@ pub mod attr {
     pub const NODEV: u64 = 0x4;
     /// Files cannot be executed.
     pub const NOEXEC: u64 = 0x8;
+    /// Ids are mapped through the user namespace given with the call.
+    pub const IDMAP: u64 = 0x0010_0000;
 }
 
 #[repr(C)]
@@ -70,6 +72,18 @@ pub fn open_tree_clone(path: &str, recursive: bool) -> io::Result<OwnedFd> {
 
 /// `mount_setattr` on a detached or attached mount: set `set` flags (recursively when asked).
 pub fn mount_setattr(fd: RawFd, path: &str, set: u64, recursive: bool) -> io::Result<()> {
+    mount_setattr_with(fd, path, set, recursive, None)
+}
+
+/// [`mount_setattr`], optionally attaching an idmapping (`MOUNT_ATTR_IDMAP` in `set`, with the
+/// user namespace that carries the mapping).
+pub fn mount_setattr_with(
+    fd: RawFd,
+    path: &str,
+    set: u64,
+    recursive: bool,
+    userns: Option<RawFd>,
+) -> io::Result<()> {
     let c = cstr(path)?;
     let mut flags = if recursive { AT_RECURSIVE } else { 0 };
     if path.is_empty() {
@@ -79,7 +93,7 @@ pub fn mount_setattr(fd: RawFd, path: &str, set: u64, recursive: bool) -> io::Re
         attr_set: set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |fd| fd as u64),
     };
     // SAFETY: `c` and `a` live across the call; the size passed matches the struct.
     let r = unsafe {
