@@ -62,7 +62,7 @@ impl OutputSink for Collect {
 }
 
 /// How a command ended, from the host's point of view.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ExecOutcome {
     /// Exit code/signal, byte counts, timing, as reported by the cell.
     pub exit: ExitInfo,

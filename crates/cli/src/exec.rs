@@ -197,6 +197,7 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         max_output_bytes: spec.limits.max_output_bytes,
         ..Default::default()
     };
+    let interrupted = stop_cell_on_signal(cell.info().supervisor_pid);
     let stdin: Option<Box<dyn std::io::Read + Send>> =
         a.interactive.then(|| Box::new(std::io::stdin()) as _);
     let mut collected = warren_cell::Collect::default();
@@ -205,11 +206,22 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
     } else {
         cell.exec(&exec, stdin, &mut Streaming)
     };
-    let outcome = match result {
-        Ok(o) => o,
+    let signal = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let (outcome, code) = match result {
+        Ok(o) => {
+            let code = exit_code(&o);
+            (o, code)
+        }
+        // Interrupted: the cell was stopped; report what it kept, exit as the signal would.
+        Err(_) if signal != 0 => {
+            eprintln!("warren: interrupted by signal {signal}; the cell was stopped");
+            (
+                warren_cell::ExecOutcome::default(),
+                exit::for_signal(signal),
+            )
+        }
         Err(e) => return refuse(e.to_string()),
     };
-    let code = exit_code(&outcome);
     let id = cell.id().to_owned();
     let layer = cell.cow_layer().cloned();
     let info = cell.info().clone();
@@ -383,4 +395,34 @@ pub fn list_changes(state: &Path, json: bool) -> i32 {
         }
     }
     0
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, stop the cell (its supervisor kills everything in it) so
+/// `run` can still report the changes it kept. Returns the signal number once one arrived.
+fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let flag = std::sync::Arc::clone(&got);
+    // SAFETY: building a signal set and blocking it in this thread before any other thread
+    // exists, so the waiting thread below is the only one that receives these signals.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: sigwait on the set blocked above.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                flag.store(sig, std::sync::atomic::Ordering::SeqCst);
+                // SAFETY: signalling the cell's supervisor, our child.
+                unsafe { libc::kill(supervisor, libc::SIGTERM) };
+            }
+        });
+    got
 }

@@ -101,3 +101,54 @@ fn sigkill_of_warren_kills_the_whole_cell_and_removes_its_cgroups() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn interrupt_stops_the_cell_and_keeps_the_changes_for_review() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let child = std::process::Command::new(WARREN)
+        .args([
+            "exec",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--cow",
+            "--",
+            "sh",
+            "-c",
+            "echo work > made.txt; sleep 1000",
+        ])
+        .env("WARREN_STATE_DIR", s.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the command has written its file into the cell's upper layer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = std::fs::read_dir(s.path().join("changes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("upper/made.txt").exists());
+        if written {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the command never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending SIGINT to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("A made.txt") && err.contains("kept as cell"),
+        "{err}"
+    );
+    assert!(
+        !ws.path().join("made.txt").exists(),
+        "nothing reaches the workspace before apply"
+    );
+}
