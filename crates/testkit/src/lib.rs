@@ -6,6 +6,8 @@
 //! - this library: the host-side harness — starting cells with the probe mounted, parsing its
 //!   reports, and the rule that security tests never skip silently in CI.
 
+pub mod mockllm;
+
 use std::path::{Path, PathBuf};
 
 use warren_cell::{Cell, CellSpec, Collect, ExecOutcome, ExecSpec, JailProgram, ProcessCell};
