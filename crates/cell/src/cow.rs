@@ -91,7 +91,7 @@ pub struct StoredLayer {
 
 /// Open the layer of cell `id` under `state_dir`.
 pub fn open(state_dir: &Path, id: &str) -> Result<StoredLayer, CellError> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(CellError::Spec(format!("{id:?} is not a cell id")));
     }
     let layer = CowLayer::at(state_dir, id);

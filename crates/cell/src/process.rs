@@ -107,7 +107,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 impl ProcessCell {
     /// Start a cell. Fails closed: any missing mechanism refuses the start with its name.
     pub fn start(spec: &CellSpec, jail: &JailProgram) -> Result<Self, CellError> {
-        let id = new_cell_id();
+        let id = match &spec.id {
+            Some(id)
+                if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                id.clone()
+            }
+            Some(id) => return Err(CellError::Spec(format!("{id:?} is not a valid cell id"))),
+            None => new_cell_id(),
+        };
         let hostname = format!("warren-{id}");
         let (host_uid, host_gid) = resolve_identity(spec);
         if host_uid == 0 || host_gid == 0 {

@@ -77,6 +77,8 @@ pub struct CellSpec {
     pub state_dir: PathBuf,
     /// Refuse to start without Landlock (default true).
     pub require_landlock: bool,
+    /// Use this id instead of a fresh random one (a task names its cell after itself).
+    pub id: Option<String>,
 }
 
 impl CellSpec {
@@ -90,6 +92,7 @@ impl CellSpec {
             identity: None,
             state_dir: state_dir.into(),
             require_landlock: true,
+            id: None,
         }
     }
 }

@@ -399,7 +399,7 @@ pub fn list_changes(state: &Path, json: bool) -> i32 {
 
 /// On SIGINT, SIGTERM or SIGHUP, stop the cell (its supervisor kills everything in it) so
 /// `run` can still report the changes it kept. Returns the signal number once one arrived.
-fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+pub fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
     let got = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let flag = std::sync::Arc::clone(&got);
     // SAFETY: building a signal set and blocking it in this thread before any other thread

@@ -7,6 +7,7 @@
 
 mod exec;
 mod policy;
+mod run;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give an agent a goal: it works in a cell on a copy-on-write view of the project; review
+    /// the diff and apply it.
+    Run(run::RunArgs),
     /// Run a command in a fresh cell.
     Exec(exec::ExecArgs),
     /// Show the changes a `--cow` cell kept, as a unified diff.
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
     let state = state_dir(cli.state_dir);
     let code = match cli.command {
         Command::Check { json } => check(json),
+        Command::Run(a) => run::run(a, &state),
         Command::Exec(a) => exec::run(a, &state),
         Command::Diff { id, stat } => exec::diff(&state, &id, stat),
         Command::Apply { id } => exec::apply(&state, &id),

@@ -117,3 +117,19 @@ pub fn build(config: ProviderConfig) -> Result<Arc<dyn Provider>, LlmError> {
         )?),
     })
 }
+
+/// A shared provider is a provider (so wrappers such as the recorder can hold either).
+#[async_trait::async_trait]
+impl Provider for Arc<dyn Provider> {
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+
+    async fn chat(
+        &self,
+        request: &ChatRequest,
+        events: EventSink<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.as_ref().chat(request, events).await
+    }
+}

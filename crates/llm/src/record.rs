@@ -118,6 +118,11 @@ impl Replay {
         })
     }
 
+    /// The model named in the first recorded request.
+    pub fn first_model(&self) -> Option<String> {
+        self.exchanges.first().map(|e| e.request.model.clone())
+    }
+
     /// How many exchanges were played.
     pub fn played(&self) -> usize {
         self.next.lock().map_or(0, |n| *n)

@@ -1,6 +1,7 @@
 mod check;
 mod exec;
 mod kill;
+mod run;
 
 use std::process::{Command, Output};
 

@@ -1,0 +1,475 @@
+//! Warren's agent loop: the host keeps the brain, the cell has the hands.
+//!
+//! [`Agent::run`] sends the goal, the system prompt and the tool schemas to a model; validates
+//! every tool call's arguments against the tool's JSON Schema (telling the model exactly what
+//! was wrong when they do not match); executes valid calls inside the task's cell through
+//! [`tools::Tools`] — read-only tools of one turn in parallel — and appends the results, until
+//! the model calls `finish` or a limit is reached (turns, wall time, token budget). A repeat
+//! guard stops a task whose model keeps making the same failing call. Output too large for
+//! the model is truncated for it, and the full text is written to the task's logs, which the
+//! cell sees read-only at `/logs`.
+//!
+//! Not yet built (see the issue notes): summarizing older turns when the context fills up.
+
+pub mod tools;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use warren_cell::Cell;
+use warren_llm::{ChatRequest, LlmError, Message, Provider, StreamEvent, ToolCall, Usage};
+
+use crate::tools::{ToolOutput, Tools};
+
+/// Limits and model settings of one task.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Model name (passed through).
+    pub model: String,
+    /// System prompt.
+    pub system_prompt: String,
+    /// At most this many model turns.
+    pub max_turns: u32,
+    /// Wall-clock limit.
+    pub max_wall: Duration,
+    /// Stop once this many tokens (input + output) were used.
+    pub budget_tokens: Option<u64>,
+    /// `max_tokens` of each model call.
+    pub max_tokens_per_turn: u32,
+    /// Identical failing calls tolerated before the task is stopped.
+    pub max_repeated_failures: u32,
+}
+
+/// The default system prompt. It contains nothing that varies between machines or runs, so a
+/// recorded transcript replays anywhere.
+pub const SYSTEM_PROMPT: &str = "You are Warren's coding agent. You work inside an isolated cell: \
+the project is at /workspace (a copy-on-write view: your changes are reviewed by a person before \
+they are applied), /tmp is scratch space, /task/spec.json describes the task, and there is no \
+network. Use the tools to inspect and change files and to run commands. Keep changes minimal and \
+focused on the goal. When the goal is reached, or you cannot make progress, call finish with a \
+short summary.";
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            model: String::new(),
+            system_prompt: SYSTEM_PROMPT.into(),
+            max_turns: 30,
+            max_wall: Duration::from_secs(30 * 60),
+            budget_tokens: None,
+            max_tokens_per_turn: 4096,
+            max_repeated_failures: 3,
+        }
+    }
+}
+
+/// What the loop reports as it runs (`warren run --json` prints these as NDJSON).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// A model turn begins.
+    Turn {
+        /// 1-based.
+        turn: u32,
+    },
+    /// Model text as it streams.
+    Text {
+        /// The fragment.
+        delta: String,
+    },
+    /// The provider retried and the text of this turn so far is void.
+    Restart {
+        /// Why.
+        reason: String,
+    },
+    /// A tool call is about to run.
+    ToolCall {
+        /// Turn.
+        turn: u32,
+        /// Tool name.
+        name: String,
+        /// Raw arguments.
+        arguments: String,
+    },
+    /// A tool call finished.
+    ToolResult {
+        /// Turn.
+        turn: u32,
+        /// Tool name.
+        name: String,
+        /// Failed?
+        is_error: bool,
+        /// First line of the result.
+        summary: String,
+        /// Characters of the full result.
+        chars: usize,
+        /// Where the full result was written, when truncated for the model.
+        log: Option<String>,
+    },
+    /// Tokens used so far.
+    Usage {
+        /// This turn's usage.
+        turn: Usage,
+        /// The task's total.
+        total: Usage,
+    },
+    /// The model called `finish`.
+    Finished {
+        /// What it reported.
+        result: Value,
+    },
+    /// The loop stopped without `finish`.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The model called `finish`.
+    Finished(Value),
+    /// A limit or guard stopped it.
+    Stopped(String),
+}
+
+/// The end of a run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Model turns taken.
+    pub turns: u32,
+    /// Tokens used.
+    pub usage: Usage,
+}
+
+/// Errors that end a run abnormally (limits are not errors: see [`Outcome::Stopped`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The model provider failed after its retries.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// Writing the task's logs failed.
+    #[error("task logs: {0}")]
+    Logs(String),
+}
+
+/// One agent working on one task in one cell.
+pub struct Agent {
+    provider: Arc<dyn Provider>,
+    tools: Arc<Tools>,
+    config: AgentConfig,
+    validators: HashMap<String, jsonschema::Validator>,
+    logs: Option<PathBuf>,
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or_default();
+    if l.chars().count() > 120 {
+        l.chars().take(120).collect::<String>() + "…"
+    } else {
+        l.to_owned()
+    }
+}
+
+impl Agent {
+    /// An agent using `provider`, acting in `cell`; full tool outputs go to `logs` (the host
+    /// directory the cell sees as `/logs`), when given.
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        cell: Arc<dyn Cell>,
+        config: AgentConfig,
+        logs: Option<PathBuf>,
+    ) -> Self {
+        let validators = tools::specs()
+            .into_iter()
+            .filter_map(|s| {
+                jsonschema::validator_for(&s.parameters)
+                    .ok()
+                    .map(|v| (s.name, v))
+            })
+            .collect();
+        Agent {
+            provider,
+            tools: Arc::new(Tools::new(cell)),
+            config,
+            validators,
+            logs,
+        }
+    }
+
+    /// Check a call's arguments: valid JSON, and valid against the tool's schema.
+    pub fn validate(&self, call: &ToolCall) -> Result<Value, String> {
+        let args: Value = serde_json::from_str(if call.arguments.trim().is_empty() { "{}" } else { &call.arguments })
+            .map_err(|e| format!("the arguments are not valid JSON ({e}); send a JSON object matching the schema of {}", call.name))?;
+        let v = self
+            .validators
+            .get(&call.name)
+            .ok_or_else(|| format!("there is no tool named {:?}", call.name))?;
+        let errors: Vec<String> = v
+            .iter_errors(&args)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(args)
+        } else {
+            Err(format!(
+                "invalid arguments for {}: {}",
+                call.name,
+                errors.join("; ")
+            ))
+        }
+    }
+
+    fn log_full(&self, turn: u32, index: usize, full: &str) -> Result<Option<String>, AgentError> {
+        let Some(dir) = &self.logs else {
+            return Ok(None);
+        };
+        let name = format!("tool-{turn}-{index}.log");
+        std::fs::write(dir.join(&name), full).map_err(|e| AgentError::Logs(e.to_string()))?;
+        Ok(Some(format!("/logs/{name}")))
+    }
+
+    /// Work on `goal` until `finish` or a limit. `observe` sees every event.
+    pub async fn run(
+        &self,
+        goal: &str,
+        observe: &mut (dyn FnMut(&AgentEvent) + Send),
+    ) -> Result<Report, AgentError> {
+        let mut events_log = match &self.logs {
+            Some(d) => Some(
+                std::fs::File::create(d.join("events.jsonl"))
+                    .map_err(|e| AgentError::Logs(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut emit = |e: AgentEvent| {
+            if let Some(f) = events_log.as_mut() {
+                let _ = writeln!(f, "{}", serde_json::to_string(&e).unwrap_or_default());
+            }
+            observe(&e);
+        };
+        let started = Instant::now();
+        let specs = tools::specs();
+        let mut messages = vec![Message::User {
+            content: goal.to_owned(),
+        }];
+        let mut total = Usage::default();
+        let mut failures: HashMap<String, u32> = HashMap::new();
+        let mut idle_turns = 0;
+        let stop = |reason: String, turns: u32, usage: Usage, emit: &mut dyn FnMut(AgentEvent)| {
+            emit(AgentEvent::Stopped {
+                reason: reason.clone(),
+            });
+            Ok(Report {
+                outcome: Outcome::Stopped(reason),
+                turns,
+                usage,
+            })
+        };
+        for turn in 1..=self.config.max_turns {
+            if started.elapsed() > self.config.max_wall {
+                return stop(
+                    format!("wall-clock limit of {:?} reached", self.config.max_wall),
+                    turn - 1,
+                    total,
+                    &mut emit,
+                );
+            }
+            if let Some(b) = self.config.budget_tokens
+                && total.input_tokens + total.output_tokens >= b
+            {
+                return stop(
+                    format!("token budget of {b} reached"),
+                    turn - 1,
+                    total,
+                    &mut emit,
+                );
+            }
+            emit(AgentEvent::Turn { turn });
+            let request = ChatRequest {
+                model: self.config.model.clone(),
+                system: self.config.system_prompt.clone(),
+                messages: messages.clone(),
+                tools: specs.clone(),
+                max_tokens: self.config.max_tokens_per_turn,
+                temperature: None,
+                stream: true,
+            };
+            let mut sink = |e: StreamEvent| match e {
+                StreamEvent::TextDelta(delta) => emit(AgentEvent::Text { delta }),
+                StreamEvent::Restart { reason, .. } => emit(AgentEvent::Restart { reason }),
+                StreamEvent::ToolCallStarted { .. } => {}
+            };
+            let response = self.provider.chat(&request, &mut sink).await?;
+            total = total.plus(response.usage);
+            emit(AgentEvent::Usage {
+                turn: response.usage,
+                total,
+            });
+            messages.push(Message::Assistant {
+                text: response.text.clone(),
+                tool_calls: response.tool_calls.clone(),
+            });
+            if response.tool_calls.is_empty() {
+                idle_turns += 1;
+                if idle_turns >= 2 {
+                    return stop(
+                        "the model stopped calling tools without calling finish".into(),
+                        turn,
+                        total,
+                        &mut emit,
+                    );
+                }
+                messages.push(Message::User {
+                    content: "Continue with the tools; call finish when the goal is reached."
+                        .into(),
+                });
+                continue;
+            }
+            idle_turns = 0;
+
+            // Validate everything first, then run: read-only calls of a turn run in parallel.
+            let checked: Vec<(ToolCall, Result<Value, String>)> = response
+                .tool_calls
+                .iter()
+                .map(|c| (c.clone(), self.validate(c)))
+                .collect();
+            for (c, _) in &checked {
+                emit(AgentEvent::ToolCall {
+                    turn,
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                });
+            }
+            let all_read_only = checked
+                .iter()
+                .all(|(c, a)| a.is_ok() && tools::read_only(&c.name));
+            let mut outputs: Vec<ToolOutput> = Vec::with_capacity(checked.len());
+            if all_read_only && checked.len() > 1 {
+                let handles: Vec<_> = checked
+                    .iter()
+                    .map(|(c, a)| {
+                        let (tools, name, args) = (
+                            Arc::clone(&self.tools),
+                            c.name.clone(),
+                            a.clone().unwrap_or_default(),
+                        );
+                        tokio::task::spawn_blocking(move || tools.call(&name, &args))
+                    })
+                    .collect();
+                for h in handles {
+                    outputs.push(h.await.unwrap_or_else(|e| ToolOutput {
+                        content: format!("tool panicked: {e}"),
+                        is_error: true,
+                        full: None,
+                        finished: None,
+                    }));
+                }
+            } else {
+                for (c, a) in &checked {
+                    outputs.push(match a {
+                        Err(msg) => ToolOutput {
+                            content: msg.clone(),
+                            is_error: true,
+                            full: None,
+                            finished: None,
+                        },
+                        Ok(args) => {
+                            let (tools, name, args) =
+                                (Arc::clone(&self.tools), c.name.clone(), args.clone());
+                            tokio::task::spawn_blocking(move || tools.call(&name, &args))
+                                .await
+                                .unwrap_or_else(|e| ToolOutput {
+                                    content: format!("tool panicked: {e}"),
+                                    is_error: true,
+                                    full: None,
+                                    finished: None,
+                                })
+                        }
+                    });
+                }
+            }
+
+            let mut finished = None;
+            for (i, ((call, _), mut out)) in checked.into_iter().zip(outputs).enumerate() {
+                let chars = out
+                    .full
+                    .as_ref()
+                    .map_or(out.content.chars().count(), |f| f.chars().count());
+                let mut log = None;
+                if let Some(full) = out.full.take() {
+                    log = self.log_full(turn, i + 1, &full)?;
+                    out.content.push_str(&format!(
+                        "\n[output truncated at {} characters of {chars}{}]",
+                        self.tools.max_output_chars,
+                        log.as_ref()
+                            .map_or(String::new(), |l| format!("; full output in {l}"))
+                    ));
+                }
+                emit(AgentEvent::ToolResult {
+                    turn,
+                    name: call.name.clone(),
+                    is_error: out.is_error,
+                    summary: first_line(&out.content),
+                    chars,
+                    log,
+                });
+                if out.is_error {
+                    let key = format!("{}\u{0}{}", call.name, call.arguments);
+                    let n = failures.entry(key).or_insert(0);
+                    *n += 1;
+                    if *n >= self.config.max_repeated_failures {
+                        return stop(
+                            format!(
+                                "the same failing {} call was repeated {} times",
+                                call.name, n
+                            ),
+                            turn,
+                            total,
+                            &mut emit,
+                        );
+                    }
+                }
+                if out.finished.is_some() {
+                    finished = out.finished.clone();
+                }
+                messages.push(Message::Tool {
+                    call_id: call.id.clone(),
+                    content: out.content,
+                    is_error: out.is_error,
+                });
+            }
+            if let Some(result) = finished {
+                emit(AgentEvent::Finished {
+                    result: result.clone(),
+                });
+                return Ok(Report {
+                    outcome: Outcome::Finished(result),
+                    turns: turn,
+                    usage: total,
+                });
+            }
+        }
+        stop(
+            format!("turn limit of {} reached", self.config.max_turns),
+            self.config.max_turns,
+            total,
+            &mut emit,
+        )
+    }
+}

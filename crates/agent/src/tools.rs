@@ -1,0 +1,496 @@
+//! The agent's tools. Every one runs **inside the task's cell** through the same exec channel
+//! as a shell command, so the kernel confines file tools exactly like `sh -c`: there is no
+//! host-side file access to get wrong. The host only shapes arguments and results.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warren_cell::{Cell, Collect, ExecSpec};
+use warren_llm::ToolSpec;
+
+/// What a tool call produced, for the model and for the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolOutput {
+    /// Text for the model (possibly truncated).
+    pub content: String,
+    /// Whether the call failed.
+    pub is_error: bool,
+    /// The full text, when `content` was truncated.
+    pub full: Option<String>,
+    /// Set by `finish`: the task's result.
+    pub finished: Option<Value>,
+}
+
+impl ToolOutput {
+    fn ok(content: impl Into<String>) -> Self {
+        ToolOutput {
+            content: content.into(),
+            is_error: false,
+            full: None,
+            finished: None,
+        }
+    }
+    fn err(content: impl Into<String>) -> Self {
+        ToolOutput {
+            content: content.into(),
+            is_error: true,
+            full: None,
+            finished: None,
+        }
+    }
+}
+
+/// Tools that only read may run in parallel within one turn.
+pub fn read_only(name: &str) -> bool {
+    matches!(name, "read_file" | "list_files" | "grep")
+}
+
+/// The tool schemas offered to the model.
+pub fn specs() -> Vec<ToolSpec> {
+    let t = |name: &str, description: &str, parameters: Value| ToolSpec {
+        name: name.into(),
+        description: description.into(),
+        parameters,
+    };
+    vec![
+        t(
+            "shell",
+            "Run a shell command (sh -c) in the workspace. The environment has no network.",
+            json!({"type": "object", "additionalProperties": false, "required": ["command"], "properties": {
+                "command": {"type": "string", "minLength": 1},
+                "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 3600},
+                "cwd": {"type": "string"},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+        ),
+        t(
+            "read_file",
+            "Read a text file. Lines are numbered from 1; use offset and limit for large files.",
+            json!({"type": "object", "additionalProperties": false, "required": ["path"], "properties": {
+                "path": {"type": "string", "minLength": 1},
+                "offset": {"type": "integer", "minimum": 1},
+                "limit": {"type": "integer", "minimum": 1},
+                "line_numbers": {"type": "boolean"}}}),
+        ),
+        t(
+            "write_file",
+            "Create or replace a file with the given content (parent directories are created).",
+            json!({"type": "object", "additionalProperties": false, "required": ["path", "content"], "properties": {
+                "path": {"type": "string", "minLength": 1},
+                "content": {"type": "string"}}}),
+        ),
+        t(
+            "edit_file",
+            "Replace an exact piece of text in a file. `old` must occur exactly once unless replace_all is true.",
+            json!({"type": "object", "additionalProperties": false, "required": ["path", "old", "new"], "properties": {
+                "path": {"type": "string", "minLength": 1},
+                "old": {"type": "string", "minLength": 1},
+                "new": {"type": "string"},
+                "replace_all": {"type": "boolean"}}}),
+        ),
+        t(
+            "list_files",
+            "List files below a directory, skipping what .gitignore excludes.",
+            json!({"type": "object", "additionalProperties": false, "properties": {
+                "path": {"type": "string"}}}),
+        ),
+        t(
+            "grep",
+            "Search file contents with an extended regular expression; optional glob filter such as *.rs.",
+            json!({"type": "object", "additionalProperties": false, "required": ["pattern"], "properties": {
+                "pattern": {"type": "string", "minLength": 1},
+                "path": {"type": "string"},
+                "glob": {"type": "string"},
+                "ignore_case": {"type": "boolean"}}}),
+        ),
+        t(
+            "finish",
+            "Finish the task: report what was done. Call this exactly once, when done or stuck.",
+            json!({"type": "object", "additionalProperties": false, "required": ["summary"], "properties": {
+                "summary": {"type": "string", "minLength": 1},
+                "success": {"type": "boolean"}}}),
+        ),
+    ]
+}
+
+/// Runs tools in a cell.
+pub struct Tools {
+    cell: Arc<dyn Cell>,
+    /// Characters of output the model sees per call.
+    pub max_output_chars: usize,
+}
+
+#[derive(Deserialize)]
+struct Shell {
+    command: String,
+    timeout_secs: Option<u64>,
+    cwd: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+}
+#[derive(Deserialize)]
+struct ReadFile {
+    path: String,
+    offset: Option<usize>,
+    limit: Option<usize>,
+    line_numbers: Option<bool>,
+}
+#[derive(Deserialize)]
+struct WriteFile {
+    path: String,
+    content: String,
+}
+#[derive(Deserialize)]
+struct EditFile {
+    path: String,
+    old: String,
+    new: String,
+    #[serde(default)]
+    replace_all: bool,
+}
+#[derive(Deserialize)]
+struct ListFiles {
+    path: Option<String>,
+}
+#[derive(Deserialize)]
+struct Grep {
+    pattern: String,
+    path: Option<String>,
+    glob: Option<String>,
+    #[serde(default)]
+    ignore_case: bool,
+}
+#[derive(Deserialize)]
+struct Finish {
+    summary: String,
+    success: Option<bool>,
+}
+
+/// Raw result of a command in the cell.
+struct Ran {
+    code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+    failure: Option<String>,
+}
+
+const SHELL_TIMEOUT_SECS: u64 = 120;
+
+impl Tools {
+    /// Tools acting in `cell`.
+    pub fn new(cell: Arc<dyn Cell>) -> Self {
+        Tools {
+            cell,
+            max_output_chars: 16_000,
+        }
+    }
+
+    fn run(
+        &self,
+        argv: &[&str],
+        stdin: Option<Vec<u8>>,
+        cwd: Option<String>,
+        env: Vec<(String, String)>,
+        timeout_secs: u64,
+    ) -> Ran {
+        let spec = ExecSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env,
+            cwd,
+            timeout_ms: Some(timeout_secs * 1000),
+            max_output_bytes: self.cell.max_output_bytes(),
+            stdin: false,
+        };
+        let mut out = Collect::default();
+        let input: Option<Box<dyn std::io::Read + Send>> =
+            stdin.map(|b| Box::new(std::io::Cursor::new(b)) as _);
+        match self.cell.exec(&spec, input, &mut out) {
+            Ok(o) => Ran {
+                code: o.exit.code,
+                signal: o.exit.signal,
+                timed_out: o.exit.timed_out,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                failure: o.failure.map(|(_, m)| m),
+            },
+            Err(e) => Ran {
+                code: None,
+                signal: None,
+                timed_out: false,
+                stdout: String::new(),
+                stderr: String::new(),
+                failure: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// Run one validated tool call. `args` has already been checked against the schema.
+    pub fn call(&self, name: &str, args: &Value) -> ToolOutput {
+        fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, serde_json::Error> {
+            serde_json::from_value(v.clone())
+        }
+        let r = match name {
+            "shell" => parse(args).map(|a| self.shell(a)),
+            "read_file" => parse(args).map(|a| self.read_file(a)),
+            "write_file" => parse(args).map(|a| self.write_file(a)),
+            "edit_file" => parse(args).map(|a| self.edit_file(a)),
+            "list_files" => parse(args).map(|a| self.list_files(a)),
+            "grep" => parse(args).map(|a| self.grep(a)),
+            "finish" => parse(args).map(|a| self.finish(a)),
+            other => return ToolOutput::err(format!("unknown tool {other:?}")),
+        };
+        r.unwrap_or_else(|e| ToolOutput::err(format!("invalid arguments: {e}")))
+    }
+
+    fn truncate(&self, text: String) -> ToolOutput {
+        if text.chars().count() <= self.max_output_chars {
+            return ToolOutput::ok(text);
+        }
+        let head: String = text.chars().take(self.max_output_chars).collect();
+        ToolOutput {
+            content: head,
+            is_error: false,
+            full: Some(text),
+            finished: None,
+        }
+    }
+
+    fn shell(&self, a: Shell) -> ToolOutput {
+        let r = self.run(
+            &["/bin/sh", "-c", &a.command],
+            None,
+            a.cwd,
+            a.env.into_iter().collect(),
+            a.timeout_secs.unwrap_or(SHELL_TIMEOUT_SECS),
+        );
+        if let Some(f) = r.failure {
+            return ToolOutput::err(f);
+        }
+        let status = if r.timed_out {
+            "killed: timed out".to_owned()
+        } else if let Some(s) = r.signal {
+            format!("killed by signal {s}")
+        } else {
+            format!("exit code {}", r.code.unwrap_or(-1))
+        };
+        let mut text = status.clone();
+        if !r.stdout.is_empty() {
+            text.push_str("\n--- stdout ---\n");
+            text.push_str(&r.stdout);
+        }
+        if !r.stderr.is_empty() {
+            text.push_str("\n--- stderr ---\n");
+            text.push_str(&r.stderr);
+        }
+        let mut out = self.truncate(text);
+        out.is_error = r.code != Some(0);
+        out
+    }
+
+    fn cat(&self, path: &str) -> Result<String, String> {
+        let r = self.run(&["/bin/cat", "--", path], None, None, vec![], 60);
+        match (r.failure, r.code) {
+            (Some(f), _) => Err(f),
+            (None, Some(0)) => Ok(r.stdout),
+            _ => Err(r.stderr.trim().trim_start_matches("/bin/cat: ").to_owned()),
+        }
+    }
+
+    fn write(&self, path: &str, content: &str) -> Result<(), String> {
+        let r = self.run(
+            &[
+                "/bin/sh",
+                "-c",
+                r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#,
+                "sh",
+                path,
+            ],
+            Some(content.as_bytes().to_vec()),
+            None,
+            vec![],
+            60,
+        );
+        match (r.failure, r.code) {
+            (Some(f), _) => Err(f),
+            (None, Some(0)) => Ok(()),
+            _ => Err(r.stderr.trim().to_owned()),
+        }
+    }
+
+    fn read_file(&self, a: ReadFile) -> ToolOutput {
+        let text = match self.cat(&a.path) {
+            Ok(t) => t,
+            Err(e) => return ToolOutput::err(format!("cannot read {}: {e}", a.path)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let start = a.offset.unwrap_or(1).max(1) - 1;
+        let end = a
+            .limit
+            .map_or(lines.len(), |l| (start + l).min(lines.len()));
+        if start >= lines.len() && !lines.is_empty() {
+            return ToolOutput::err(format!(
+                "{} has {} lines; offset {} is past the end",
+                a.path,
+                lines.len(),
+                start + 1
+            ));
+        }
+        let numbered = a.line_numbers.unwrap_or(true);
+        let mut out: String = lines[start.min(lines.len())..end]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if numbered {
+                    format!("{:>6}\t{l}\n", start + i + 1)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        if end < lines.len() {
+            out.push_str(&format!(
+                "[{} more lines; continue with offset {}]\n",
+                lines.len() - end,
+                end + 1
+            ));
+        }
+        self.truncate(out)
+    }
+
+    fn write_file(&self, a: WriteFile) -> ToolOutput {
+        match self.write(&a.path, &a.content) {
+            Ok(()) => ToolOutput::ok(format!("wrote {} ({} bytes)", a.path, a.content.len())),
+            Err(e) => ToolOutput::err(format!("cannot write {}: {e}", a.path)),
+        }
+    }
+
+    fn edit_file(&self, a: EditFile) -> ToolOutput {
+        let text = match self.cat(&a.path) {
+            Ok(t) => t,
+            Err(e) => return ToolOutput::err(format!("cannot read {}: {e}", a.path)),
+        };
+        let count = text.matches(&a.old).count();
+        if count == 0 {
+            return ToolOutput::err(format!(
+                "the text to replace was not found in {}; read the file and copy it exactly",
+                a.path
+            ));
+        }
+        if count > 1 && !a.replace_all {
+            return ToolOutput::err(format!(
+                "the text to replace occurs {count} times in {}; include more surrounding lines to make it unique, or set replace_all",
+                a.path
+            ));
+        }
+        let new = if a.replace_all {
+            text.replace(&a.old, &a.new)
+        } else {
+            text.replacen(&a.old, &a.new, 1)
+        };
+        match self.write(&a.path, &new) {
+            Ok(()) => ToolOutput::ok(format!(
+                "edited {} ({} replacement{})",
+                a.path,
+                count.min(if a.replace_all { count } else { 1 }),
+                if count > 1 && a.replace_all { "s" } else { "" }
+            )),
+            Err(e) => ToolOutput::err(format!("cannot write {}: {e}", a.path)),
+        }
+    }
+
+    fn list_files(&self, a: ListFiles) -> ToolOutput {
+        let root = a.path.unwrap_or_else(|| ".".into());
+        let r = self.run(
+            &[
+                "/usr/bin/find",
+                &root,
+                "-name",
+                ".git",
+                "-prune",
+                "-o",
+                "-type",
+                "f",
+                "-print",
+            ],
+            None,
+            None,
+            vec![],
+            60,
+        );
+        if let Some(f) = r.failure {
+            return ToolOutput::err(f);
+        }
+        if r.code != Some(0) {
+            return ToolOutput::err(format!("cannot list {root}: {}", r.stderr.trim()));
+        }
+        let mut files: Vec<&str> = r.stdout.lines().collect();
+        files.sort_unstable();
+        // Honour every .gitignore found, each relative to its own directory.
+        let mut matchers = Vec::new();
+        for gi in files
+            .iter()
+            .filter(|f| f.ends_with("/.gitignore") || **f == ".gitignore")
+        {
+            let dir = std::path::Path::new(gi)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
+            if let Ok(text) = self.cat(gi) {
+                for line in text.lines() {
+                    let _ = b.add_line(None, line);
+                }
+            }
+            if let Ok(m) = b.build() {
+                matchers.push(m);
+            }
+        }
+        let kept: Vec<&str> = files
+            .into_iter()
+            .filter(|f| {
+                !matchers.iter().any(|m| {
+                    f.starts_with(m.path().to_str().unwrap_or(""))
+                        && m.matched_path_or_any_parents(f, false).is_ignore()
+                })
+            })
+            .collect();
+        let mut out = kept.join("\n");
+        out.push('\n');
+        self.truncate(out)
+    }
+
+    fn grep(&self, a: Grep) -> ToolOutput {
+        let root = a.path.unwrap_or_else(|| ".".into());
+        let mut argv = vec!["/bin/grep", "-rnIE", "--exclude-dir=.git"];
+        if a.ignore_case {
+            argv.push("-i");
+        }
+        let include = a.glob.map(|g| format!("--include={g}"));
+        if let Some(i) = &include {
+            argv.push(i);
+        }
+        argv.extend(["--", &a.pattern, &root]);
+        let r = self.run(&argv, None, None, vec![], 60);
+        match (r.failure, r.code) {
+            (Some(f), _) => ToolOutput::err(f),
+            (None, Some(0)) => self.truncate(r.stdout),
+            (None, Some(1)) => ToolOutput::ok("no matches"),
+            _ => ToolOutput::err(format!("grep failed: {}", r.stderr.trim())),
+        }
+    }
+
+    fn finish(&self, a: Finish) -> ToolOutput {
+        let result = json!({"summary": a.summary, "success": a.success.unwrap_or(true)});
+        let text = serde_json::to_string_pretty(&result).unwrap_or_default() + "\n";
+        match self.write("/task/result.json", &text) {
+            Ok(()) => ToolOutput {
+                content: "task finished".into(),
+                is_error: false,
+                full: None,
+                finished: Some(result),
+            },
+            Err(e) => ToolOutput::err(format!("cannot write /task/result.json: {e}")),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! `warren run "GOAL"`: an agent works on a copy-on-write view of the project inside a cell;
+//! the person watches, reviews the diff, and applies it (or not).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use warren_agent::{Agent, AgentConfig, AgentEvent, Outcome};
+use warren_cell::{Cell, CellSpec, JailProgram, ProcessCell, Workspace, WorkspaceMode, cow};
+use warren_llm::{Provider, ProviderConfig};
+use warren_protocol::exit;
+use warren_protocol::mount::{Mount, MountKind};
+
+/// Arguments of `warren run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// What the agent should achieve.
+    goal: String,
+    /// The project (default: the current directory). The agent sees a copy-on-write view.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// `openai` (any OpenAI-compatible server) or `anthropic`. Default: anthropic when
+    /// ANTHROPIC_API_KEY is set, else openai.
+    #[arg(long, value_name = "P")]
+    provider: Option<String>,
+    /// Model name, passed through as is.
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// At most this many model turns.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    max_turns: u32,
+    /// Stop once this many tokens were used.
+    #[arg(long, value_name = "N")]
+    budget_tokens: Option<u64>,
+    /// Stop after this long (e.g. 10m).
+    #[arg(long, value_name = "DUR", value_parser = crate::policy::parse_duration, default_value = "30m")]
+    timeout: Duration,
+    /// Apply the changes without asking.
+    #[arg(long, conflicts_with = "no_apply")]
+    apply: bool,
+    /// Keep the changes for later review without asking.
+    #[arg(long)]
+    no_apply: bool,
+    /// Record every model exchange to this JSONL transcript.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Play the model's side back from this transcript (no key, no network).
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// NDJSON events instead of the human view.
+    #[arg(long)]
+    json: bool,
+}
+
+fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(path) = &a.replay {
+        let replay = warren_llm::record::Replay::open(path).map_err(|e| e.to_string())?;
+        let model = a
+            .model
+            .clone()
+            .unwrap_or_else(|| replay.first_model().unwrap_or_default());
+        return Ok((Arc::new(replay), model));
+    }
+    let kind = match a.provider.as_deref() {
+        Some("openai") => "openai",
+        Some("anthropic") => "anthropic",
+        Some(other) => {
+            return Err(format!(
+                "unknown provider {other:?} (use openai or anthropic)"
+            ));
+        }
+        None if env("ANTHROPIC_API_KEY").is_some() => "anthropic",
+        None => "openai",
+    };
+    let (config, default_model) = match kind {
+        "anthropic" => (
+            ProviderConfig::anthropic_from_env(env),
+            "claude-sonnet-4-20250514",
+        ),
+        _ => (ProviderConfig::openai_from_env(env), "gpt-4o"),
+    };
+    if config.api_key.is_none() && a.provider.is_none() {
+        return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), or use --replay FILE".to_owned());
+    }
+    let model = a.model.clone().unwrap_or_else(|| default_model.into());
+    let built: Arc<dyn Provider> = match &a.record {
+        None => warren_llm::build(config).map_err(|e| e.to_string())?,
+        Some(path) => {
+            let inner = warren_llm::build(config).map_err(|e| e.to_string())?;
+            Arc::new(warren_llm::record::Recorder::new(inner, path).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok((built, model))
+}
+
+/// Host side of a task's namespace: `/task` (spec and status read-only, result writable) and
+/// `/logs` (written by the host, read-only in the cell).
+struct TaskDirs {
+    task: PathBuf,
+    logs: PathBuf,
+}
+
+impl TaskDirs {
+    fn create(
+        state: &Path,
+        id: &str,
+        spec: &serde_json::Value,
+        owner: (u32, u32),
+    ) -> std::io::Result<Self> {
+        let root = state.join("tasks").join(id);
+        let (task, logs) = (root.join("task"), root.join("logs"));
+        std::fs::create_dir_all(&task)?;
+        std::fs::create_dir_all(&logs)?;
+        std::fs::write(
+            task.join("spec.json"),
+            serde_json::to_vec_pretty(spec).unwrap_or_default(),
+        )?;
+        std::fs::write(task.join("status"), "running\n")?;
+        std::fs::write(task.join("result.json"), "")?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(task.join("result.json"), Some(owner.0), Some(owner.1))?;
+        }
+        Ok(TaskDirs { task, logs })
+    }
+
+    fn mounts(&self) -> Vec<Mount> {
+        let bind = |target: &str, source: &Path, readonly: bool| Mount {
+            target: target.into(),
+            kind: MountKind::Bind {
+                source: source.display().to_string(),
+                readonly,
+            },
+        };
+        vec![
+            bind("/task", &self.task, true),
+            bind("/task/result.json", &self.task.join("result.json"), false),
+            bind("/logs", &self.logs, true),
+        ]
+    }
+
+    fn set_status(&self, status: &str) {
+        // Written in place: the cell's bind mount keeps pointing at this inode.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.task.join("status"))
+        {
+            let _ = writeln!(f, "{status}");
+        }
+    }
+}
+
+struct View {
+    json: bool,
+    started: Instant,
+    at_line_start: bool,
+}
+
+impl View {
+    fn show(&mut self, e: &AgentEvent) {
+        if self.json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        match e {
+            AgentEvent::Turn { turn } => {
+                if !self.at_line_start {
+                    let _ = writeln!(err);
+                }
+                let _ = writeln!(
+                    err,
+                    "── turn {turn} · {:.1}s",
+                    self.started.elapsed().as_secs_f64()
+                );
+                self.at_line_start = true;
+            }
+            AgentEvent::Text { delta } => {
+                let _ = write!(err, "{delta}");
+                self.at_line_start = delta.ends_with('\n');
+            }
+            AgentEvent::Restart { reason } => {
+                let _ = writeln!(err, "\n   (retrying the model call: {reason})");
+                self.at_line_start = true;
+            }
+            AgentEvent::ToolCall {
+                name, arguments, ..
+            } => {
+                if !self.at_line_start {
+                    let _ = writeln!(err);
+                }
+                let args: String = arguments.chars().take(100).collect();
+                let _ = writeln!(err, "  → {name} {args}");
+                self.at_line_start = true;
+            }
+            AgentEvent::ToolResult {
+                is_error,
+                summary,
+                chars,
+                log,
+                ..
+            } => {
+                let mark = if *is_error { "✗" } else { "✓" };
+                let log = log
+                    .as_ref()
+                    .map_or(String::new(), |l| format!(" (full output: {l})"));
+                let _ = writeln!(err, "    {mark} {summary} [{chars} chars]{log}");
+            }
+            AgentEvent::Usage { total, .. } => {
+                let _ = writeln!(
+                    err,
+                    "    tokens: {} in ({} cached), {} out",
+                    total.input_tokens, total.cached_input_tokens, total.output_tokens
+                );
+            }
+            AgentEvent::Finished { .. } | AgentEvent::Stopped { .. } => {}
+        }
+    }
+}
+
+/// `warren run`.
+pub fn run(a: RunArgs, state: &Path) -> i32 {
+    let refuse = |msg: String| {
+        eprintln!("warren: {msg}");
+        exit::REFUSED
+    };
+    let ws = a.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let host = match std::fs::canonicalize(&ws) {
+        Ok(h) => h,
+        Err(e) => return refuse(format!("workspace {}: {e}", ws.display())),
+    };
+    let (provider, model) = match provider_for(&a) {
+        Ok(p) => p,
+        Err(e) => return refuse(e),
+    };
+    let id = warren_cell::process::new_cell_id();
+    let mut spec = CellSpec::new(state);
+    spec.id = Some(id.clone());
+    spec.workspace = Some(Workspace {
+        host: host.clone(),
+        mode: WorkspaceMode::Cow,
+    });
+    let identity = warren_cell::spec::resolve_identity(&spec);
+    let task_spec =
+        serde_json::json!({"id": id, "goal": a.goal, "model": model, "max_turns": a.max_turns});
+    let dirs = match TaskDirs::create(state, &id, &task_spec, identity) {
+        Ok(d) => d,
+        Err(e) => return refuse(format!("task directory: {e}")),
+    };
+    spec.extra_mounts = dirs.mounts();
+    let jail = match JailProgram::current_exe() {
+        Ok(j) => j,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let cell = match ProcessCell::start(&spec, &jail) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return refuse(e.to_string()),
+    };
+    let interrupted = crate::exec::stop_cell_on_signal(cell.info().supervisor_pid);
+    if !a.json {
+        eprintln!(
+            "warren: task {id} · model {model} · workspace {}",
+            host.display()
+        );
+    }
+    let config = AgentConfig {
+        model,
+        max_turns: a.max_turns,
+        max_wall: a.timeout,
+        budget_tokens: a.budget_tokens,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::new(
+        provider,
+        Arc::clone(&cell) as Arc<dyn Cell>,
+        config,
+        Some(dirs.logs.clone()),
+    );
+    let mut view = View {
+        json: a.json,
+        started: Instant::now(),
+        at_line_start: true,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let report = rt.block_on(agent.run(&a.goal, &mut |e| view.show(e)));
+    drop(agent);
+    let layer = cell.cow_layer().cloned();
+    drop(cell); // kills the cell (last reference)
+    let signal = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, status) = match &report {
+        Ok(r) => match &r.outcome {
+            Outcome::Finished(result) => {
+                let ok = result["success"].as_bool().unwrap_or(true);
+                if !a.json {
+                    eprintln!(
+                        "\nresult: {}",
+                        result["summary"].as_str().unwrap_or_default()
+                    );
+                }
+                (
+                    if ok { 0 } else { 1 },
+                    if ok { "succeeded" } else { "failed" },
+                )
+            }
+            Outcome::Stopped(reason) => {
+                eprintln!("\nwarren: stopped: {reason}");
+                (1, "stopped")
+            }
+        },
+        Err(_) if signal != 0 => {
+            eprintln!("\nwarren: interrupted by signal {signal}; the cell was stopped");
+            (exit::for_signal(signal), "interrupted")
+        }
+        Err(e) => {
+            eprintln!("\nwarren: {e}");
+            (1, "failed")
+        }
+    };
+    dirs.set_status(status);
+    if let (Ok(r), false) = (&report, a.json) {
+        {
+            eprintln!(
+                "turns: {} · tokens: {} in ({} cached), {} out · {:.1}s",
+                r.turns,
+                r.usage.input_tokens,
+                r.usage.cached_input_tokens,
+                r.usage.output_tokens,
+                view.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    review(&a, &id, layer.as_ref(), &host, signal != 0);
+    code
+}
+
+/// Show the diff stat and apply, keep or discard the changes.
+fn review(
+    a: &RunArgs,
+    id: &str,
+    layer: Option<&warren_cell::spec::CowLayer>,
+    host: &Path,
+    interrupted: bool,
+) {
+    let Some(layer) = layer else { return };
+    let changes = cow::changes(layer, host).unwrap_or_default();
+    if changes.is_empty() {
+        let _ = cow::discard(layer);
+        eprintln!("warren: no changes to the workspace");
+        return;
+    }
+    eprintln!("changes ({}):", changes.len());
+    for c in &changes {
+        eprintln!("  {} {}", c.marker(), c.path().display());
+    }
+    let apply = if a.apply {
+        true
+    } else if a.no_apply || a.json || interrupted || !std::io::stdin().is_terminal() {
+        false
+    } else {
+        eprint!("apply these changes to {}? [y/N] ", host.display());
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        matches!(line.trim(), "y" | "Y" | "yes")
+    };
+    if apply {
+        match cow::apply(layer, host) {
+            Ok(r) => {
+                let _ = cow::discard(layer);
+                eprintln!(
+                    "warren: applied: {} written, {} removed",
+                    r.written.len(),
+                    r.removed.len()
+                );
+            }
+            Err(e) => eprintln!("warren: apply failed, nothing was discarded: {e}"),
+        }
+    } else {
+        eprintln!(
+            "warren: changes kept as {id}: `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
+        );
+    }
+}

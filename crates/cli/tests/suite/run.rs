@@ -1,0 +1,371 @@
+//! `warren run` end to end: a real cell, real tools, a real diff, the model played by the
+//! local mock server (OpenAI wire format) or by a recorded transcript.
+
+use std::process::Output;
+
+use warren_testkit::mockllm::{MockLlm, Reply, ToolCall, Turn};
+use warren_testkit::{TempDir, require_process_tier};
+
+use super::{WARREN, stderr, stdout, warren};
+
+fn call(id: &str, name: &str, args: serde_json::Value) -> ToolCall {
+    ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.to_string(),
+    }
+}
+
+fn turn(calls: Vec<ToolCall>) -> Turn {
+    Turn::Reply(Reply {
+        tool_calls: calls,
+        input_tokens: 100,
+        output_tokens: 20,
+        cached_tokens: 50,
+        ..Default::default()
+    })
+}
+
+pub const QUICKSTART_GOAL: &str = "Create hello.py that prints a greeting, run it, and finish.";
+
+/// The quick start's conversation: deterministic tool results, so its recording replays anywhere.
+fn quickstart_script() -> Vec<Turn> {
+    vec![
+        turn(vec![call("c1", "list_files", serde_json::json!({}))]),
+        turn(vec![call(
+            "c2",
+            "write_file",
+            serde_json::json!({"path": "hello.py", "content": "print(\"Hello from Warren!\")\n"}),
+        )]),
+        turn(vec![call(
+            "c3",
+            "shell",
+            serde_json::json!({"command": "python3 hello.py"}),
+        )]),
+        turn(vec![call(
+            "c4",
+            "finish",
+            serde_json::json!({"summary": "Added hello.py, which prints a greeting; running it prints Hello from Warren!"}),
+        )]),
+    ]
+}
+
+fn run_with_mock(mock: &MockLlm, state: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new(WARREN)
+        .arg("run")
+        .args(args)
+        .env("WARREN_STATE_DIR", state)
+        .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
+        .env("OPENAI_API_KEY", "sk-test-key-must-not-leak")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn kept_id(err: &str) -> String {
+    let i = err.find("changes kept as ").expect(err) + "changes kept as ".len();
+    err[i..].split(':').next().unwrap().trim().to_owned()
+}
+
+#[test]
+fn agent_writes_runs_and_finishes_then_the_diff_is_reviewed_and_applied() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    std::fs::write(ws.path().join("README.md"), "# project\n").unwrap();
+    let mock = MockLlm::start(vec![
+        turn(vec![call(
+            "c1",
+            "write_file",
+            serde_json::json!({"path": "hello.py", "content": "print('Hello from Warren!')\n"}),
+        )]),
+        // Invalid arguments: the schema error goes back to the model, nothing runs.
+        turn(vec![call(
+            "c2",
+            "shell",
+            serde_json::json!({"cmd": "rm -rf /"}),
+        )]),
+        turn(vec![call(
+            "c3",
+            "shell",
+            serde_json::json!({"command": "python3 hello.py; env"}),
+        )]),
+        // Two read-only calls in one turn run in parallel.
+        turn(vec![
+            call("c4", "read_file", serde_json::json!({"path": "hello.py"})),
+            call("c5", "grep", serde_json::json!({"pattern": "Warren"})),
+        ]),
+        turn(vec![call(
+            "c6",
+            "edit_file",
+            serde_json::json!({"path": "hello.py", "old": "no such text", "new": "x"}),
+        )]),
+        turn(vec![call(
+            "c7",
+            "finish",
+            serde_json::json!({"summary": "hello.py prints a greeting"}),
+        )]),
+    ])
+    .unwrap();
+    let o = run_with_mock(
+        &mock,
+        s.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--model",
+            "test-model",
+            "--no-apply",
+            "--json",
+            "Write hello.py",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout {}\nstderr {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.iter().any(
+        |e| e["event"] == "finished" && e["result"]["summary"] == "hello.py prints a greeting"
+    ));
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 6);
+    let tool_result = |i: usize| {
+        reqs[i].body["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        tool_result(1).starts_with("wrote hello.py"),
+        "{}",
+        tool_result(1)
+    );
+    let invalid = tool_result(2);
+    assert!(
+        invalid.contains("invalid arguments for shell") && invalid.contains("command"),
+        "{invalid}"
+    );
+    let ran = tool_result(3);
+    assert!(ran.contains("Hello from Warren!"), "{ran}");
+    // API keys never enter a cell: the command's whole environment is in that result.
+    assert!(
+        !ran.contains("sk-test-key") && !ran.contains("OPENAI"),
+        "{ran}"
+    );
+    let parallel = reqs[4].body["messages"].as_array().unwrap();
+    let n = parallel.len();
+    assert!(
+        parallel[n - 2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("print('Hello from Warren!')")
+    );
+    assert!(
+        parallel[n - 1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello.py:1:")
+    );
+    assert!(
+        tool_result(5).contains("was not found"),
+        "{}",
+        tool_result(5)
+    );
+    // Nothing reached the project before review.
+    assert!(!ws.path().join("hello.py").exists());
+    let id = kept_id(&stderr(&o));
+    let result =
+        std::fs::read_to_string(s.path().join("tasks").join(&id).join("task/result.json")).unwrap();
+    assert!(result.contains("hello.py prints a greeting"), "{result}");
+    assert!(
+        s.path()
+            .join("tasks")
+            .join(&id)
+            .join("logs/events.jsonl")
+            .exists()
+    );
+    let d = warren(s.path(), &["diff", &id]);
+    assert!(
+        stdout(&d).contains("+print('Hello from Warren!')"),
+        "{}",
+        stdout(&d)
+    );
+    assert_eq!(warren(s.path(), &["apply", &id]).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("hello.py")).unwrap(),
+        "print('Hello from Warren!')\n"
+    );
+}
+
+#[test]
+fn repeated_failing_call_and_turn_limit_stop_the_task() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let bad = || {
+        turn(vec![call(
+            "c",
+            "read_file",
+            serde_json::json!({"path": "missing.txt"}),
+        )])
+    };
+    let mock = MockLlm::start(vec![bad(), bad(), bad(), bad()]).unwrap();
+    let o = run_with_mock(
+        &mock,
+        s.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--no-apply",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("the same failing read_file call was repeated 3 times"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mock.requests().len(), 3);
+
+    let mock = MockLlm::start(
+        (0..5)
+            .map(|i| {
+                turn(vec![call(
+                    &format!("c{i}"),
+                    "shell",
+                    serde_json::json!({"command": format!("echo {i}")}),
+                )])
+            })
+            .collect(),
+    )
+    .unwrap();
+    let o = run_with_mock(
+        &mock,
+        s.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--max-turns",
+            "2",
+            "--no-apply",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("turn limit of 2 reached"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn invalid_key_is_reported_naming_the_variable() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let mock = MockLlm::start(vec![Turn::Unauthorized]).unwrap();
+    let o = run_with_mock(
+        &mock,
+        s.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--no-apply",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("OPENAI_API_KEY"), "{}", stderr(&o));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The quick start transcript is the recording of `quickstart_script` on `examples/hello`.
+/// Regenerate it with `WARREN_BLESS=1 cargo test -p warren-cli quickstart`.
+#[test]
+fn quickstart_transcript_is_current_and_replays_without_a_key() {
+    if !require_process_tier() {
+        return;
+    }
+    let transcript = repo().join("examples/quickstart.jsonl");
+    if std::env::var_os("WARREN_BLESS").is_some() {
+        let s = TempDir::new("state");
+        let ws = TempDir::new("ws");
+        copy_dir(&repo().join("examples/hello"), ws.path());
+        let mock = MockLlm::start(quickstart_script()).unwrap();
+        let o = run_with_mock(
+            &mock,
+            s.path(),
+            &[
+                "--workspace",
+                ws.path().to_str().unwrap(),
+                "--provider",
+                "openai",
+                "--model",
+                "gpt-4o",
+                "--record",
+                transcript.to_str().unwrap(),
+                "--no-apply",
+                QUICKSTART_GOAL,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    // Replay on a fresh copy of the example, with no key and no server.
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    copy_dir(&repo().join("examples/hello"), ws.path());
+    let o = std::process::Command::new(WARREN)
+        .args([
+            "run",
+            "--replay",
+            transcript.to_str().unwrap(),
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--apply",
+            QUICKSTART_GOAL,
+        ])
+        .env("WARREN_STATE_DIR", s.path())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Hello from Warren!"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("hello.py")).unwrap(),
+        "print(\"Hello from Warren!\")\n"
+    );
+}
