@@ -86,6 +86,8 @@ fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
         return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), or use --replay FILE".to_owned());
     }
     let model = a.model.clone().unwrap_or_else(|| default_model.into());
+    let mut config = config;
+    tune(&mut config, env)?;
     let built: Arc<dyn Provider> = match &a.record {
         None => warren_llm::build(config).map_err(|e| e.to_string())?,
         Some(path) => {
@@ -94,6 +96,39 @@ fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
         }
     };
     Ok((built, model))
+}
+
+/// Reliability knobs from `WARREN__LLM__*` (the environment layer of Warren's configuration):
+/// `IDLE_TIMEOUT` and `RETRY_BASE` (durations), `MAX_ATTEMPTS`, `MAX_CONCURRENCY`.
+fn tune(config: &mut ProviderConfig, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    let dur = |k: &str| -> Result<Option<Duration>, String> {
+        env(k)
+            .map(|v| crate::policy::parse_duration(&v).map_err(|e| format!("{k}: {e}")))
+            .transpose()
+    };
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        env(k)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("{k}: {v:?} is not a number"))
+            })
+            .transpose()
+    };
+    if let Some(d) = dur("WARREN__LLM__IDLE_TIMEOUT")? {
+        config.idle_timeout = d;
+    }
+    if let Some(d) = dur("WARREN__LLM__RETRY_BASE")? {
+        config.retry.base = d;
+        config.retry.max_delay = config.retry.max_delay.max(d);
+    }
+    if let Some(n) = num("WARREN__LLM__MAX_ATTEMPTS")? {
+        config.retry.max_attempts = n.clamp(1, 100) as u32;
+    }
+    if let Some(n) = num("WARREN__LLM__MAX_CONCURRENCY")? {
+        config.max_concurrency = n.clamp(1, 1024) as usize;
+    }
+    Ok(())
 }
 
 /// Host side of a task's namespace: `/task` (spec and status read-only, result writable) and

@@ -369,3 +369,140 @@ fn quickstart_transcript_is_current_and_replays_without_a_key() {
         "print(\"Hello from Warren!\")\n"
     );
 }
+
+/// One end-to-end task per injected fault: the provider recovers and the task finishes.
+#[test]
+fn every_injected_fault_is_survived_end_to_end() {
+    if !require_process_tier() {
+        return;
+    }
+    let reply = Reply {
+        text: "writing the file".into(),
+        ..Default::default()
+    };
+    let faults = [
+        (
+            "429",
+            Turn::Status {
+                code: 429,
+                retry_after: Some(0),
+            },
+        ),
+        (
+            "500",
+            Turn::Status {
+                code: 500,
+                retry_after: None,
+            },
+        ),
+        (
+            "slow",
+            Turn::Slow {
+                delay: std::time::Duration::from_millis(200),
+                then: Box::new(turn(vec![])),
+            },
+        ),
+        (
+            "stall",
+            Turn::Stall {
+                reply: reply.clone(),
+                stall: std::time::Duration::from_secs(5),
+            },
+        ),
+        ("malformed", Turn::MalformedJson),
+        ("truncated", Turn::Truncated(reply.clone())),
+    ];
+    for (name, fault) in faults {
+        let s = TempDir::new("state");
+        let ws = TempDir::new("ws");
+        let mut script = vec![
+            fault,
+            turn(vec![call(
+                "c1",
+                "write_file",
+                serde_json::json!({"path": "f.txt", "content": name}),
+            )]),
+        ];
+        if name == "slow" {
+            // The slow turn is itself an (empty) reply; the loop nudges the model once.
+            script.insert(
+                1,
+                turn(vec![call("c0", "list_files", serde_json::json!({}))]),
+            );
+        }
+        script.push(turn(vec![call(
+            "c2",
+            "finish",
+            serde_json::json!({"summary": "done"}),
+        )]));
+        let mock = MockLlm::start(script).unwrap();
+        let o = std::process::Command::new(WARREN)
+            .args([
+                "run",
+                "--workspace",
+                ws.path().to_str().unwrap(),
+                "--provider",
+                "openai",
+                "--apply",
+                "--json",
+                "x",
+            ])
+            .env("WARREN_STATE_DIR", s.path())
+            .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("WARREN__LLM__IDLE_TIMEOUT", "300ms")
+            .env("WARREN__LLM__RETRY_BASE", "10ms")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "fault {name}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("f.txt")).unwrap(),
+            name,
+            "fault {name}"
+        );
+        if matches!(name, "stall" | "truncated") {
+            // The partial text of the broken attempt was declared void to the viewer.
+            assert!(
+                stdout(&o).contains("\"event\":\"restart\""),
+                "fault {name}: {}",
+                stdout(&o)
+            );
+        }
+    }
+}
+
+#[test]
+fn replay_divergence_is_reported_with_a_diff() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    copy_dir(&repo().join("examples/hello"), ws.path());
+    let o = std::process::Command::new(WARREN)
+        .args([
+            "run",
+            "--replay",
+            repo().join("examples/quickstart.jsonl").to_str().unwrap(),
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--no-apply",
+            "A different goal",
+        ])
+        .env("WARREN_STATE_DIR", s.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("replay diverged at exchange 0")
+            && err.contains("+      \"content\": \"A different goal\""),
+        "{err}"
+    );
+}
