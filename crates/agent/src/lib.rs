@@ -9,7 +9,9 @@
 //! the model is truncated for it, and the full text is written to the task's logs, which the
 //! cell sees read-only at `/logs`.
 //!
-//! Not yet built (see the issue notes): summarizing older turns when the context fills up.
+//! When a request would fill `summarize_at` (85%) of the model's context window, the model
+//! condenses the older turns into a summary; the goal and the latest turns stay verbatim, and
+//! a tool call is never separated from its results.
 
 pub mod tools;
 
@@ -43,6 +45,12 @@ pub struct AgentConfig {
     pub max_tokens_per_turn: u32,
     /// Identical failing calls tolerated before the task is stopped.
     pub max_repeated_failures: u32,
+    /// The model's context window in tokens (from the catalog).
+    pub context_window: u32,
+    /// Summarize older turns once a request would fill this fraction of the window.
+    pub summarize_at: f64,
+    /// Messages at the end of the conversation always kept verbatim.
+    pub keep_recent: usize,
 }
 
 /// The default system prompt. It contains nothing that varies between machines or runs, so a
@@ -64,6 +72,9 @@ impl Default for AgentConfig {
             budget_tokens: None,
             max_tokens_per_turn: 4096,
             max_repeated_failures: 3,
+            context_window: 128_000,
+            summarize_at: 0.85,
+            keep_recent: 6,
         }
     }
 }
@@ -117,6 +128,15 @@ pub enum AgentEvent {
         turn: Usage,
         /// The task's total.
         total: Usage,
+    },
+    /// Older turns were replaced by a summary written by the model.
+    Summarized {
+        /// Messages replaced.
+        replaced: usize,
+        /// Estimated tokens of the request before.
+        tokens_before: u64,
+        /// Estimated tokens after.
+        tokens_after: u64,
     },
     /// The model called `finish`.
     Finished {
@@ -179,7 +199,108 @@ fn first_line(s: &str) -> String {
     }
 }
 
+/// A rough token count (4 characters a token): what is sent, not what is billed; the
+/// provider's own usage figures are what budgets count.
+pub fn estimate_tokens(system: &str, tools: &[warren_llm::ToolSpec], messages: &[Message]) -> u64 {
+    let chars = system.len()
+        + serde_json::to_string(tools).map_or(0, |s| s.len())
+        + serde_json::to_string(messages).map_or(0, |s| s.len());
+    (chars / 4) as u64
+}
+
+/// Where older turns end: keep the goal (message 0) and at least `keep` recent messages, and
+/// never separate tool results from the assistant message that called them (the split lands
+/// just before an assistant message).
+pub fn summary_split(messages: &[Message], keep: usize) -> Option<usize> {
+    let mut split = messages.len().checked_sub(keep)?;
+    while split > 1 && !matches!(messages[split], Message::Assistant { .. }) {
+        split -= 1;
+    }
+    (split > 1).then_some(split)
+}
+
+fn render(messages: &[Message]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        match m {
+            Message::User { content } => out.push_str(&format!("USER: {content}\n")),
+            Message::Assistant { text, tool_calls } => {
+                if !text.is_empty() {
+                    out.push_str(&format!("ASSISTANT: {text}\n"));
+                }
+                for c in tool_calls {
+                    out.push_str(&format!("CALL {}: {}\n", c.name, c.arguments));
+                }
+            }
+            Message::Tool {
+                content, is_error, ..
+            } => {
+                let c: String = content.chars().take(2000).collect();
+                out.push_str(&format!(
+                    "RESULT{}: {c}\n",
+                    if *is_error { " (error)" } else { "" }
+                ));
+            }
+        }
+    }
+    out
+}
+
+const SUMMARY_PROMPT: &str = "You compress an agent's work log. Write a concise summary of what was done, what was \
+learned (file names, commands, errors and their fixes) and what remains, so the agent can continue \
+without the full log. Plain text, no preamble.";
+
 impl Agent {
+    /// Replace older turns by a summary when the next request would fill the context window.
+    async fn maybe_summarize(
+        &self,
+        messages: &mut Vec<Message>,
+        specs: &[warren_llm::ToolSpec],
+        total: &mut Usage,
+        emit: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<(), AgentError> {
+        let before = estimate_tokens(&self.config.system_prompt, specs, messages);
+        if (before as f64) < self.config.summarize_at * f64::from(self.config.context_window) {
+            return Ok(());
+        }
+        let Some(split) = summary_split(messages, self.config.keep_recent) else {
+            return Ok(());
+        };
+        let request = ChatRequest {
+            model: self.config.model.clone(),
+            system: SUMMARY_PROMPT.into(),
+            messages: vec![Message::User {
+                content: render(&messages[1..split]),
+            }],
+            tools: vec![],
+            max_tokens: self.config.max_tokens_per_turn,
+            temperature: None,
+            stream: true,
+        };
+        let mut ignore = |_e: StreamEvent| {};
+        let response = self.provider.chat(&request, &mut ignore).await?;
+        *total = total.plus(response.usage);
+        let goal = match &messages[0] {
+            Message::User { content } => content.clone(),
+            _ => String::new(),
+        };
+        let head = Message::User {
+            content: format!(
+                "{goal}\n\nSummary of the work so far (older turns were condensed):\n{}",
+                response.text
+            ),
+        };
+        let replaced = split - 1;
+        messages.splice(0..split, [head]);
+        let after = estimate_tokens(&self.config.system_prompt, specs, messages);
+        emit(AgentEvent::Summarized {
+            replaced,
+            tokens_before: before,
+            tokens_after: after,
+        });
+        Ok(())
+    }
+
     /// An agent using `provider`, acting in `cell`; full tool outputs go to `logs` (the host
     /// directory the cell sees as `/logs`), when given.
     pub fn new(
@@ -300,6 +421,8 @@ impl Agent {
                     &mut emit,
                 );
             }
+            self.maybe_summarize(&mut messages, &specs, &mut total, &mut emit)
+                .await?;
             emit(AgentEvent::Turn { turn });
             let request = ChatRequest {
                 model: self.config.model.clone(),
@@ -471,5 +594,68 @@ impl Agent {
             total,
             &mut emit,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assistant(id: &str) -> Message {
+        Message::Assistant {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: id.into(),
+                name: "shell".into(),
+                arguments: "{}".into(),
+            }],
+        }
+    }
+    fn result(id: &str) -> Message {
+        Message::Tool {
+            call_id: id.into(),
+            content: "ok".into(),
+            is_error: false,
+        }
+    }
+
+    #[test]
+    fn split_keeps_goal_recent_turns_and_tool_pairs_together() {
+        let goal = Message::User {
+            content: "goal".into(),
+        };
+        let mut m = vec![goal];
+        for i in 0..5 {
+            m.push(assistant(&i.to_string()));
+            m.push(result(&i.to_string()));
+        }
+        // 11 messages, keep 4: the split lands on an assistant message.
+        let s = summary_split(&m, 4).unwrap_or(0);
+        assert!(matches!(m[s], Message::Assistant { .. }), "split at {s}");
+        assert!(m.len() - s >= 4);
+        // Keeping 3 would cut a pair: the split moves back to the assistant message.
+        let s = summary_split(&m, 3).unwrap_or(0);
+        assert!(matches!(m[s], Message::Assistant { .. }), "split at {s}");
+        // Too short a conversation: nothing to summarize.
+        assert_eq!(summary_split(&m[..3], 4), None);
+    }
+
+    #[test]
+    fn estimate_grows_with_content() {
+        let small = estimate_tokens(
+            "s",
+            &[],
+            &[Message::User {
+                content: "x".into(),
+            }],
+        );
+        let big = estimate_tokens(
+            "s",
+            &[],
+            &[Message::User {
+                content: "x".repeat(4000),
+            }],
+        );
+        assert!(big >= small + 999);
     }
 }

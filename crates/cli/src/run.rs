@@ -252,6 +252,16 @@ impl View {
                     total.input_tokens, total.cached_input_tokens, total.output_tokens
                 );
             }
+            AgentEvent::Summarized {
+                replaced,
+                tokens_before,
+                tokens_after,
+            } => {
+                let _ = writeln!(
+                    err,
+                    "    (context: {replaced} older messages summarized, ~{tokens_before} → ~{tokens_after} tokens)"
+                );
+            }
             AgentEvent::Finished { .. } | AgentEvent::Stopped { .. } => {}
         }
     }
@@ -302,8 +312,23 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
             host.display()
         );
     }
+    let context_window = match std::env::var("WARREN__LLM__CONTEXT_WINDOW")
+        .ok()
+        .map(|v| v.trim().parse::<u32>())
+    {
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            return refuse("WARREN__LLM__CONTEXT_WINDOW must be a positive number of tokens".into());
+        }
+        None => {
+            warren_llm::catalog::Catalog::default()
+                .lookup(&model)
+                .context_window
+        }
+    };
     let config = AgentConfig {
         model,
+        context_window,
         max_turns: a.max_turns,
         max_wall: a.timeout,
         budget_tokens: a.budget_tokens,

@@ -506,3 +506,87 @@ fn replay_divergence_is_reported_with_a_diff() {
         "{err}"
     );
 }
+
+#[test]
+fn older_turns_are_summarized_under_a_small_window() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let big = |i: usize| {
+        turn(vec![call(
+            &format!("c{i}"),
+            "shell",
+            serde_json::json!({"command": "head -c 2000 /dev/zero | tr '\\0' a"}),
+        )])
+    };
+    let mut script: Vec<Turn> = (1..=4).map(big).collect();
+    // The fifth request is the summarization (no tools); then the task finishes.
+    script.push(Turn::Reply(Reply {
+        text: "Four large outputs were printed; nothing else changed.".into(),
+        ..Default::default()
+    }));
+    script.push(turn(vec![call(
+        "f",
+        "finish",
+        serde_json::json!({"summary": "done"}),
+    )]));
+    let mock = MockLlm::start(script).unwrap();
+    let o = std::process::Command::new(WARREN)
+        .args([
+            "run",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--no-apply",
+            "--json",
+            "Print big things",
+        ])
+        .env("WARREN_STATE_DIR", s.path())
+        .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("WARREN__LLM__CONTEXT_WINDOW", "1500")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("\"event\":\"summarized\""),
+        "{}",
+        stdout(&o)
+    );
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 6);
+    let summarize = &reqs[4].body;
+    assert!(
+        summarize.get("tools").is_none(),
+        "the summarization request offers no tools"
+    );
+    assert!(
+        summarize["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("compress")
+    );
+    let next = reqs[5].body["messages"].as_array().unwrap();
+    let head = next[1]["content"].as_str().unwrap();
+    assert!(
+        head.starts_with("Print big things") && head.contains("Four large outputs"),
+        "{head}"
+    );
+    // The latest turns are verbatim, and every tool result follows the call that asked for it.
+    let mut open_calls = std::collections::HashSet::new();
+    for m in &next[2..] {
+        for c in m["tool_calls"].as_array().into_iter().flatten() {
+            open_calls.insert(c["id"].as_str().unwrap().to_owned());
+        }
+        if m["role"] == "tool" {
+            assert!(
+                open_calls.contains(m["tool_call_id"].as_str().unwrap()),
+                "orphaned tool result: {m}"
+            );
+        }
+    }
+    assert!(next.len() < reqs[3].body["messages"].as_array().unwrap().len() + 2);
+}
