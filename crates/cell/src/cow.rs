@@ -63,15 +63,20 @@ pub struct LayerMeta {
     pub workspace: PathBuf,
     /// Creation time (Unix seconds).
     pub created: u64,
+    /// Creation time in nanoseconds since the epoch, for conflict detection.
+    #[serde(default)]
+    pub created_ns: u128,
 }
 
 /// Record which workspace a layer belongs to.
 pub fn write_meta(layer: &CowLayer, workspace: &Path) -> Result<(), CellError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let meta = LayerMeta {
         workspace: workspace.to_path_buf(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: now.as_secs(),
+        created_ns: now.as_nanos(),
     };
     let p = layer.root.join("meta.json");
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| CellError::Spec(e.to_string()))?;
@@ -283,9 +288,96 @@ enum Op {
     Symlink { target: PathBuf, at: PathBuf },
 }
 
-/// Apply a layer's changes to its workspace. Every source is checked before anything is
-/// written; each file is written to a temporary name and renamed into place.
+/// How to undo one completed step.
+enum Undo {
+    /// Put the original back from where it was set aside.
+    Restore {
+        aside: PathBuf,
+        to: PathBuf,
+    },
+    /// Remove what we created.
+    RemoveFile(PathBuf),
+    RemoveDir(PathBuf),
+}
+
+fn modified_ns(m: &std::fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Paths the layer changes that the project changed too since the layer was created: a file
+/// modified (or, for an addition, created) after the task started.
+pub fn conflicts(
+    layer: &CowLayer,
+    workspace: &Path,
+    since_ns: u128,
+) -> Result<Vec<PathBuf>, CellError> {
+    let mut out = Vec::new();
+    for c in changes(layer, workspace)? {
+        let Ok(m) = std::fs::symlink_metadata(workspace.join(c.path())) else {
+            continue;
+        };
+        let upper_is_dir = layer.upper.join(c.path()).is_dir();
+        let changed = match c {
+            Change::Added { .. } => !(m.is_dir() && upper_is_dir),
+            Change::Modified { .. } | Change::Deleted { .. } => {
+                !m.is_dir() && modified_ns(&m) > since_ns
+            }
+        };
+        if changed {
+            out.push(c.path().to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+fn aside_name(p: &Path) -> PathBuf {
+    p.with_file_name(format!(
+        ".{}.warren-orig",
+        p.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ))
+}
+
+/// Apply a layer's changes to its workspace, all or nothing.
+///
+/// Refuses, changing nothing, when the project changed a path the layer also changes since
+/// the layer was created ([`conflicts`]). Every source is checked before anything is written;
+/// each file is written to a temporary name and renamed into place; what is replaced or
+/// removed is first set aside in its own directory, so if any step fails every completed step
+/// is undone and the project is as it was.
 pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellError> {
+    let since = std::fs::read(layer.root.join("meta.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok())
+        .map_or(0, |m| {
+            if m.created_ns > 0 {
+                m.created_ns
+            } else {
+                u128::from(m.created) * 1_000_000_000
+            }
+        });
+    if since > 0 {
+        let clash = conflicts(layer, workspace, since)?;
+        if !clash.is_empty() {
+            let list: Vec<String> = clash.iter().map(|p| p.display().to_string()).collect();
+            return Err(CellError::Spec(format!(
+                "the project changed since the task started, in paths the task also changed: {}; nothing was applied",
+                list.join(", ")
+            )));
+        }
+    }
+    apply_plan(layer, workspace, None)
+}
+
+fn apply_plan(
+    layer: &CowLayer,
+    workspace: &Path,
+    fail_after: Option<usize>,
+) -> Result<ApplyReport, CellError> {
     let changes = changes(layer, workspace)?;
     let mut plan = Vec::new();
     for c in &changes {
@@ -313,50 +405,103 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
         }
     }
     let mut report = ApplyReport::default();
-    for op in plan {
-        match op {
-            Op::Remove(p) => {
-                let r = if p.is_dir() && !p.is_symlink() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                match r {
-                    Ok(()) => report.removed.push(p),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(CellError::io("remove", &p)(e)),
+    let mut undo: Vec<Undo> = Vec::new();
+    let mut step =
+        |op: Op, undo: &mut Vec<Undo>, report: &mut ApplyReport| -> Result<(), CellError> {
+            // Set an existing path aside (same directory: a rename, never a copy).
+            let set_aside = |p: &Path, undo: &mut Vec<Undo>| -> Result<(), CellError> {
+                if std::fs::symlink_metadata(p).is_ok() {
+                    let aside = aside_name(p);
+                    std::fs::rename(p, &aside).map_err(CellError::io("set aside", p))?;
+                    undo.push(Undo::Restore {
+                        aside,
+                        to: p.to_path_buf(),
+                    });
+                }
+                Ok(())
+            };
+            match op {
+                Op::Remove(p) => {
+                    if std::fs::symlink_metadata(&p).is_ok() {
+                        set_aside(&p, undo)?;
+                        report.removed.push(p);
+                    }
+                }
+                Op::MkDir(p, mode) => {
+                    if !p.is_dir() {
+                        set_aside(&p, undo)?;
+                        std::fs::create_dir(&p).map_err(CellError::io("mkdir", &p))?;
+                        undo.push(Undo::RemoveDir(p.clone()));
+                        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+                        report.written.push(p);
+                    }
+                }
+                Op::Copy { from, to } => {
+                    let tmp = to.with_file_name(format!(
+                        ".{}.warren-apply",
+                        to.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    ));
+                    std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
+                    if let Ok(m) = std::fs::metadata(&to) {
+                        // Keep the owner of a file we replace (apply may run as root).
+                        let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
+                    }
+                    if let Err(e) = set_aside(&to, undo) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                    std::fs::rename(&tmp, &to).map_err(CellError::io("rename", &to))?;
+                    undo.push(Undo::RemoveFile(to.clone()));
+                    report.written.push(to);
+                }
+                Op::Symlink { target, at } => {
+                    set_aside(&at, undo)?;
+                    std::os::unix::fs::symlink(&target, &at)
+                        .map_err(CellError::io("symlink", &at))?;
+                    undo.push(Undo::RemoveFile(at.clone()));
+                    report.written.push(at);
                 }
             }
-            Op::MkDir(p, mode) => {
-                if !p.is_dir() {
-                    std::fs::create_dir_all(&p).map_err(CellError::io("mkdir", &p))?;
-                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
-                    report.written.push(p);
-                }
-            }
-            Op::Copy { from, to } => {
-                let tmp = to.with_file_name(format!(
-                    ".{}.warren-apply",
-                    to.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                ));
-                std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
-                if let Ok(m) = std::fs::metadata(&to) {
-                    // Keep the owner of a file we replace (apply may run as root).
-                    let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
-                }
-                std::fs::rename(&tmp, &to).map_err(CellError::io("rename", &to))?;
-                report.written.push(to);
-            }
-            Op::Symlink { target, at } => {
-                let _ = std::fs::remove_file(&at);
-                std::os::unix::fs::symlink(&target, &at).map_err(CellError::io("symlink", &at))?;
-                report.written.push(at);
-            }
+            Ok(())
+        };
+    let mut result = Ok(());
+    for (i, op) in plan.into_iter().enumerate() {
+        if fail_after == Some(i) {
+            result = Err(CellError::Spec("injected failure".into()));
+            break;
+        }
+        if let Err(e) = step(op, &mut undo, &mut report) {
+            result = Err(e);
+            break;
         }
     }
-    Ok(report)
+    match result {
+        Ok(()) => {
+            // Commit: drop what was set aside.
+            for u in undo {
+                if let Undo::Restore { aside, .. } = u {
+                    let _ = if aside.is_dir() && !aside.is_symlink() {
+                        std::fs::remove_dir_all(&aside)
+                    } else {
+                        std::fs::remove_file(&aside)
+                    };
+                }
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            for u in undo.into_iter().rev() {
+                let _ = match u {
+                    Undo::RemoveFile(p) => std::fs::remove_file(p),
+                    Undo::RemoveDir(p) => std::fs::remove_dir(p),
+                    Undo::Restore { aside, to } => std::fs::rename(aside, to),
+                };
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Delete a layer and everything in it.
@@ -447,6 +592,57 @@ mod tests {
         }
         discard(&layer).unwrap();
         assert!(!layer.root.exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    fn setup(name: &str) -> (PathBuf, PathBuf, CowLayer) {
+        let root = tmp(name);
+        let ws = root.join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(ws.join("a.txt"), "a0\n").unwrap();
+        std::fs::write(ws.join("b.txt"), "b0\n").unwrap();
+        let layer = CowLayer::at(&root, "c1");
+        std::fs::create_dir_all(&layer.upper).unwrap();
+        std::fs::create_dir_all(&layer.work).unwrap();
+        write_meta(&layer, &ws).unwrap();
+        std::fs::write(layer.upper.join("a.txt"), "a1\n").unwrap();
+        std::fs::write(layer.upper.join("b.txt"), "b1\n").unwrap();
+        std::fs::write(layer.upper.join("c.txt"), "c1\n").unwrap();
+        (root, ws, layer)
+    }
+
+    #[test]
+    fn apply_refuses_when_the_project_changed_underneath() {
+        let (root, ws, layer) = setup("conflict");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(ws.join("b.txt"), "edited by the developer meanwhile\n").unwrap();
+        let err = apply(&layer, &ws).unwrap_err().to_string();
+        assert!(
+            err.contains("b.txt") && err.contains("nothing was applied"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "a0\n");
+        assert!(!ws.join("c.txt").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_failure_mid_apply_leaves_the_project_as_it_was() {
+        let (root, ws, layer) = setup("rollback");
+        let err = apply_plan(&layer, &ws, Some(2)).unwrap_err().to_string();
+        assert!(err.contains("injected"), "{err}");
+        assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "a0\n");
+        assert_eq!(std::fs::read_to_string(ws.join("b.txt")).unwrap(), "b0\n");
+        assert!(!ws.join("c.txt").exists());
+        let names: Vec<_> = std::fs::read_dir(&ws)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "leftovers: {names:?}");
+        // And the same layer applies cleanly afterwards.
+        apply(&layer, &ws).unwrap();
+        assert_eq!(std::fs::read_to_string(ws.join("c.txt")).unwrap(), "c1\n");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

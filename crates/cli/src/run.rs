@@ -318,7 +318,9 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
     {
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {
-            return refuse("WARREN__LLM__CONTEXT_WINDOW must be a positive number of tokens".into());
+            return refuse(
+                "WARREN__LLM__CONTEXT_WINDOW must be a positive number of tokens".into(),
+            );
         }
         None => {
             warren_llm::catalog::Catalog::default()
