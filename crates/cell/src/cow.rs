@@ -406,7 +406,7 @@ fn apply_plan(
     }
     let mut report = ApplyReport::default();
     let mut undo: Vec<Undo> = Vec::new();
-    let mut step =
+    let step =
         |op: Op, undo: &mut Vec<Undo>, report: &mut ApplyReport| -> Result<(), CellError> {
             // Set an existing path aside (same directory: a rename, never a copy).
             let set_aside = |p: &Path, undo: &mut Vec<Undo>| -> Result<(), CellError> {
