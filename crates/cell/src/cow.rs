@@ -406,66 +406,64 @@ fn apply_plan(
     }
     let mut report = ApplyReport::default();
     let mut undo: Vec<Undo> = Vec::new();
-    let step =
-        |op: Op, undo: &mut Vec<Undo>, report: &mut ApplyReport| -> Result<(), CellError> {
-            // Set an existing path aside (same directory: a rename, never a copy).
-            let set_aside = |p: &Path, undo: &mut Vec<Undo>| -> Result<(), CellError> {
-                if std::fs::symlink_metadata(p).is_ok() {
-                    let aside = aside_name(p);
-                    std::fs::rename(p, &aside).map_err(CellError::io("set aside", p))?;
-                    undo.push(Undo::Restore {
-                        aside,
-                        to: p.to_path_buf(),
-                    });
-                }
-                Ok(())
-            };
-            match op {
-                Op::Remove(p) => {
-                    if std::fs::symlink_metadata(&p).is_ok() {
-                        set_aside(&p, undo)?;
-                        report.removed.push(p);
-                    }
-                }
-                Op::MkDir(p, mode) => {
-                    if !p.is_dir() {
-                        set_aside(&p, undo)?;
-                        std::fs::create_dir(&p).map_err(CellError::io("mkdir", &p))?;
-                        undo.push(Undo::RemoveDir(p.clone()));
-                        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
-                        report.written.push(p);
-                    }
-                }
-                Op::Copy { from, to } => {
-                    let tmp = to.with_file_name(format!(
-                        ".{}.warren-apply",
-                        to.file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default()
-                    ));
-                    std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
-                    if let Ok(m) = std::fs::metadata(&to) {
-                        // Keep the owner of a file we replace (apply may run as root).
-                        let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
-                    }
-                    if let Err(e) = set_aside(&to, undo) {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                    std::fs::rename(&tmp, &to).map_err(CellError::io("rename", &to))?;
-                    undo.push(Undo::RemoveFile(to.clone()));
-                    report.written.push(to);
-                }
-                Op::Symlink { target, at } => {
-                    set_aside(&at, undo)?;
-                    std::os::unix::fs::symlink(&target, &at)
-                        .map_err(CellError::io("symlink", &at))?;
-                    undo.push(Undo::RemoveFile(at.clone()));
-                    report.written.push(at);
-                }
+    let step = |op: Op, undo: &mut Vec<Undo>, report: &mut ApplyReport| -> Result<(), CellError> {
+        // Set an existing path aside (same directory: a rename, never a copy).
+        let set_aside = |p: &Path, undo: &mut Vec<Undo>| -> Result<(), CellError> {
+            if std::fs::symlink_metadata(p).is_ok() {
+                let aside = aside_name(p);
+                std::fs::rename(p, &aside).map_err(CellError::io("set aside", p))?;
+                undo.push(Undo::Restore {
+                    aside,
+                    to: p.to_path_buf(),
+                });
             }
             Ok(())
         };
+        match op {
+            Op::Remove(p) => {
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    set_aside(&p, undo)?;
+                    report.removed.push(p);
+                }
+            }
+            Op::MkDir(p, mode) => {
+                if !p.is_dir() {
+                    set_aside(&p, undo)?;
+                    std::fs::create_dir(&p).map_err(CellError::io("mkdir", &p))?;
+                    undo.push(Undo::RemoveDir(p.clone()));
+                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+                    report.written.push(p);
+                }
+            }
+            Op::Copy { from, to } => {
+                let tmp = to.with_file_name(format!(
+                    ".{}.warren-apply",
+                    to.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ));
+                std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
+                if let Ok(m) = std::fs::metadata(&to) {
+                    // Keep the owner of a file we replace (apply may run as root).
+                    let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
+                }
+                if let Err(e) = set_aside(&to, undo) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                std::fs::rename(&tmp, &to).map_err(CellError::io("rename", &to))?;
+                undo.push(Undo::RemoveFile(to.clone()));
+                report.written.push(to);
+            }
+            Op::Symlink { target, at } => {
+                set_aside(&at, undo)?;
+                std::os::unix::fs::symlink(&target, &at).map_err(CellError::io("symlink", &at))?;
+                undo.push(Undo::RemoveFile(at.clone()));
+                report.written.push(at);
+            }
+        }
+        Ok(())
+    };
     let mut result = Ok(());
     for (i, op) in plan.into_iter().enumerate() {
         if fail_after == Some(i) {

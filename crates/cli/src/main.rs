@@ -59,12 +59,89 @@ enum Command {
         /// Cell id.
         id: String,
     },
+    /// Show the effective configuration and where each value came from (secrets redacted).
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+    /// Create .warren/ with a commented config in the current directory.
+    Init,
     /// List cells whose changes are kept.
     Changes {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the effective configuration.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn config_show(json: bool) -> i32 {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    match warren_config::load(&cwd, home.as_deref(), &vars) {
+        Ok(l) if json => {
+            let v: serde_json::Map<String, serde_json::Value> = l
+                .values
+                .iter()
+                .map(|(k, (v, src))| {
+                    let value = if warren_config::is_secret(k) {
+                        serde_json::json!("<redacted>")
+                    } else {
+                        serde_json::to_value(v).unwrap_or_default()
+                    };
+                    (
+                        k.clone(),
+                        serde_json::json!({"value": value, "source": src.to_string()}),
+                    )
+                })
+                .collect();
+            println!("{}", serde_json::Value::Object(v));
+            0
+        }
+        Ok(l) => {
+            print!("{}", l.show());
+            0
+        }
+        Err(e) => {
+            eprintln!("warren: {e}");
+            1
+        }
+    }
+}
+
+fn init() -> i32 {
+    let dir = PathBuf::from(".warren");
+    let file = dir.join("config.toml");
+    if file.exists() {
+        eprintln!("warren: {} already exists; left as it is", file.display());
+        return 0;
+    }
+    match std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&file, warren_config::TEMPLATE))
+    {
+        Ok(()) => {
+            eprintln!(
+                "warren: created {} (every setting commented out; `warren config show` prints the effective values)",
+                file.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("warren: {}: {e}", file.display());
+            1
+        }
+    }
 }
 
 fn state_dir(flag: Option<PathBuf>) -> PathBuf {
@@ -111,6 +188,10 @@ fn main() -> ExitCode {
         Command::Apply { id } => exec::apply(&state, &id),
         Command::Discard { id } => exec::discard(&state, &id),
         Command::Changes { json } => exec::list_changes(&state, json),
+        Command::Config {
+            what: ConfigCommand::Show { json },
+        } => config_show(json),
+        Command::Init => init(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -28,15 +28,15 @@ pub struct RunArgs {
     /// Model name, passed through as is.
     #[arg(long, value_name = "M")]
     model: Option<String>,
-    /// At most this many model turns.
-    #[arg(long, value_name = "N", default_value_t = 30)]
-    max_turns: u32,
+    /// At most this many model turns (default 30, or `agent.max_turns`).
+    #[arg(long, value_name = "N")]
+    max_turns: Option<u32>,
     /// Stop once this many tokens were used.
     #[arg(long, value_name = "N")]
     budget_tokens: Option<u64>,
-    /// Stop after this long (e.g. 10m).
-    #[arg(long, value_name = "DUR", value_parser = crate::policy::parse_duration, default_value = "30m")]
-    timeout: Duration,
+    /// Stop after this long (e.g. 10m; default 30m, or `agent.timeout`).
+    #[arg(long, value_name = "DUR", value_parser = crate::policy::parse_duration)]
+    timeout: Option<Duration>,
     /// Apply the changes without asking.
     #[arg(long, conflicts_with = "no_apply")]
     apply: bool,
@@ -54,7 +54,20 @@ pub struct RunArgs {
     json: bool,
 }
 
-fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
+/// A configured value, unless it is only the built-in default.
+fn configured<'a>(loaded: &'a warren_config::Loaded, key: &str) -> Option<&'a toml::Value> {
+    loaded
+        .values
+        .get(key)
+        .filter(|(_, src)| *src != warren_config::Source::Default)
+        .map(|(v, _)| v)
+}
+
+fn provider_for(
+    a: &RunArgs,
+    loaded: &warren_config::Loaded,
+) -> Result<(Arc<dyn Provider>, String), String> {
+    let cfg = &loaded.config;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(path) = &a.replay {
         let replay = warren_llm::record::Replay::open(path).map_err(|e| e.to_string())?;
@@ -64,7 +77,8 @@ fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
             .unwrap_or_else(|| replay.first_model().unwrap_or_default());
         return Ok((Arc::new(replay), model));
     }
-    let kind = match a.provider.as_deref() {
+    let chosen = a.provider.clone().or_else(|| cfg.agent.provider.clone());
+    let kind = match chosen.as_deref() {
         Some("openai") => "openai",
         Some("anthropic") => "anthropic",
         Some(other) => {
@@ -72,22 +86,43 @@ fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
                 "unknown provider {other:?} (use openai or anthropic)"
             ));
         }
-        None if env("ANTHROPIC_API_KEY").is_some() => "anthropic",
+        None if env("ANTHROPIC_API_KEY").is_some()
+            || configured(loaded, "providers.anthropic.api_key").is_some() =>
+        {
+            "anthropic"
+        }
         None => "openai",
     };
-    let (config, default_model) = match kind {
+    let (mut config, default_model) = match kind {
         "anthropic" => (
             ProviderConfig::anthropic_from_env(env),
             "claude-sonnet-4-20250514",
         ),
         _ => (ProviderConfig::openai_from_env(env), "gpt-4o"),
     };
-    if config.api_key.is_none() && a.provider.is_none() {
-        return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), or use --replay FILE".to_owned());
+    // A configured URL or key beats the provider's usual variable, which beats the default.
+    if let Some(url) =
+        configured(loaded, &format!("providers.{kind}.base_url")).and_then(|v| v.as_str())
+    {
+        config.base_url = url.trim_end_matches('/').to_owned();
     }
-    let model = a.model.clone().unwrap_or_else(|| default_model.into());
-    let mut config = config;
-    tune(&mut config, env)?;
+    if let Some(key) =
+        configured(loaded, &format!("providers.{kind}.api_key")).and_then(|v| v.as_str())
+    {
+        config.api_key = Some(key.to_owned());
+    }
+    if let Some(n) = cfg.providers.get(kind).and_then(|p| p.max_concurrency) {
+        config.max_concurrency = n.clamp(1, 1024) as usize;
+    }
+    tune(&mut config, &cfg.llm)?;
+    if config.api_key.is_none() && chosen.is_none() {
+        return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), configure providers in .warren/config.toml, or use --replay FILE".to_owned());
+    }
+    let model = a
+        .model
+        .clone()
+        .or_else(|| cfg.agent.model.clone())
+        .unwrap_or_else(|| default_model.into());
     let built: Arc<dyn Provider> = match &a.record {
         None => warren_llm::build(config).map_err(|e| e.to_string())?,
         Some(path) => {
@@ -98,35 +133,22 @@ fn provider_for(a: &RunArgs) -> Result<(Arc<dyn Provider>, String), String> {
     Ok((built, model))
 }
 
-/// Reliability knobs from `WARREN__LLM__*` (the environment layer of Warren's configuration):
-/// `IDLE_TIMEOUT` and `RETRY_BASE` (durations), `MAX_ATTEMPTS`, `MAX_CONCURRENCY`.
-fn tune(config: &mut ProviderConfig, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-    let dur = |k: &str| -> Result<Option<Duration>, String> {
-        env(k)
-            .map(|v| crate::policy::parse_duration(&v).map_err(|e| format!("{k}: {e}")))
+/// Reliability settings of the `[llm]` section (also `WARREN__LLM__*`).
+fn tune(config: &mut ProviderConfig, llm: &warren_config::LlmSection) -> Result<(), String> {
+    let dur = |k: &str, v: &Option<String>| -> Result<Option<Duration>, String> {
+        v.as_deref()
+            .map(|v| crate::policy::parse_duration(v).map_err(|e| format!("llm.{k}: {e}")))
             .transpose()
     };
-    let num = |k: &str| -> Result<Option<u64>, String> {
-        env(k)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("{k}: {v:?} is not a number"))
-            })
-            .transpose()
-    };
-    if let Some(d) = dur("WARREN__LLM__IDLE_TIMEOUT")? {
+    if let Some(d) = dur("idle_timeout", &llm.idle_timeout)? {
         config.idle_timeout = d;
     }
-    if let Some(d) = dur("WARREN__LLM__RETRY_BASE")? {
+    if let Some(d) = dur("retry_base", &llm.retry_base)? {
         config.retry.base = d;
         config.retry.max_delay = config.retry.max_delay.max(d);
     }
-    if let Some(n) = num("WARREN__LLM__MAX_ATTEMPTS")? {
-        config.retry.max_attempts = n.clamp(1, 100) as u32;
-    }
-    if let Some(n) = num("WARREN__LLM__MAX_CONCURRENCY")? {
-        config.max_concurrency = n.clamp(1, 1024) as usize;
+    if let Some(n) = llm.max_attempts {
+        config.retry.max_attempts = n.clamp(1, 100);
     }
     Ok(())
 }
@@ -278,7 +300,14 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Ok(h) => h,
         Err(e) => return refuse(format!("workspace {}: {e}", ws.display())),
     };
-    let (provider, model) = match provider_for(&a) {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = match warren_config::load(&cwd, home.as_deref(), &vars) {
+        Ok(l) => l,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let (provider, model) = match provider_for(&a, &loaded) {
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
@@ -290,8 +319,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         mode: WorkspaceMode::Cow,
     });
     let identity = warren_cell::spec::resolve_identity(&spec);
-    let task_spec =
-        serde_json::json!({"id": id, "goal": a.goal, "model": model, "max_turns": a.max_turns});
+    let task_spec = serde_json::json!({"id": id, "goal": a.goal, "model": model});
     let dirs = match TaskDirs::create(state, &id, &task_spec, identity) {
         Ok(d) => d,
         Err(e) => return refuse(format!("task directory: {e}")),
@@ -312,28 +340,44 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
             host.display()
         );
     }
-    let context_window = match std::env::var("WARREN__LLM__CONTEXT_WINDOW")
-        .ok()
-        .map(|v| v.trim().parse::<u32>())
-    {
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            return refuse(
-                "WARREN__LLM__CONTEXT_WINDOW must be a positive number of tokens".into(),
-            );
-        }
-        None => {
-            warren_llm::catalog::Catalog::default()
-                .lookup(&model)
-                .context_window
-        }
+    let cfg = &loaded.config;
+    let overrides = cfg
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let base = warren_llm::catalog::Catalog::default().lookup(name);
+            let info = warren_llm::catalog::ModelInfo {
+                context_window: m.context_window.unwrap_or(base.context_window),
+                input_per_mtok: m.input_per_mtok.unwrap_or(base.input_per_mtok),
+                cached_input_per_mtok: m
+                    .cached_input_per_mtok
+                    .unwrap_or(base.cached_input_per_mtok),
+                output_per_mtok: m.output_per_mtok.unwrap_or(base.output_per_mtok),
+            };
+            (name.clone(), info)
+        })
+        .collect();
+    let catalog = warren_llm::catalog::Catalog::with_overrides(overrides);
+    let context_window = cfg
+        .llm
+        .context_window
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| catalog.lookup(&model).context_window);
+    let max_turns = a.max_turns.or(cfg.agent.max_turns).unwrap_or(30);
+    let timeout = match (a.timeout, cfg.agent.timeout.as_deref()) {
+        (Some(t), _) => t,
+        (None, Some(t)) => match crate::policy::parse_duration(t) {
+            Ok(t) => t,
+            Err(e) => return refuse(format!("agent.timeout: {e}")),
+        },
+        (None, None) => Duration::from_secs(30 * 60),
     };
     let config = AgentConfig {
         model,
         context_window,
-        max_turns: a.max_turns,
-        max_wall: a.timeout,
-        budget_tokens: a.budget_tokens,
+        max_turns,
+        max_wall: timeout,
+        budget_tokens: a.budget_tokens.or(cfg.agent.budget_tokens),
         ..AgentConfig::default()
     };
     let agent = Agent::new(

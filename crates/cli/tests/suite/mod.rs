@@ -1,4 +1,5 @@
 mod check;
+mod config;
 mod exec;
 mod kill;
 mod run;
