@@ -317,9 +317,11 @@ impl Agent {
                     .map(|v| (s.name, v))
             })
             .collect();
+        let mut tools = Tools::new(cell);
+        tools.logs = logs.clone();
         Agent {
             provider,
-            tools: Arc::new(Tools::new(cell)),
+            tools: Arc::new(tools),
             config,
             validators,
             logs,

@@ -118,6 +118,9 @@ pub struct Tools {
     cell: Arc<dyn Cell>,
     /// Characters of output the model sees per call.
     pub max_output_chars: usize,
+    /// Host directory the cell sees as `/logs`: shell output is appended to `stdout.log` and
+    /// `stderr.log` there, in full.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +187,7 @@ impl Tools {
         Tools {
             cell,
             max_output_chars: 16_000,
+            logs: None,
         }
     }
 
@@ -257,6 +261,23 @@ impl Tools {
         }
     }
 
+    fn append_logs(&self, command: &str, r: &Ran) {
+        use std::io::Write;
+        let Some(dir) = &self.logs else { return };
+        for (file, text) in [("stdout.log", &r.stdout), ("stderr.log", &r.stderr)] {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(file))
+            {
+                let _ = write!(f, "=== $ {command}\n{text}");
+                if !text.is_empty() && !text.ends_with('\n') {
+                    let _ = writeln!(f);
+                }
+            }
+        }
+    }
+
     fn shell(&self, a: Shell) -> ToolOutput {
         let r = self.run(
             &["/bin/sh", "-c", &a.command],
@@ -265,6 +286,7 @@ impl Tools {
             a.env.into_iter().collect(),
             a.timeout_secs.unwrap_or(SHELL_TIMEOUT_SECS),
         );
+        self.append_logs(&a.command, &r);
         if let Some(f) = r.failure {
             return ToolOutput::err(f);
         }

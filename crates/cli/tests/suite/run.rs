@@ -188,12 +188,12 @@ fn agent_writes_runs_and_finishes_then_the_diff_is_reviewed_and_applied() {
     let result =
         std::fs::read_to_string(s.path().join("tasks").join(&id).join("task/result.json")).unwrap();
     assert!(result.contains("hello.py prints a greeting"), "{result}");
+    let logs = s.path().join("tasks").join(&id).join("logs");
+    assert!(logs.join("events.jsonl").exists());
+    let out_log = std::fs::read_to_string(logs.join("stdout.log")).unwrap();
     assert!(
-        s.path()
-            .join("tasks")
-            .join(&id)
-            .join("logs/events.jsonl")
-            .exists()
+        out_log.contains("=== $ python3 hello.py; env") && out_log.contains("Hello from Warren!"),
+        "{out_log}"
     );
     let d = warren(s.path(), &["diff", &id]);
     assert!(
