@@ -190,12 +190,19 @@ pub struct Agent {
     logs: Option<PathBuf>,
 }
 
+/// The first two meaningful lines of a result, for progress views ("exit code 0 · Hello").
 fn first_line(s: &str) -> String {
-    let l = s.lines().next().unwrap_or_default();
+    let l = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--- std"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" · ");
     if l.chars().count() > 120 {
         l.chars().take(120).collect::<String>() + "…"
     } else {
-        l.to_owned()
+        l
     }
 }
 
