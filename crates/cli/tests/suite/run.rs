@@ -590,3 +590,63 @@ fn older_turns_are_summarized_under_a_small_window() {
     }
     assert!(next.len() < reqs[3].body["messages"].as_array().unwrap().len() + 2);
 }
+
+#[test]
+fn interrupt_stops_the_agent_kills_the_cell_and_keeps_the_changes() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let mock = MockLlm::start(vec![
+        turn(vec![call(
+            "c1",
+            "write_file",
+            serde_json::json!({"path": "partial.txt", "content": "work in progress"}),
+        )]),
+        turn(vec![call(
+            "c2",
+            "shell",
+            serde_json::json!({"command": "sleep 1000"}),
+        )]),
+    ])
+    .unwrap();
+    let child = std::process::Command::new(WARREN)
+        .args([
+            "run",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "x",
+        ])
+        .env("WARREN_STATE_DIR", s.path())
+        .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
+        .env("OPENAI_API_KEY", "sk-test")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the model's second turn (the long shell command) has been asked for and run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while mock.requests().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never reached its second turn"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending SIGINT to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted")
+            && err.contains("A partial.txt")
+            && err.contains("changes kept as"),
+        "{err}"
+    );
+    assert!(!ws.path().join("partial.txt").exists());
+}
