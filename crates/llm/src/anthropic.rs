@@ -148,13 +148,6 @@ impl Dialect for Anthropic {
     fn stream_state(&self) -> Box<dyn StreamState> {
         Box::new(AnthropicStream::default())
     }
-
-    fn error_message(&self, body: &str) -> String {
-        serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.chars().take(300).collect())
-    }
 }
 
 #[derive(Default)]

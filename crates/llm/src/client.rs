@@ -38,8 +38,14 @@ pub trait Dialect: Send + Sync + 'static {
     fn parse(&self, body: serde_json::Value) -> Result<ChatResponse, String>;
     /// State for a streaming answer.
     fn stream_state(&self) -> Box<dyn StreamState>;
-    /// The human message inside an error body.
-    fn error_message(&self, body: &str) -> String;
+    /// The human message inside an error body. Both wire formats put it at `error.message`;
+    /// anything else is shown as (the start of) the body.
+    fn error_message(&self, body: &str) -> String {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| body.chars().take(300).collect())
+    }
 }
 
 /// A provider speaking `D` over HTTP.

@@ -50,16 +50,22 @@ fn quickstart_script() -> Vec<Turn> {
     ]
 }
 
-fn run_with_mock(mock: &MockLlm, state: &std::path::Path, args: &[&str]) -> Output {
-    std::process::Command::new(WARREN)
-        .arg("run")
+/// `warren run ARGS…` against the mock (OpenAI wire format), with fast LLM retries.
+fn run_cmd(mock: &MockLlm, state: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(WARREN);
+    c.arg("run")
         .args(args)
         .env("WARREN_STATE_DIR", state)
         .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
         .env("OPENAI_API_KEY", "sk-test-key-must-not-leak")
-        .env_remove("ANTHROPIC_API_KEY")
-        .output()
-        .unwrap()
+        .env("WARREN__LLM__IDLE_TIMEOUT", "300ms")
+        .env("WARREN__LLM__RETRY_BASE", "10ms")
+        .env_remove("ANTHROPIC_API_KEY");
+    c
+}
+
+fn run_with_mock(mock: &MockLlm, state: &std::path::Path, args: &[&str]) -> Output {
+    run_cmd(mock, state, args).output().unwrap()
 }
 
 fn kept_id(err: &str) -> String {
@@ -436,9 +442,10 @@ fn every_injected_fault_is_survived_end_to_end() {
             serde_json::json!({"summary": "done"}),
         )]));
         let mock = MockLlm::start(script).unwrap();
-        let o = std::process::Command::new(WARREN)
-            .args([
-                "run",
+        let o = run_cmd(
+            &mock,
+            s.path(),
+            &[
                 "--workspace",
                 ws.path().to_str().unwrap(),
                 "--provider",
@@ -446,14 +453,10 @@ fn every_injected_fault_is_survived_end_to_end() {
                 "--apply",
                 "--json",
                 "x",
-            ])
-            .env("WARREN_STATE_DIR", s.path())
-            .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("WARREN__LLM__IDLE_TIMEOUT", "300ms")
-            .env("WARREN__LLM__RETRY_BASE", "10ms")
-            .output()
-            .unwrap();
+            ],
+        )
+        .output()
+        .unwrap();
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -533,9 +536,10 @@ fn older_turns_are_summarized_under_a_small_window() {
         serde_json::json!({"summary": "done"}),
     )]));
     let mock = MockLlm::start(script).unwrap();
-    let o = std::process::Command::new(WARREN)
-        .args([
-            "run",
+    let o = run_cmd(
+        &mock,
+        s.path(),
+        &[
             "--workspace",
             ws.path().to_str().unwrap(),
             "--provider",
@@ -543,13 +547,11 @@ fn older_turns_are_summarized_under_a_small_window() {
             "--no-apply",
             "--json",
             "Print big things",
-        ])
-        .env("WARREN_STATE_DIR", s.path())
-        .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("WARREN__LLM__CONTEXT_WINDOW", "1500")
-        .output()
-        .unwrap();
+        ],
+    )
+    .env("WARREN__LLM__CONTEXT_WINDOW", "1500")
+    .output()
+    .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("\"event\":\"summarized\""),
@@ -611,22 +613,21 @@ fn interrupt_stops_the_agent_kills_the_cell_and_keeps_the_changes() {
         )]),
     ])
     .unwrap();
-    let child = std::process::Command::new(WARREN)
-        .args([
-            "run",
+    let child = run_cmd(
+        &mock,
+        s.path(),
+        &[
             "--workspace",
             ws.path().to_str().unwrap(),
             "--provider",
             "openai",
             "x",
-        ])
-        .env("WARREN_STATE_DIR", s.path())
-        .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
-        .env("OPENAI_API_KEY", "sk-test")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .stdin(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     // Wait until the model's second turn (the long shell command) has been asked for and run.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while mock.requests().len() < 2 {
