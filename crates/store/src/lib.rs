@@ -1,0 +1,356 @@
+//! Warren's durable store: what must survive a crash of the daemon.
+//!
+//! - **Agents**: manifests, versioned per name (deploying again adds a version).
+//! - **Tasks**: `queued → running → awaiting_approval → succeeded | failed | cancelled |
+//!   interrupted`, with priority and attempts. Workers *claim* the next task under a lease;
+//!   a task whose lease expired (its daemon died) is recovered for resumption.
+//! - **Checkpoints**: every model turn and tool result, written *before* it is acted on, with
+//!   a per-task sequence number that makes writing the same step twice an error, not a
+//!   duplicate — so a resumed task can neither repeat nor lose a step.
+//! - **Events**: typed, append-only, with a global monotonic id (streams resume from an id).
+//! - **Artifacts**: named blobs of a task (result, diff).
+//!
+//! Everything is behind [`Store`]; [`sqlite::SqliteStore`] is the embedded default (WAL mode,
+//! versioned migrations). A PostgreSQL implementation for several nodes comes later.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A task's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker (under a lease).
+    Running,
+    /// Paused until a person approves or denies.
+    AwaitingApproval,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished unsuccessfully.
+    Failed,
+    /// Cancelled by a person or the scheduler.
+    Cancelled,
+    /// Could not be resumed after a crash; can be retried.
+    Interrupted,
+}
+
+impl TaskState {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::AwaitingApproval => "awaiting_approval",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => TaskState::Queued,
+            "running" => TaskState::Running,
+            "awaiting_approval" => TaskState::AwaitingApproval,
+            "succeeded" => TaskState::Succeeded,
+            "failed" => TaskState::Failed,
+            "cancelled" => TaskState::Cancelled,
+            "interrupted" => TaskState::Interrupted,
+            _ => return None,
+        })
+    }
+
+    /// Whether the task is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::Interrupted
+        )
+    }
+
+    /// The lifecycle's allowed moves. Retry (`interrupted|failed|cancelled → queued`) is a
+    /// move like any other, recorded with its reason.
+    pub fn can_move_to(self, to: TaskState) -> bool {
+        use TaskState::*;
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Running, AwaitingApproval)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Running, Interrupted)
+                | (Running, Queued)
+                | (AwaitingApproval, Running)
+                | (AwaitingApproval, Cancelled)
+                | (AwaitingApproval, Failed)
+                | (Interrupted, Queued)
+                | (Failed, Queued)
+                | (Cancelled, Queued)
+        )
+    }
+}
+
+/// A deployed agent manifest version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Agent name.
+    pub name: String,
+    /// 1, 2, … per name.
+    pub version: u32,
+    /// The manifest as deployed (YAML or JSON text).
+    pub manifest: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// A task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Id.
+    pub id: String,
+    /// Agent name.
+    pub agent: String,
+    /// Agent version it runs.
+    pub agent_version: u32,
+    /// The goal.
+    pub goal: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// State.
+    pub state: TaskState,
+    /// Times it was claimed.
+    pub attempts: u32,
+    /// Worker holding the lease, while running.
+    pub lease_owner: Option<String>,
+    /// Lease expiry (Unix ms), while running.
+    pub lease_until_ms: Option<i64>,
+    /// Why it last changed state, when given.
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// Unix milliseconds.
+    pub updated_ms: i64,
+}
+
+/// A new task.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    /// Id (the caller chooses it, so it can name the task's cell too).
+    pub id: String,
+    /// Agent name.
+    pub agent: String,
+    /// Agent version.
+    pub agent_version: u32,
+    /// Goal.
+    pub goal: String,
+    /// Priority (higher first).
+    pub priority: i32,
+}
+
+/// What a checkpoint records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// A model response, before its tool calls run.
+    ModelTurn,
+    /// A tool result, before it is given to the model.
+    ToolResult,
+}
+
+/// One step of a task, durable before it is acted on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Task.
+    pub task: String,
+    /// 0, 1, 2, … per task, no gaps.
+    pub seq: u64,
+    /// Kind.
+    pub kind: CheckpointKind,
+    /// The step's content.
+    pub payload: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Global, monotonic.
+    pub id: i64,
+    /// The task it concerns, if any.
+    pub task: Option<String>,
+    /// Event type, e.g. `task.state`.
+    pub kind: String,
+    /// Data.
+    pub payload: serde_json::Value,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Filter for listing tasks.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// At most this many (newest first).
+    pub limit: Option<u32>,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// No such record.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// Kind of record.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The lifecycle does not allow this move (or the task moved meanwhile).
+    #[error("task {id}: cannot move from {from:?} to {to:?}")]
+    InvalidTransition {
+        /// Task.
+        id: String,
+        /// Its state.
+        from: TaskState,
+        /// Requested state.
+        to: TaskState,
+    },
+    /// A checkpoint with this sequence number exists already (the step was recorded).
+    #[error("task {task}: checkpoint {seq} exists already")]
+    DuplicateCheckpoint {
+        /// Task.
+        task: String,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Sequence numbers must have no gaps.
+    #[error("task {task}: checkpoint {seq} out of order (next is {expected})")]
+    CheckpointGap {
+        /// Task.
+        task: String,
+        /// Given.
+        seq: u64,
+        /// Expected.
+        expected: u64,
+    },
+    /// Ids must be unique.
+    #[error("{what} {id} exists already")]
+    Exists {
+        /// Kind of record.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The worker does not hold the task's lease.
+    #[error("task {id}: lease not held by {worker}")]
+    LeaseLost {
+        /// Task.
+        id: String,
+        /// Worker.
+        worker: String,
+    },
+}
+
+/// Persistence for agents, tasks, checkpoints, events and artifacts.
+pub trait Store: Send + Sync {
+    /// Deploy a manifest: a new version of `name`.
+    fn put_agent(&self, name: &str, manifest: &str) -> Result<AgentRecord, StoreError>;
+    /// The latest (or a given) version.
+    fn get_agent(&self, name: &str, version: Option<u32>) -> Result<AgentRecord, StoreError>;
+    /// Latest version of every agent.
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Remove every version of `name`.
+    fn delete_agent(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Queue a task.
+    fn submit(&self, task: NewTask) -> Result<TaskRecord, StoreError>;
+    /// One task.
+    fn get_task(&self, id: &str) -> Result<TaskRecord, StoreError>;
+    /// Tasks, newest first.
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError>;
+    /// How many tasks are in `state`.
+    fn count(&self, state: TaskState) -> Result<u64, StoreError>;
+    /// Atomically take the next queued task (highest priority, then oldest) for `worker`.
+    fn claim(&self, worker: &str, lease: Duration) -> Result<Option<TaskRecord>, StoreError>;
+    /// Extend a lease; fails if the worker lost it.
+    fn renew(&self, id: &str, worker: &str, lease: Duration) -> Result<(), StoreError>;
+    /// Move a task if the lifecycle allows it from its current state.
+    fn transition(
+        &self,
+        id: &str,
+        to: TaskState,
+        reason: Option<&str>,
+    ) -> Result<TaskRecord, StoreError>;
+    /// Running tasks whose lease has expired (their worker died): back to `queued` so they
+    /// resume from their checkpoints. Returns their ids.
+    fn recover_expired(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Record a step before acting on it. `seq` must be the next number for the task.
+    fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// A task's steps in order.
+    fn checkpoints(&self, task: &str) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Append an event; returns its id.
+    fn append_event(
+        &self,
+        task: Option<&str>,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, StoreError>;
+    /// Events after `after` (optionally of one task), oldest first.
+    fn events_since(
+        &self,
+        task: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Store a named blob of a task (replacing an older one).
+    fn put_artifact(&self, task: &str, name: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// A named blob.
+    fn get_artifact(&self, task: &str, name: &str) -> Result<Vec<u8>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_roundtrip_and_terminal_states_only_leave_by_retry() {
+        use TaskState::*;
+        for s in [
+            Queued,
+            Running,
+            AwaitingApproval,
+            Succeeded,
+            Failed,
+            Cancelled,
+            Interrupted,
+        ] {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+        }
+        assert!(!Succeeded.can_move_to(Queued), "success is final");
+        for t in [Failed, Cancelled, Interrupted] {
+            assert!(t.can_move_to(Queued));
+            assert!(!t.can_move_to(Running));
+        }
+        assert!(!Queued.can_move_to(Succeeded));
+    }
+}

@@ -1,0 +1,660 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Durability: WAL with `synchronous=NORMAL` survives any crash of the process (a SIGKILLed
+//! daemon loses no committed transaction); a power loss may lose the last few. Every
+//! read-modify-write runs in a `BEGIN IMMEDIATE` transaction, so several processes sharing the
+//! file (a daemon and a CLI, or several workers) never double-claim a task or skip a step.
+//! Schema changes are numbered migrations tracked in `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    AgentRecord, Checkpoint, CheckpointKind, EventRecord, NewTask, Store, StoreError, TaskFilter,
+    TaskRecord, TaskState,
+};
+
+/// Numbered schema migrations; `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    agent_version INTEGER NOT NULL,
+    goal TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until_ms INTEGER,
+    reason TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX tasks_queue ON tasks (state, priority DESC, created_ms);
+CREATE INDEX tasks_agent ON tasks (agent, created_ms);
+CREATE TABLE checkpoints (
+    task TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (task, seq)
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX events_task ON events (task, id);
+CREATE TABLE artifacts (
+    task TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (task, name)
+);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// A store in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms";
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let state: String = r.get(5)?;
+    Ok(TaskRecord {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        agent_version: r.get(2)?,
+        goal: r.get(3)?,
+        priority: r.get(4)?,
+        state: TaskState::parse(&state).unwrap_or(TaskState::Interrupted),
+        attempts: r.get(6)?,
+        lease_owner: r.get(7)?,
+        lease_until_ms: r.get(8)?,
+        reason: r.get(9)?,
+        created_ms: r.get(10)?,
+        updated_ms: r.get(11)?,
+    })
+}
+
+fn kind_str(k: CheckpointKind) -> &'static str {
+    match k {
+        CheckpointKind::ModelTurn => "model_turn",
+        CheckpointKind::ToolResult => "tool_result",
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        if mode != "wal" {
+            return Err(StoreError::Db(format!(
+                "could not enable WAL mode (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            .map_err(db)?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let current: u32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::Db(format!(
+                "the store is at schema version {current}, newer than this build ({SCHEMA_VERSION}); upgrade Warren"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql).map_err(db)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// The schema version of the open file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)
+    }
+
+    /// The journal mode of the open file (`wal`).
+    pub fn journal_mode(&self) -> Result<String, StoreError> {
+        self.lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db)
+    }
+}
+
+fn event_tx(
+    tx: &rusqlite::Transaction<'_>,
+    task: Option<&str>,
+    kind: &str,
+    payload: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    tx.execute(
+        "INSERT INTO events (task, kind, payload, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![task, kind, payload.to_string(), now_ms()],
+    )
+    .map_err(db)?;
+    Ok(tx.last_insert_rowid())
+}
+
+impl Store for SqliteStore {
+    fn put_agent(&self, name: &str, manifest: &str) -> Result<AgentRecord, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let version: u32 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM agents WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let created_ms = now_ms();
+        tx.execute(
+            "INSERT INTO agents (name, version, manifest, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, version, manifest, created_ms],
+        )
+        .map_err(db)?;
+        event_tx(
+            &tx,
+            None,
+            "agent.deployed",
+            &serde_json::json!({"name": name, "version": version}),
+        )?;
+        tx.commit().map_err(db)?;
+        Ok(AgentRecord {
+            name: name.into(),
+            version,
+            manifest: manifest.into(),
+            created_ms,
+        })
+    }
+
+    fn get_agent(&self, name: &str, version: Option<u32>) -> Result<AgentRecord, StoreError> {
+        let conn = self.lock();
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(AgentRecord {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                manifest: r.get(2)?,
+                created_ms: r.get(3)?,
+            })
+        };
+        let found = match version {
+            Some(v) => conn
+                .query_row("SELECT name, version, manifest, created_ms FROM agents WHERE name = ?1 AND version = ?2", params![name, v], row)
+                .optional(),
+            None => conn
+                .query_row(
+                    "SELECT name, version, manifest, created_ms FROM agents WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                    [name],
+                    row,
+                )
+                .optional(),
+        }
+        .map_err(db)?;
+        found.ok_or_else(|| StoreError::NotFound {
+            what: "agent",
+            id: name.into(),
+        })
+    }
+
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(
+                "SELECT name, version, manifest, created_ms FROM agents a \
+                 WHERE version = (SELECT MAX(version) FROM agents b WHERE b.name = a.name) ORDER BY name",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(AgentRecord {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    manifest: r.get(2)?,
+                    created_ms: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn delete_agent(&self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM agents WHERE name = ?1", [name])
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                id: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn submit(&self, t: NewTask) -> Result<TaskRecord, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let now = now_ms();
+        let inserted = tx.execute(
+            "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+            params![t.id, t.agent, t.agent_version, t.goal, t.priority, now],
+        );
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::Exists {
+                    what: "task",
+                    id: t.id,
+                });
+            }
+            r => r.map_err(db)?,
+        };
+        event_tx(
+            &tx,
+            Some(&t.id),
+            "task.state",
+            &serde_json::json!({"to": "queued"}),
+        )?;
+        let rec = tx
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                [&t.id],
+                task_row,
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(rec)
+    }
+
+    fn get_task(&self, id: &str) -> Result<TaskRecord, StoreError> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                [id],
+                task_row,
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "task",
+                id: id.into(),
+            })
+    }
+
+    fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR agent = ?2) \
+                 ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![
+                    f.state.map(TaskState::as_str),
+                    f.agent,
+                    f.limit.unwrap_or(1000)
+                ],
+                task_row,
+            )
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn count(&self, state: TaskState) -> Result<u64, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM tasks WHERE state = ?1",
+                [state.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(db)
+    }
+
+    fn claim(&self, worker: &str, lease: Duration) -> Result<Option<TaskRecord>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let next: Option<String> = tx
+            .query_row(
+                "SELECT id FROM tasks WHERE state = 'queued' ORDER BY priority DESC, created_ms, rowid LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(id) = next else { return Ok(None) };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+            params![id, worker, now + lease.as_millis() as i64, now],
+        )
+        .map_err(db)?;
+        event_tx(
+            &tx,
+            Some(&id),
+            "task.state",
+            &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
+        )?;
+        let rec = tx
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                [&id],
+                task_row,
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(rec))
+    }
+
+    fn renew(&self, id: &str, worker: &str, lease: Duration) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE tasks SET lease_until_ms = ?3 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+                params![id, worker, now_ms() + lease.as_millis() as i64],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::LeaseLost {
+                id: id.into(),
+                worker: worker.into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        to: TaskState,
+        reason: Option<&str>,
+    ) -> Result<TaskRecord, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let from: Option<String> = tx
+            .query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        let from = from.ok_or_else(|| StoreError::NotFound {
+            what: "task",
+            id: id.into(),
+        })?;
+        let from = TaskState::parse(&from).unwrap_or(TaskState::Interrupted);
+        if !from.can_move_to(to) {
+            return Err(StoreError::InvalidTransition {
+                id: id.into(),
+                from,
+                to,
+            });
+        }
+        let keep_lease = to == TaskState::Running || to == TaskState::AwaitingApproval;
+        tx.execute(
+            "UPDATE tasks SET state = ?2, reason = ?3, updated_ms = ?4, \
+             lease_owner = CASE WHEN ?5 THEN lease_owner ELSE NULL END, \
+             lease_until_ms = CASE WHEN ?5 THEN lease_until_ms ELSE NULL END WHERE id = ?1",
+            params![id, to.as_str(), reason, now_ms(), keep_lease],
+        )
+        .map_err(db)?;
+        event_tx(
+            &tx,
+            Some(id),
+            "task.state",
+            &serde_json::json!({"from": from.as_str(), "to": to.as_str(), "reason": reason}),
+        )?;
+        let rec = tx
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                [id],
+                task_row,
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(rec)
+    }
+
+    fn recover_expired(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let ids: Vec<String> = {
+            let mut st = tx
+                .prepare("SELECT id FROM tasks WHERE state = 'running' AND lease_until_ms < ?1 ORDER BY rowid")
+                .map_err(db)?;
+            let rows = st.query_map([now_ms()], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)?
+        };
+        for id in &ids {
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, \
+                 reason = 'lease expired: its worker stopped; resuming from checkpoints', updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )
+            .map_err(db)?;
+            event_tx(
+                &tx,
+                Some(id),
+                "task.state",
+                &serde_json::json!({"from": "running", "to": "queued", "reason": "lease expired"}),
+            )?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
+
+    fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)",
+                [&cp.task],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !exists {
+            return Err(StoreError::NotFound {
+                what: "task",
+                id: cp.task.clone(),
+            });
+        }
+        let expected = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM checkpoints WHERE task = ?1",
+                [&cp.task],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db)?
+            .max(0) as u64;
+        if cp.seq < expected {
+            return Err(StoreError::DuplicateCheckpoint {
+                task: cp.task.clone(),
+                seq: cp.seq,
+            });
+        }
+        if cp.seq > expected {
+            return Err(StoreError::CheckpointGap {
+                task: cp.task.clone(),
+                seq: cp.seq,
+                expected,
+            });
+        }
+        tx.execute(
+            "INSERT INTO checkpoints (task, seq, kind, payload) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                cp.task,
+                cp.seq as i64,
+                kind_str(cp.kind),
+                cp.payload.to_string()
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn checkpoints(&self, task: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(
+                "SELECT task, seq, kind, payload FROM checkpoints WHERE task = ?1 ORDER BY seq",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([task], |r| {
+                let kind: String = r.get(2)?;
+                let payload: String = r.get(3)?;
+                Ok(Checkpoint {
+                    task: r.get(0)?,
+                    seq: r.get::<_, i64>(1)?.max(0) as u64,
+                    kind: if kind == "model_turn" {
+                        CheckpointKind::ModelTurn
+                    } else {
+                        CheckpointKind::ToolResult
+                    },
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn append_event(
+        &self,
+        task: Option<&str>,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let id = event_tx(&tx, task, kind, payload)?;
+        tx.commit().map_err(db)?;
+        Ok(id)
+    }
+
+    fn events_since(
+        &self,
+        task: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare("SELECT id, task, kind, payload, at_ms FROM events WHERE id > ?1 AND (?2 IS NULL OR task = ?2) ORDER BY id LIMIT ?3")
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![after, task, limit], |r| {
+                let payload: String = r.get(3)?;
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    task: r.get(1)?,
+                    kind: r.get(2)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                    at_ms: r.get(4)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn put_artifact(&self, task: &str, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO artifacts (task, name, data) VALUES (?1, ?2, ?3)",
+                params![task, name, data],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::NotFound {
+                        what: "task",
+                        id: task.into(),
+                    }
+                }
+                e => db(e),
+            })
+            .map(drop)
+    }
+
+    fn get_artifact(&self, task: &str, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT data FROM artifacts WHERE task = ?1 AND name = ?2",
+                params![task, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "artifact",
+                id: format!("{task}/{name}"),
+            })
+    }
+}
