@@ -179,10 +179,150 @@ pub enum AgentError {
     /// Writing the task's logs failed.
     #[error("task logs: {0}")]
     Logs(String),
+    /// The journal could not be read or written (the task cannot continue durably).
+    #[error("task journal: {0}")]
+    Journal(String),
+}
+
+/// One durable step of a task, written before it is acted on (see [`Journal`]).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// A model response, recorded before its tool calls run.
+    Model {
+        /// The response.
+        response: warren_llm::ChatResponse,
+    },
+    /// Older turns were replaced by this summary.
+    Summary {
+        /// Messages replaced (after the goal).
+        replaced: usize,
+        /// The summary text.
+        text: String,
+    },
+    /// A tool that changes things is about to run (a crash now leaves its effect unknown).
+    ToolStarted {
+        /// The call.
+        call_id: String,
+    },
+    /// A tool's result, recorded before the model sees it.
+    Tool {
+        /// The call.
+        call_id: String,
+        /// What the model is told.
+        content: String,
+        /// Failed?
+        is_error: bool,
+        /// Set by `finish`.
+        finished: Option<Value>,
+    },
+}
+
+/// Where a task's steps are made durable (the store's checkpoints, in the daemon). A task
+/// resumed with its journal replays the recorded steps — recorded model turns are not paid
+/// for again and completed tool calls are not run again — then continues live.
+pub trait Journal: Send + Sync {
+    /// The steps recorded so far, in order.
+    fn load(&self) -> Result<Vec<Step>, String>;
+    /// Record step number `seq` (0, 1, 2, …) durably before returning.
+    fn record(&self, seq: u64, step: &Step) -> Result<(), String>;
+}
+
+/// Replays recorded steps, then records new ones.
+struct Replayer {
+    recorded: std::collections::VecDeque<Step>,
+    journal: Option<Arc<dyn Journal>>,
+    seq: u64,
+}
+
+impl Replayer {
+    fn peek(&self) -> Option<&Step> {
+        self.recorded.front()
+    }
+    fn pop(&mut self) -> Option<Step> {
+        let s = self.recorded.pop_front();
+        if s.is_some() {
+            self.seq += 1;
+        }
+        s
+    }
+    fn live(&self) -> bool {
+        self.recorded.is_empty()
+    }
+    fn record(&mut self, step: Step) -> Result<(), AgentError> {
+        if let Some(j) = &self.journal {
+            j.record(self.seq, &step).map_err(AgentError::Journal)?;
+        }
+        self.seq += 1;
+        Ok(())
+    }
+    /// The recorded result of `call_id`, if this call was recorded (consuming it). A call that
+    /// was started but has no result was interrupted: its effect is unknown.
+    fn tool(&mut self, call_id: &str) -> Result<Option<ToolOutput>, AgentError> {
+        match self.peek() {
+            Some(Step::ToolStarted { call_id: c }) if c == call_id => {
+                self.pop();
+                if let Some(Step::Tool { call_id: c, .. }) = self.peek()
+                    && c == call_id
+                {
+                    return Ok(self.pop().and_then(step_output));
+                }
+                let out = ToolOutput {
+                    content: "this tool call was interrupted by a restart of Warren while it ran; its effect is unknown. Check the current state before repeating it.".into(),
+                    is_error: true,
+                    full: None,
+                    finished: None,
+                };
+                self.record(Step::Tool {
+                    call_id: call_id.into(),
+                    content: out.content.clone(),
+                    is_error: true,
+                    finished: None,
+                })?;
+                Ok(Some(out))
+            }
+            Some(Step::Tool { call_id: c, .. }) if c == call_id => {
+                Ok(self.pop().and_then(step_output))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn step_output(s: Step) -> Option<ToolOutput> {
+    match s {
+        Step::Tool {
+            content,
+            is_error,
+            finished,
+            ..
+        } => Some(ToolOutput {
+            content,
+            is_error,
+            full: None,
+            finished,
+        }),
+        _ => None,
+    }
+}
+
+fn apply_summary(messages: &mut Vec<Message>, replaced: usize, text: &str) {
+    let goal = match messages.first() {
+        Some(Message::User { content }) => content.clone(),
+        _ => String::new(),
+    };
+    let head = Message::User {
+        content: format!(
+            "{goal}\n\nSummary of the work so far (older turns were condensed):\n{text}"
+        ),
+    };
+    let end = (replaced + 1).min(messages.len());
+    messages.splice(0..end, [head]);
 }
 
 /// One agent working on one task in one cell.
 pub struct Agent {
+    journal: Option<Arc<dyn Journal>>,
     provider: Arc<dyn Provider>,
     tools: Arc<Tools>,
     config: AgentConfig,
@@ -265,13 +405,13 @@ impl Agent {
         specs: &[warren_llm::ToolSpec],
         total: &mut Usage,
         emit: &mut (dyn FnMut(AgentEvent) + Send),
-    ) -> Result<(), AgentError> {
+    ) -> Result<Option<(usize, String)>, AgentError> {
         let before = estimate_tokens(&self.config.system_prompt, specs, messages);
         if (before as f64) < self.config.summarize_at * f64::from(self.config.context_window) {
-            return Ok(());
+            return Ok(None);
         }
         let Some(split) = summary_split(messages, self.config.keep_recent) else {
-            return Ok(());
+            return Ok(None);
         };
         let request = ChatRequest {
             model: self.config.model.clone(),
@@ -287,25 +427,21 @@ impl Agent {
         let mut ignore = |_e: StreamEvent| {};
         let response = self.provider.chat(&request, &mut ignore).await?;
         *total = total.plus(response.usage);
-        let goal = match &messages[0] {
-            Message::User { content } => content.clone(),
-            _ => String::new(),
-        };
-        let head = Message::User {
-            content: format!(
-                "{goal}\n\nSummary of the work so far (older turns were condensed):\n{}",
-                response.text
-            ),
-        };
         let replaced = split - 1;
-        messages.splice(0..split, [head]);
+        apply_summary(messages, replaced, &response.text);
         let after = estimate_tokens(&self.config.system_prompt, specs, messages);
         emit(AgentEvent::Summarized {
             replaced,
             tokens_before: before,
             tokens_after: after,
         });
-        Ok(())
+        Ok(Some((replaced, response.text)))
+    }
+
+    /// Make every step durable in `journal` before acting on it, and resume from what it holds.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// An agent using `provider`, acting in `cell`; full tool outputs go to `logs` (the host
@@ -327,6 +463,7 @@ impl Agent {
         let mut tools = Tools::new(cell);
         tools.logs = logs.clone();
         Agent {
+            journal: None,
             provider,
             tools: Arc::new(tools),
             config,
@@ -395,6 +532,15 @@ impl Agent {
         };
         let started = Instant::now();
         let specs = tools::specs();
+        let recorded = match &self.journal {
+            Some(j) => j.load().map_err(AgentError::Journal)?,
+            None => Vec::new(),
+        };
+        let mut rep = Replayer {
+            recorded: recorded.into(),
+            journal: self.journal.clone(),
+            seq: 0,
+        };
         let mut messages = vec![Message::User {
             content: goal.to_owned(),
         }];
@@ -430,8 +576,16 @@ impl Agent {
                     &mut emit,
                 );
             }
-            self.maybe_summarize(&mut messages, &specs, &mut total, &mut emit)
-                .await?;
+            if let Some(Step::Summary { replaced, text }) = rep.peek().cloned() {
+                rep.pop();
+                apply_summary(&mut messages, replaced, &text);
+            } else if rep.live()
+                && let Some((replaced, text)) = self
+                    .maybe_summarize(&mut messages, &specs, &mut total, &mut emit)
+                    .await?
+            {
+                rep.record(Step::Summary { replaced, text })?;
+            }
             emit(AgentEvent::Turn { turn });
             let request = ChatRequest {
                 model: self.config.model.clone(),
@@ -447,7 +601,29 @@ impl Agent {
                 StreamEvent::Restart { reason, .. } => emit(AgentEvent::Restart { reason }),
                 StreamEvent::ToolCallStarted { .. } => {}
             };
-            let response = self.provider.chat(&request, &mut sink).await?;
+            // A recorded turn is not paid for again; a new one is durable before it is acted on.
+            let response = match rep.peek() {
+                Some(Step::Model { .. }) => match rep.pop() {
+                    Some(Step::Model { response }) => response,
+                    _ => {
+                        return Err(AgentError::Journal(
+                            "journal changed while replaying".into(),
+                        ));
+                    }
+                },
+                Some(other) => {
+                    return Err(AgentError::Journal(format!(
+                        "journal out of step: expected a model turn, found {other:?}"
+                    )));
+                }
+                None => {
+                    let r = self.provider.chat(&request, &mut sink).await?;
+                    rep.record(Step::Model {
+                        response: r.clone(),
+                    })?;
+                    r
+                }
+            };
             total = total.plus(response.usage);
             emit(AgentEvent::Usage {
                 turn: response.usage,
@@ -488,33 +664,45 @@ impl Agent {
                     arguments: c.arguments.clone(),
                 });
             }
-            let all_read_only = checked
+            // Results recorded before a restart are reused; only the rest run now.
+            let mut outputs: Vec<Option<ToolOutput>> = Vec::with_capacity(checked.len());
+            for (c, _) in &checked {
+                outputs.push(rep.tool(&c.id)?);
+            }
+            let live: Vec<bool> = outputs.iter().map(Option::is_none).collect();
+            let pending: Vec<usize> = (0..checked.len()).filter(|&i| live[i]).collect();
+            let panicked = |e: tokio::task::JoinError| ToolOutput {
+                content: format!("tool panicked: {e}"),
+                is_error: true,
+                full: None,
+                finished: None,
+            };
+            let all_read_only = pending
                 .iter()
-                .all(|(c, a)| a.is_ok() && tools::read_only(&c.name));
-            let mut outputs: Vec<ToolOutput> = Vec::with_capacity(checked.len());
-            if all_read_only && checked.len() > 1 {
-                let handles: Vec<_> = checked
+                .all(|&i| checked[i].1.is_ok() && tools::read_only(&checked[i].0.name));
+            if all_read_only && pending.len() > 1 {
+                let handles: Vec<_> = pending
                     .iter()
-                    .map(|(c, a)| {
+                    .map(|&i| {
+                        let (c, a) = &checked[i];
                         let (tools, name, args) = (
                             Arc::clone(&self.tools),
                             c.name.clone(),
                             a.clone().unwrap_or_default(),
                         );
-                        tokio::task::spawn_blocking(move || tools.call(&name, &args))
+                        (
+                            i,
+                            tokio::task::spawn_blocking(move || tools.call(&name, &args)),
+                        )
                     })
                     .collect();
-                for h in handles {
-                    outputs.push(h.await.unwrap_or_else(|e| ToolOutput {
-                        content: format!("tool panicked: {e}"),
-                        is_error: true,
-                        full: None,
-                        finished: None,
-                    }));
+                for (i, h) in handles {
+                    outputs[i] = Some(h.await.unwrap_or_else(panicked));
                 }
             } else {
-                for (c, a) in &checked {
-                    outputs.push(match a {
+                for &i in &pending {
+                    let (c, a) = &checked[i];
+                    outputs[i] = Some(match a {
                         Err(msg) => ToolOutput {
                             content: msg.clone(),
                             is_error: true,
@@ -522,23 +710,38 @@ impl Agent {
                             finished: None,
                         },
                         Ok(args) => {
+                            // A tool that changes things leaves a mark first: after a crash, its
+                            // effect is reported as unknown instead of being repeated.
+                            if !tools::read_only(&c.name) {
+                                rep.record(Step::ToolStarted {
+                                    call_id: c.id.clone(),
+                                })?;
+                            }
                             let (tools, name, args) =
                                 (Arc::clone(&self.tools), c.name.clone(), args.clone());
                             tokio::task::spawn_blocking(move || tools.call(&name, &args))
                                 .await
-                                .unwrap_or_else(|e| ToolOutput {
-                                    content: format!("tool panicked: {e}"),
-                                    is_error: true,
-                                    full: None,
-                                    finished: None,
-                                })
+                                .unwrap_or_else(panicked)
                         }
                     });
                 }
             }
+            let outputs: Vec<ToolOutput> = outputs
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| ToolOutput {
+                        content: "internal error: no result".into(),
+                        is_error: true,
+                        full: None,
+                        finished: None,
+                    })
+                })
+                .collect();
 
             let mut finished = None;
-            for (i, ((call, _), mut out)) in checked.into_iter().zip(outputs).enumerate() {
+            for (i, (((call, _), mut out), is_live)) in
+                checked.into_iter().zip(outputs).zip(live).enumerate()
+            {
                 let chars = out
                     .full
                     .as_ref()
@@ -579,6 +782,15 @@ impl Agent {
                 }
                 if out.finished.is_some() {
                     finished = out.finished.clone();
+                }
+                if is_live {
+                    // Durable before the model sees it.
+                    rep.record(Step::Tool {
+                        call_id: call.id.clone(),
+                        content: out.content.clone(),
+                        is_error: out.is_error,
+                        finished: out.finished.clone(),
+                    })?;
                 }
                 messages.push(Message::Tool {
                     call_id: call.id.clone(),

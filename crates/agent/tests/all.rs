@@ -1,0 +1,360 @@
+//! Durable execution of the agent loop: a task resumed from its journal repeats nothing.
+//!
+//! The cell is a recording fake (the OS seam), the model a scripted in-process provider that
+//! can "crash" at a chosen call, and the journal the real SQLite store's checkpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use warren_agent::{Agent, AgentConfig, Journal, Outcome, Step};
+use warren_cell::{Cell, CellError, ExecOutcome, ExecSpec, OutputSink, Tier};
+use warren_llm::{
+    ChatRequest, ChatResponse, EventSink, LlmError, Provider, StopReason, ToolCall, Usage,
+};
+use warren_store::sqlite::SqliteStore;
+use warren_store::{Checkpoint, CheckpointKind, NewTask, Store};
+
+/// Records every command; emulates `sh -c`, `cat` and the write helper over an in-memory map.
+#[derive(Default)]
+struct FakeCell {
+    ran: Mutex<Vec<String>>,
+    files: Mutex<HashMap<String, String>>,
+}
+
+impl FakeCell {
+    fn count(&self, needle: &str) -> usize {
+        self.ran
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.contains(needle))
+            .count()
+    }
+}
+
+impl Cell for FakeCell {
+    fn id(&self) -> &str {
+        "fake"
+    }
+    fn tier(&self) -> Tier {
+        Tier::Process
+    }
+    fn exec(
+        &self,
+        spec: &ExecSpec,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutcome, CellError> {
+        let argv = spec.argv.join(" ");
+        self.ran.lock().unwrap().push(argv.clone());
+        let mut code = 0;
+        match spec.argv.as_slice() {
+            [sh, c, script, _, path]
+                if sh == "/bin/sh" && c == "-c" && script.contains("cat >") =>
+            {
+                let mut data = String::new();
+                if let Some(mut s) = stdin {
+                    s.read_to_string(&mut data).unwrap();
+                }
+                self.files.lock().unwrap().insert(path.clone(), data);
+            }
+            [sh, c, cmd] if sh == "/bin/sh" && c == "-c" => {
+                sink.stdout(format!("ran {cmd}\n").as_bytes())
+            }
+            [cat, _, path] if cat == "/bin/cat" => match self.files.lock().unwrap().get(path) {
+                Some(t) => sink.stdout(t.as_bytes()),
+                None => code = 1,
+            },
+            _ => code = 127,
+        }
+        Ok(ExecOutcome {
+            exit: warren_cell::ExitInfo {
+                code: Some(code),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+    fn set_env(&self, _vars: Vec<(String, Option<String>)>) -> Result<(), CellError> {
+        Ok(())
+    }
+    fn chdir(&self, _path: &str) -> Result<(), CellError> {
+        Ok(())
+    }
+    fn max_output_bytes(&self) -> u64 {
+        1 << 20
+    }
+    fn kill(&mut self) {}
+}
+
+/// Answers from a script; fails ("the daemon died") at call `crash_at`.
+struct Scripted {
+    turns: Vec<Vec<ToolCall>>,
+    crash_at: Option<usize>,
+    requests: Mutex<Vec<ChatRequest>>,
+}
+
+#[async_trait::async_trait]
+impl Provider for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn chat(&self, r: &ChatRequest, _e: EventSink<'_>) -> Result<ChatResponse, LlmError> {
+        let n = {
+            let mut reqs = self.requests.lock().unwrap();
+            reqs.push(r.clone());
+            reqs.len() - 1
+        };
+        if self.crash_at == Some(n) {
+            return Err(LlmError::Transport {
+                provider: "scripted".into(),
+                message: "crash".into(),
+            });
+        }
+        let calls = self.turns.get(n).cloned().unwrap_or_default();
+        Ok(ChatResponse {
+            text: String::new(),
+            tool_calls: calls,
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 1,
+                cached_input_tokens: 0,
+            },
+            stop_reason: StopReason::ToolUse,
+        })
+    }
+}
+
+fn call(id: &str, name: &str, args: serde_json::Value) -> ToolCall {
+    ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.to_string(),
+    }
+}
+
+/// The store's checkpoints as the agent's journal (what the daemon will use).
+struct StoreJournal {
+    store: Arc<SqliteStore>,
+    task: String,
+}
+
+impl Journal for StoreJournal {
+    fn load(&self) -> Result<Vec<Step>, String> {
+        let cps = self
+            .store
+            .checkpoints(&self.task)
+            .map_err(|e| e.to_string())?;
+        cps.into_iter()
+            .map(|c| serde_json::from_value(c.payload).map_err(|e| e.to_string()))
+            .collect()
+    }
+    fn record(&self, seq: u64, step: &Step) -> Result<(), String> {
+        let kind = if matches!(step, Step::Model { .. } | Step::Summary { .. }) {
+            CheckpointKind::ModelTurn
+        } else {
+            CheckpointKind::ToolResult
+        };
+        let payload = serde_json::to_value(step).map_err(|e| e.to_string())?;
+        self.store
+            .checkpoint(&Checkpoint {
+                task: self.task.clone(),
+                seq,
+                kind,
+                payload,
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn store(name: &str) -> (Arc<SqliteStore>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("warren-agent-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = Arc::new(SqliteStore::open(&dir.join("w.db")).unwrap());
+    s.submit(NewTask {
+        id: "t".into(),
+        agent: "a".into(),
+        agent_version: 1,
+        goal: "g".into(),
+        priority: 0,
+    })
+    .unwrap();
+    (s, dir)
+}
+
+fn run(agent: &Agent) -> Result<warren_agent::Report, warren_agent::AgentError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(agent.run("do three things", &mut |_e| {}))
+}
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        model: "m".into(),
+        max_wall: Duration::from_secs(60),
+        ..AgentConfig::default()
+    }
+}
+
+#[test]
+fn a_task_resumed_after_a_crash_repeats_no_step() {
+    let (s, dir) = store("resume");
+    let journal = Arc::new(StoreJournal {
+        store: s.clone(),
+        task: "t".into(),
+    });
+    let cell = Arc::new(FakeCell::default());
+    let turns = vec![
+        vec![call("c1", "shell", json!({"command": "echo one"}))],
+        vec![call(
+            "c2",
+            "write_file",
+            json!({"path": "a.txt", "content": "two"}),
+        )],
+        vec![call("c3", "finish", json!({"summary": "done"}))],
+    ];
+    // First life: the model call of turn 2 "crashes the daemon".
+    let p1 = Arc::new(Scripted {
+        turns: turns.clone(),
+        crash_at: Some(1),
+        requests: Mutex::default(),
+    });
+    let a1 = Agent::new(p1.clone(), cell.clone(), config(), None).with_journal(journal.clone());
+    assert!(run(&a1).is_err());
+    assert_eq!(cell.count("echo one"), 1);
+    // Second life: the model is only asked what was not recorded.
+    let p2 = Arc::new(Scripted {
+        turns: turns[1..].to_vec(),
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let a2 = Agent::new(p2.clone(), cell.clone(), config(), None).with_journal(journal.clone());
+    let report = run(&a2).unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(
+        p2.requests.lock().unwrap().len(),
+        2,
+        "the recorded turn was not paid for again"
+    );
+    assert_eq!(
+        cell.count("echo one"),
+        1,
+        "a completed tool call was not run again"
+    );
+    assert_eq!(
+        cell.files.lock().unwrap().get("a.txt").map(String::as_str),
+        Some("two")
+    );
+    // The resumed conversation carried the recorded result to the model.
+    let first = &p2.requests.lock().unwrap()[0];
+    assert!(
+        serde_json::to_string(&first.messages)
+            .unwrap()
+            .contains("ran echo one")
+    );
+    // Usage of the recorded turn still counts.
+    assert_eq!(report.usage.input_tokens, 30);
+    // The journal is gapless: model, intent, result per turn.
+    let steps: Vec<String> = journal
+        .load()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s).unwrap()["step"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "model",
+            "tool_started",
+            "tool",
+            "model",
+            "tool_started",
+            "tool",
+            "model",
+            "tool_started",
+            "tool"
+        ]
+    );
+    // A third life replays everything and calls nothing.
+    let p3 = Arc::new(Scripted {
+        turns: vec![],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let report =
+        run(&Agent::new(p3.clone(), cell.clone(), config(), None).with_journal(journal)).unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(
+        (p3.requests.lock().unwrap().len(), cell.count("echo one")),
+        (0, 1)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_tool_interrupted_mid_run_is_reported_not_repeated() {
+    let (s, dir) = store("interrupted");
+    let journal = Arc::new(StoreJournal {
+        store: s,
+        task: "t".into(),
+    });
+    // The daemon died after recording the intent to run `rm -rf build`, before its result.
+    journal
+        .record(
+            0,
+            &Step::Model {
+                response: ChatResponse {
+                    text: String::new(),
+                    tool_calls: vec![call("c1", "shell", json!({"command": "rm -rf build"}))],
+                    usage: Usage::default(),
+                    stop_reason: StopReason::ToolUse,
+                },
+            },
+        )
+        .unwrap();
+    journal
+        .record(
+            1,
+            &Step::ToolStarted {
+                call_id: "c1".into(),
+            },
+        )
+        .unwrap();
+    let cell = Arc::new(FakeCell::default());
+    let p = Arc::new(Scripted {
+        turns: vec![vec![call("c2", "finish", json!({"summary": "checked"}))]],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let report =
+        run(&Agent::new(p.clone(), cell.clone(), config(), None).with_journal(journal.clone()))
+            .unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(
+        cell.count("rm -rf build"),
+        0,
+        "an interrupted command is never re-run blindly"
+    );
+    let told = serde_json::to_string(&p.requests.lock().unwrap()[0].messages).unwrap();
+    assert!(
+        told.contains("interrupted by a restart") && told.contains("effect is unknown"),
+        "{told}"
+    );
+    assert!(matches!(
+        &journal.load().unwrap()[2],
+        Step::Tool { is_error: true, .. }
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
