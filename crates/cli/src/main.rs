@@ -5,6 +5,7 @@
 //! else in `main` — before argument parsing, before any thread exists — so the code that
 //! builds a cell starts from a fresh, single-threaded process image.
 
+mod agents;
 mod exec;
 mod policy;
 mod run;
@@ -67,6 +68,12 @@ enum Command {
     },
     /// Create .warren/ with a commented config in the current directory.
     Init,
+    /// Agent manifests: deploy, list, show, remove.
+    Agent {
+        /// What to do.
+        #[command(subcommand)]
+        what: agents::AgentCommand,
+    },
     /// List cells whose changes are kept.
     Changes {
         /// Machine-readable output.
@@ -192,6 +199,7 @@ fn main() -> ExitCode {
             what: ConfigCommand::Show { json },
         } => config_show(json),
         Command::Init => init(),
+        Command::Agent { what } => agents::run(what, &state),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

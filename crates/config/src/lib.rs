@@ -10,6 +10,9 @@
 //! result is resolved into the typed [`Config`]. `warren config show` prints that provenance
 //! with secrets redacted.
 
+pub mod manifest;
+pub mod units;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,3 +1,4 @@
+mod agents;
 mod check;
 mod config;
 mod exec;

@@ -1,0 +1,403 @@
+//! Agent manifests (YAML): what an agent is and what it may use.
+//!
+//! ```yaml
+//! name: coder
+//! description: Makes failing tests pass
+//! provider: anthropic
+//! model: claude-sonnet-4-20250514
+//! system_prompt: |
+//!   You fix failing tests with minimal changes.
+//! tools: [shell, read_file, write_file, edit_file, list_files, grep, finish]
+//! namespace:
+//!   workspace: cow              # cow | ro | rw
+//!   mounts:
+//!     - {target: /data, source: /srv/datasets, mode: ro}
+//! tier: process
+//! limits: {memory: 2G, pids: 256, cpus: 1.5, timeout: 30m}
+//! budget: {tokens: 500000, usd: 5.0}
+//! approval_required: [shell]
+//! ```
+//!
+//! Every error — YAML syntax, a wrong type, an unknown key, or a value that makes no sense
+//! (an unknown tool, a relative mount target, `memory: 12Q`) — names the file, line and column
+//! of the offending text.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::units::{parse_duration, parse_size};
+
+/// A validated manifest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Manifest {
+    /// `[a-z0-9-]`, 1–64 characters.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// `openai` or `anthropic` (default: from configuration).
+    pub provider: Option<String>,
+    /// Model (default: from configuration).
+    pub model: Option<String>,
+    /// Replaces Warren's default system prompt when given.
+    pub system_prompt: Option<String>,
+    /// Tools the agent may call.
+    pub tools: Vec<String>,
+    /// How the project is mounted.
+    pub workspace: String,
+    /// Extra mounts.
+    pub mounts: Vec<MountDecl>,
+    /// Isolation tier.
+    pub tier: String,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Process limit.
+    pub pids: Option<u64>,
+    /// CPU quota in cores.
+    pub cpus: Option<f64>,
+    /// Wall-clock limit per task.
+    pub timeout: Option<Duration>,
+    /// Token budget per task.
+    pub budget_tokens: Option<u64>,
+    /// Cost budget per task (USD).
+    pub budget_usd: Option<f64>,
+    /// Tools whose calls wait for a person's approval.
+    pub approval_required: Vec<String>,
+}
+
+/// An extra mount.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MountDecl {
+    /// Absolute path in the cell.
+    pub target: String,
+    /// Absolute host path.
+    pub source: String,
+    /// `ro` or `rw`.
+    pub mode: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    provider: Option<Spanned<String>>,
+    model: Option<String>,
+    system_prompt: Option<String>,
+    tools: Vec<Spanned<String>>,
+    #[serde(default)]
+    namespace: RawNamespace,
+    tier: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    budget: RawBudget,
+    #[serde(default)]
+    approval_required: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNamespace {
+    workspace: Option<Spanned<String>>,
+    #[serde(default)]
+    mounts: Vec<RawMount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    target: Spanned<String>,
+    source: Spanned<String>,
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<String>>,
+    pids: Option<Spanned<u64>>,
+    cpus: Option<Spanned<f64>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    tokens: Option<u64>,
+    usd: Option<Spanned<f64>>,
+}
+
+/// A manifest error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ManifestError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn absolute_normal(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() > 1
+        && !p.ends_with('/')
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Parse and validate a manifest. `known_tools` are the tool names the agent offers.
+pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, ManifestError> {
+    let raw: Raw = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        // The crate renders a multi-line snippet; the first line is the message.
+        let message = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid manifest")
+            .to_owned();
+        ManifestError {
+            file: file.into(),
+            line,
+            column,
+            message,
+        }
+    })?;
+    let at = |loc: serde_saphyr::Location, message: String| ManifestError {
+        file: file.into(),
+        line: loc.line(),
+        column: loc.column(),
+        message,
+    };
+    let name = &raw.name;
+    if name.value.is_empty()
+        || name.value.len() > 64
+        || !name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(at(
+            name.defined,
+            format!(
+                "name {:?} must be 1-64 characters of a-z, 0-9 and -",
+                name.value
+            ),
+        ));
+    }
+    if let Some(p) = &raw.provider
+        && !["openai", "anthropic"].contains(&p.value.as_str())
+    {
+        return Err(at(
+            p.defined,
+            format!("unknown provider {:?} (use openai or anthropic)", p.value),
+        ));
+    }
+    if raw.tools.is_empty() {
+        return Err(at(
+            name.defined,
+            "an agent needs at least one tool (finish, at least)".into(),
+        ));
+    }
+    for t in raw.tools.iter().chain(&raw.approval_required) {
+        if !known_tools.contains(&t.value.as_str()) {
+            return Err(at(
+                t.defined,
+                format!(
+                    "unknown tool {:?} (known: {})",
+                    t.value,
+                    known_tools.join(", ")
+                ),
+            ));
+        }
+    }
+    for t in &raw.approval_required {
+        if !raw.tools.iter().any(|x| x.value == t.value) {
+            return Err(at(
+                t.defined,
+                format!("{:?} requires approval but is not in tools", t.value),
+            ));
+        }
+    }
+    let workspace = match &raw.namespace.workspace {
+        None => "cow".to_owned(),
+        Some(w) if ["cow", "ro", "rw"].contains(&w.value.as_str()) => w.value.clone(),
+        Some(w) => {
+            return Err(at(
+                w.defined,
+                format!("workspace must be cow, ro or rw, not {:?}", w.value),
+            ));
+        }
+    };
+    let mut mounts = Vec::new();
+    for m in &raw.namespace.mounts {
+        for p in [&m.target, &m.source] {
+            if !absolute_normal(&p.value) {
+                return Err(at(
+                    p.defined,
+                    format!(
+                        "{:?} must be an absolute path without '.', '..' or '//'",
+                        p.value
+                    ),
+                ));
+            }
+        }
+        if ["/", "/proc", "/workspace", "/task", "/logs", "/tmp", "/dev"]
+            .contains(&m.target.value.as_str())
+        {
+            return Err(at(
+                m.target.defined,
+                format!(
+                    "{} is managed by Warren and cannot be mounted over",
+                    m.target.value
+                ),
+            ));
+        }
+        let mode = match &m.mode {
+            None => "ro".to_owned(),
+            Some(x) if x.value == "ro" || x.value == "rw" => x.value.clone(),
+            Some(x) => {
+                return Err(at(
+                    x.defined,
+                    format!("mode must be ro or rw, not {:?}", x.value),
+                ));
+            }
+        };
+        mounts.push(MountDecl {
+            target: m.target.value.clone(),
+            source: m.source.value.clone(),
+            mode,
+        });
+    }
+    let tier = match &raw.tier {
+        None => "process".to_owned(),
+        Some(t) if t.value == "process" => t.value.clone(),
+        Some(t) => {
+            return Err(at(
+                t.defined,
+                format!(
+                    "tier {:?} is not available in this version (only process)",
+                    t.value
+                ),
+            ));
+        }
+    };
+    let memory = raw
+        .limits
+        .memory
+        .as_ref()
+        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e)))
+        .transpose()?;
+    let timeout = raw
+        .limits
+        .timeout
+        .as_ref()
+        .map(|t| parse_duration(&t.value).map_err(|e| at(t.defined, e)))
+        .transpose()?;
+    if let Some(p) = &raw.limits.pids
+        && p.value == 0
+    {
+        return Err(at(p.defined, "pids must be at least 1".into()));
+    }
+    if let Some(c) = &raw.limits.cpus
+        && !(c.value.is_finite() && c.value > 0.0)
+    {
+        return Err(at(c.defined, "cpus must be a positive number".into()));
+    }
+    if let Some(u) = &raw.budget.usd
+        && !(u.value.is_finite() && u.value > 0.0)
+    {
+        return Err(at(u.defined, "budget.usd must be a positive number".into()));
+    }
+    Ok(Manifest {
+        name: raw.name.value,
+        description: raw.description,
+        provider: raw.provider.map(|p| p.value),
+        model: raw.model,
+        system_prompt: raw.system_prompt,
+        tools: raw.tools.into_iter().map(|t| t.value).collect(),
+        workspace,
+        mounts,
+        tier,
+        memory,
+        pids: raw.limits.pids.map(|p| p.value),
+        cpus: raw.limits.cpus.map(|c| c.value),
+        timeout,
+        budget_tokens: raw.budget.tokens,
+        budget_usd: raw.budget.usd.map(|u| u.value),
+        approval_required: raw.approval_required.into_iter().map(|t| t.value).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const TOOLS: &[&str] = &[
+        "shell",
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "grep",
+        "finish",
+    ];
+
+    fn err(text: &str) -> String {
+        parse(Path::new("a.yaml"), text, TOOLS)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = parse(
+            Path::new("a.yaml"),
+            "name: coder\ndescription: fixes tests\nprovider: anthropic\ntools: [shell, finish]\nnamespace:\n  workspace: ro\n  mounts:\n    - {target: /data, source: /srv/data}\nlimits: {memory: 2G, pids: 64, cpus: 1.5, timeout: 30m}\nbudget: {tokens: 1000, usd: 2.5}\napproval_required: [shell]\n",
+            TOOLS,
+        )
+        .unwrap();
+        assert_eq!(m.name, "coder");
+        assert_eq!(m.memory, Some(2 << 30));
+        assert_eq!(m.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(m.mounts[0].mode, "ro");
+        assert_eq!(m.workspace, "ro");
+        assert_eq!(m.approval_required, ["shell"]);
+    }
+
+    #[test]
+    fn every_error_names_file_line_and_column() {
+        let e = err("name: coder\ntools: [shell, shel]\n");
+        assert!(e.starts_with("a.yaml:2:16: unknown tool \"shel\""), "{e}");
+        let e = err("name: coder\ntools: [finish]\nlimits:\n  memory: 12Q\n");
+        assert!(e.starts_with("a.yaml:4:11: unknown size unit"), "{e}");
+        let e = err(
+            "name: coder\ntools: [finish]\nnamespace:\n  mounts:\n    - {target: data, source: /srv}\n",
+        );
+        assert!(
+            e.starts_with("a.yaml:5:16:") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = err("name: Coder!\ntools: [finish]\n");
+        assert!(e.starts_with("a.yaml:1:7:"), "{e}");
+        let e = err("name: coder\ntools: [finish]\nteir: process\n");
+        assert!(e.starts_with("a.yaml:3:") && e.contains("teir"), "{e}");
+        let e = err("name: coder\ntools: [finish\n");
+        assert!(e.starts_with("a.yaml:"), "{e}");
+        let e = err("name: coder\ntools: [finish]\napproval_required: [shell]\n");
+        assert!(
+            e.starts_with("a.yaml:3:21:") && e.contains("not in tools"),
+            "{e}"
+        );
+    }
+}
