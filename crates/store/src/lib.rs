@@ -289,6 +289,15 @@ pub trait Store: Send + Sync {
     fn count(&self, state: TaskState) -> Result<u64, StoreError>;
     /// Atomically take the next queued task (highest priority, then oldest) for `worker`.
     fn claim(&self, worker: &str, lease: Duration) -> Result<Option<TaskRecord>, StoreError>;
+    /// Like [`Store::claim`], restricted to one agent's tasks.
+    fn claim_agent(
+        &self,
+        agent: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<TaskRecord>, StoreError>;
+    /// Agents with queued tasks: (agent, highest queued priority, oldest queued creation ms).
+    fn queued_agents(&self) -> Result<Vec<(String, i32, i64)>, StoreError>;
     /// Extend a lease; fails if the worker lost it.
     fn renew(&self, id: &str, worker: &str, lease: Duration) -> Result<(), StoreError>;
     /// Move a task if the lifecycle allows it from its current state.

@@ -157,6 +157,50 @@ impl SqliteStore {
         tx.commit().map_err(db)
     }
 
+    /// The next queued task (of one agent, or of any), claimed for `worker` under a lease.
+    fn claim_where(
+        &self,
+        agent: Option<&str>,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let next: Option<String> = tx
+            .query_row(
+                "SELECT id FROM tasks WHERE state = 'queued' AND (?1 IS NULL OR agent = ?1) \
+                 ORDER BY priority DESC, created_ms, rowid LIMIT 1",
+                [agent],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(id) = next else { return Ok(None) };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+            params![id, worker, now + lease.as_millis() as i64, now],
+        )
+        .map_err(db)?;
+        event_tx(
+            &tx,
+            Some(&id),
+            "task.state",
+            &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
+        )?;
+        let rec = tx
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                [&id],
+                task_row,
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(rec))
+    }
+
     /// The schema version of the open file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         self.lock()
@@ -371,40 +415,27 @@ impl Store for SqliteStore {
     }
 
     fn claim(&self, worker: &str, lease: Duration) -> Result<Option<TaskRecord>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.claim_where(None, worker, lease)
+    }
+
+    fn claim_agent(
+        &self,
+        agent: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.claim_where(Some(agent), worker, lease)
+    }
+
+    fn queued_agents(&self) -> Result<Vec<(String, i32, i64)>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare("SELECT agent, MAX(priority), MIN(created_ms) FROM tasks WHERE state = 'queued' GROUP BY agent ORDER BY agent")
             .map_err(db)?;
-        let next: Option<String> = tx
-            .query_row(
-                "SELECT id FROM tasks WHERE state = 'queued' ORDER BY priority DESC, created_ms, rowid LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(db)?;
-        let Some(id) = next else { return Ok(None) };
-        let now = now_ms();
-        tx.execute(
-            "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
-            params![id, worker, now + lease.as_millis() as i64, now],
-        )
-        .map_err(db)?;
-        event_tx(
-            &tx,
-            Some(&id),
-            "task.state",
-            &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
-        )?;
-        let rec = tx
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [&id],
-                task_row,
-            )
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(Some(rec))
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     fn renew(&self, id: &str, worker: &str, lease: Duration) -> Result<(), StoreError> {
