@@ -109,7 +109,7 @@ impl<S: Store> Scheduler<S> {
     }
 
     /// Claim the next task to start, if a slot is free and a task is waiting.
-    pub fn next(&mut self) -> Result<Option<TaskRecord>, SchedError> {
+    pub fn start_next(&mut self) -> Result<Option<TaskRecord>, SchedError> {
         if self.running.len() >= self.limits.global {
             return Ok(None);
         }
@@ -198,12 +198,12 @@ mod tests {
             },
         );
         let started: Vec<String> =
-            std::iter::from_fn(|| sc.next().unwrap().map(|t| t.agent)).collect();
+            std::iter::from_fn(|| sc.start_next().unwrap().map(|t| t.agent)).collect();
         // a: at most 2, b: at most 1 (its override), 3 in total.
         assert_eq!(started.len(), 3);
         assert_eq!(started.iter().filter(|a| *a == "a").count(), 2);
         assert_eq!(started.iter().filter(|a| *a == "b").count(), 1);
-        assert!(sc.next().unwrap().is_none(), "no slot free");
+        assert!(sc.start_next().unwrap().is_none(), "no slot free");
         let _ = std::fs::remove_dir_all(d);
     }
 
@@ -224,7 +224,7 @@ mod tests {
         );
         let mut order = Vec::new();
         for _ in 0..6 {
-            let t = sc.next().unwrap().unwrap();
+            let t = sc.start_next().unwrap().unwrap();
             order.push(t.agent.clone());
             sc.finished(&t.id);
         }
@@ -248,10 +248,10 @@ mod tests {
                 ..Limits::default()
             },
         );
-        let first = sc.next().unwrap().unwrap();
+        let first = sc.start_next().unwrap().unwrap();
         assert_eq!(first.id, "b-high");
         sc.finished(&first.id);
-        assert_eq!(sc.next().unwrap().unwrap().id, "a-low");
+        assert_eq!(sc.start_next().unwrap().unwrap().id, "a-low");
         let _ = std::fs::remove_dir_all(d);
     }
 
@@ -304,7 +304,7 @@ mod tests {
                             format!("w{w}"),
                             Duration::from_secs(60),
                         );
-                        std::iter::from_fn(|| sched.next().unwrap().map(|t| t.id)).collect()
+                        std::iter::from_fn(|| sched.start_next().unwrap().map(|t| t.id)).collect()
                     })
                 })
                 .collect();
