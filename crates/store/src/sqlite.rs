@@ -137,24 +137,22 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let current: u32 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db)?;
-        if current > SCHEMA_VERSION {
-            return Err(StoreError::Db(format!(
-                "the store is at schema version {current}, newer than this build ({SCHEMA_VERSION}); upgrade Warren"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.execute_batch(sql).map_err(db)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+        self.write(|tx| {
+            let current: u32 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .map_err(db)?;
-        }
-        tx.commit().map_err(db)
+            if current > SCHEMA_VERSION {
+                return Err(StoreError::Db(format!(
+                    "the store is at schema version {current}, newer than this build ({SCHEMA_VERSION}); upgrade Warren"
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                tx.execute_batch(sql).map_err(db)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                    .map_err(db)?;
+            }
+            Ok(())
+        })
     }
 
     /// The next queued task (of one agent, or of any), claimed for `worker` under a lease.
@@ -164,41 +162,53 @@ impl SqliteStore {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        self.write(|tx| {
+            let next: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM tasks WHERE state = 'queued' AND (?1 IS NULL OR agent = ?1) \
+                     ORDER BY priority DESC, created_ms, rowid LIMIT 1",
+                    [agent],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(id) = next else { return Ok(None) };
+            let now = now_ms();
+            tx.execute(
+                "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, worker, now + lease.as_millis() as i64, now],
+            )
+            .map_err(db)?;
+            event_tx(
+                tx,
+                Some(&id),
+                "task.state",
+                &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
+            )?;
+            let rec = tx
+                .query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                    [&id],
+                    task_row,
+                )
+                .map_err(db)?;
+            Ok(Some(rec))
+        })
+    }
+
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction (the write lock, taken up front, so no
+    /// other process can interleave); commit if it succeeds, roll back if it fails.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let next: Option<String> = tx
-            .query_row(
-                "SELECT id FROM tasks WHERE state = 'queued' AND (?1 IS NULL OR agent = ?1) \
-                 ORDER BY priority DESC, created_ms, rowid LIMIT 1",
-                [agent],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        let Some(id) = next else { return Ok(None) };
-        let now = now_ms();
-        tx.execute(
-            "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
-            params![id, worker, now + lease.as_millis() as i64, now],
-        )
-        .map_err(db)?;
-        event_tx(
-            &tx,
-            Some(&id),
-            "task.state",
-            &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
-        )?;
-        let rec = tx
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [&id],
-                task_row,
-            )
-            .map_err(db)?;
+        let out = f(&tx)?;
         tx.commit().map_err(db)?;
-        Ok(Some(rec))
+        Ok(out)
     }
 
     /// The schema version of the open file.
@@ -232,35 +242,32 @@ fn event_tx(
 
 impl Store for SqliteStore {
     fn put_agent(&self, name: &str, manifest: &str) -> Result<AgentRecord, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let version: u32 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM agents WHERE name = ?1",
-                [name],
-                |r| r.get(0),
+        self.write(|tx| {
+            let version: u32 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM agents WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            let created_ms = now_ms();
+            tx.execute(
+                "INSERT INTO agents (name, version, manifest, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![name, version, manifest, created_ms],
             )
             .map_err(db)?;
-        let created_ms = now_ms();
-        tx.execute(
-            "INSERT INTO agents (name, version, manifest, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![name, version, manifest, created_ms],
-        )
-        .map_err(db)?;
-        event_tx(
-            &tx,
-            None,
-            "agent.deployed",
-            &serde_json::json!({"name": name, "version": version}),
-        )?;
-        tx.commit().map_err(db)?;
-        Ok(AgentRecord {
-            name: name.into(),
-            version,
-            manifest: manifest.into(),
-            created_ms,
+            event_tx(
+                tx,
+                None,
+                "agent.deployed",
+                &serde_json::json!({"name": name, "version": version}),
+            )?;
+            Ok(AgentRecord {
+                name: name.into(),
+                version,
+                manifest: manifest.into(),
+                created_ms,
+            })
         })
     }
 
@@ -329,42 +336,39 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, t: NewTask) -> Result<TaskRecord, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let now = now_ms();
-        let inserted = tx.execute(
-            "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
-            params![t.id, t.agent, t.agent_version, t.goal, t.priority, now],
-        );
-        match inserted {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(StoreError::Exists {
-                    what: "task",
-                    id: t.id,
-                });
-            }
-            r => r.map_err(db)?,
-        };
-        event_tx(
-            &tx,
-            Some(&t.id),
-            "task.state",
-            &serde_json::json!({"to": "queued"}),
-        )?;
-        let rec = tx
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [&t.id],
-                task_row,
-            )
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(rec)
+        self.write(|tx| {
+            let now = now_ms();
+            let inserted = tx.execute(
+                "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+                params![t.id, t.agent, t.agent_version, t.goal, t.priority, now],
+            );
+            match inserted {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::Exists {
+                        what: "task",
+                        id: t.id,
+                    });
+                }
+                r => r.map_err(db)?,
+            };
+            event_tx(
+                tx,
+                Some(&t.id),
+                "task.state",
+                &serde_json::json!({"to": "queued"}),
+            )?;
+            let rec = tx
+                .query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                    [&t.id],
+                    task_row,
+                )
+                .map_err(db)?;
+            Ok(rec)
+        })
     }
 
     fn get_task(&self, id: &str) -> Result<TaskRecord, StoreError> {
@@ -461,131 +465,123 @@ impl Store for SqliteStore {
         to: TaskState,
         reason: Option<&str>,
     ) -> Result<TaskRecord, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let from: Option<String> = tx
-            .query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
-        let from = from.ok_or_else(|| StoreError::NotFound {
-            what: "task",
-            id: id.into(),
-        })?;
-        let from = TaskState::parse(&from).unwrap_or(TaskState::Interrupted);
-        if !from.can_move_to(to) {
-            return Err(StoreError::InvalidTransition {
-                id: id.into(),
-                from,
-                to,
-            });
-        }
-        let keep_lease = to == TaskState::Running || to == TaskState::AwaitingApproval;
-        tx.execute(
-            "UPDATE tasks SET state = ?2, reason = ?3, updated_ms = ?4, \
-             lease_owner = CASE WHEN ?5 THEN lease_owner ELSE NULL END, \
-             lease_until_ms = CASE WHEN ?5 THEN lease_until_ms ELSE NULL END WHERE id = ?1",
-            params![id, to.as_str(), reason, now_ms(), keep_lease],
-        )
-        .map_err(db)?;
-        event_tx(
-            &tx,
-            Some(id),
-            "task.state",
-            &serde_json::json!({"from": from.as_str(), "to": to.as_str(), "reason": reason}),
-        )?;
-        let rec = tx
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [id],
-                task_row,
-            )
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(rec)
-    }
-
-    fn recover_expired(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let ids: Vec<String> = {
-            let mut st = tx
-                .prepare("SELECT id FROM tasks WHERE state = 'running' AND lease_until_ms < ?1 ORDER BY rowid")
+        self.write(|tx| {
+            let from: Option<String> = tx
+                .query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
                 .map_err(db)?;
-            let rows = st.query_map([now_ms()], |r| r.get(0)).map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)?
-        };
-        for id in &ids {
+            let from = from.ok_or_else(|| StoreError::NotFound {
+                what: "task",
+                id: id.into(),
+            })?;
+            let from = TaskState::parse(&from).unwrap_or(TaskState::Interrupted);
+            if !from.can_move_to(to) {
+                return Err(StoreError::InvalidTransition {
+                    id: id.into(),
+                    from,
+                    to,
+                });
+            }
+            let keep_lease = to == TaskState::Running || to == TaskState::AwaitingApproval;
             tx.execute(
-                "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, \
-                 reason = 'lease expired: its worker stopped; resuming from checkpoints', updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms()],
+                "UPDATE tasks SET state = ?2, reason = ?3, updated_ms = ?4, \
+                 lease_owner = CASE WHEN ?5 THEN lease_owner ELSE NULL END, \
+                 lease_until_ms = CASE WHEN ?5 THEN lease_until_ms ELSE NULL END WHERE id = ?1",
+                params![id, to.as_str(), reason, now_ms(), keep_lease],
             )
             .map_err(db)?;
             event_tx(
-                &tx,
+                tx,
                 Some(id),
                 "task.state",
-                &serde_json::json!({"from": "running", "to": "queued", "reason": "lease expired"}),
+                &serde_json::json!({"from": from.as_str(), "to": to.as_str(), "reason": reason}),
             )?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(ids)
+            let rec = tx
+                .query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                    [id],
+                    task_row,
+                )
+                .map_err(db)?;
+            Ok(rec)
+        })
+    }
+
+    fn recover_expired(&self) -> Result<Vec<String>, StoreError> {
+        self.write(|tx| {
+            let ids: Vec<String> = {
+                let mut st = tx
+                    .prepare("SELECT id FROM tasks WHERE state = 'running' AND lease_until_ms < ?1 ORDER BY rowid")
+                    .map_err(db)?;
+                let rows = st.query_map([now_ms()], |r| r.get(0)).map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)?
+            };
+            for id in &ids {
+                tx.execute(
+                    "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, \
+                     reason = 'lease expired: its worker stopped; resuming from checkpoints', updated_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms()],
+                )
+                .map_err(db)?;
+                event_tx(
+                    tx,
+                    Some(id),
+                    "task.state",
+                    &serde_json::json!({"from": "running", "to": "queued", "reason": "lease expired"}),
+                )?;
+            }
+            Ok(ids)
+        })
     }
 
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let exists: bool = tx
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)",
-                [&cp.task],
-                |r| r.get(0),
+        self.write(|tx| {
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)",
+                    [&cp.task],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if !exists {
+                return Err(StoreError::NotFound {
+                    what: "task",
+                    id: cp.task.clone(),
+                });
+            }
+            let expected = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq) + 1, 0) FROM checkpoints WHERE task = ?1",
+                    [&cp.task],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db)?
+                .max(0) as u64;
+            if cp.seq < expected {
+                return Err(StoreError::DuplicateCheckpoint {
+                    task: cp.task.clone(),
+                    seq: cp.seq,
+                });
+            }
+            if cp.seq > expected {
+                return Err(StoreError::CheckpointGap {
+                    task: cp.task.clone(),
+                    seq: cp.seq,
+                    expected,
+                });
+            }
+            tx.execute(
+                "INSERT INTO checkpoints (task, seq, kind, payload) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    cp.task,
+                    cp.seq as i64,
+                    kind_str(cp.kind),
+                    cp.payload.to_string()
+                ],
             )
             .map_err(db)?;
-        if !exists {
-            return Err(StoreError::NotFound {
-                what: "task",
-                id: cp.task.clone(),
-            });
-        }
-        let expected = tx
-            .query_row(
-                "SELECT COALESCE(MAX(seq) + 1, 0) FROM checkpoints WHERE task = ?1",
-                [&cp.task],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(db)?
-            .max(0) as u64;
-        if cp.seq < expected {
-            return Err(StoreError::DuplicateCheckpoint {
-                task: cp.task.clone(),
-                seq: cp.seq,
-            });
-        }
-        if cp.seq > expected {
-            return Err(StoreError::CheckpointGap {
-                task: cp.task.clone(),
-                seq: cp.seq,
-                expected,
-            });
-        }
-        tx.execute(
-            "INSERT INTO checkpoints (task, seq, kind, payload) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                cp.task,
-                cp.seq as i64,
-                kind_str(cp.kind),
-                cp.payload.to_string()
-            ],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)
+            Ok(())
+        })
     }
 
     fn checkpoints(&self, task: &str) -> Result<Vec<Checkpoint>, StoreError> {
@@ -620,13 +616,10 @@ impl Store for SqliteStore {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let id = event_tx(&tx, task, kind, payload)?;
-        tx.commit().map_err(db)?;
-        Ok(id)
+        self.write(|tx| {
+            let id = event_tx(tx, task, kind, payload)?;
+            Ok(id)
+        })
     }
 
     fn events_since(
