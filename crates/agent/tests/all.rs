@@ -182,6 +182,7 @@ fn store(name: &str) -> (Arc<SqliteStore>, std::path::PathBuf) {
         agent_version: 1,
         goal: "g".into(),
         priority: 0,
+        ..NewTask::default()
     })
     .unwrap();
     (s, dir)

@@ -174,6 +174,7 @@ mod tests {
             agent_version: 1,
             goal: "g".into(),
             priority,
+            ..NewTask::default()
         }
     }
 

@@ -142,10 +142,12 @@ pub struct TaskRecord {
     pub created_ms: i64,
     /// Unix milliseconds.
     pub updated_ms: i64,
+    /// The project directory on the host the task works on (copy-on-write), if any.
+    pub workspace: Option<String>,
 }
 
 /// A new task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewTask {
     /// Id (the caller chooses it, so it can name the task's cell too).
     pub id: String,
@@ -157,6 +159,8 @@ pub struct NewTask {
     pub goal: String,
     /// Priority (higher first).
     pub priority: i32,
+    /// Host project directory (copy-on-write in the task's cell), if any.
+    pub workspace: Option<String>,
 }
 
 /// What a checkpoint records.
@@ -310,6 +314,9 @@ pub trait Store: Send + Sync {
     /// Running tasks whose lease has expired (their worker died): back to `queued` so they
     /// resume from their checkpoints. Returns their ids.
     fn recover_expired(&self) -> Result<Vec<String>, StoreError>;
+    /// Running tasks leased by `worker` back to `queued`: a restarted daemon (same worker
+    /// name) resumes its own tasks at once instead of waiting for their leases to expire.
+    fn release_worker(&self, worker: &str) -> Result<Vec<String>, StoreError>;
 
     /// Record a step before acting on it. `seq` must be the next number for the task.
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;

@@ -63,6 +63,8 @@ CREATE TABLE artifacts (
     data BLOB NOT NULL,
     PRIMARY KEY (task, name)
 );
+"#, r#"
+ALTER TABLE tasks ADD COLUMN workspace TEXT;
 "#];
 
 /// The schema version this build writes.
@@ -83,7 +85,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms";
+const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms, workspace";
 
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let state: String = r.get(5)?;
@@ -100,6 +102,7 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         reason: r.get(9)?,
         created_ms: r.get(10)?,
         updated_ms: r.get(11)?,
+        workspace: r.get(12)?,
     })
 }
 
@@ -193,6 +196,42 @@ impl SqliteStore {
                 )
                 .map_err(db)?;
             Ok(Some(rec))
+        })
+    }
+
+    /// Running tasks matching `cond` (with `?1` bound to `arg`) back to `queued`, so they resume
+    /// from their checkpoints. Returns their ids.
+    fn requeue_running(
+        &self,
+        cond: &str,
+        arg: &dyn rusqlite::ToSql,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        self.write(|tx| {
+            let ids: Vec<String> = {
+                let mut st = tx
+                    .prepare(&format!(
+                        "SELECT id FROM tasks WHERE state = 'running' AND {cond} ORDER BY rowid"
+                    ))
+                    .map_err(db)?;
+                let rows = st.query_map([arg], |r| r.get(0)).map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)?
+            };
+            for id in &ids {
+                tx.execute(
+                    "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, \
+                     reason = ?3, updated_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms(), reason],
+                )
+                .map_err(db)?;
+                event_tx(
+                    tx,
+                    Some(id),
+                    "task.state",
+                    &serde_json::json!({"from": "running", "to": "queued", "reason": reason}),
+                )?;
+            }
+            Ok(ids)
         })
     }
 
@@ -339,9 +378,9 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let now = now_ms();
             let inserted = tx.execute(
-                "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
-                params![t.id, t.agent, t.agent_version, t.goal, t.priority, now],
+                "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms, workspace) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7)",
+                params![t.id, t.agent, t.agent_version, t.goal, t.priority, now, t.workspace],
             );
             match inserted {
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -508,30 +547,19 @@ impl Store for SqliteStore {
     }
 
     fn recover_expired(&self) -> Result<Vec<String>, StoreError> {
-        self.write(|tx| {
-            let ids: Vec<String> = {
-                let mut st = tx
-                    .prepare("SELECT id FROM tasks WHERE state = 'running' AND lease_until_ms < ?1 ORDER BY rowid")
-                    .map_err(db)?;
-                let rows = st.query_map([now_ms()], |r| r.get(0)).map_err(db)?;
-                rows.collect::<Result<_, _>>().map_err(db)?
-            };
-            for id in &ids {
-                tx.execute(
-                    "UPDATE tasks SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, \
-                     reason = 'lease expired: its worker stopped; resuming from checkpoints', updated_ms = ?2 WHERE id = ?1",
-                    params![id, now_ms()],
-                )
-                .map_err(db)?;
-                event_tx(
-                    tx,
-                    Some(id),
-                    "task.state",
-                    &serde_json::json!({"from": "running", "to": "queued", "reason": "lease expired"}),
-                )?;
-            }
-            Ok(ids)
-        })
+        self.requeue_running(
+            "lease_until_ms < ?1",
+            &now_ms(),
+            "lease expired: its worker stopped; resuming from checkpoints",
+        )
+    }
+
+    fn release_worker(&self, worker: &str) -> Result<Vec<String>, StoreError> {
+        self.requeue_running(
+            "lease_owner = ?1",
+            &worker,
+            "its worker restarted; resuming from checkpoints",
+        )
     }
 
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {

@@ -37,6 +37,7 @@ fn task(id: &str, priority: i32) -> NewTask {
         agent_version: 1,
         goal: format!("goal {id}"),
         priority,
+            ..NewTask::default()
     }
 }
 
@@ -263,6 +264,25 @@ fn expired_leases_are_recovered_with_their_checkpoints() {
         .unwrap()
         .unwrap();
     assert_eq!((again.id.as_str(), again.attempts), ("t", 2));
+}
+
+#[test]
+fn a_restarted_worker_releases_its_own_leases_at_once() {
+    let d = dir("release");
+    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+    let mut t = task("mine", 0);
+    t.workspace = Some("/srv/project".into());
+    s.submit(t).unwrap();
+    s.submit(task("theirs", 0)).unwrap();
+    s.claim_agent("coder", "node-a", Duration::from_secs(600)).unwrap();
+    s.claim_agent("coder", "node-b", Duration::from_secs(600)).unwrap();
+    assert_eq!(s.release_worker("node-a").unwrap(), ["mine"]);
+    let t = s.get_task("mine").unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.workspace.as_deref(), Some("/srv/project"));
+    assert!(t.reason.unwrap_or_default().contains("restarted"));
+    assert_eq!(s.get_task("theirs").unwrap().state, TaskState::Running);
+    assert!(s.release_worker("node-a").unwrap().is_empty());
 }
 
 #[test]
