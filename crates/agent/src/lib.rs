@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub summarize_at: f64,
     /// Messages at the end of the conversation always kept verbatim.
     pub keep_recent: usize,
+    /// Only these tools are offered and accepted (a manifest's `tools`); `finish` always is.
+    /// `None`: every tool.
+    pub tools: Option<Vec<String>>,
 }
 
 /// The default system prompt. It contains nothing that varies between machines or runs, so a
@@ -75,6 +78,7 @@ impl Default for AgentConfig {
             context_window: 128_000,
             summarize_at: 0.85,
             keep_recent: 6,
+            tools: None,
         }
     }
 }
@@ -320,6 +324,20 @@ fn apply_summary(messages: &mut Vec<Message>, replaced: usize, text: &str) {
     messages.splice(0..end, [head]);
 }
 
+/// The tools `config` allows, in their usual order.
+fn offered(config: &AgentConfig) -> Vec<warren_llm::ToolSpec> {
+    tools::specs()
+        .into_iter()
+        .filter(|s| {
+            s.name == "finish"
+                || config
+                    .tools
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.iter().any(|a| *a == s.name))
+        })
+        .collect()
+}
+
 /// One agent working on one task in one cell.
 pub struct Agent {
     journal: Option<Arc<dyn Journal>>,
@@ -452,7 +470,7 @@ impl Agent {
         config: AgentConfig,
         logs: Option<PathBuf>,
     ) -> Self {
-        let validators = tools::specs()
+        let validators = offered(&config)
             .into_iter()
             .filter_map(|s| {
                 jsonschema::validator_for(&s.parameters)
@@ -519,7 +537,11 @@ impl Agent {
     ) -> Result<Report, AgentError> {
         let mut events_log = match &self.logs {
             Some(d) => Some(
-                std::fs::File::create(d.join("events.jsonl"))
+                // Appended: a resumed task continues its log.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join("events.jsonl"))
                     .map_err(|e| AgentError::Logs(e.to_string()))?,
             ),
             None => None,
@@ -531,7 +553,7 @@ impl Agent {
             observe(&e);
         };
         let started = Instant::now();
-        let specs = tools::specs();
+        let specs = offered(&self.config);
         let recorded = match &self.journal {
             Some(j) => j.load().map_err(AgentError::Journal)?,
             None => Vec::new(),

@@ -359,3 +359,27 @@ fn a_tool_interrupted_mid_run_is_reported_not_repeated() {
     ));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_manifest_tool_list_limits_what_is_offered_and_accepted() {
+    let cell = Arc::new(FakeCell::default());
+    let p = Arc::new(Scripted {
+        turns: vec![
+            vec![call("c1", "shell", json!({"command": "echo sneaky"}))],
+            vec![call("c2", "finish", json!({"summary": "done"}))],
+        ],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let cfg = AgentConfig {
+        tools: Some(vec!["read_file".into()]),
+        ..config()
+    };
+    let a = Agent::new(p.clone(), cell.clone(), cfg, None);
+    let report = run(&a).unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(cell.count("echo sneaky"), 0, "a tool not offered never runs");
+    let first = &p.requests.lock().unwrap()[0];
+    let offered: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(offered, ["read_file", "finish"]);
+}

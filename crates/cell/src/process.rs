@@ -125,9 +125,12 @@ impl ProcessCell {
         }
 
         // Copy-on-write layer: created on the host, owned by the cell's host identity.
+        let mut fresh_layer = false;
         let cow = match &spec.workspace {
             Some(ws) if ws.mode == WorkspaceMode::Cow => {
                 let layer = CowLayer::at(&spec.state_dir, &id);
+                // A layer that exists already is a resumed task's work: reused, never removed.
+                fresh_layer = !layer.upper.exists();
                 for d in [&layer.upper, &layer.work] {
                     std::fs::create_dir_all(d).map_err(CellError::io("create", d))?;
                     chown(d, host_uid, host_gid)?;
@@ -230,8 +233,8 @@ impl ProcessCell {
         match cell.spawn_supervisor(jail, &config) {
             Ok(()) => Ok(cell),
             Err(e) => {
-                // Drop tears down whatever was created; a refused cow layer is discarded.
-                if let Some(c) = cell.cow.take() {
+                // Drop tears down whatever was created; a refused new cow layer is discarded.
+                if let Some(c) = cell.cow.take().filter(|_| fresh_layer) {
                     let _ = std::fs::remove_dir_all(&c.root);
                 }
                 Err(e)
@@ -426,6 +429,29 @@ impl ProcessCell {
                 }
                 Err(e) => return Err(self.chan(format!("read: {e}"))),
             }
+        }
+    }
+
+    /// Ask the supervisor to stop the cell now, without waiting: every process in it dies and
+    /// commands running in it fail. Resources are released when the cell is dropped. (For
+    /// cancellation while other threads still hold the cell inside a command.)
+    pub fn terminate(&self) {
+        match &self.supervisor {
+            // SAFETY: signalling our own child, not yet reaped (it is reaped in kill_now).
+            Some(Supervisor::Child(child)) => unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            },
+            // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
+            Some(Supervisor::Forked { pidfd }) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGTERM,
+                    0usize,
+                    0u32,
+                );
+            },
+            None => {}
         }
     }
 
