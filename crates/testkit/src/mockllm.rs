@@ -151,8 +151,12 @@ impl ToolCall {
     }
 }
 
+/// Chooses the answer from the request body (see [`MockLlm::start_responder`]).
+pub type Responder = Arc<dyn Fn(&Value) -> Turn + Send + Sync>;
+
 struct State {
     turns: VecDeque<Turn>,
+    responder: Option<Responder>,
     requests: Vec<Recorded>,
 }
 
@@ -163,6 +167,20 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl MockLlm {
     /// Start on 127.0.0.1:0 in a background thread with its own tokio runtime.
     pub fn start(script: Vec<Turn>) -> io::Result<MockLlm> {
+        Self::start_with(script, None)
+    }
+
+    /// Start a server that answers each request by calling `responder` with the request body,
+    /// instead of from a queue: the answer can depend on the conversation so far (e.g. the
+    /// number of tool results in it), so a client that restarts and asks again gets the same
+    /// answer for the same state. Requests are still recorded.
+    pub fn start_responder(
+        responder: impl Fn(&Value) -> Turn + Send + Sync + 'static,
+    ) -> io::Result<MockLlm> {
+        Self::start_with(Vec::new(), Some(Arc::new(responder)))
+    }
+
+    fn start_with(script: Vec<Turn>, responder: Option<Responder>) -> io::Result<MockLlm> {
         let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
@@ -175,6 +193,7 @@ impl MockLlm {
         };
         let state = Arc::new(Mutex::new(State {
             turns: script.into(),
+            responder,
             requests: Vec::new(),
         }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -473,7 +492,10 @@ async fn respond(w: &mut TcpStream, state: &Mutex<State>, req: Request) -> io::R
             body: body.clone(),
         });
         if provider.is_some() {
-            st.turns.pop_front()
+            match &st.responder {
+                Some(f) => Some(f(&body)),
+                None => st.turns.pop_front(),
+            }
         } else {
             None
         }
@@ -1381,6 +1403,21 @@ mod tests {
         let evs = sse(&r.body);
         assert_eq!(evs[0].0.as_deref(), Some("message_start"));
         assert!(serde_json::from_str::<Value>(&evs[1].1).is_err());
+    }
+
+    #[test]
+    fn a_responder_answers_by_conversation_state() {
+        let m = MockLlm::start_responder(|body| {
+            let n = body["messages"].as_array().map_or(0, Vec::len);
+            Turn::Reply(Reply::text(format!("seen {n}")))
+        })
+        .unwrap();
+        for n in [1usize, 3, 1] {
+            let msgs: Vec<Value> = (0..n).map(|_| json!({"role": "user", "content": "x"})).collect();
+            let r = post(&m, "/v1/chat/completions", &json!({"model": "m", "messages": msgs}));
+            assert_eq!(r.json()["choices"][0]["message"]["content"], format!("seen {n}"));
+        }
+        assert_eq!(m.requests().len(), 3);
     }
 
     #[test]
