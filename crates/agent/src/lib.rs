@@ -333,7 +333,7 @@ fn offered(config: &AgentConfig) -> Vec<warren_llm::ToolSpec> {
                 || config
                     .tools
                     .as_ref()
-                    .is_none_or(|allowed| allowed.iter().any(|a| *a == s.name))
+                    .is_none_or(|allowed| allowed.contains(&s.name))
         })
         .collect()
 }

@@ -378,7 +378,11 @@ fn a_manifest_tool_list_limits_what_is_offered_and_accepted() {
     let a = Agent::new(p.clone(), cell.clone(), cfg, None);
     let report = run(&a).unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
-    assert_eq!(cell.count("echo sneaky"), 0, "a tool not offered never runs");
+    assert_eq!(
+        cell.count("echo sneaky"),
+        0,
+        "a tool not offered never runs"
+    );
     let first = &p.requests.lock().unwrap()[0];
     let offered: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(offered, ["read_file", "finish"]);

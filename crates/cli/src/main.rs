@@ -6,9 +6,12 @@
 //! builds a cell starts from a fresh, single-threaded process image.
 
 mod agents;
+mod client;
+mod daemon;
 mod exec;
 mod policy;
 mod run;
+mod tasks;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -24,6 +27,11 @@ struct Cli {
     /// /var/lib/warren for root, else $XDG_STATE_HOME/warren or ~/.local/state/warren.
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+
+    /// The daemon to talk to over TCP (http://HOST:PORT; default: the unix socket in the
+    /// state directory). Also $WARREN_URL; the token from $WARREN_TOKEN or the state directory.
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -73,6 +81,27 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         what: agents::AgentCommand,
+    },
+    /// Run the daemon in the foreground (`start|stop|status` manage a background one).
+    Daemon {
+        /// Manage a background daemon instead.
+        #[command(subcommand)]
+        action: Option<daemon::DaemonAction>,
+        /// Settings (when running in the foreground).
+        #[command(flatten)]
+        args: daemon::DaemonArgs,
+    },
+    /// Tasks on the daemon: submit, list, status, logs, cancel, retry, result, diff.
+    Task {
+        /// What to do.
+        #[command(subcommand)]
+        what: tasks::TaskCommand,
+    },
+    /// The daemon's health, running and queued counts, and the tiers this host supports.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// List cells whose changes are kept.
     Changes {
@@ -200,6 +229,13 @@ fn main() -> ExitCode {
         } => config_show(json),
         Command::Init => init(),
         Command::Agent { what } => agents::run(what, &state),
+        Command::Daemon { action: None, args } => daemon::foreground(args, &state),
+        Command::Daemon {
+            action: Some(action),
+            ..
+        } => daemon::manage(action, &state),
+        Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
+        Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

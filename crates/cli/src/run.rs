@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use warren_agent::{Agent, AgentConfig, AgentEvent, Outcome};
 use warren_cell::{Cell, CellSpec, JailProgram, ProcessCell, Workspace, WorkspaceMode, cow};
-use warren_llm::{Provider, ProviderConfig};
+use warren_daemon::provider;
+use warren_daemon::taskdir::TaskDirs;
+use warren_llm::Provider;
 use warren_protocol::exit;
-use warren_protocol::mount::{Mount, MountKind};
 
 /// Arguments of `warren run`.
 #[derive(Args, Debug)]
@@ -54,15 +55,6 @@ pub struct RunArgs {
     json: bool,
 }
 
-/// A configured value, unless it is only the built-in default.
-fn configured<'a>(loaded: &'a warren_config::Loaded, key: &str) -> Option<&'a toml::Value> {
-    loaded
-        .values
-        .get(key)
-        .filter(|(_, src)| *src != warren_config::Source::Default)
-        .map(|(v, _)| v)
-}
-
 fn provider_for(
     a: &RunArgs,
     loaded: &warren_config::Loaded,
@@ -77,44 +69,9 @@ fn provider_for(
             .unwrap_or_else(|| replay.first_model().unwrap_or_default());
         return Ok((Arc::new(replay), model));
     }
-    let chosen = a.provider.clone().or_else(|| cfg.agent.provider.clone());
-    let kind = match chosen.as_deref() {
-        Some("openai") => "openai",
-        Some("anthropic") => "anthropic",
-        Some(other) => {
-            return Err(format!(
-                "unknown provider {other:?} (use openai or anthropic)"
-            ));
-        }
-        None if env("ANTHROPIC_API_KEY").is_some()
-            || configured(loaded, "providers.anthropic.api_key").is_some() =>
-        {
-            "anthropic"
-        }
-        None => "openai",
-    };
-    let (mut config, default_model) = match kind {
-        "anthropic" => (
-            ProviderConfig::anthropic_from_env(env),
-            "claude-sonnet-4-20250514",
-        ),
-        _ => (ProviderConfig::openai_from_env(env), "gpt-4o"),
-    };
-    // A configured URL or key beats the provider's usual variable, which beats the default.
-    if let Some(url) =
-        configured(loaded, &format!("providers.{kind}.base_url")).and_then(|v| v.as_str())
-    {
-        config.base_url = url.trim_end_matches('/').to_owned();
-    }
-    if let Some(key) =
-        configured(loaded, &format!("providers.{kind}.api_key")).and_then(|v| v.as_str())
-    {
-        config.api_key = Some(key.to_owned());
-    }
-    if let Some(n) = cfg.providers.get(kind).and_then(|p| p.max_concurrency) {
-        config.max_concurrency = n.clamp(1, 1024) as usize;
-    }
-    tune(&mut config, &cfg.llm)?;
+    let chosen = a.provider.as_deref().or(cfg.agent.provider.as_deref());
+    let kind = provider::kind(a.provider.as_deref(), loaded, &env)?;
+    let (config, default_model) = provider::config(kind, loaded, &env)?;
     if config.api_key.is_none() && chosen.is_none() {
         return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), configure providers in .warren/config.toml, or use --replay FILE".to_owned());
     }
@@ -131,84 +88,6 @@ fn provider_for(
         }
     };
     Ok((built, model))
-}
-
-/// Reliability settings of the `[llm]` section (also `WARREN__LLM__*`).
-fn tune(config: &mut ProviderConfig, llm: &warren_config::LlmSection) -> Result<(), String> {
-    let dur = |k: &str, v: &Option<String>| -> Result<Option<Duration>, String> {
-        v.as_deref()
-            .map(|v| crate::policy::parse_duration(v).map_err(|e| format!("llm.{k}: {e}")))
-            .transpose()
-    };
-    if let Some(d) = dur("idle_timeout", &llm.idle_timeout)? {
-        config.idle_timeout = d;
-    }
-    if let Some(d) = dur("retry_base", &llm.retry_base)? {
-        config.retry.base = d;
-        config.retry.max_delay = config.retry.max_delay.max(d);
-    }
-    if let Some(n) = llm.max_attempts {
-        config.retry.max_attempts = n.clamp(1, 100);
-    }
-    Ok(())
-}
-
-/// Host side of a task's namespace: `/task` (spec and status read-only, result writable) and
-/// `/logs` (written by the host, read-only in the cell).
-struct TaskDirs {
-    task: PathBuf,
-    logs: PathBuf,
-}
-
-impl TaskDirs {
-    fn create(
-        state: &Path,
-        id: &str,
-        spec: &serde_json::Value,
-        owner: (u32, u32),
-    ) -> std::io::Result<Self> {
-        let root = state.join("tasks").join(id);
-        let (task, logs) = (root.join("task"), root.join("logs"));
-        std::fs::create_dir_all(&task)?;
-        std::fs::create_dir_all(&logs)?;
-        std::fs::write(
-            task.join("spec.json"),
-            serde_json::to_vec_pretty(spec).unwrap_or_default(),
-        )?;
-        std::fs::write(task.join("status"), "running\n")?;
-        std::fs::write(task.join("result.json"), "")?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(task.join("result.json"), Some(owner.0), Some(owner.1))?;
-        }
-        Ok(TaskDirs { task, logs })
-    }
-
-    fn mounts(&self) -> Vec<Mount> {
-        let bind = |target: &str, source: &Path, readonly: bool| Mount {
-            target: target.into(),
-            kind: MountKind::Bind {
-                source: source.display().to_string(),
-                readonly,
-            },
-        };
-        vec![
-            bind("/task", &self.task, true),
-            bind("/task/result.json", &self.task.join("result.json"), false),
-            bind("/logs", &self.logs, true),
-        ]
-    }
-
-    fn set_status(&self, status: &str) {
-        // Written in place: the cell's bind mount keeps pointing at this inode.
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.task.join("status"))
-        {
-            let _ = writeln!(f, "{status}");
-        }
-    }
 }
 
 struct View {
@@ -341,28 +220,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         );
     }
     let cfg = &loaded.config;
-    let overrides = cfg
-        .models
-        .iter()
-        .map(|(name, m)| {
-            let base = warren_llm::catalog::Catalog::default().lookup(name);
-            let info = warren_llm::catalog::ModelInfo {
-                context_window: m.context_window.unwrap_or(base.context_window),
-                input_per_mtok: m.input_per_mtok.unwrap_or(base.input_per_mtok),
-                cached_input_per_mtok: m
-                    .cached_input_per_mtok
-                    .unwrap_or(base.cached_input_per_mtok),
-                output_per_mtok: m.output_per_mtok.unwrap_or(base.output_per_mtok),
-            };
-            (name.clone(), info)
-        })
-        .collect();
-    let catalog = warren_llm::catalog::Catalog::with_overrides(overrides);
-    let context_window = cfg
-        .llm
-        .context_window
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| catalog.lookup(&model).context_window);
+    let context_window = provider::context_window(&loaded, &model);
     let max_turns = a.max_turns.or(cfg.agent.max_turns).unwrap_or(30);
     let timeout = match (a.timeout, cfg.agent.timeout.as_deref()) {
         (Some(t), _) => t,

@@ -1,6 +1,20 @@
-//! Warren's control plane for operators running many agents.
+//! Warren's control plane, for operators running many agents.
 //!
-//! Built so far: the [`scheduler`]. The daemon process, its HTTP/WebSocket API and the task
-//! runner that drives agents from the store (with their journals as checkpoints) come next.
+//! - [`core`]: the [`core::Daemon`]: tasks from the store, through the [`scheduler`], into
+//!   cells, with the store's checkpoints as each agent's journal ([`journal`]) so a killed
+//!   daemon loses no task and repeats no step;
+//! - [`api`]: the HTTP API (axum), its OpenAPI document, SSE and WebSocket event streams;
+//! - [`server`]: the daemon process (lock, unix socket, TCP with a bearer token, signals);
+//! - [`provider`]: model providers from configuration (shared with `warren run`);
+//! - [`taskdir`]: a task's `/task` and `/logs` on the host.
+//!
+//! Clients (the `warren task …` commands) talk to the API over the unix socket; see
+//! `docs/architecture.md` for the data flow.
 
+pub mod api;
+pub mod core;
+pub mod journal;
+pub mod provider;
 pub mod scheduler;
+pub mod server;
+pub mod taskdir;

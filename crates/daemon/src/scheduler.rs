@@ -58,7 +58,7 @@ pub enum SchedError {
 }
 
 /// Decides which queued task runs next, for one worker (a daemon).
-pub struct Scheduler<S> {
+pub struct Scheduler<S: ?Sized> {
     store: Arc<S>,
     limits: Limits,
     worker: String,
@@ -70,7 +70,7 @@ pub struct Scheduler<S> {
     tick: u64,
 }
 
-impl<S: Store> Scheduler<S> {
+impl<S: Store + ?Sized> Scheduler<S> {
     /// A scheduler claiming as `worker` with leases of `lease`.
     pub fn new(store: Arc<S>, limits: Limits, worker: impl Into<String>, lease: Duration) -> Self {
         Scheduler {

@@ -322,6 +322,8 @@ pub trait Store: Send + Sync {
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
     /// A task's steps in order.
     fn checkpoints(&self, task: &str) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Forget a task's checkpoints and artifacts (a retry that starts over).
+    fn clear_progress(&self, task: &str) -> Result<(), StoreError>;
 
     /// Append an event; returns its id.
     fn append_event(

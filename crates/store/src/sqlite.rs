@@ -18,7 +18,8 @@ use crate::{
 };
 
 /// Numbered schema migrations; `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -63,9 +64,11 @@ CREATE TABLE artifacts (
     data BLOB NOT NULL,
     PRIMARY KEY (task, name)
 );
-"#, r#"
+"#,
+    r#"
 ALTER TABLE tasks ADD COLUMN workspace TEXT;
-"#];
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -560,6 +563,16 @@ impl Store for SqliteStore {
             &worker,
             "its worker restarted; resuming from checkpoints",
         )
+    }
+
+    fn clear_progress(&self, task: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM checkpoints WHERE task = ?1", [task])
+                .map_err(db)?;
+            tx.execute("DELETE FROM artifacts WHERE task = ?1", [task])
+                .map_err(db)?;
+            Ok(())
+        })
     }
 
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {

@@ -37,7 +37,7 @@ fn task(id: &str, priority: i32) -> NewTask {
         agent_version: 1,
         goal: format!("goal {id}"),
         priority,
-            ..NewTask::default()
+        ..NewTask::default()
     }
 }
 
@@ -274,8 +274,10 @@ fn a_restarted_worker_releases_its_own_leases_at_once() {
     t.workspace = Some("/srv/project".into());
     s.submit(t).unwrap();
     s.submit(task("theirs", 0)).unwrap();
-    s.claim_agent("coder", "node-a", Duration::from_secs(600)).unwrap();
-    s.claim_agent("coder", "node-b", Duration::from_secs(600)).unwrap();
+    s.claim_agent("coder", "node-a", Duration::from_secs(600))
+        .unwrap();
+    s.claim_agent("coder", "node-b", Duration::from_secs(600))
+        .unwrap();
     assert_eq!(s.release_worker("node-a").unwrap(), ["mine"]);
     let t = s.get_task("mine").unwrap();
     assert_eq!(t.state, TaskState::Queued);
@@ -324,6 +326,11 @@ fn checkpoints_are_gapless_and_never_written_twice() {
         ]
     );
     assert_eq!(got[1].payload, json!({"seq": 1}));
+    s.put_artifact("t", "result", b"{}").unwrap();
+    s.clear_progress("t").unwrap();
+    assert!(s.checkpoints("t").unwrap().is_empty());
+    assert!(s.get_artifact("t", "result").is_err());
+    s.checkpoint(&cp(0, CheckpointKind::ModelTurn)).unwrap();
 }
 
 #[test]

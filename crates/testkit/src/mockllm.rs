@@ -1413,9 +1413,18 @@ mod tests {
         })
         .unwrap();
         for n in [1usize, 3, 1] {
-            let msgs: Vec<Value> = (0..n).map(|_| json!({"role": "user", "content": "x"})).collect();
-            let r = post(&m, "/v1/chat/completions", &json!({"model": "m", "messages": msgs}));
-            assert_eq!(r.json()["choices"][0]["message"]["content"], format!("seen {n}"));
+            let msgs: Vec<Value> = (0..n)
+                .map(|_| json!({"role": "user", "content": "x"}))
+                .collect();
+            let r = post(
+                &m,
+                "/v1/chat/completions",
+                &json!({"model": "m", "messages": msgs}),
+            );
+            assert_eq!(
+                r.json()["choices"][0]["message"]["content"],
+                format!("seen {n}")
+            );
         }
         assert_eq!(m.requests().len(), 3);
     }

@@ -1,6 +1,7 @@
 mod agents;
 mod check;
 mod config;
+mod daemon;
 mod exec;
 mod kill;
 mod run;

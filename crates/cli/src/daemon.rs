@@ -1,0 +1,241 @@
+//! `warren daemon` (foreground, for systemd and containers) and `warren daemon start|stop|status`
+//! (a background daemon for a person at a terminal).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use warren_daemon::core::Options;
+use warren_daemon::scheduler::Limits;
+use warren_daemon::server::{Listen, Paths};
+
+/// Settings of a daemon.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Also listen on TCP (e.g. 127.0.0.1:7777); requests must carry the bearer token kept in
+    /// the state directory's `token` file (created 0600 on first use).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Let this group use the unix socket (mode 0660 instead of 0600).
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Name on task leases; keep it stable so a restarted daemon resumes its own tasks at once
+    /// (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    worker: Option<String>,
+    /// Tasks running at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_running: usize,
+    /// Tasks running at once per agent.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    max_per_agent: usize,
+    /// Queued tasks accepted at most (more are refused with 429).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_queued: u64,
+    /// Task lease; a task whose daemon stops renewing it is resumed by another (e.g. 30s).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = crate::policy::parse_duration)]
+    lease: Duration,
+    /// A task claimed this many times without finishing is interrupted instead of resumed.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    max_attempts: u32,
+}
+
+/// `warren daemon start|stop|status`.
+#[derive(Subcommand, Debug)]
+pub enum DaemonAction {
+    /// Start a daemon in the background (output in the state directory's daemon.log).
+    Start(DaemonArgs),
+    /// Stop the background daemon: running tasks are requeued and resume at the next start.
+    Stop,
+    /// Whether a daemon runs, and its counts.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
+/// `warren daemon` in the foreground.
+pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = match warren_config::load(&cwd, home.as_deref(), &vars) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 2;
+        }
+    };
+    let mut jail = match warren_cell::JailProgram::current_exe() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 1;
+        }
+    };
+    jail.fork_server = true;
+    let opts = Options {
+        state_dir: state.to_owned(),
+        worker: a.worker.unwrap_or_else(hostname),
+        limits: Limits {
+            global: a.max_running.max(1),
+            per_agent: a.max_per_agent.max(1),
+            agent: HashMap::new(),
+            max_queued: a.max_queued,
+        },
+        lease: a.lease.max(Duration::from_secs(1)),
+        jail,
+        loaded,
+        env: vars.into_iter().collect(),
+        max_attempts: a.max_attempts.max(1),
+    };
+    let listen = Listen {
+        socket_group: a.socket_group,
+        tcp: a.listen,
+    };
+    match warren_daemon::server::run(opts, listen) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("warren daemon: {e}");
+            1
+        }
+    }
+}
+
+fn running_pid(paths: &Paths) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(&paths.pid)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+/// `warren daemon start|stop|status`.
+pub fn manage(action: DaemonAction, state: &Path) -> i32 {
+    let paths = Paths::of(state);
+    match action {
+        DaemonAction::Status { json } => crate::tasks::status(None, state, json),
+        DaemonAction::Start(a) => {
+            if let Some(pid) = running_pid(&paths) {
+                eprintln!("warren: a daemon is already running (pid {pid})");
+                return 0;
+            }
+            if let Err(e) = std::fs::create_dir_all(state) {
+                eprintln!("warren: {}: {e}", state.display());
+                return 1;
+            }
+            let log = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&paths.log)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("warren: {}: {e}", paths.log.display());
+                    return 1;
+                }
+            };
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("warren: {e}");
+                    return 1;
+                }
+            };
+            let mut cmd = Command::new(exe);
+            cmd.arg("--state-dir").arg(state).arg("daemon");
+            if let Some(l) = a.listen {
+                cmd.arg("--listen").arg(l.to_string());
+            }
+            if let Some(g) = &a.socket_group {
+                cmd.arg("--socket-group").arg(g);
+            }
+            if let Some(w) = &a.worker {
+                cmd.arg("--worker").arg(w);
+            }
+            cmd.args([
+                "--max-running",
+                &a.max_running.to_string(),
+                "--max-per-agent",
+                &a.max_per_agent.to_string(),
+                "--max-queued",
+                &a.max_queued.to_string(),
+                "--lease",
+                &format!("{}ms", a.lease.as_millis()),
+                "--max-attempts",
+                &a.max_attempts.to_string(),
+            ]);
+            let err = log.try_clone();
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(err.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+            // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal
+            // session so closing the terminal does not stop it.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+            let child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("warren: starting the daemon: {e}");
+                    return 1;
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
+                    eprintln!(
+                        "warren: daemon started (pid {}); log: {}",
+                        child.id(),
+                        paths.log.display()
+                    );
+                    return 0;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!(
+                "warren: the daemon did not come up within 15s; see {}",
+                paths.log.display()
+            );
+            1
+        }
+        DaemonAction::Stop => {
+            let Some(pid) = running_pid(&paths) else {
+                eprintln!("warren: no daemon is running");
+                return 0;
+            };
+            // SAFETY: signalling the daemon's pid from its own pid file.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(45);
+            // SAFETY: signal 0 only checks that the process exists.
+            while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // SAFETY: as above.
+            if unsafe { libc::kill(pid, 0) } == 0 {
+                eprintln!("warren: the daemon (pid {pid}) did not stop within 45s");
+                return 1;
+            }
+            eprintln!("warren: daemon stopped");
+            0
+        }
+    }
+}

@@ -1,0 +1,935 @@
+//! The HTTP API (axum), served on the daemon's unix socket and, behind a bearer token, on TCP.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /health` | liveness, version, running and queued counts |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | this API as OpenAPI 3.1, generated from the handlers below |
+//! | `POST /v1/agents`, `GET /v1/agents`, `GET`/`DELETE /v1/agents/{name}` | manifests |
+//! | `POST /v1/tasks`, `GET /v1/tasks?state=&agent=&limit=`, `GET /v1/tasks/{id}` | tasks |
+//! | `POST /v1/tasks/{id}/cancel`, `POST /v1/tasks/{id}/retry` | lifecycle |
+//! | `GET /v1/tasks/{id}/result`, `GET /v1/tasks/{id}/diff` | artifacts |
+//! | `GET /v1/tasks/{id}/events?after=N` | events as a JSON array |
+//! | `GET /v1/tasks/{id}/events/stream`, `GET /v1/events/stream` | SSE, resumable (`Last-Event-ID` or `after`) |
+//! | `GET /v1/tasks/{id}/events/ws` | the same over a WebSocket |
+//!
+//! Every error is `{"code": "...", "message": "..."}` with a 4xx/5xx status. Bodies are at
+//! most 1 MiB; JSON bodies reject unknown fields and report the line and column of a syntax
+//! error.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{OpenApi, ToSchema};
+use warren_store::{EventRecord, TaskFilter, TaskRecord, TaskState};
+
+use crate::core::{Daemon, DaemonError, Submission};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The error body of every failed request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `invalid_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `payload_too_large`, `queue_full`, `unavailable`, `internal`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// An API error: a status and an [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    fn invalid(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, "invalid_request", msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.1.into(),
+            message: self.2,
+        };
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        let (status, code) = match &e {
+            DaemonError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            DaemonError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DaemonError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            DaemonError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            DaemonError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            DaemonError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+impl From<warren_store::StoreError> for ApiError {
+    fn from(e: warren_store::StoreError) -> Self {
+        DaemonError::from(e).into()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::invalid(e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::invalid(e.body_text())
+    }
+}
+
+/// A JSON body: size-limited, unknown fields refused, syntax errors with line and column.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the request body is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::invalid(e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type Shared = State<Arc<Daemon>>;
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    /// Id (`t` + 12 hex digits).
+    pub id: String,
+    /// Agent name.
+    pub agent: String,
+    /// Agent manifest version it runs.
+    pub agent_version: u32,
+    /// The goal.
+    pub goal: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// `queued`, `running`, `awaiting_approval`, `succeeded`, `failed`, `cancelled`,
+    /// `interrupted`.
+    pub state: String,
+    /// Times it was claimed by a worker.
+    pub attempts: u32,
+    /// Why it last changed state.
+    pub reason: Option<String>,
+    /// Host project directory.
+    pub workspace: Option<String>,
+    /// Worker running it.
+    pub worker: Option<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms.
+    pub updated_ms: i64,
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(t: TaskRecord) -> Self {
+        TaskView {
+            id: t.id,
+            agent: t.agent,
+            agent_version: t.agent_version,
+            goal: t.goal,
+            priority: t.priority,
+            state: t.state.as_str().into(),
+            attempts: t.attempts,
+            reason: t.reason,
+            workspace: t.workspace,
+            worker: t.lease_owner,
+            created_ms: t.created_ms,
+            updated_ms: t.updated_ms,
+        }
+    }
+}
+
+/// `POST /v1/tasks`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    /// A deployed agent.
+    pub agent: String,
+    /// What to achieve (at most 64 KiB).
+    pub goal: String,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: i32,
+    /// Absolute host path of the project; the agent sees it copy-on-write.
+    #[serde(default)]
+    pub workspace: Option<String>,
+}
+
+/// `POST /v1/agents`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployAgent {
+    /// The manifest (YAML).
+    pub manifest: String,
+}
+
+/// `POST /v1/tasks/{id}/retry`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTask {
+    /// Start over (drop checkpoints and changes) instead of resuming.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// `POST /v1/tasks/{id}/cancel`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelTask {
+    /// Recorded with the cancellation.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A deployed agent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// Name.
+    pub name: String,
+    /// Latest (or requested) version.
+    pub version: u32,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// The manifest text (on `GET /v1/agents/{name}` and deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+}
+
+/// One event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Global, increasing: resume a stream after it.
+    pub id: i64,
+    /// Task it concerns.
+    pub task: Option<String>,
+    /// `task.state`, `task.resumed`, `task.cancelled`, `agent.turn`, `agent.text`,
+    /// `agent.tool_call`, `agent.tool_result`, `agent.usage`, `agent.finished`, …
+    pub kind: String,
+    /// Data.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Unix ms.
+    pub at_ms: i64,
+}
+
+impl From<EventRecord> for EventView {
+    fn from(e: EventRecord) -> Self {
+        EventView {
+            id: e.id,
+            task: e.task,
+            kind: e.kind,
+            payload: e.payload,
+            at_ms: e.at_ms,
+        }
+    }
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `stopping` during shutdown.
+    pub status: String,
+    /// Warren's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// This daemon's lease name.
+    pub worker: String,
+    /// Tasks running in this daemon.
+    pub running: u64,
+    /// Tasks queued (all workers).
+    pub queued: u64,
+    /// Tasks allowed to run at once.
+    pub max_running: u64,
+    /// Cell tiers this host can run.
+    pub tiers: Vec<String>,
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    pub state: Option<String>,
+    /// Only this agent's tasks.
+    pub agent: Option<String>,
+    /// At most this many, newest first (default 100, at most 10000).
+    pub limit: Option<u32>,
+}
+
+/// Query of event endpoints.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events after this id (default 0: from the start).
+    pub after: Option<i64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warren daemon API",
+        description = "Agents, tasks, events of a Warren daemon."
+    ),
+    paths(
+        health,
+        deploy_agent,
+        list_agents,
+        get_agent,
+        delete_agent,
+        submit_task,
+        list_tasks,
+        get_task,
+        cancel_task,
+        retry_task,
+        task_result,
+        task_diff,
+        task_events,
+        task_event_stream,
+        all_event_stream,
+        task_event_ws,
+        metrics
+    ),
+    components(schemas(
+        ErrorBody,
+        TaskView,
+        SubmitTask,
+        DeployAgent,
+        RetryTask,
+        CancelTask,
+        AgentView,
+        EventView,
+        Health
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string())
+}
+
+/// The router. `token`: when given, every request must carry `Authorization: Bearer TOKEN`
+/// (the TCP listener); the unix socket's router has none (its file mode is the access check).
+pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
+    let r = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+        .route("/v1/agents", post(deploy_agent).get(list_agents))
+        .route("/v1/agents/{name}", get(get_agent).delete(delete_agent))
+        .route("/v1/tasks", post(submit_task).get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/tasks/{id}/retry", post(retry_task))
+        .route("/v1/tasks/{id}/result", get(task_result))
+        .route("/v1/tasks/{id}/diff", get(task_diff))
+        .route("/v1/tasks/{id}/events", get(task_events))
+        .route("/v1/tasks/{id}/events/stream", get(task_event_stream))
+        .route("/v1/tasks/{id}/events/ws", get(task_event_ws))
+        .route("/v1/events/stream", get(all_event_stream))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint (see /openapi.json)".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see /openapi.json)".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(daemon);
+    match token {
+        Some(t) => r.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let t = Arc::clone(&t);
+                async move { authorize(&t, req, next).await }
+            },
+        )),
+        None => r,
+    }
+}
+
+/// Constant-time comparison (the token must not leak through timing).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => {
+            let mut r = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this listener requires `Authorization: Bearer <token>` (the token is in the daemon's state directory, file `token`)".into(),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+fn tiers() -> Vec<String> {
+    static TIERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TIERS
+        .get_or_init(|| {
+            let report = warren_cell::check::detect();
+            let mut t = Vec::new();
+            if report.process_tier_ready().is_ok() {
+                t.push("process".to_owned());
+            }
+            t
+        })
+        .clone()
+}
+
+/// Liveness and counts.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health(State(d): Shared) -> ApiResult<axum::Json<Health>> {
+    let queued = d.store().count(TaskState::Queued)?;
+    let tiers = tokio::task::spawn_blocking(tiers).await.unwrap_or_default();
+    Ok(axum::Json(Health {
+        status: if d.is_stopping() { "stopping" } else { "ok" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: d.uptime().as_secs(),
+        worker: d.worker().into(),
+        running: d.running_count() as u64,
+        queued,
+        max_running: d.limits().global as u64,
+        tiers,
+    }))
+}
+
+/// Counters and gauges in Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
+async fn metrics(State(d): Shared) -> ApiResult<Response> {
+    let m = &d.metrics;
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v)];
+    put(
+        "warren_tasks_submitted_total",
+        "counter",
+        "Tasks accepted.",
+        one(m.submitted.load(Ordering::Relaxed)),
+    );
+    put(
+        "warren_tasks_rejected_total",
+        "counter",
+        "Submissions refused because the queue was full.",
+        one(m.rejected.load(Ordering::Relaxed)),
+    );
+    put(
+        "warren_tasks_resumed_total",
+        "counter",
+        "Tasks resumed from checkpoints.",
+        one(m.resumed.load(Ordering::Relaxed)),
+    );
+    put(
+        "warren_cells_started_total",
+        "counter",
+        "Cells started.",
+        one(m.cells_started.load(Ordering::Relaxed)),
+    );
+    put(
+        "warren_model_turns_total",
+        "counter",
+        "Model turns taken.",
+        one(m.model_turns.load(Ordering::Relaxed)),
+    );
+    put(
+        "warren_tool_calls_total",
+        "counter",
+        "Tool calls made.",
+        one(m.tool_calls.load(Ordering::Relaxed)),
+    );
+    let finished: Vec<(String, u64)> = {
+        let f = m.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = f
+            .iter()
+            .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
+            .collect();
+        v.sort();
+        v
+    };
+    put(
+        "warren_tasks_finished_total",
+        "counter",
+        "Tasks that ended, by final state.",
+        finished,
+    );
+    put(
+        "warren_tasks_running",
+        "gauge",
+        "Tasks running in this daemon.",
+        one(d.running_count() as u64),
+    );
+    put(
+        "warren_tasks_queued",
+        "gauge",
+        "Tasks queued.",
+        one(d.store().count(TaskState::Queued)?),
+    );
+    put(
+        "warren_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        one(d.uptime().as_secs()),
+    );
+    put(
+        "warren_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the daemon process.",
+        one(rss_bytes()),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
+}
+
+/// Validate a manifest and deploy it as the agent's next version.
+#[utoipa::path(post, path = "/v1/agents", request_body = DeployAgent,
+    responses((status = 201, body = AgentView), (status = 400, body = ErrorBody, description = "invalid manifest; the message names line and column")))]
+async fn deploy_agent(State(d): Shared, JsonBody(b): JsonBody<DeployAgent>) -> ApiResult<Response> {
+    let (rec, _) = d.deploy(Path::new("manifest"), &b.manifest)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(AgentView {
+            name: rec.name,
+            version: rec.version,
+            created_ms: rec.created_ms,
+            manifest: Some(rec.manifest),
+        }),
+    )
+        .into_response())
+}
+
+/// Deployed agents (latest versions).
+#[utoipa::path(get, path = "/v1/agents", responses((status = 200, body = Vec<AgentView>)))]
+async fn list_agents(State(d): Shared) -> ApiResult<axum::Json<Vec<AgentView>>> {
+    Ok(axum::Json(
+        d.store()
+            .list_agents()?
+            .into_iter()
+            .map(|a| AgentView {
+                name: a.name,
+                version: a.version,
+                created_ms: a.created_ms,
+                manifest: None,
+            })
+            .collect(),
+    ))
+}
+
+/// One agent (latest version) with its manifest.
+#[utoipa::path(get, path = "/v1/agents/{name}", params(("name" = String, Path, description = "Agent name")),
+    responses((status = 200, body = AgentView), (status = 404, body = ErrorBody)))]
+async fn get_agent(
+    State(d): Shared,
+    name: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<axum::Json<AgentView>> {
+    let UrlPath(name) = name?;
+    let a = d.store().get_agent(&name, None)?;
+    Ok(axum::Json(AgentView {
+        name: a.name,
+        version: a.version,
+        created_ms: a.created_ms,
+        manifest: Some(a.manifest),
+    }))
+}
+
+/// Remove every version of an agent.
+#[utoipa::path(delete, path = "/v1/agents/{name}", params(("name" = String, Path, description = "Agent name")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_agent(
+    State(d): Shared,
+    name: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let UrlPath(name) = name?;
+    d.store().delete_agent(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queue a task.
+#[utoipa::path(post, path = "/v1/tasks", request_body = SubmitTask,
+    responses((status = 201, body = TaskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown agent"),
+        (status = 429, body = ErrorBody, description = "the queue is full")))]
+async fn submit_task(State(d): Shared, JsonBody(b): JsonBody<SubmitTask>) -> ApiResult<Response> {
+    let d2 = Arc::clone(&d);
+    let rec = tokio::task::spawn_blocking(move || {
+        d2.submit(Submission {
+            agent: b.agent,
+            goal: b.goal,
+            priority: b.priority,
+            workspace: b.workspace,
+        })
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(e.to_string()))??;
+    Ok((StatusCode::CREATED, axum::Json(TaskView::from(rec))).into_response())
+}
+
+/// Tasks, newest first.
+#[utoipa::path(get, path = "/v1/tasks", params(ListQuery), responses((status = 200, body = Vec<TaskView>), (status = 400, body = ErrorBody)))]
+async fn list_tasks(
+    State(d): Shared,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<Vec<TaskView>>> {
+    let Query(q) = q?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "state: {s:?} is not one of queued, running, awaiting_approval, succeeded, failed, cancelled, interrupted"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::invalid("limit: must be 1 to 10000"));
+    }
+    let list = d.list(&TaskFilter {
+        state,
+        agent: q.agent,
+        limit: Some(limit),
+    })?;
+    Ok(axum::Json(list.into_iter().map(TaskView::from).collect()))
+}
+
+fn task_id(id: Result<UrlPath<String>, PathRejection>) -> ApiResult<String> {
+    let UrlPath(id) = id?;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::invalid(format!("{id:?} is not a task id")));
+    }
+    Ok(id)
+}
+
+/// One task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
+async fn get_task(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<axum::Json<TaskView>> {
+    Ok(axum::Json(d.store().get_task(&task_id(id)?)?.into()))
+}
+
+/// Cancel a queued or running task (a running task's cell is killed).
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", params(("id" = String, Path, description = "Task id")), request_body(content = CancelTask, description = "optional"),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")))]
+async fn cancel_task(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<axum::Json<TaskView>> {
+    let id = task_id(id)?;
+    let b: CancelTask = optional_body(&body)?;
+    let reason = b.reason.unwrap_or_else(|| "cancelled by request".into());
+    Ok(axum::Json(d.cancel(&id, &reason).await?.into()))
+}
+
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// Queue a failed, cancelled or interrupted task again.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", params(("id" = String, Path, description = "Task id")), request_body(content = RetryTask, description = "optional"),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry_task(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<axum::Json<TaskView>> {
+    let id = task_id(id)?;
+    let b: RetryTask = optional_body(&body)?;
+    Ok(axum::Json(d.retry(&id, b.fresh)?.into()))
+}
+
+/// The task's result (what the agent reported with `finish`, turns, tokens).
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "the result", content_type = "application/json"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "no result yet")))]
+async fn task_result(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let id = task_id(id)?;
+    let t = d.store().get_task(&id)?;
+    match d.store().get_artifact(&id, "result") {
+        Ok(data) => Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response()),
+        Err(_) => Err(ApiError(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "task {id} is {} and has no result{}",
+                t.state.as_str(),
+                t.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// The task's changes to its workspace as a unified diff (empty when none).
+#[utoipa::path(get, path = "/v1/tasks/{id}/diff", params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "unified diff", content_type = "text/x-diff"), (status = 404, body = ErrorBody)))]
+async fn task_diff(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let id = task_id(id)?;
+    let d2 = Arc::clone(&d);
+    let diff = tokio::task::spawn_blocking(move || d2.diff(&id))
+        .await
+        .map_err(|e| DaemonError::Internal(e.to_string()))??;
+    Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
+}
+
+/// A task's events after an id, as a JSON array (at most 1000).
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", params(("id" = String, Path, description = "Task id"), EventsQuery),
+    responses((status = 200, body = Vec<EventView>), (status = 404, body = ErrorBody)))]
+async fn task_events(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<Vec<EventView>>> {
+    let id = task_id(id)?;
+    let Query(q) = q?;
+    d.store().get_task(&id)?;
+    let ev = d
+        .store()
+        .events_since(Some(&id), q.after.unwrap_or(0), 1000)?;
+    Ok(axum::Json(ev.into_iter().map(EventView::from).collect()))
+}
+
+/// Where a stream starts: `Last-Event-ID` (a reconnecting SSE client) beats `after`.
+fn start_after(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<i64> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID: not an event id")),
+        None => Ok(q.after.unwrap_or(0)),
+    }
+}
+
+/// Events in order from `after`; for a task, ends once the task is over and every event was
+/// sent; for all tasks, never ends.
+fn event_feed(
+    d: Arc<Daemon>,
+    task: Option<String>,
+    after: i64,
+) -> impl Stream<Item = EventRecord> + Send {
+    struct Feed {
+        d: Arc<Daemon>,
+        task: Option<String>,
+        after: i64,
+        buf: VecDeque<EventRecord>,
+        changes: tokio::sync::watch::Receiver<u64>,
+        last_look: bool,
+    }
+    let changes = d.changes();
+    let feed = Feed {
+        d,
+        task,
+        after,
+        buf: VecDeque::new(),
+        changes,
+        last_look: false,
+    };
+    futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.buf.pop_front() {
+                f.after = e.id;
+                return Some((e, f));
+            }
+            if f.last_look {
+                return None;
+            }
+            f.changes.borrow_and_update();
+            let batch =
+                f.d.store()
+                    .events_since(f.task.as_deref(), f.after, 256)
+                    .unwrap_or_default();
+            if !batch.is_empty() {
+                f.buf.extend(batch);
+                continue;
+            }
+            if let Some(t) = &f.task {
+                match f.d.store().get_task(t) {
+                    Ok(t) if t.state.is_terminal() => {
+                        // One more look: events written with the final state.
+                        f.last_look = true;
+                        let batch =
+                            f.d.store()
+                                .events_since(f.task.as_deref(), f.after, 256)
+                                .unwrap_or_default();
+                        f.buf.extend(batch);
+                        continue;
+                    }
+                    Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+            // Woken by this daemon's writes; polled for writers in other processes.
+            let _ = tokio::time::timeout(Duration::from_millis(500), f.changes.changed()).await;
+        }
+    })
+}
+
+fn sse(
+    feed: impl Stream<Item = EventRecord> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    use futures_util::StreamExt;
+    let events = feed.map(|e| {
+        let id = e.id;
+        let kind = e.kind.clone();
+        let data = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+        Ok(Event::default().id(id.to_string()).event(kind).data(data))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// A task's events as server-sent events, from `after` or `Last-Event-ID`; the stream ends when
+/// the task is over.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events/stream", params(("id" = String, Path, description = "Task id"), EventsQuery),
+    responses((status = 200, description = "SSE: `id` is the event id, `event` its kind, `data` an EventView", content_type = "text/event-stream"), (status = 404, body = ErrorBody)))]
+async fn task_event_stream(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = task_id(id)?;
+    let Query(q) = q?;
+    d.store().get_task(&id)?;
+    let after = start_after(&headers, &q)?;
+    Ok(sse(event_feed(d, Some(id), after)).into_response())
+}
+
+/// Every task's events as server-sent events (never ends).
+#[utoipa::path(get, path = "/v1/events/stream", params(EventsQuery),
+    responses((status = 200, description = "SSE of EventView", content_type = "text/event-stream")))]
+async fn all_event_stream(
+    State(d): Shared,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
+    let after = start_after(&headers, &q)?;
+    Ok(sse(event_feed(d, None, after)).into_response())
+}
+
+/// A task's events over a WebSocket: one text message (an EventView) per event; the server
+/// closes when the task is over.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events/ws", params(("id" = String, Path, description = "Task id"), EventsQuery),
+    responses((status = 101, description = "WebSocket upgrade"), (status = 404, body = ErrorBody)))]
+async fn task_event_ws(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let id = task_id(id)?;
+    let Query(q) = q?;
+    d.store().get_task(&id)?;
+    let after = q.after.unwrap_or(0);
+    Ok(ws.on_upgrade(move |socket| pump_ws(socket, event_feed(d, Some(id), after))))
+}
+
+async fn pump_ws(mut socket: WebSocket, feed: impl Stream<Item = EventRecord> + Send) {
+    use futures_util::StreamExt;
+    let mut feed = std::pin::pin!(feed);
+    while let Some(e) = feed.next().await {
+        let text = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
