@@ -4,6 +4,7 @@ mod config;
 mod daemon;
 mod exec;
 mod kill;
+mod resume;
 mod run;
 
 use std::process::{Command, Output};
