@@ -180,6 +180,9 @@ pub fn parse_manifest(origin: &Path, text: &str) -> Result<Manifest, String> {
     warren_config::manifest::parse(origin, text, &known).map_err(|e| e.to_string())
 }
 
+/// The shortest interval between two scheduling passes.
+const SCHEDULING_QUANTUM: Duration = Duration::from_millis(10);
+
 /// How a task's run ended, before it is recorded.
 enum End {
     Final(TaskState, String),
@@ -458,6 +461,7 @@ impl Daemon {
         let mut last_renew = Instant::now();
         let mut last_recover = Instant::now() - self.opts.lease;
         while !self.stopping.load(Ordering::SeqCst) {
+            let pass = Instant::now();
             if last_recover.elapsed() >= self.opts.lease / 2 {
                 last_recover = Instant::now();
                 match self.store.recover_expired() {
@@ -494,6 +498,9 @@ impl Daemon {
             let _ =
                 tokio::time::timeout(lease_tick.min(Duration::from_secs(1)), self.wake.notified())
                     .await;
+            // At most one pass per SCHEDULING_QUANTUM: a burst of submissions costs one look at
+            // the queue, not one each.
+            tokio::time::sleep_until((pass + SCHEDULING_QUANTUM).into()).await;
         }
     }
 
@@ -566,7 +573,21 @@ impl Daemon {
         if let Err(e) = recorded {
             eprintln!("warren daemon: task {id}: recording its end: {e}");
         }
-        lock(&self.running).remove(&id);
+        let idle = {
+            let mut r = lock(&self.running);
+            r.remove(&id);
+            r.is_empty()
+        };
+        if idle {
+            // The last running task ended: hand the memory its peers used back to the system
+            // (glibc keeps freed pages otherwise; a burst of a thousand tasks would stay
+            // resident until the next one).
+            // SAFETY: malloc_trim has no preconditions.
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         lock(&self.sched).finished(&id);
         self.touch();
         self.wake.notify_one();

@@ -121,6 +121,22 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListe
     Ok(l)
 }
 
+/// Each running cell holds a few descriptors in the daemon (pidfd, command connections):
+/// raise the soft limit to the hard one.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT. Blocks; builds its own runtime.
 pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
     let state = opts.state_dir.clone();
@@ -140,7 +156,20 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
         ),
         None => None,
     };
+    raise_nofile();
+    // A running tool call holds a blocking thread, and glibc gives threads their own malloc
+    // arenas (up to 8 per core), each keeping freed memory: with a thousand running tasks that
+    // is most of the daemon's footprint. A few shared arenas suffice for short critical
+    // sections.
+    // SAFETY: mallopt before the runtime's threads exist.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    // Every running tool call holds a blocking thread (a cell's command runs synchronously):
+    // allow as many as there can be running tasks, several calls each.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(8192)
         .enable_all()
         .thread_name("warren-daemon")
         .build()
