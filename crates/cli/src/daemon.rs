@@ -48,9 +48,20 @@ pub struct DaemonArgs {
 #[derive(Subcommand, Debug)]
 pub enum DaemonAction {
     /// Start a daemon in the background (output in the state directory's daemon.log).
-    Start(DaemonArgs),
+    Start {
+        /// Settings.
+        #[command(flatten)]
+        args: DaemonArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the background daemon: running tasks are requeued and resume at the next start.
-    Stop,
+    Stop {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Whether a daemon runs, and its counts.
     Status {
         /// Machine-readable output.
@@ -130,9 +141,23 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
     let paths = Paths::of(state);
     match action {
         DaemonAction::Status { json } => crate::tasks::status(None, state, json),
-        DaemonAction::Start(a) => {
+        DaemonAction::Start { args: a, json } => {
+            let say = |started: bool, pid: u32, msg: String| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"running": started, "pid": pid, "message": msg})
+                    );
+                } else {
+                    eprintln!("warren: {msg}");
+                }
+            };
             if let Some(pid) = running_pid(&paths) {
-                eprintln!("warren: a daemon is already running (pid {pid})");
+                say(
+                    true,
+                    pid as u32,
+                    format!("a daemon is already running (pid {pid})"),
+                );
                 return 0;
             }
             if let Err(e) = std::fs::create_dir_all(state) {
@@ -202,24 +227,42 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
-                    eprintln!(
-                        "warren: daemon started (pid {}); log: {}",
+                    say(
+                        true,
                         child.id(),
-                        paths.log.display()
+                        format!(
+                            "daemon started (pid {}); log: {}",
+                            child.id(),
+                            paths.log.display()
+                        ),
                     );
                     return 0;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            eprintln!(
-                "warren: the daemon did not come up within 15s; see {}",
-                paths.log.display()
+            say(
+                false,
+                child.id(),
+                format!(
+                    "the daemon did not come up within 15s; see {}",
+                    paths.log.display()
+                ),
             );
             1
         }
-        DaemonAction::Stop => {
+        DaemonAction::Stop { json } => {
+            let say = |msg: &str, stopped: bool| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"stopped": stopped, "message": msg})
+                    );
+                } else {
+                    eprintln!("warren: {msg}");
+                }
+            };
             let Some(pid) = running_pid(&paths) else {
-                eprintln!("warren: no daemon is running");
+                say("no daemon is running", true);
                 return 0;
             };
             // SAFETY: signalling the daemon's pid from its own pid file.
@@ -231,10 +274,13 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             }
             // SAFETY: as above.
             if unsafe { libc::kill(pid, 0) } == 0 {
-                eprintln!("warren: the daemon (pid {pid}) did not stop within 45s");
+                say(
+                    &format!("the daemon (pid {pid}) did not stop within 45s"),
+                    false,
+                );
                 return 1;
             }
-            eprintln!("warren: daemon stopped");
+            say("daemon stopped", true);
             0
         }
     }

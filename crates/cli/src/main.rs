@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             what: ConfigCommand::Show { json },
         } => config_show(json),
         Command::Init => init(),
-        Command::Agent { what } => agents::run(what, &state),
+        Command::Agent { what } => agents::run(what, cli.url.as_deref(), &state),
         Command::Daemon { action: None, args } => daemon::foreground(args, &state),
         Command::Daemon {
             action: Some(action),

@@ -102,6 +102,9 @@ pub enum TaskCommand {
     Diff {
         /// Task id.
         id: String,
+        /// `{"id": …, "diff": …}` instead of the bare diff.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -521,7 +524,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
                 Err(e) => fail(json, &e),
             }
         }
-        TaskCommand::Diff { id } => {
+        TaskCommand::Diff { id, json } => {
             match client::call(
                 t,
                 Method::GET,
@@ -530,11 +533,15 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             )
             .await
             {
+                Ok(b) if json => {
+                    println!("{}", json!({"id": id, "diff": String::from_utf8_lossy(&b)}));
+                    0
+                }
                 Ok(b) => {
                     let _ = std::io::stdout().write_all(&b);
                     0
                 }
-                Err(e) => fail(false, &e),
+                Err(e) => fail(json, &e),
             }
         }
     }

@@ -795,3 +795,83 @@ fn warren_store_state(state: &Path, id: &str) -> String {
     let s = warren_store::sqlite::SqliteStore::open(&state.join("warren.db")).unwrap();
     s.get_task(id).unwrap().state.as_str().to_owned()
 }
+
+#[test]
+fn a_background_daemon_starts_serves_remote_clients_and_stops() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("daemon-bg");
+    let state = t.path().join("state");
+    let json_of = |o: &std::process::Output| -> Value {
+        serde_json::from_str(&stdout(o)).unwrap_or_else(|_| panic!("{}{}", stdout(o), stderr(o)))
+    };
+    let o = warren_at(
+        &state,
+        &["daemon", "start", "--listen", "127.0.0.1:0", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_of(&o)["running"], true);
+    let again = warren_at(&state, &["daemon", "start", "--json"]);
+    assert!(
+        json_of(&again)["message"]
+            .as_str()
+            .unwrap()
+            .contains("already running")
+    );
+    let st = json_of(&warren_at(&state, &["daemon", "status", "--json"]));
+    assert_eq!(st["status"], "ok");
+
+    // A remote client: TCP with the token.
+    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
+    let addr = log
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let f = t.path().join("coder.yaml");
+    std::fs::write(&f, MANIFEST).unwrap();
+    let remote = |args: &[&str]| {
+        Command::new(WARREN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--url", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = remote(&["agent", "deploy", f.to_str().unwrap(), "--json"]);
+    assert_eq!(json_of(&o)["version"], 1);
+    let list = json_of(&remote(&["agent", "list", "--json"]));
+    assert_eq!(list[0]["name"], "coder");
+    let show = json_of(&remote(&["agent", "show", "coder", "--json"]));
+    assert!(show["manifest"].as_str().unwrap().contains("mock-model"));
+    assert_eq!(json_of(&remote(&["task", "list", "--json"])), json!([]));
+    // A wrong token is refused with the daemon's message.
+    let o = Command::new(WARREN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--url", &url, "task", "list", "--json"])
+        .env("WARREN_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json_of(&o)["error"]["code"], "unauthorized");
+    // A manifest error names the file, line and column, before anything is sent.
+    let bad = t.path().join("bad.yaml");
+    std::fs::write(&bad, "name: x\ntools: [teleport]\n").unwrap();
+    let o = remote(&["agent", "deploy", bad.to_str().unwrap()]);
+    assert!(stderr(&o).contains("bad.yaml:2:"), "{}", stderr(&o));
+    let o = remote(&["agent", "remove", "coder", "--json"]);
+    assert_eq!(json_of(&o)["removed"], "coder");
+
+    let o = warren_at(&state, &["daemon", "stop", "--json"]);
+    assert_eq!(json_of(&o)["stopped"], true, "{}", stderr(&o));
+    let o = warren_at(&state, &["status", "--json"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(json_of(&o)["status"], "not_running");
+    assert!(!state.join("warren.sock").exists());
+}
