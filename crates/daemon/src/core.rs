@@ -678,9 +678,13 @@ impl Daemon {
         let outcome = tokio::select! {
             r = agent.run(&task.goal, &mut observe) => Ok(r),
             s = wait_stop(&mut stop) => Err(Some(s)),
-            () = tokio::time::sleep(wall + Duration::from_secs(30)) => Err(None),
+            () = tokio::time::sleep(wall) => Err(None),
         };
         self.flush_text(id, &mut text);
+        if outcome.is_err() {
+            // A command may still run in the cell (its blocking thread holds the cell): stop it.
+            cell.terminate();
+        }
         drop(agent);
         let layer = cell.cow_layer().cloned();
         drop_cell(cell, &run.cell).await;
@@ -690,7 +694,7 @@ impl Daemon {
                 dirs.set_status("failed");
                 End::Final(
                     TaskState::Failed,
-                    format!("timed out after {}s", wall.as_secs() + 30),
+                    format!("timed out after {:?} (the agent's timeout)", wall),
                 )
             }
             Ok(Err(AgentError::Journal(e))) => {

@@ -875,3 +875,45 @@ fn a_background_daemon_starts_serves_remote_clients_and_stops() {
     assert_eq!(json_of(&o)["status"], "not_running");
     assert!(!state.join("warren.sock").exists());
 }
+
+#[test]
+fn a_task_past_its_timeout_fails_and_its_cell_is_killed() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("daemon-timeout");
+    let state = t.path().join("state");
+    deploy(&state, &MANIFEST.replace("timeout: 5m", "timeout: 2s"));
+    let marker = format!("sleep 4{}", std::process::id() % 1000);
+    let m2 = marker.clone();
+    let mock = MockLlm::start_responder(move |_| {
+        reply(vec![("s1", "shell", json!({"command": m2.clone()}))])
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &[]);
+    let started = Instant::now();
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "coder", "goal": "forever"})),
+    );
+    let done = d.wait_done(task["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s"),
+        "{done}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        !alive.status.success(),
+        "the task's command was killed with its cell"
+    );
+}
