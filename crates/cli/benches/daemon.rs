@@ -458,6 +458,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    submissions(arg("--submissions", 5000));
-    concurrent(arg("--tasks", 1000));
+    let (subs, tasks) = (arg("--submissions", 5000), arg("--tasks", 1000));
+    if subs > 0 {
+        submissions(subs);
+    }
+    if tasks > 0 {
+        concurrent(tasks);
+    }
 }

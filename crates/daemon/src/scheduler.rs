@@ -68,7 +68,14 @@ pub struct Scheduler<S: ?Sized> {
     /// Agent -> tick it was last served.
     served: HashMap<String, u64>,
     tick: u64,
+    /// Queued count as last read from the store, kept current by this scheduler's own
+    /// submissions and claims, and reread after [`QUEUED_FRESH`] (other processes may submit or
+    /// claim too): counting a long queue on every submission would cost O(queue).
+    queued: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
+
+/// How long a queued count read from the store is trusted.
+const QUEUED_FRESH: Duration = Duration::from_millis(250);
 
 impl<S: Store + ?Sized> Scheduler<S> {
     /// A scheduler claiming as `worker` with leases of `lease`.
@@ -81,19 +88,41 @@ impl<S: Store + ?Sized> Scheduler<S> {
             running: HashMap::new(),
             served: HashMap::new(),
             tick: 0,
+            queued: std::sync::Mutex::new(None),
         }
     }
 
     /// Queue a task, unless the queue is full.
     pub fn submit(&self, task: NewTask) -> Result<TaskRecord, SchedError> {
-        let queued = self.store.count(TaskState::Queued)?;
+        let mut cache = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = match *cache {
+            Some((n, at)) if at.elapsed() < QUEUED_FRESH => n,
+            _ => {
+                let n = self.store.count(TaskState::Queued)?;
+                *cache = Some((n, std::time::Instant::now()));
+                n
+            }
+        };
         if queued >= self.limits.max_queued {
+            // Refused on a count that may be stale: reread next time.
+            *cache = None;
             return Err(SchedError::QueueFull {
                 queued,
                 max: self.limits.max_queued,
             });
         }
-        Ok(self.store.submit(task)?)
+        let rec = self.store.submit(task)?;
+        if let Some((n, _)) = cache.as_mut() {
+            *n += 1;
+        }
+        Ok(rec)
+    }
+
+    fn claimed_one(&self) {
+        let mut cache = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, _)) = cache.as_mut() {
+            *n = n.saturating_sub(1);
+        }
     }
 
     fn limit(&self, agent: &str) -> usize {
@@ -134,6 +163,7 @@ impl<S: Store + ?Sized> Scheduler<S> {
         for (agent, _, _) in candidates {
             // Another scheduler may have taken the agent's last task: try the next agent.
             if let Some(task) = self.store.claim_agent(&agent, &self.worker, self.lease)? {
+                self.claimed_one();
                 self.tick += 1;
                 self.served.insert(agent.clone(), self.tick);
                 self.running.insert(task.id.clone(), agent);
