@@ -68,7 +68,12 @@ fn a_daemon_killed_twenty_times_loses_no_task_and_repeats_no_step() {
                 )])),
             }
         } else {
-            reply(vec![("fin", "finish", json!({"summary": format!("{goal} done")}))])
+            // Call ids are unique per position, as a real model's are.
+            reply(vec![(
+                &format!("fin{n}"),
+                "finish",
+                json!({"summary": format!("{goal} done")}),
+            )])
         }
     })
     .unwrap();
@@ -129,8 +134,9 @@ fn a_daemon_killed_twenty_times_loses_no_task_and_repeats_no_step() {
     for (id, goal) in &ids {
         let cps = store.checkpoints(id).unwrap();
         let steps: Vec<Value> = cps.iter().map(|c| c.payload.clone()).collect();
-        // Each model turn (identified by its call ids) and each tool result recorded once.
-        let mut model_calls = HashSet::new();
+        // Each model turn is recorded once per position in the conversation (the number of
+        // tool results before it: what the model was asked), and each tool result once.
+        let mut positions = Vec::new();
         let mut tool_results_seen = HashSet::new();
         let mut interrupted = HashSet::new();
         for s in &steps {
@@ -143,10 +149,12 @@ fn a_daemon_killed_twenty_times_loses_no_task_and_repeats_no_step() {
                         .iter()
                         .map(|c| c["id"].as_str().unwrap().to_owned())
                         .collect();
+                    let at = tool_results_seen.len();
                     assert!(
-                        model_calls.insert(calls.join(",")),
-                        "task {id}: model turn {calls:?} recorded twice"
+                        positions.last().is_none_or(|(p, _)| *p < at),
+                        "task {id}: the model turn at position {at} was recorded twice: {steps:?}"
                     );
+                    positions.push((at, calls.join(",")));
                 }
                 "tool" => {
                     let call = s["call_id"].as_str().unwrap().to_owned();
@@ -161,7 +169,14 @@ fn a_daemon_killed_twenty_times_loses_no_task_and_repeats_no_step() {
                 _ => {}
             }
         }
-        assert_eq!(model_calls.len(), STEPS + 1, "task {id}: {steps:?}");
+        // Positions 0..STEPS asked for the steps, then finish (asked again only if a kill
+        // interrupted the finish call itself).
+        let expected: Vec<(usize, String)> = (0..STEPS).map(|k| (k, format!("c{k}"))).collect();
+        assert_eq!(positions[..STEPS], expected[..], "task {id}");
+        assert!(
+            positions[STEPS..].iter().all(|(_, c)| c.starts_with("fin")),
+            "task {id}: {positions:?}"
+        );
         // The commands' effects: every step at most once, in order; a step is missing only
         // if a kill interrupted its command (the agent was told its effect is unknown).
         let layer = state.join("changes").join(id).join("upper");
