@@ -12,11 +12,12 @@ use std::time::Duration;
 use serde_json::json;
 use warren_agent::{Agent, AgentConfig, Journal, Outcome, Step};
 use warren_cell::{Cell, CellError, ExecOutcome, ExecSpec, OutputSink, Tier};
+use warren_daemon::journal::StoreJournal;
 use warren_llm::{
     ChatRequest, ChatResponse, EventSink, LlmError, Provider, StopReason, ToolCall, Usage,
 };
 use warren_store::sqlite::SqliteStore;
-use warren_store::{Checkpoint, CheckpointKind, NewTask, Store};
+use warren_store::{NewTask, Store};
 
 /// Records every command; emulates `sh -c`, `cat` and the write helper over an in-memory map.
 #[derive(Default)]
@@ -137,40 +138,6 @@ fn call(id: &str, name: &str, args: serde_json::Value) -> ToolCall {
     }
 }
 
-/// The store's checkpoints as the agent's journal (what the daemon will use).
-struct StoreJournal {
-    store: Arc<SqliteStore>,
-    task: String,
-}
-
-impl Journal for StoreJournal {
-    fn load(&self) -> Result<Vec<Step>, String> {
-        let cps = self
-            .store
-            .checkpoints(&self.task)
-            .map_err(|e| e.to_string())?;
-        cps.into_iter()
-            .map(|c| serde_json::from_value(c.payload).map_err(|e| e.to_string()))
-            .collect()
-    }
-    fn record(&self, seq: u64, step: &Step) -> Result<(), String> {
-        let kind = if matches!(step, Step::Model { .. } | Step::Summary { .. }) {
-            CheckpointKind::ModelTurn
-        } else {
-            CheckpointKind::ToolResult
-        };
-        let payload = serde_json::to_value(step).map_err(|e| e.to_string())?;
-        self.store
-            .checkpoint(&Checkpoint {
-                task: self.task.clone(),
-                seq,
-                kind,
-                payload,
-            })
-            .map_err(|e| e.to_string())
-    }
-}
-
 fn store(name: &str) -> (Arc<SqliteStore>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("warren-agent-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -207,10 +174,7 @@ fn config() -> AgentConfig {
 #[test]
 fn a_task_resumed_after_a_crash_repeats_no_step() {
     let (s, dir) = store("resume");
-    let journal = Arc::new(StoreJournal {
-        store: s.clone(),
-        task: "t".into(),
-    });
+    let journal = Arc::new(StoreJournal::new(s.clone(), "t"));
     let cell = Arc::new(FakeCell::default());
     let turns = vec![
         vec![call("c1", "shell", json!({"command": "echo one"}))],
@@ -307,10 +271,7 @@ fn a_task_resumed_after_a_crash_repeats_no_step() {
 #[test]
 fn a_tool_interrupted_mid_run_is_reported_not_repeated() {
     let (s, dir) = store("interrupted");
-    let journal = Arc::new(StoreJournal {
-        store: s,
-        task: "t".into(),
-    });
+    let journal = Arc::new(StoreJournal::new(s, "t"));
     // The daemon died after recording the intent to run `rm -rf build`, before its result.
     journal
         .record(

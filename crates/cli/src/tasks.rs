@@ -268,6 +268,28 @@ fn render(e: &Value, at_line_start: &mut bool) {
     }
 }
 
+/// One call whose JSON answer is printed as is with `--json`, or by `human`.
+async fn show(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    json: bool,
+    human: impl FnOnce(&Value),
+) -> i32 {
+    match client::call_json(t, method, path, body).await {
+        Ok(v) if json => {
+            println!("{v}");
+            0
+        }
+        Ok(v) => {
+            human(&v);
+            0
+        }
+        Err(e) => fail(json, &e),
+    }
+}
+
 async fn logs(t: &Target, id: &str, follow: bool, json: bool) -> Result<(), CallError> {
     let mut at = true;
     let mut each = |e: &Value| {
@@ -395,134 +417,75 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             if let Some(a) = agent {
                 q.push_str(&format!("&agent={}", enc(&a)));
             }
-            match client::call_json(t, Method::GET, &q, None).await {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
+            show(t, Method::GET, &q, None, json, |v| {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    eprintln!("warren: no tasks");
                 }
-                Ok(v) => {
-                    let list = v.as_array().cloned().unwrap_or_default();
-                    if list.is_empty() {
-                        eprintln!("warren: no tasks");
-                    }
-                    for t in list {
-                        let goal: String = t["goal"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(60)
-                            .collect();
-                        println!(
-                            "{}  {:<18} {:<12} {:>9}  {goal}",
-                            t["id"].as_str().unwrap_or_default(),
-                            t["state"].as_str().unwrap_or_default(),
-                            t["agent"].as_str().unwrap_or_default(),
-                            ago(t["created_ms"].as_i64().unwrap_or(0)),
-                        );
-                    }
-                    0
+                for t in list {
+                    let goal: String = t["goal"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(60)
+                        .collect();
+                    println!(
+                        "{}  {:<18} {:<12} {:>9}  {goal}",
+                        t["id"].as_str().unwrap_or_default(),
+                        t["state"].as_str().unwrap_or_default(),
+                        t["agent"].as_str().unwrap_or_default(),
+                        ago(t["created_ms"].as_i64().unwrap_or(0)),
+                    );
                 }
-                Err(e) => fail(json, &e),
-            }
+            })
+            .await
         }
         TaskCommand::Status { id, json } => {
-            match client::call_json(t, Method::GET, &format!("/v1/tasks/{}", enc(&id)), None).await
-            {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
-                }
-                Ok(v) => {
-                    show_task(&v);
-                    0
-                }
-                Err(e) => fail(json, &e),
-            }
+            let path = format!("/v1/tasks/{}", enc(&id));
+            show(t, Method::GET, &path, None, json, show_task).await
         }
         TaskCommand::Logs { id, follow, json } => match logs(t, &id, follow, json).await {
             Ok(()) => 0,
             Err(e) => fail(json, &e),
         },
         TaskCommand::Cancel { id, reason, json } => {
+            let path = format!("/v1/tasks/{}/cancel", enc(&id));
             let body = json!({"reason": reason});
-            match client::call_json(
-                t,
-                Method::POST,
-                &format!("/v1/tasks/{}/cancel", enc(&id)),
-                Some(&body),
-            )
+            show(t, Method::POST, &path, Some(&body), json, |v| {
+                eprintln!(
+                    "warren: task {id} {}",
+                    v["state"].as_str().unwrap_or_default()
+                );
+            })
             .await
-            {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
-                }
-                Ok(v) => {
-                    eprintln!(
-                        "warren: task {id} {}",
-                        v["state"].as_str().unwrap_or_default()
-                    );
-                    0
-                }
-                Err(e) => fail(json, &e),
-            }
         }
         TaskCommand::Retry { id, fresh, json } => {
+            let path = format!("/v1/tasks/{}/retry", enc(&id));
             let body = json!({"fresh": fresh});
-            match client::call_json(
-                t,
-                Method::POST,
-                &format!("/v1/tasks/{}/retry", enc(&id)),
-                Some(&body),
-            )
+            show(t, Method::POST, &path, Some(&body), json, |v| {
+                eprintln!(
+                    "warren: task {id} {} ({})",
+                    v["state"].as_str().unwrap_or_default(),
+                    v["reason"].as_str().unwrap_or_default()
+                );
+            })
             .await
-            {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
-                }
-                Ok(v) => {
-                    eprintln!(
-                        "warren: task {id} {} ({})",
-                        v["state"].as_str().unwrap_or_default(),
-                        v["reason"].as_str().unwrap_or_default()
-                    );
-                    0
-                }
-                Err(e) => fail(json, &e),
-            }
         }
         TaskCommand::Result { id, json } => {
-            match client::call_json(
-                t,
-                Method::GET,
-                &format!("/v1/tasks/{}/result", enc(&id)),
-                None,
-            )
+            let path = format!("/v1/tasks/{}/result", enc(&id));
+            show(t, Method::GET, &path, None, json, |v| {
+                let ok = v["success"].as_bool() == Some(true);
+                println!(
+                    "{}: {}",
+                    if ok { "succeeded" } else { "failed" },
+                    v["summary"].as_str().unwrap_or_default()
+                );
+                println!(
+                    "turns {} · tokens {} in, {} out",
+                    v["turns"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
+                );
+            })
             .await
-            {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
-                }
-                Ok(v) => {
-                    println!(
-                        "{}: {}",
-                        if v["success"].as_bool() == Some(true) {
-                            "succeeded"
-                        } else {
-                            "failed"
-                        },
-                        v["summary"].as_str().unwrap_or_default()
-                    );
-                    println!(
-                        "turns {} · tokens {} in, {} out",
-                        v["turns"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
-                    );
-                    0
-                }
-                Err(e) => fail(json, &e),
-            }
         }
         TaskCommand::Diff { id, json } => {
             match client::call(

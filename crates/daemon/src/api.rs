@@ -476,42 +476,37 @@ async fn metrics(State(d): Shared) -> ApiResult<Response> {
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
-    put(
-        "warren_tasks_submitted_total",
-        "counter",
-        "Tasks accepted.",
-        one(m.submitted.load(Ordering::Relaxed)),
-    );
-    put(
-        "warren_tasks_rejected_total",
-        "counter",
-        "Submissions refused because the queue was full.",
-        one(m.rejected.load(Ordering::Relaxed)),
-    );
-    put(
-        "warren_tasks_resumed_total",
-        "counter",
-        "Tasks resumed from checkpoints.",
-        one(m.resumed.load(Ordering::Relaxed)),
-    );
-    put(
-        "warren_cells_started_total",
-        "counter",
-        "Cells started.",
-        one(m.cells_started.load(Ordering::Relaxed)),
-    );
-    put(
-        "warren_model_turns_total",
-        "counter",
-        "Model turns taken.",
-        one(m.model_turns.load(Ordering::Relaxed)),
-    );
-    put(
-        "warren_tool_calls_total",
-        "counter",
-        "Tool calls made.",
-        one(m.tool_calls.load(Ordering::Relaxed)),
-    );
+    let counters = [
+        (
+            "warren_tasks_submitted_total",
+            "Tasks accepted.",
+            &m.submitted,
+        ),
+        (
+            "warren_tasks_rejected_total",
+            "Submissions refused because the queue was full.",
+            &m.rejected,
+        ),
+        (
+            "warren_tasks_resumed_total",
+            "Tasks resumed from checkpoints.",
+            &m.resumed,
+        ),
+        (
+            "warren_cells_started_total",
+            "Cells started.",
+            &m.cells_started,
+        ),
+        (
+            "warren_model_turns_total",
+            "Model turns taken.",
+            &m.model_turns,
+        ),
+        ("warren_tool_calls_total", "Tool calls made.", &m.tool_calls),
+    ];
+    for (name, help, c) in counters {
+        put(name, "counter", help, one(c.load(Ordering::Relaxed)));
+    }
     let finished: Vec<(String, u64)> = {
         let f = m.finished.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = f
@@ -527,30 +522,31 @@ async fn metrics(State(d): Shared) -> ApiResult<Response> {
         "Tasks that ended, by final state.",
         finished,
     );
-    put(
-        "warren_tasks_running",
-        "gauge",
-        "Tasks running in this daemon.",
-        one(d.running_count() as u64),
-    );
-    put(
-        "warren_tasks_queued",
-        "gauge",
-        "Tasks queued.",
-        one(d.store().count(TaskState::Queued)?),
-    );
-    put(
-        "warren_uptime_seconds",
-        "gauge",
-        "Seconds since the daemon started.",
-        one(d.uptime().as_secs()),
-    );
-    put(
-        "warren_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the daemon process.",
-        one(rss_bytes()),
-    );
+    let gauges = [
+        (
+            "warren_tasks_running",
+            "Tasks running in this daemon.",
+            d.running_count() as u64,
+        ),
+        (
+            "warren_tasks_queued",
+            "Tasks queued.",
+            d.store().count(TaskState::Queued)?,
+        ),
+        (
+            "warren_uptime_seconds",
+            "Seconds since the daemon started.",
+            d.uptime().as_secs(),
+        ),
+        (
+            "warren_resident_memory_bytes",
+            "Resident memory of the daemon process.",
+            rss_bytes(),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        put(name, "gauge", help, one(v));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

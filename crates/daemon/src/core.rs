@@ -180,6 +180,9 @@ pub fn parse_manifest(origin: &Path, text: &str) -> Result<Manifest, String> {
     warren_config::manifest::parse(origin, text, &known).map_err(|e| e.to_string())
 }
 
+/// Idle this long (blocking threads linger 10 s), the daemon returns freed memory.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(12);
+
 /// The shortest interval between two scheduling passes.
 const SCHEDULING_QUANTUM: Duration = Duration::from_millis(10);
 
@@ -460,8 +463,10 @@ impl Daemon {
         let lease_tick = (self.opts.lease / 3).max(Duration::from_millis(50));
         let mut last_renew = Instant::now();
         let mut last_recover = Instant::now() - self.opts.lease;
+        let mut idle_since: Option<Instant> = None;
         while !self.stopping.load(Ordering::SeqCst) {
             let pass = Instant::now();
+            self.trim_when_idle(&mut idle_since);
             if last_recover.elapsed() >= self.opts.lease / 2 {
                 last_recover = Instant::now();
                 match self.store.recover_expired() {
@@ -501,6 +506,26 @@ impl Daemon {
             // At most one pass per SCHEDULING_QUANTUM: a burst of submissions costs one look at
             // the queue, not one each.
             tokio::time::sleep_until((pass + SCHEDULING_QUANTUM).into()).await;
+        }
+    }
+
+    /// Once the daemon has run nothing for a while (the blocking threads of the last tool calls
+    /// have exited), hand the memory a burst of tasks used back to the system: glibc keeps
+    /// freed pages otherwise, and a thousand tasks' worth would stay resident.
+    fn trim_when_idle(&self, idle_since: &mut Option<Instant>) {
+        if self.running_count() > 0 {
+            *idle_since = None;
+            return;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= IDLE_TRIM_AFTER {
+            // Far in the future: trimmed once per idle stretch.
+            *idle_since = Some(Instant::now() + Duration::from_secs(365 * 86_400));
+            // SAFETY: malloc_trim has no preconditions.
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 
@@ -573,21 +598,7 @@ impl Daemon {
         if let Err(e) = recorded {
             eprintln!("warren daemon: task {id}: recording its end: {e}");
         }
-        let idle = {
-            let mut r = lock(&self.running);
-            r.remove(&id);
-            r.is_empty()
-        };
-        if idle {
-            // The last running task ended: hand the memory its peers used back to the system
-            // (glibc keeps freed pages otherwise; a burst of a thousand tasks would stay
-            // resident until the next one).
-            // SAFETY: malloc_trim has no preconditions.
-            #[cfg(target_env = "gnu")]
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
+        lock(&self.running).remove(&id);
         lock(&self.sched).finished(&id);
         self.touch();
         self.wake.notify_one();
