@@ -13,6 +13,7 @@
 //! Everything is behind [`Store`]; [`sqlite::SqliteStore`] is the embedded default (WAL mode,
 //! versioned migrations). A PostgreSQL implementation for several nodes comes later.
 
+pub mod audit;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -339,6 +340,35 @@ pub trait Store: Send + Sync {
         after: i64,
         limit: u32,
     ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Append a record to the hash-chained audit log (see [`audit`]); returns it as stored.
+    fn audit_append(
+        &self,
+        task: Option<&str>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<audit::AuditRecord, StoreError>;
+    /// Audit records after `after` (optionally of one task), in sequence order.
+    fn audit_records(
+        &self,
+        after: u64,
+        task: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<audit::AuditRecord>, StoreError>;
+    /// Verify the whole audit chain (see [`audit::verify`]).
+    fn audit_verify(&self) -> Result<audit::Report, StoreError> {
+        let mut v = audit::Verifier::default();
+        let mut after = 0;
+        loop {
+            let batch = self.audit_records(after, None, 10_000)?;
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            for r in &batch {
+                v.push(r);
+            }
+        }
+        Ok(v.finish())
+    }
 
     /// Store a named blob of a task (replacing an older one).
     fn put_artifact(&self, task: &str, name: &str, data: &[u8]) -> Result<(), StoreError>;

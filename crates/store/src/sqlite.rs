@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::audit::AuditRecord;
 use crate::{
     AgentRecord, Checkpoint, CheckpointKind, EventRecord, NewTask, Store, StoreError, TaskFilter,
     TaskRecord, TaskState,
@@ -67,6 +68,22 @@ CREATE TABLE artifacts (
 "#,
     r#"
 ALTER TABLE tasks ADD COLUMN workspace TEXT;
+"#,
+    r#"
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    task TEXT,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_task ON audit (task, seq);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
 ];
 
@@ -565,6 +582,72 @@ impl Store for SqliteStore {
         )
     }
 
+    fn audit_append(
+        &self,
+        task: Option<&str>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<AuditRecord, StoreError> {
+        let data = data.to_string();
+        self.write(|tx| {
+            let (last, prev): (i64, String) = tx
+                .query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?
+                .unwrap_or((0, crate::audit::GENESIS.to_owned()));
+            let seq = last as u64 + 1;
+            let at_ms = now_ms();
+            let hash = crate::audit::chain_hash(&prev, seq, at_ms, task, kind, &data);
+            tx.execute(
+                "INSERT INTO audit (seq, at_ms, task, kind, data, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![seq as i64, at_ms, task, kind, data, prev, hash],
+            )
+            .map_err(db)?;
+            Ok(AuditRecord {
+                seq,
+                at_ms,
+                task: task.map(str::to_owned),
+                kind: kind.to_owned(),
+                data: data.clone(),
+                prev,
+                hash,
+            })
+        })
+    }
+
+    fn audit_records(
+        &self,
+        after: u64,
+        task: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, at_ms, task, kind, data, prev, hash FROM audit \
+                 WHERE seq > ?1 AND (?2 IS NULL OR task = ?2) ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![after as i64, task, limit], |r| {
+                Ok(AuditRecord {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at_ms: r.get(1)?,
+                    task: r.get(2)?,
+                    kind: r.get(3)?,
+                    data: r.get(4)?,
+                    prev: r.get(5)?,
+                    hash: r.get(6)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
     fn clear_progress(&self, task: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute("DELETE FROM checkpoints WHERE task = ?1", [task])
@@ -674,7 +757,7 @@ impl Store for SqliteStore {
             .prepare("SELECT id, task, kind, payload, at_ms FROM events WHERE id > ?1 AND (?2 IS NULL OR task = ?2) ORDER BY id LIMIT ?3")
             .map_err(db)?;
         let rows = st
-            .query_map(params![after, task, limit], |r| {
+            .query_map(params![after as i64, task, limit], |r| {
                 let payload: String = r.get(3)?;
                 Ok(EventRecord {
                     id: r.get(0)?,

@@ -368,3 +368,77 @@ fn events_resume_from_an_id_and_artifacts_round_trip() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[test]
+fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
+    use warren_store::audit::GENESIS;
+    let d = dir("audit");
+    let path = d.0.join("w.db");
+    let fresh = |name: &str| {
+        let p = d.0.join(name);
+        let _ = std::fs::remove_file(&p);
+        let s = SqliteStore::open(&p).unwrap();
+        for i in 0..6 {
+            s.audit_append(Some("t"), "tool.call", &json!({"i": i}))
+                .unwrap();
+        }
+        s.audit_append(None, "daemon.start", &json!({})).unwrap();
+        (s, p)
+    };
+    let s = SqliteStore::open(&path).unwrap();
+    let first = s.audit_append(Some("t"), "task.submitted", &json!({"goal": "g"})).unwrap();
+    assert_eq!((first.seq, first.prev.as_str()), (1, GENESIS));
+    let second = s.audit_append(None, "daemon.start", &json!({})).unwrap();
+    assert_eq!(second.prev, first.hash);
+    let r = s.audit_verify().unwrap();
+    assert!(r.problems.is_empty());
+    assert_eq!((r.records, r.head), (2, second.hash.clone()));
+    assert_eq!(s.audit_records(0, Some("t"), 10).unwrap().len(), 1);
+
+    // The store refuses to change or remove records.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let e = raw.execute("UPDATE audit SET data = '{}' WHERE seq = 1", []).unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(raw.execute("DELETE FROM audit WHERE seq = 1", []).is_err());
+
+    // Someone who edits the file directly (dropping the triggers) is caught by verify.
+    let tamper = |name: &str, sql: &str| {
+        let (s, p) = fresh(name);
+        let raw = rusqlite::Connection::open(&p).unwrap();
+        raw.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+            .unwrap();
+        raw.execute_batch(sql).unwrap();
+        let r = s.audit_verify().unwrap();
+        assert!(!r.problems.is_empty(), "{name}: not detected");
+        r
+    };
+    let m = tamper("modified.db", "UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3;");
+    assert_eq!(m.problems.len(), 1);
+    assert!(m.problems[0].what.contains("modified"), "{m:?}");
+    let del = tamper("deleted.db", "DELETE FROM audit WHERE seq = 3;");
+    assert!(del.problems.iter().any(|p| p.seq == 4), "{del:?}");
+    // Deleted and renumbered to hide the gap.
+    tamper(
+        "renumbered.db",
+        "DELETE FROM audit WHERE seq = 3; UPDATE audit SET seq = seq - 1 WHERE seq > 3;",
+    );
+    // A record inserted (with a correct-looking hash of its own) between two others.
+    tamper(
+        "inserted.db",
+        "UPDATE audit SET seq = seq + 1000 WHERE seq >= 4; UPDATE audit SET seq = seq - 999 WHERE seq >= 1000; \
+         INSERT INTO audit SELECT 4, at_ms, task, kind, '{\"i\":42}', prev, hash FROM audit WHERE seq = 3;",
+    );
+    tamper(
+        "reordered.db",
+        "UPDATE audit SET seq = 100 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 100;",
+    );
+    // The tail: a chain cannot show its own truncation, but the reported head changes.
+    let (s, p) = fresh("truncated.db");
+    let head = s.audit_verify().unwrap().head;
+    let raw = rusqlite::Connection::open(&p).unwrap();
+    raw.execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 7;")
+        .unwrap();
+    let r = s.audit_verify().unwrap();
+    assert!(r.problems.is_empty());
+    assert_ne!(r.head, head, "compare the head with a copy kept elsewhere");
+}
