@@ -232,6 +232,59 @@ pub trait Journal: Send + Sync {
     fn record(&self, seq: u64, step: &Step) -> Result<(), String>;
 }
 
+/// The one choke point every tool call passes, and where model calls are reported: policy
+/// and audit live behind it, in the host. A refused call runs nothing; the model is told why.
+pub trait Gate: Send + Sync {
+    /// A validated call is about to run: `Ok(capability)` lets it run (the handle of the
+    /// capability that allowed it is recorded with it), `Err(reason)` refuses it.
+    fn check(&self, tool: &str, args: &Value) -> Result<String, String>;
+    /// A tool call ended (ran, failed or was refused). Not called for results replayed from
+    /// the journal (they were reported in the life that produced them).
+    fn tool_call(&self, call: &ToolCallRecord<'_>);
+    /// A model call ended (not called for replayed turns).
+    fn model_call(&self, call: &ModelCallRecord<'_>);
+}
+
+/// What [`Gate::tool_call`] is told.
+#[derive(Debug, Serialize)]
+pub struct ToolCallRecord<'a> {
+    /// Turn (1-based).
+    pub turn: u32,
+    /// The call's id.
+    pub call_id: &'a str,
+    /// Tool name.
+    pub tool: &'a str,
+    /// Raw arguments as the model sent them.
+    pub arguments: &'a str,
+    /// `Ok(capability)` or `Err(reason)` from [`Gate::check`]; `Err` also for invalid calls.
+    pub decision: Result<&'a str, &'a str>,
+    /// Time it ran.
+    pub duration: Duration,
+    /// Failed (or refused)?
+    pub is_error: bool,
+    /// Characters of the result.
+    pub bytes: usize,
+    /// The cell it ran in.
+    pub cell: &'a str,
+}
+
+/// What [`Gate::model_call`] is told.
+#[derive(Debug, Serialize)]
+pub struct ModelCallRecord<'a> {
+    /// Turn (1-based).
+    pub turn: u32,
+    /// Model name.
+    pub model: &'a str,
+    /// Tokens.
+    pub usage: Usage,
+    /// Time to the full response.
+    pub latency: Duration,
+    /// Tool calls requested.
+    pub tool_calls: usize,
+    /// The provider's error, when the call failed after its retries.
+    pub error: Option<&'a str>,
+}
+
 /// Replays recorded steps, then records new ones.
 struct Replayer {
     recorded: std::collections::VecDeque<Step>,
@@ -341,6 +394,7 @@ fn offered(config: &AgentConfig) -> Vec<warren_llm::ToolSpec> {
 /// One agent working on one task in one cell.
 pub struct Agent {
     journal: Option<Arc<dyn Journal>>,
+    gate: Option<Arc<dyn Gate>>,
     provider: Arc<dyn Provider>,
     tools: Arc<Tools>,
     config: AgentConfig,
@@ -462,6 +516,12 @@ impl Agent {
         self
     }
 
+    /// Pass every tool call through `gate` (policy), and report calls to it (audit).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     /// An agent using `provider`, acting in `cell`; full tool outputs go to `logs` (the host
     /// directory the cell sees as `/logs`), when given.
     pub fn new(
@@ -482,6 +542,7 @@ impl Agent {
         tools.logs = logs.clone();
         Agent {
             journal: None,
+            gate: None,
             provider,
             tools: Arc::new(tools),
             config,
@@ -639,7 +700,20 @@ impl Agent {
                     )));
                 }
                 None => {
-                    let r = self.provider.chat(&request, &mut sink).await?;
+                    let asked = Instant::now();
+                    let r = self.provider.chat(&request, &mut sink).await;
+                    if let Some(g) = &self.gate {
+                        let error = r.as_ref().err().map(ToString::to_string);
+                        g.model_call(&ModelCallRecord {
+                            turn,
+                            model: &self.config.model,
+                            usage: r.as_ref().map(|r| r.usage).unwrap_or_default(),
+                            latency: asked.elapsed(),
+                            tool_calls: r.as_ref().map_or(0, |r| r.tool_calls.len()),
+                            error: error.as_deref(),
+                        });
+                    }
+                    let r = r?;
                     rep.record(Step::Model {
                         response: r.clone(),
                     })?;
@@ -692,6 +766,23 @@ impl Agent {
                 outputs.push(rep.tool(&c.id)?);
             }
             let live: Vec<bool> = outputs.iter().map(Option::is_none).collect();
+            // The choke point: every call about to run is checked; a refusal runs nothing.
+            let mut checked = checked;
+            let mut capability: Vec<Option<String>> = vec![None; checked.len()];
+            if let Some(g) = &self.gate {
+                for (i, (c, a)) in checked.iter_mut().enumerate() {
+                    if !live[i] {
+                        continue;
+                    }
+                    if let Ok(args) = a {
+                        match g.check(&c.name, args) {
+                            Ok(cap) => capability[i] = Some(cap),
+                            Err(reason) => *a = Err(format!("refused by policy: {reason}")),
+                        }
+                    }
+                }
+            }
+            let mut durations = vec![Duration::ZERO; checked.len()];
             let pending: Vec<usize> = (0..checked.len()).filter(|&i| live[i]).collect();
             let panicked = |e: tokio::task::JoinError| ToolOutput {
                 content: format!("tool panicked: {e}"),
@@ -714,12 +805,22 @@ impl Agent {
                         );
                         (
                             i,
-                            tokio::task::spawn_blocking(move || tools.call(&name, &args)),
+                            tokio::task::spawn_blocking(move || {
+                                let t = Instant::now();
+                                let out = tools.call(&name, &args);
+                                (out, t.elapsed())
+                            }),
                         )
                     })
                     .collect();
                 for (i, h) in handles {
-                    outputs[i] = Some(h.await.unwrap_or_else(panicked));
+                    outputs[i] = Some(match h.await {
+                        Ok((out, took)) => {
+                            durations[i] = took;
+                            out
+                        }
+                        Err(e) => panicked(e),
+                    });
                 }
             } else {
                 for &i in &pending {
@@ -741,9 +842,12 @@ impl Agent {
                             }
                             let (tools, name, args) =
                                 (Arc::clone(&self.tools), c.name.clone(), args.clone());
-                            tokio::task::spawn_blocking(move || tools.call(&name, &args))
+                            let t = Instant::now();
+                            let out = tokio::task::spawn_blocking(move || tools.call(&name, &args))
                                 .await
-                                .unwrap_or_else(panicked)
+                                .unwrap_or_else(panicked);
+                            durations[i] = t.elapsed();
+                            out
                         }
                     });
                 }
@@ -804,6 +908,20 @@ impl Agent {
                 }
                 if out.finished.is_some() {
                     finished = out.finished.clone();
+                }
+                if let (true, Some(g)) = (is_live, &self.gate) {
+                    // No capability: the call never ran (invalid, or refused by the gate).
+                    g.tool_call(&ToolCallRecord {
+                        turn,
+                        call_id: &call.id,
+                        tool: &call.name,
+                        arguments: &call.arguments,
+                        decision: capability[i].as_deref().ok_or(out.content.as_str()),
+                        duration: durations[i],
+                        is_error: out.is_error,
+                        bytes: chars,
+                        cell: self.tools.cell_id(),
+                    });
                 }
                 if is_live {
                     // Durable before the model sees it.

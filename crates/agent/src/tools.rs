@@ -182,6 +182,11 @@ struct Ran {
 const SHELL_TIMEOUT_SECS: u64 = 120;
 
 impl Tools {
+    /// The id of the cell the tools act in.
+    pub fn cell_id(&self) -> &str {
+        self.cell.id()
+    }
+
     /// Tools acting in `cell`.
     pub fn new(cell: Arc<dyn Cell>) -> Self {
         Tools {

@@ -71,6 +71,8 @@ pub struct CellSpec {
     pub env: Vec<(String, String)>,
     /// Extra mounts appended to the default namespace (e.g. a tool directory, read-only).
     pub extra_mounts: Vec<Mount>,
+    /// Capability scopes under the mounts (Landlock; see [`MountSpec::scopes`]).
+    pub scopes: Vec<warren_protocol::mount::Scope>,
     /// Host uid/gid the cell user maps to; `None` picks one (see [`resolve_identity`]).
     pub identity: Option<(u32, u32)>,
     /// Where copy-on-write layers are kept (`<state>/changes/<cell-id>`).
@@ -89,6 +91,7 @@ impl CellSpec {
             limits: Limits::default(),
             env: Vec::new(),
             extra_mounts: Vec::new(),
+            scopes: Vec::new(),
             identity: None,
             state_dir: state_dir.into(),
             require_landlock: true,
@@ -370,7 +373,10 @@ impl CellSpec {
             },
         });
         mounts.extend(self.extra_mounts.iter().cloned());
-        let spec = MountSpec { mounts };
+        let spec = MountSpec {
+            mounts,
+            scopes: self.scopes.clone(),
+        };
         spec.validate()
             .map_err(|e| CellError::Spec(e.to_string()))?;
         Ok(spec)

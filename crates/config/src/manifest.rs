@@ -16,6 +16,11 @@
 //! limits: {memory: 2G, pids: 256, cpus: 1.5, timeout: 30m}
 //! budget: {tokens: 500000, usd: 5.0}
 //! approval_required: [shell]
+//! capabilities:                 # what the agent asks for; the operator's policy bounds it
+//!   paths:                      # default: the whole workspace
+//!     - {glob: "src/**", access: write}
+//!     - {glob: "**", access: read}
+//!   network: [api.github.com:443, "*.pypi.org"]   # default: none
 //! ```
 //!
 //! Every error — YAML syntax, a wrong type, an unknown key, or a value that makes no sense
@@ -65,6 +70,19 @@ pub struct Manifest {
     pub budget_usd: Option<f64>,
     /// Tools whose calls wait for a person's approval.
     pub approval_required: Vec<String>,
+    /// Workspace paths the agent asks for (`None`: the whole workspace, as mounted).
+    pub paths: Option<Vec<PathGrant>>,
+    /// Network destinations the agent asks for (`host`, `*.domain`, with `:port[,port]`).
+    pub network: Vec<String>,
+}
+
+/// A requested workspace path capability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathGrant {
+    /// Glob relative to the workspace (`src/**`, `README.md`, `**`).
+    pub glob: String,
+    /// Write as well as read.
+    pub write: bool,
 }
 
 /// An extra mount.
@@ -97,6 +115,23 @@ struct Raw {
     budget: RawBudget,
     #[serde(default)]
     approval_required: Vec<Spanned<String>>,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    paths: Option<Vec<RawPath>>,
+    #[serde(default)]
+    network: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPath {
+    glob: Spanned<String>,
+    access: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -228,6 +263,33 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             ));
         }
     }
+    let paths = match &raw.capabilities.paths {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for p in list {
+                valid_glob(&p.glob.value).map_err(|m| at(p.glob.defined, m))?;
+                let write = match p.access.value.as_str() {
+                    "read" => false,
+                    "write" => true,
+                    other => {
+                        return Err(at(
+                            p.access.defined,
+                            format!("access must be read or write, not {other:?}"),
+                        ));
+                    }
+                };
+                out.push(PathGrant {
+                    glob: p.glob.value.clone(),
+                    write,
+                });
+            }
+            Some(out)
+        }
+    };
+    for n in &raw.capabilities.network {
+        valid_destination(&n.value).map_err(|m| at(n.defined, m))?;
+    }
     let workspace = match &raw.namespace.workspace {
         None => "cow".to_owned(),
         Some(w) if ["cow", "ro", "rw"].contains(&w.value.as_str()) => w.value.clone(),
@@ -335,7 +397,41 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         budget_tokens: raw.budget.tokens,
         budget_usd: raw.budget.usd.map(|u| u.value),
         approval_required: raw.approval_required.into_iter().map(|t| t.value).collect(),
+        paths,
+        network: raw.capabilities.network.into_iter().map(|n| n.value).collect(),
     })
+}
+
+/// A glob relative to the workspace: no leading `/`, no `..` component, not empty.
+fn valid_glob(g: &str) -> Result<(), String> {
+    if g.is_empty() || g.starts_with('/') || g.split('/').any(|c| c == ".." || c.is_empty()) {
+        return Err(format!(
+            "path glob {g:?} must be relative to the workspace, without '..' or empty components"
+        ));
+    }
+    globset::Glob::new(g).map(drop).map_err(|e| format!("path glob {g:?}: {e}"))
+}
+
+/// A network entry: `host`, `*.domain`, optionally `:port[,port…]`.
+fn valid_destination(d: &str) -> Result<(), String> {
+    let (host, ports) = d.split_once(':').unwrap_or((d, ""));
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.is_empty()
+        || !name.split('.').all(label_ok)
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        return Err(format!(
+            "network entry {d:?} must be a host name or *.domain (no IP literals), with optional :port[,port]"
+        ));
+    }
+    if !ports.is_empty() && !ports.split(',').all(|p| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return Err(format!("network entry {d:?}: bad port list {ports:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -399,5 +495,32 @@ mod tests {
             e.starts_with("a.yaml:3:21:") && e.contains("not in tools"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn capabilities_parse_and_bad_ones_are_located() {
+        let m = parse(
+            Path::new("a.yaml"),
+            "name: c\ntools: [finish]\ncapabilities:\n  paths:\n    - {glob: \"src/**\", access: write}\n    - {glob: \"**\", access: read}\n  network: [api.github.com:443, \"*.pypi.org\"]\n",
+            TOOLS,
+        )
+        .unwrap();
+        let paths = m.paths.unwrap();
+        assert_eq!((paths[0].glob.as_str(), paths[0].write), ("src/**", true));
+        assert_eq!(m.network, ["api.github.com:443", "*.pypi.org"]);
+        let none = parse(Path::new("a.yaml"), "name: c\ntools: [finish]\n", TOOLS).unwrap();
+        assert!(none.paths.is_none() && none.network.is_empty());
+        for (text, at, what) in [
+            ("    - {glob: \"../x\", access: read}\n", "a.yaml:5:", "relative"),
+            ("    - {glob: \"/etc/**\", access: read}\n", "a.yaml:5:", "relative"),
+            ("    - {glob: \"src\", access: rwx}\n", "a.yaml:5:", "read or write"),
+        ] {
+            let e = err(&format!("name: c\ntools: [finish]\ncapabilities:\n  paths:\n{text}"));
+            assert!(e.starts_with(at) && e.contains(what), "{e}");
+        }
+        for bad in ["10.0.0.1", "*.", "a..b", "x.com:http", "x.com:0", "exa mple.com"] {
+            let e = err(&format!("name: c\ntools: [finish]\ncapabilities:\n  network: [\"{bad}\"]\n"));
+            assert!(e.starts_with("a.yaml:4:"), "{bad}: {e}");
+        }
     }
 }

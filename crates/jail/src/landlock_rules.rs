@@ -100,6 +100,13 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockEr
         std::collections::BTreeMap::new();
     for (path, _) in init_rules.iter().chain(&command_rules) {
         if !fds.contains_key(path.as_str()) {
+            // A scope whose path does not exist grants nothing (its parent is read-only, so it
+            // cannot be created either).
+            if spec.scopes.iter().any(|s| s.path == *path)
+                && std::fs::symlink_metadata(path).is_err()
+            {
+                continue;
+            }
             let fd = PathFd::new(path).map_err(|e| LandlockError(format!("open {path}: {e}")))?;
             let dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
             fds.insert(path, (fd, dir));
@@ -204,7 +211,22 @@ pub fn rules(spec: &MountSpec, abi: ABI, proc_write: bool) -> Vec<(String, BitFl
             MountKind::File { .. } => BitFlags::from(AccessFs::ReadFile),
             MountKind::Symlink { .. } => continue,
         };
-        out.push((m.target.clone(), access));
+        // Capability scopes beneath this mount: the mount itself may only be listed; each
+        // scope gets read, or the mount's own access when it grants writing.
+        let beneath = |p: &str| p == m.target || p.starts_with(&format!("{}/", m.target));
+        let scopes: Vec<_> = spec.scopes.iter().filter(|s| beneath(&s.path)).collect();
+        if scopes.is_empty() || matches!(m.kind, MountKind::File { .. } | MountKind::Device { .. })
+        {
+            out.push((m.target.clone(), access));
+            continue;
+        }
+        out.push((m.target.clone(), BitFlags::from(AccessFs::ReadDir)));
+        for sc in scopes {
+            out.push((
+                sc.path.clone(),
+                if sc.write { access } else { access & read },
+            ));
+        }
     }
     // Rules apply beneath their path, across mount points: drop every rule an ancestor's rule
     // already covers (fewer rules, same policy, faster start).
@@ -228,6 +250,7 @@ mod tests {
     #[test]
     fn rules_mirror_the_mount_spec() {
         let spec = MountSpec {
+            scopes: Vec::new(),
             mounts: vec![
                 Mount {
                     target: "/usr".into(),
@@ -288,12 +311,48 @@ mod tests {
     }
 
     #[test]
+    fn scopes_narrow_a_mount_to_listing_plus_their_own_paths() {
+        let spec = MountSpec {
+            mounts: vec![Mount {
+                target: "/workspace".into(),
+                kind: MountKind::Bind {
+                    source: "/srv/p".into(),
+                    readonly: false,
+                },
+            }],
+            scopes: vec![
+                warren_protocol::mount::Scope {
+                    path: "/workspace/src".into(),
+                    write: true,
+                },
+                warren_protocol::mount::Scope {
+                    path: "/workspace/docs".into(),
+                    write: false,
+                },
+            ],
+        };
+        let abi = abi_from(KNOWN_NUM);
+        let r = rules(&spec, abi, false);
+        let get = |p: &str| r.iter().find(|(q, _)| q == p).map(|(_, a)| *a);
+        assert_eq!(
+            get("/workspace"),
+            None,
+            "listing is covered by the rule on /"
+        );
+        let src = get("/workspace/src").unwrap();
+        assert!(src.contains(AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::ReadFile));
+        let docs = get("/workspace/docs").unwrap();
+        assert!(docs.contains(AccessFs::ReadFile) && !docs.contains(AccessFs::WriteFile));
+    }
+
+    #[test]
     fn rules_covered_by_an_ancestor_are_dropped() {
         let m = |t: &str, kind| Mount {
             target: t.into(),
             kind,
         };
         let spec = MountSpec {
+            scopes: Vec::new(),
             mounts: vec![
                 m(
                     "/etc/passwd",

@@ -90,6 +90,20 @@ impl Mount {
 pub struct MountSpec {
     /// Mounts in the order they are made.
     pub mounts: Vec<Mount>,
+    /// Capability scopes, enforced by Landlock: when a mount has scopes beneath it, commands
+    /// may only list its directories, and read (or write) only beneath the scopes. No scopes:
+    /// the mount's own access applies everywhere in it.
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+}
+
+/// One path of a capability scope (see [`MountSpec::scopes`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Absolute cell path below (or equal to) a mount's target.
+    pub path: String,
+    /// Write as well as read (only effective on a writable mount).
+    pub write: bool,
 }
 
 /// Why a mount spec was rejected before any kernel call.
@@ -181,10 +195,12 @@ mod tests {
         };
         let spec = MountSpec {
             mounts: vec![tmp("/tmp"), tmp("/tmp")],
+            ..MountSpec::default()
         };
         assert_eq!(spec.validate(), Err(SpecError::Duplicate("/tmp".into())));
         let spec = MountSpec {
             mounts: vec![tmp("/proc")],
+            ..MountSpec::default()
         };
         assert_eq!(spec.validate(), Err(SpecError::Reserved("/proc".into())));
     }

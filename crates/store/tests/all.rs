@@ -386,7 +386,9 @@ fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
         (s, p)
     };
     let s = SqliteStore::open(&path).unwrap();
-    let first = s.audit_append(Some("t"), "task.submitted", &json!({"goal": "g"})).unwrap();
+    let first = s
+        .audit_append(Some("t"), "task.submitted", &json!({"goal": "g"}))
+        .unwrap();
     assert_eq!((first.seq, first.prev.as_str()), (1, GENESIS));
     let second = s.audit_append(None, "daemon.start", &json!({})).unwrap();
     assert_eq!(second.prev, first.hash);
@@ -397,7 +399,9 @@ fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
 
     // The store refuses to change or remove records.
     let raw = rusqlite::Connection::open(&path).unwrap();
-    let e = raw.execute("UPDATE audit SET data = '{}' WHERE seq = 1", []).unwrap_err();
+    let e = raw
+        .execute("UPDATE audit SET data = '{}' WHERE seq = 1", [])
+        .unwrap_err();
     assert!(e.to_string().contains("append-only"), "{e}");
     assert!(raw.execute("DELETE FROM audit WHERE seq = 1", []).is_err());
 
@@ -412,7 +416,10 @@ fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
         assert!(!r.problems.is_empty(), "{name}: not detected");
         r
     };
-    let m = tamper("modified.db", "UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3;");
+    let m = tamper(
+        "modified.db",
+        "UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3;",
+    );
     assert_eq!(m.problems.len(), 1);
     assert!(m.problems[0].what.contains("modified"), "{m:?}");
     let del = tamper("deleted.db", "DELETE FROM audit WHERE seq = 3;");
