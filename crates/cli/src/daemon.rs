@@ -42,6 +42,11 @@ pub struct DaemonArgs {
     /// A task claimed this many times without finishing is interrupted instead of resumed.
     #[arg(long, value_name = "N", default_value_t = 50)]
     max_attempts: u32,
+    /// The operator's policy (TOML, `[capabilities]`: tools, paths, network) bounding what
+    /// every agent may request. Without it, agents get what their manifests ask for, and no
+    /// network.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 /// `warren daemon start|stop|status`.
@@ -98,6 +103,19 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         }
     };
     jail.fork_server = true;
+    let policy = match &a.policy {
+        None => warren_daemon::policy::PolicyFile::default(),
+        Some(f) => match std::fs::read_to_string(f)
+            .map_err(|e| format!("{}: {e}", f.display()))
+            .and_then(|t| warren_daemon::policy::PolicyFile::parse(f, &t))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return 2;
+            }
+        },
+    };
     let opts = Options {
         state_dir: state.to_owned(),
         worker: a.worker.unwrap_or_else(hostname),
@@ -112,6 +130,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         loaded,
         env: vars.into_iter().collect(),
         max_attempts: a.max_attempts.max(1),
+        policy,
     };
     let listen = Listen {
         socket_group: a.socket_group,
@@ -192,6 +211,10 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             }
             if let Some(w) = &a.worker {
                 cmd.arg("--worker").arg(w);
+            }
+            if let Some(p) = &a.policy {
+                cmd.arg("--policy")
+                    .arg(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
             }
             cmd.args([
                 "--max-running",

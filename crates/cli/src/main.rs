@@ -6,6 +6,7 @@
 //! builds a cell starts from a fresh, single-threaded process image.
 
 mod agents;
+mod audit;
 mod client;
 mod daemon;
 mod exec;
@@ -96,6 +97,12 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         what: tasks::TaskCommand,
+    },
+    /// The tamper-evident audit log: tail, export, verify.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        what: audit::AuditCommand,
     },
     /// The daemon's health, running and queued counts, and the tiers this host supports.
     Status {
@@ -234,6 +241,7 @@ fn main() -> ExitCode {
             action: Some(action),
             ..
         } => daemon::manage(action, &state),
+        Command::Audit { what } => audit::run(what, &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
     };

@@ -238,12 +238,39 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         budget_tokens: a.budget_tokens.or(cfg.agent.budget_tokens),
         ..AgentConfig::default()
     };
-    let agent = Agent::new(
+    let mut agent = Agent::new(
         provider,
         Arc::clone(&cell) as Arc<dyn Cell>,
         config,
         Some(dirs.logs.clone()),
     );
+    // The person at the terminal is the operator: every capability, but audited like the
+    // daemon's tasks.
+    match warren_store::sqlite::SqliteStore::open(&state.join("warren.db")) {
+        Ok(store) => {
+            let store: Arc<dyn warren_store::Store> = Arc::new(store);
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let audit = warren_daemon::gate::Auditor::new(
+                store,
+                Arc::new(warren_daemon::gate::Redactor::from_env(&env)),
+            );
+            audit.record(
+                Some(&id),
+                "task.started",
+                &serde_json::json!({"goal": a.goal, "via": "warren run", "workspace": host.display().to_string()}),
+            );
+            let caps = warren_daemon::policy::Capabilities::new(
+                warren_daemon::policy::Layer::unrestricted("warren run"),
+                warren_daemon::policy::Layer::unrestricted("the person running warren"),
+            );
+            agent = agent.with_gate(Arc::new(warren_daemon::gate::TaskGate::new(
+                id.clone(),
+                caps,
+                audit,
+            )));
+        }
+        Err(e) => eprintln!("warren: audit log unavailable ({e}); continuing without it"),
+    }
     let mut view = View {
         json: a.json,
         started: Instant::now(),

@@ -398,7 +398,12 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         budget_usd: raw.budget.usd.map(|u| u.value),
         approval_required: raw.approval_required.into_iter().map(|t| t.value).collect(),
         paths,
-        network: raw.capabilities.network.into_iter().map(|n| n.value).collect(),
+        network: raw
+            .capabilities
+            .network
+            .into_iter()
+            .map(|n| n.value)
+            .collect(),
     })
 }
 
@@ -409,7 +414,9 @@ fn valid_glob(g: &str) -> Result<(), String> {
             "path glob {g:?} must be relative to the workspace, without '..' or empty components"
         ));
     }
-    globset::Glob::new(g).map(drop).map_err(|e| format!("path glob {g:?}: {e}"))
+    globset::Glob::new(g)
+        .map(drop)
+        .map_err(|e| format!("path glob {g:?}: {e}"))
 }
 
 /// A network entry: `host`, `*.domain`, optionally `:port[,port…]`.
@@ -428,7 +435,11 @@ fn valid_destination(d: &str) -> Result<(), String> {
             "network entry {d:?} must be a host name or *.domain (no IP literals), with optional :port[,port]"
         ));
     }
-    if !ports.is_empty() && !ports.split(',').all(|p| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+    if !ports.is_empty()
+        && !ports
+            .split(',')
+            .all(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
         return Err(format!("network entry {d:?}: bad port list {ports:?}"));
     }
     Ok(())
@@ -511,15 +522,38 @@ mod tests {
         let none = parse(Path::new("a.yaml"), "name: c\ntools: [finish]\n", TOOLS).unwrap();
         assert!(none.paths.is_none() && none.network.is_empty());
         for (text, at, what) in [
-            ("    - {glob: \"../x\", access: read}\n", "a.yaml:5:", "relative"),
-            ("    - {glob: \"/etc/**\", access: read}\n", "a.yaml:5:", "relative"),
-            ("    - {glob: \"src\", access: rwx}\n", "a.yaml:5:", "read or write"),
+            (
+                "    - {glob: \"../x\", access: read}\n",
+                "a.yaml:5:",
+                "relative",
+            ),
+            (
+                "    - {glob: \"/etc/**\", access: read}\n",
+                "a.yaml:5:",
+                "relative",
+            ),
+            (
+                "    - {glob: \"src\", access: rwx}\n",
+                "a.yaml:5:",
+                "read or write",
+            ),
         ] {
-            let e = err(&format!("name: c\ntools: [finish]\ncapabilities:\n  paths:\n{text}"));
+            let e = err(&format!(
+                "name: c\ntools: [finish]\ncapabilities:\n  paths:\n{text}"
+            ));
             assert!(e.starts_with(at) && e.contains(what), "{e}");
         }
-        for bad in ["10.0.0.1", "*.", "a..b", "x.com:http", "x.com:0", "exa mple.com"] {
-            let e = err(&format!("name: c\ntools: [finish]\ncapabilities:\n  network: [\"{bad}\"]\n"));
+        for bad in [
+            "10.0.0.1",
+            "*.",
+            "a..b",
+            "x.com:http",
+            "x.com:0",
+            "exa mple.com",
+        ] {
+            let e = err(&format!(
+                "name: c\ntools: [finish]\ncapabilities:\n  network: [\"{bad}\"]\n"
+            ));
             assert!(e.starts_with("a.yaml:4:"), "{bad}: {e}");
         }
     }

@@ -32,7 +32,9 @@ use warren_llm::Provider;
 use warren_protocol::mount::{Mount, MountKind};
 use warren_store::{NewTask, Store, StoreError, TaskFilter, TaskRecord, TaskState};
 
+use crate::gate::{Auditor, Redactor, TaskGate};
 use crate::journal::StoreJournal;
+use crate::policy::{Capabilities, Layer};
 use crate::scheduler::{Limits, SchedError, Scheduler};
 use crate::taskdir::TaskDirs;
 
@@ -54,6 +56,8 @@ pub struct Options {
     pub env: HashMap<String, String>,
     /// A task claimed this many times without finishing is interrupted instead of resumed.
     pub max_attempts: u32,
+    /// The operator's bound on every agent's capabilities.
+    pub policy: crate::policy::PolicyFile,
 }
 
 /// Why a running task is being stopped.
@@ -148,6 +152,7 @@ pub struct Daemon {
     running: Mutex<HashMap<String, Arc<Running>>>,
     providers: Mutex<HashMap<&'static str, Arc<dyn Provider>>>,
     changed: watch::Sender<u64>,
+    audit: Auditor,
     stopping: AtomicBool,
     started: Instant,
     /// Counters for `/metrics`.
@@ -204,6 +209,16 @@ impl Daemon {
                 released.join(" ")
             );
         }
+        let mut redactor = Redactor::from_env(&opts.env);
+        if let Ok(t) = std::fs::read_to_string(opts.state_dir.join("token")) {
+            redactor.add(t.trim());
+        }
+        let audit = Auditor::new(Arc::clone(&store), Arc::new(redactor));
+        audit.record(
+            None,
+            "daemon.start",
+            &json!({"worker": opts.worker, "pid": std::process::id(), "resumed": released}),
+        );
         let sched = Scheduler::new(
             Arc::clone(&store),
             opts.limits.clone(),
@@ -218,10 +233,16 @@ impl Daemon {
             running: Mutex::new(HashMap::new()),
             providers: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            audit,
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             metrics: Metrics::default(),
         }))
+    }
+
+    /// The audit log writer.
+    pub fn auditor(&self) -> &Auditor {
+        &self.audit
     }
 
     /// The store.
@@ -254,6 +275,8 @@ impl Daemon {
     }
 
     fn event(&self, task: &str, kind: &str, payload: Value) {
+        let text = self.audit.redactor().redact(&payload.to_string());
+        let payload = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if let Err(e) = self.store.append_event(Some(task), kind, &payload) {
             eprintln!("warren daemon: task {task}: recording {kind}: {e}");
         }
@@ -268,6 +291,11 @@ impl Daemon {
     ) -> Result<(warren_store::AgentRecord, Manifest), DaemonError> {
         let m = parse_manifest(origin, text).map_err(DaemonError::Invalid)?;
         let rec = self.store.put_agent(&m.name, text)?;
+        self.audit.record(
+            None,
+            "agent.deployed",
+            &json!({"name": rec.name, "version": rec.version}),
+        );
         self.touch();
         Ok((rec, m))
     }
@@ -328,6 +356,11 @@ impl Daemon {
                 SchedError::Store(e) => e.into(),
             })?;
         self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+        self.audit.record(
+            Some(&rec.id),
+            "task.submitted",
+            &json!({"agent": rec.agent, "agent_version": rec.agent_version, "goal": rec.goal, "priority": rec.priority, "workspace": rec.workspace}),
+        );
         self.touch();
         self.wake.notify_one();
         Ok(rec)
@@ -342,6 +375,8 @@ impl Daemon {
                 let r = self
                     .store
                     .transition(id, TaskState::Cancelled, Some(reason))?;
+                self.audit
+                    .record(Some(id), "task.cancelled", &json!({"reason": reason}));
                 self.finished_metric(TaskState::Cancelled);
                 self.touch();
                 Ok(r)
@@ -408,6 +443,8 @@ impl Daemon {
             "retried: resuming from checkpoints"
         };
         let r = self.store.transition(id, TaskState::Queued, Some(how))?;
+        self.audit
+            .record(Some(id), "task.retried", &json!({"fresh": fresh}));
         self.touch();
         self.wake.notify_one();
         Ok(r)
@@ -552,6 +589,11 @@ impl Daemon {
     /// start resumes them from their checkpoints. Returns once every task has stopped.
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.audit.record(
+            None,
+            "daemon.stop",
+            &json!({"running": self.running_count()}),
+        );
         self.wake.notify_one();
         let runs: Vec<Arc<Running>> = lock(&self.running).values().cloned().collect();
         for run in &runs {
@@ -597,6 +639,13 @@ impl Daemon {
         };
         if let Err(e) = recorded {
             eprintln!("warren daemon: task {id}: recording its end: {e}");
+        }
+        if let Ok(t) = self.store.get_task(&id) {
+            self.audit.record(
+                Some(&id),
+                "task.state",
+                &json!({"state": t.state.as_str(), "reason": t.reason, "attempt": t.attempts}),
+            );
         }
         lock(&self.running).remove(&id);
         lock(&self.sched).finished(&id);
@@ -645,17 +694,26 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return End::Final(TaskState::Failed, format!("model provider: {e}")),
         };
-        let spec = match self.cell_spec(task, &manifest) {
+        let caps = Capabilities::new(Layer::from_manifest(&manifest), self.opts.policy.layer());
+        let mut spec = match self.cell_spec(task, &manifest) {
             Ok(s) => s,
             Err(e) => return interrupted(e),
         };
+        if caps.restricts_paths() {
+            spec.scopes = caps.scopes();
+        }
+        self.audit.record(
+            Some(id),
+            "task.started",
+            &json!({"attempt": task.attempts, "worker": self.opts.worker, "checkpoints": steps,
+                    "capabilities": {"scopes": spec.scopes, "network": caps.network()}}),
+        );
         let identity = warren_cell::spec::resolve_identity(&spec);
         let task_spec = json!({"id": id, "agent": task.agent, "goal": task.goal, "model": model});
         let dirs = match TaskDirs::create(&self.opts.state_dir, id, &task_spec, identity) {
             Ok(d) => d,
             Err(e) => return End::Final(TaskState::Failed, format!("task directory: {e}")),
         };
-        let mut spec = spec;
         spec.extra_mounts.splice(0..0, dirs.mounts());
         // A resumed task's predecessor cell (same id, killed with its daemon) may hold its
         // overlay or cgroup for a moment longer: retry its start a few times.
@@ -683,6 +741,11 @@ impl Daemon {
         .with_journal(Arc::new(StoreJournal::new(
             Arc::clone(&self.store),
             id.clone(),
+        )))
+        .with_gate(Arc::new(TaskGate::new(
+            id.clone(),
+            caps,
+            self.audit.clone(),
         )));
         let mut text = String::new();
         let mut observe = |e: &AgentEvent| self.observe(id, e, &mut text);
@@ -740,6 +803,8 @@ impl Daemon {
     fn stopped(&self, id: &str, s: Stop, dirs: &TaskDirs) -> End {
         match s {
             Stop::Cancel(reason) => {
+                self.audit
+                    .record(Some(id), "task.cancelled", &json!({"reason": reason}));
                 dirs.set_status("cancelled");
                 self.event(id, "task.cancelled", json!({"reason": reason}));
                 End::Final(TaskState::Cancelled, reason)

@@ -5,6 +5,8 @@
 //!   daemon loses no task and repeats no step;
 //! - [`api`]: the HTTP API (axum), its OpenAPI document, SSE and WebSocket event streams;
 //! - [`server`]: the daemon process (lock, unix socket, TCP with a bearer token, signals);
+//! - [`policy`]: capabilities (manifest request ∩ operator policy), checked by the
+//!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
 //! - [`provider`]: model providers from configuration (shared with `warren run`);
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
 //!
@@ -13,7 +15,9 @@
 
 pub mod api;
 pub mod core;
+pub mod gate;
 pub mod journal;
+pub mod policy;
 pub mod provider;
 pub mod scheduler;
 pub mod server;

@@ -757,7 +757,7 @@ impl Store for SqliteStore {
             .prepare("SELECT id, task, kind, payload, at_ms FROM events WHERE id > ?1 AND (?2 IS NULL OR task = ?2) ORDER BY id LIMIT ?3")
             .map_err(db)?;
         let rows = st
-            .query_map(params![after as i64, task, limit], |r| {
+            .query_map(params![after, task, limit], |r| {
                 let payload: String = r.get(3)?;
                 Ok(EventRecord {
                     id: r.get(0)?,

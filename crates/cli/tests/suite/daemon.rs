@@ -78,7 +78,17 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn start(state: &Path, mock: &MockLlm, extra: &[&str]) -> DaemonProc {
+        Self::start_env(state, mock, extra, &[])
+    }
+
+    pub fn start_env(
+        state: &Path,
+        mock: &MockLlm,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> DaemonProc {
         let mut c = Command::new(WARREN);
+        c.envs(env.iter().copied());
         c.arg("--state-dir")
             .arg(state)
             .args(["daemon", "--worker", "test-worker"])

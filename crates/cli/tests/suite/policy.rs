@@ -1,0 +1,261 @@
+//! Capabilities and audit end to end: a real daemon, real cells, the mock model.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use warren_testkit::mockllm::MockLlm;
+use warren_testkit::{TempDir, require_process_tier};
+
+use super::daemon::{DaemonProc, deploy, reply, tool_results, warren_at, workspace};
+use super::{WARREN, stderr, stdout};
+
+const SCOPED: &str = "name: scoped
+description: may write src/ only
+provider: openai
+model: mock-model
+tools: [shell, read_file, write_file, finish]
+capabilities:
+  paths:
+    - {glob: \"src/**\", access: write}
+    - {glob: \"**\", access: read}
+";
+
+fn audit_lines(state: &std::path::Path, task: &str) -> Vec<Value> {
+    let o = warren_at(state, &["audit", "export", "--task", task]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn what_the_gate_refuses_a_shell_command_cannot_do_either_and_all_of_it_is_audited() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("policy-scoped");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    std::fs::create_dir_all(ws.join("src")).unwrap();
+    deploy(&state, SCOPED);
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![(
+            "w1",
+            "write_file",
+            json!({"path": "README", "content": "defaced\n"}),
+        )]),
+        1 => reply(vec![(
+            "s1",
+            "shell",
+            json!({"command": "echo defaced > /workspace/README"}),
+        )]),
+        2 => reply(vec![(
+            "w2",
+            "write_file",
+            json!({"path": "src/ok.txt", "content": "fine\n"}),
+        )]),
+        3 => reply(vec![(
+            "s2",
+            "shell",
+            json!({"command": "echo also fine > /workspace/src/shell.txt && cat /workspace/README"}),
+        )]),
+        _ => reply(vec![("f1", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let policy = t.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[capabilities]\ntools = [\"shell\", \"read_file\", \"write_file\", \"finish\"]\n",
+    )
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "scoped", "goal": "try", "workspace": ws.display().to_string()})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // The host refused the write; the kernel refused the shell's; src/ was writable to both.
+    let diff = stdout(&warren_at(&state, &["task", "diff", &id]));
+    assert!(!diff.contains("defaced"), "{diff}");
+    assert!(
+        diff.contains("+fine") && diff.contains("+also fine"),
+        "{diff}"
+    );
+    let reqs = mock.requests();
+    let result_of = |call: &str| -> String {
+        reqs.iter()
+            .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == call)
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let refused = result_of("w1");
+    assert!(
+        refused.contains("refused by policy") && refused.contains("write access to \"README\""),
+        "{refused}"
+    );
+    let kernel = result_of("s1");
+    assert!(
+        kernel.to_lowercase().contains("permission denied")
+            || kernel.to_lowercase().contains("read-only"),
+        "{kernel}"
+    );
+
+    // The audit log has the whole story, hash-chained.
+    let records = audit_lines(&state, &id);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "task.submitted",
+        "task.started",
+        "model.call",
+        "tool.call",
+        "task.state",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "tool.call")
+        .collect();
+    let by_id = |c: &str| {
+        calls
+            .iter()
+            .find(|r| r["data"]["call_id"] == c)
+            .unwrap_or_else(|| panic!("{c} not audited: {calls:?}"))["data"]
+            .clone()
+    };
+    assert_eq!(by_id("w1")["decision"], "refused");
+    assert_eq!(by_id("s1")["decision"], "allowed");
+    assert_eq!(by_id("s1")["is_error"], true);
+    let w2 = by_id("w2");
+    assert!(
+        w2["capability"].as_str().unwrap().starts_with("cap-"),
+        "{w2}"
+    );
+    assert!(w2["cell"].as_str().unwrap() == id && w2["duration_ms"].as_f64().is_some());
+    let o = warren_at(&state, &["audit", "verify", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (o.status.code(), v["intact"].as_bool()),
+        (Some(0), Some(true)),
+        "{v}"
+    );
+    let head = v["head"].as_str().unwrap().to_owned();
+    let o = warren_at(&state, &["audit", "tail", "-n", "3"]);
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    drop(d);
+
+    // Someone edits the database: verify names the record.
+    let raw = rusqlite::Connection::open(state.join("warren.db")).unwrap();
+    let seq: i64 = raw
+        .query_row(
+            "SELECT seq FROM audit WHERE kind = 'tool.call' ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    raw.execute_batch("DROP TRIGGER audit_no_update;").unwrap();
+    raw.execute(
+        "UPDATE audit SET data = replace(data, 'refused', 'allowed') WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    drop(raw);
+    let o = warren_at(&state, &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(&format!(
+            "record {seq}: its content does not match its hash"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let o = warren_at(&state, &["audit", "verify", "--expect-head", "00"]);
+    assert!(stdout(&o).contains("was expected"), "{}", stdout(&o));
+    assert_ne!(head, "00");
+}
+
+#[test]
+fn a_planted_key_appears_nowhere_warren_wrote() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("policy-secrets");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(&state, &SCOPED.replace("scoped", "coder"));
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![(
+            "s1",
+            "shell",
+            json!({"command": "env; cat /task/spec.json"}),
+        )]),
+        _ => reply(vec![("f1", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    // DaemonProc sets the provider key; plant one more secret-looking variable too.
+    let planted = "ghp_PlantedTokenMustNotLeak0123456789";
+    let d = DaemonProc::start_env(
+        &state,
+        &mock,
+        &["--listen", "127.0.0.1:0"],
+        &[("GITHUB_TOKEN", planted)],
+    );
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "coder", "goal": "look around", "workspace": ws.display().to_string()})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        d.wait_done(&id, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let token = std::fs::read_to_string(state.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let log = d.log.lock().unwrap().clone();
+    drop(d);
+    // Everything Warren wrote: the state directory (database, WAL, task dirs, logs, layers),
+    // its output, the audit export, the events.
+    let mut haystacks: Vec<(String, Vec<u8>)> = vec![("daemon output".into(), log.into_bytes())];
+    let mut stack = vec![state.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() && p.file_name().unwrap() != "token" {
+                haystacks.push((
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    let export = Command::new(WARREN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["audit", "export"])
+        .output()
+        .unwrap();
+    haystacks.push(("audit export".into(), export.stdout));
+    assert!(haystacks.len() > 10, "searched {} files", haystacks.len());
+    for secret in ["sk-test-key-must-not-leak", planted, token.as_str()] {
+        for (name, hay) in &haystacks {
+            let found = hay.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} found in {name}");
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! Capabilities: what a task may do, checked at one choke point on the host and enforced again
+//! by the kernel in its cell.
+//!
+//! An agent's manifest *requests* capabilities (tools; workspace path globs with read or
+//! write; network destinations); the operator's policy *bounds* them. The effective set is the
+//! intersection, kept as layers that must all allow an action: [`Capabilities::narrow`] adds a
+//! layer (delegation to a child can only narrow, never widen). Each rule of the innermost
+//! layer is issued an opaque handle at task start (`cap-…`); the audit log records which
+//! handle allowed each call.
+//!
+//! The host check ([`Capabilities::check`]) sees tool calls. The kernel sees everything a
+//! command does: [`Capabilities::scopes`] turns the path rules into Landlock scopes under
+//! `/workspace` (a glob's literal directory prefix: `src/**` → `/workspace/src`), so a shell
+//! command attempting what the host check would refuse fails in the kernel. The kernel's
+//! scope is the glob's directory, coarser than the glob itself (`docs/*.md` lets a command
+//! write `docs/x.txt`; the host check does not).
+
+use std::collections::BTreeSet;
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+use serde_json::Value;
+use warren_config::manifest::{Manifest, PathGrant};
+use warren_protocol::mount::Scope;
+
+/// Where the workspace is in a cell.
+pub const WORKSPACE: &str = "/workspace";
+
+/// One path rule.
+#[derive(Clone, Debug)]
+struct PathRule {
+    glob: String,
+    write: bool,
+    matcher: GlobMatcher,
+}
+
+/// One layer: a manifest's request or an operator's bound.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    /// Where it came from (for refusal messages): `the agent's manifest`, `the operator's policy`.
+    pub origin: String,
+    tools: Option<Vec<String>>,
+    paths: Option<Vec<PathRule>>,
+    network: Option<Vec<String>>,
+}
+
+/// An operator's policy file (TOML), `[capabilities]` section (other sections, such as
+/// `warren exec`'s limits, may share the file).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PolicyFile {
+    /// The bound on every agent.
+    #[serde(default)]
+    pub capabilities: PolicySection,
+}
+
+/// `[capabilities]`: omitted keys do not restrict.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Tools any agent may use.
+    pub tools: Option<Vec<String>>,
+    /// Workspace paths any agent may use.
+    pub paths: Option<Vec<PolicyPath>>,
+    /// Network destinations any agent may reach (default: none).
+    pub network: Option<Vec<String>>,
+}
+
+/// `{ glob = "src/**", access = "write" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPath {
+    /// Glob relative to the workspace.
+    pub glob: String,
+    /// `read` or `write`.
+    pub access: String,
+}
+
+impl PolicyFile {
+    /// Parse a policy file; errors name the file, line and column.
+    pub fn parse(file: &std::path::Path, text: &str) -> Result<PolicyFile, String> {
+        let p: PolicyFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            format!("{}:{line}:{col}: {}", file.display(), e.message())
+        })?;
+        for path in p.capabilities.paths.iter().flatten() {
+            if !["read", "write"].contains(&path.access.as_str()) {
+                return Err(format!(
+                    "{}: access must be read or write, not {:?}",
+                    file.display(),
+                    path.access
+                ));
+            }
+            Glob::new(&path.glob).map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+        Ok(p)
+    }
+
+    /// This policy as a bounding layer.
+    pub fn layer(&self) -> Layer {
+        let c = &self.capabilities;
+        Layer {
+            origin: "the operator's policy".into(),
+            tools: c.tools.clone(),
+            paths: c.paths.as_ref().map(|ps| {
+                ps.iter()
+                    .filter_map(|p| rule(&p.glob, p.access == "write"))
+                    .collect()
+            }),
+            // No network unless the policy lists it.
+            network: Some(c.network.clone().unwrap_or_default()),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn rule(glob: &str, write: bool) -> Option<PathRule> {
+    Some(PathRule {
+        glob: glob.to_owned(),
+        write,
+        matcher: Glob::new(glob).ok()?.compile_matcher(),
+    })
+}
+
+impl Layer {
+    /// What a manifest asks for.
+    pub fn from_manifest(m: &Manifest) -> Layer {
+        Layer {
+            origin: "the agent's manifest".into(),
+            tools: Some(m.tools.clone()),
+            paths: m.paths.as_ref().map(|ps| {
+                ps.iter()
+                    .filter_map(|PathGrant { glob, write }| rule(glob, *write))
+                    .collect()
+            }),
+            network: Some(m.network.clone()),
+        }
+    }
+
+    /// Allows everything (`warren run`, where the person at the terminal is the operator).
+    pub fn unrestricted(origin: &str) -> Layer {
+        Layer {
+            origin: origin.into(),
+            ..Layer::default()
+        }
+    }
+
+    /// The index of the rule allowing `rel` with `write`, or why not.
+    fn path(&self, rel: &str, write: bool) -> Result<Option<usize>, String> {
+        let Some(rules) = &self.paths else {
+            return Ok(None);
+        };
+        let hit = rules
+            .iter()
+            .position(|r| r.matcher.is_match(rel) && (r.write || !write));
+        match hit {
+            Some(i) => Ok(Some(i)),
+            None => Err(format!(
+                "{} does not grant {} access to {rel:?} (granted: {})",
+                self.origin,
+                if write { "write" } else { "read" },
+                rules
+                    .iter()
+                    .map(|r| format!("{} {}", r.glob, if r.write { "rw" } else { "ro" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// A task's effective capabilities: layers that must all allow, and the handles issued for
+/// the innermost one.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    layers: Vec<Layer>,
+    tool_handles: Vec<(String, String)>,
+    path_handles: Vec<String>,
+}
+
+fn handle() -> String {
+    let id = warren_cell::process::new_cell_id();
+    format!("cap-{}", &id[1..])
+}
+
+/// How a tool touches the workspace, from its arguments.
+fn access_of(tool: &str, args: &Value) -> Option<(String, bool)> {
+    let write = match tool {
+        "write_file" | "edit_file" => true,
+        "read_file" | "list_files" | "grep" => false,
+        _ => return None,
+    };
+    let path = args["path"].as_str().unwrap_or(".");
+    Some((path.to_owned(), write))
+}
+
+/// `path` (as a tool got it: relative to `/workspace`, or absolute) as a normalized path
+/// relative to the workspace; `None` when it is outside the workspace.
+pub fn workspace_relative(path: &str) -> Option<String> {
+    let rel = if let Some(r) = path.strip_prefix(WORKSPACE) {
+        if !(r.is_empty() || r.starts_with('/')) {
+            return None;
+        }
+        r.trim_start_matches('/').to_owned()
+    } else if path.starts_with('/') {
+        return None;
+    } else {
+        path.to_owned()
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(if out.is_empty() {
+        ".".into()
+    } else {
+        out.join("/")
+    })
+}
+
+impl Capabilities {
+    /// Requested ∩ bound.
+    pub fn new(requested: Layer, bound: Layer) -> Capabilities {
+        Capabilities::from_layers(vec![bound, requested])
+    }
+
+    fn from_layers(layers: Vec<Layer>) -> Capabilities {
+        let inner = layers.last().cloned().unwrap_or_default();
+        let tool_handles = inner
+            .tools
+            .iter()
+            .flatten()
+            .map(|t| (t.clone(), handle()))
+            .collect();
+        let path_handles = inner.paths.iter().flatten().map(|_| handle()).collect();
+        Capabilities {
+            layers,
+            tool_handles,
+            path_handles,
+        }
+    }
+
+    /// Delegation: a child gets at most what this task has (its request is one more layer).
+    pub fn narrow(&self, child: Layer) -> Capabilities {
+        let mut layers = self.layers.clone();
+        layers.push(child);
+        Capabilities::from_layers(layers)
+    }
+
+    /// The choke point: `Ok(handle)` of the capability allowing this call, or why not.
+    pub fn check(&self, tool: &str, args: &Value) -> Result<String, String> {
+        for l in &self.layers {
+            if let Some(tools) = &l.tools
+                && !tools.iter().any(|t| t == tool)
+                && tool != "finish"
+            {
+                return Err(format!("{} does not grant the tool {tool:?}", l.origin));
+            }
+        }
+        let mut granted = self
+            .tool_handles
+            .iter()
+            .find(|(t, _)| t == tool)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| format!("tool:{tool}"));
+        if let Some((path, write)) = access_of(tool, args) {
+            // Outside the workspace (/tmp, the system) the kernel alone decides.
+            if let Some(rel) = workspace_relative(&path) {
+                for (i, l) in self.layers.iter().enumerate() {
+                    let hit = l.path(&rel, write)?;
+                    if i + 1 == self.layers.len()
+                        && let Some(r) = hit
+                        && let Some(h) = self.path_handles.get(r)
+                    {
+                        granted = h.clone();
+                    }
+                }
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Whether any layer restricts workspace paths.
+    pub fn restricts_paths(&self) -> bool {
+        self.layers.iter().any(|l| l.paths.is_some())
+    }
+
+    /// The network destinations every layer allows (entries of the innermost restricting
+    /// layer that each outer layer covers).
+    pub fn network(&self) -> Vec<String> {
+        let mut allowed: Option<Vec<String>> = None;
+        for l in self.layers.iter().rev() {
+            let Some(n) = &l.network else { continue };
+            allowed = Some(match allowed {
+                None => n.clone(),
+                Some(prev) => {
+                    let mut out: Vec<String> =
+                        prev.iter().filter_map(|e| narrowest(n, e)).collect();
+                    out.dedup();
+                    out
+                }
+            });
+        }
+        allowed.unwrap_or_default()
+    }
+
+    /// Landlock scopes for the cell: the path rules' directories, intersected across layers.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut cur: Option<BTreeSet<(String, bool)>> = None;
+        for l in &self.layers {
+            let Some(rules) = &l.paths else { continue };
+            let mine: BTreeSet<(String, bool)> =
+                rules.iter().map(|r| (prefix(&r.glob), r.write)).collect();
+            cur = Some(match cur {
+                None => mine,
+                Some(prev) => {
+                    let mut out = BTreeSet::new();
+                    for (p, w) in &prev {
+                        for (q, w2) in &mine {
+                            if under(p, q) {
+                                out.insert((p.clone(), *w && *w2));
+                            } else if under(q, p) {
+                                out.insert((q.clone(), *w && *w2));
+                            }
+                        }
+                    }
+                    out
+                }
+            });
+        }
+        cur.unwrap_or_default()
+            .into_iter()
+            .map(|(p, write)| Scope {
+                path: if p.is_empty() {
+                    WORKSPACE.to_owned()
+                } else {
+                    format!("{WORKSPACE}/{p}")
+                },
+                write,
+            })
+            .collect()
+    }
+}
+
+/// `p` equals or lies beneath `q` (relative paths; `""` is the workspace root).
+fn under(p: &str, q: &str) -> bool {
+    q.is_empty() || p == q || p.starts_with(&format!("{q}/"))
+}
+
+/// The literal directory part of a glob (`src/**` → `src`, `**` → ``).
+fn prefix(glob: &str) -> String {
+    glob.split('/')
+        .take_while(|c| !c.contains(['*', '?', '[', '{']))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `entry` as far as some entry of `outer` allows it: the same host pattern, with only the
+/// ports both allow (no ports means 80 and 443); `None` when nothing is left.
+fn narrowest(outer: &[String], entry: &str) -> Option<String> {
+    let split = |e: &str| {
+        let (h, p) = e.split_once(':').unwrap_or((e, ""));
+        let ports: BTreeSet<u16> = if p.is_empty() {
+            [80, 443].into()
+        } else {
+            p.split(',').filter_map(|x| x.parse().ok()).collect()
+        };
+        (h.to_ascii_lowercase(), ports)
+    };
+    let (host, ports) = split(entry);
+    let mut allowed = BTreeSet::new();
+    for o in outer {
+        let (oh, op) = split(o);
+        let host_ok = match oh.strip_prefix("*.") {
+            Some(dom) => host
+                .strip_prefix("*.")
+                .map_or(host.ends_with(&format!(".{dom}")), |h| {
+                    h == dom || h.ends_with(&format!(".{dom}"))
+                }),
+            None => oh == host,
+        };
+        if host_ok {
+            allowed.extend(ports.intersection(&op).copied());
+        }
+    }
+    if allowed.is_empty() {
+        return None;
+    }
+    if allowed == ports && !entry.contains(':') {
+        return Some(entry.to_owned());
+    }
+    let list: Vec<String> = allowed.iter().map(u16::to_string).collect();
+    Some(format!("{host}:{}", list.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn layer(origin: &str, tools: &[&str], paths: &[(&str, bool)], net: &[&str]) -> Layer {
+        Layer {
+            origin: origin.into(),
+            tools: Some(tools.iter().map(|t| (*t).to_owned()).collect()),
+            paths: Some(paths.iter().filter_map(|(g, w)| rule(g, *w)).collect()),
+            network: Some(net.iter().map(|t| (*t).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn effective_is_the_intersection_and_handles_name_the_rule() {
+        let req = layer(
+            "manifest",
+            &["shell", "read_file", "write_file"],
+            &[("src/**", true), ("**", false)],
+            &["api.github.com:443", "*.pypi.org", "evil.example"],
+        );
+        let bound = layer(
+            "policy",
+            &["read_file", "write_file", "grep"],
+            &[("**", true)],
+            &["*.github.com", "pypi.org", "*.pypi.org:443"],
+        );
+        let c = Capabilities::new(req, bound);
+        assert!(c.check("shell", &json!({})).unwrap_err().contains("policy"));
+        assert!(
+            c.check("grep", &json!({}))
+                .unwrap_err()
+                .contains("manifest")
+        );
+        let h = c
+            .check("write_file", &json!({"path": "src/main.rs"}))
+            .unwrap();
+        assert!(h.starts_with("cap-"), "{h}");
+        assert_ne!(
+            h,
+            c.check("read_file", &json!({"path": "README"})).unwrap(),
+            "each rule has its own handle"
+        );
+        let e = c
+            .check("write_file", &json!({"path": "/workspace/README"}))
+            .unwrap_err();
+        assert!(e.contains("write access to \"README\""), "{e}");
+        assert!(
+            c.check("write_file", &json!({"path": "src/../secrets/key"}))
+                .is_err(),
+            "normalized before matching"
+        );
+        assert!(
+            c.check("write_file", &json!({"path": "/tmp/scratch"}))
+                .is_ok(),
+            "outside the workspace the kernel decides"
+        );
+        assert_eq!(
+            c.network(),
+            ["api.github.com:443", "*.pypi.org:443"],
+            "narrowed to the ports both allow; evil.example dropped"
+        );
+        assert_eq!(
+            c.scopes(),
+            vec![
+                Scope {
+                    path: "/workspace".into(),
+                    write: false
+                },
+                Scope {
+                    path: "/workspace/src".into(),
+                    write: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn delegation_only_narrows() {
+        let parent = Capabilities::new(
+            layer(
+                "manifest",
+                &["read_file", "write_file"],
+                &[("src/**", true)],
+                &["a.example"],
+            ),
+            Layer::unrestricted("policy"),
+        );
+        let child = parent.narrow(layer(
+            "child",
+            &["read_file", "write_file", "shell"],
+            &[("**", true)],
+            &["a.example", "b.example"],
+        ));
+        assert!(
+            child.check("shell", &json!({})).is_err(),
+            "asking more gains nothing"
+        );
+        assert!(
+            child
+                .check("write_file", &json!({"path": "docs/x"}))
+                .is_err()
+        );
+        assert!(child.check("write_file", &json!({"path": "src/x"})).is_ok());
+        assert_eq!(child.network(), ["a.example"]);
+        assert_eq!(
+            child.scopes(),
+            vec![Scope {
+                path: "/workspace/src".into(),
+                write: true
+            }]
+        );
+    }
+
+    #[test]
+    fn workspace_paths_are_normalized_and_escapes_are_outside() {
+        assert_eq!(workspace_relative("a/./b/../c").as_deref(), Some("a/c"));
+        assert_eq!(workspace_relative("/workspace").as_deref(), Some("."));
+        assert_eq!(workspace_relative("/workspace/x/y").as_deref(), Some("x/y"));
+        assert_eq!(workspace_relative("/workspacex/y"), None);
+        assert_eq!(workspace_relative("../etc/passwd"), None);
+        assert_eq!(workspace_relative("/etc/passwd"), None);
+    }
+
+    #[test]
+    fn policy_files_parse_with_located_errors() {
+        let p = PolicyFile::parse(
+            std::path::Path::new("p.toml"),
+            "[capabilities]\ntools = [\"read_file\"]\npaths = [{ glob = \"**\", access = \"read\" }]\nnetwork = [\"*.github.com\"]\n",
+        )
+        .unwrap();
+        let l = p.layer();
+        assert_eq!(l.tools.unwrap(), ["read_file"]);
+        let e = PolicyFile::parse(
+            std::path::Path::new("p.toml"),
+            "[capabilities]\ntols = []\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("p.toml:2:1:"), "{e}");
+        assert!(
+            PolicyFile::parse(
+                std::path::Path::new("p.toml"),
+                "[capabilities]\npaths = [{ glob = \"**\", access = \"all\" }]\n"
+            )
+            .is_err()
+        );
+        // No network section: no network.
+        let none = PolicyFile::parse(std::path::Path::new("p.toml"), "").unwrap();
+        assert_eq!(none.layer().network, Some(vec![]));
+    }
+}
