@@ -67,12 +67,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
-    let last32 = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let last32 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     if ip.is_unspecified() {
         return Some("unspecified");
     }
@@ -100,12 +95,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
     // 2002:AABB:CCDD::/48, 6to4: the v4 address is in the second and third segments.
     if s[0] == 0x2002 {
-        let v4 = Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        );
+        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
         return forbidden_v4(v4);
     }
     if s[0] == 0x2001 && s[1] == 0 {
@@ -225,7 +215,12 @@ mod tests {
 
     #[test]
     fn ipv6_public_and_documentation_are_allowed() {
-        for ip in ["2001:db8::1", "2606:4700::1111", "2a00:1450:4001::1", "2001:4860::1"] {
+        for ip in [
+            "2001:db8::1",
+            "2606:4700::1111",
+            "2a00:1450:4001::1",
+            "2001:4860::1",
+        ] {
             assert_eq!(f(ip), None, "{ip}");
         }
     }

@@ -132,9 +132,10 @@ pub struct Attempt {
     pub bytes_up: u64,
     /// Bytes sent from the destination back to the cell.
     pub bytes_down: u64,
-    /// When the attempt started.
+    /// When the attempt started: the client's connection was accepted, or `fetch` was called.
     pub started: SystemTime,
-    /// How long the attempt lasted, request head to close.
+    /// How long the attempt lasted, from the client's connection (or the `fetch` call) to
+    /// the close.
     pub duration: Duration,
 }
 
@@ -235,6 +236,11 @@ impl<'a> Recorder<'a> {
 
     pub(crate) fn attempt(&mut self) -> &mut Attempt {
         &mut self.attempt
+    }
+
+    /// Records nothing: the connection was not an attempt (it closed without a byte).
+    pub(crate) fn discard(mut self) {
+        self.done = true;
     }
 
     pub(crate) fn finish(mut self, decision: Decision) {

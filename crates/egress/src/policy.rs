@@ -376,9 +376,24 @@ mod tests {
             p.allows("203.0.113.5", 80).unwrap_err().reason,
             IP_LITERAL_REASON
         );
-        assert!(p.allows("[::1]", 443).unwrap_err().reason.contains("loopback"));
-        assert!(p.allows("::ffff:127.0.0.1", 443).unwrap_err().reason.contains("IP literals"));
-        assert!(p.allows("127.1", 80).unwrap_err().reason.contains("not a valid host"));
+        assert!(
+            p.allows("[::1]", 443)
+                .unwrap_err()
+                .reason
+                .contains("loopback")
+        );
+        assert!(
+            p.allows("::ffff:127.0.0.1", 443)
+                .unwrap_err()
+                .reason
+                .contains("IP literals")
+        );
+        assert!(
+            p.allows("127.1", 80)
+                .unwrap_err()
+                .reason
+                .contains("not a valid host")
+        );
     }
 
     #[test]
@@ -389,7 +404,13 @@ mod tests {
     #[test]
     fn odd_hosts_are_denied_not_matched() {
         let p = policy(&["*.example.test"]);
-        for host in ["", "a.example.test/x", "a.example.test:443", "a@b.example.test", "a\r\n.example.test"] {
+        for host in [
+            "",
+            "a.example.test/x",
+            "a.example.test:443",
+            "a@b.example.test",
+            "a\r\n.example.test",
+        ] {
             assert!(p.allows(host, 443).is_err(), "{host:?}");
         }
     }
