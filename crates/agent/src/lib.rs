@@ -234,10 +234,32 @@ pub trait Journal: Send + Sync {
 
 /// The one choke point every tool call passes, and where model calls are reported: policy
 /// and audit live behind it, in the host. A refused call runs nothing; the model is told why.
+#[async_trait::async_trait]
 pub trait Gate: Send + Sync {
     /// A validated call is about to run: `Ok(capability)` lets it run (the handle of the
     /// capability that allowed it is recorded with it), `Err(reason)` refuses it.
     fn check(&self, tool: &str, args: &Value) -> Result<String, String>;
+    /// Whether an allowed call must wait for a person first: the reason to show them.
+    fn needs_approval(&self, _tool: &str, _args: &Value) -> Option<String> {
+        None
+    }
+    /// Wait for a person's decision on a call: `Ok` runs it, `Err(reason)` refuses it.
+    async fn ask(
+        &self,
+        _call_id: &str,
+        _tool: &str,
+        _args: &Value,
+        reason: &str,
+    ) -> Result<(), String> {
+        Err(format!(
+            "needs approval ({reason}), and nobody can approve here"
+        ))
+    }
+    /// The task used `used` tokens of its budget of `budget`: `true` continues (a person
+    /// approved more), `false` stops the task.
+    async fn over_budget(&self, _used: u64, _budget: u64) -> bool {
+        false
+    }
     /// A tool call ended (ran, failed or was refused). Not called for results replayed from
     /// the journal (they were reported in the life that produced them).
     fn tool_call(&self, call: &ToolCallRecord<'_>);
@@ -640,6 +662,7 @@ impl Agent {
                 usage,
             })
         };
+        let mut budget = self.config.budget_tokens;
         for turn in 1..=self.config.max_turns {
             if started.elapsed() > self.config.max_wall {
                 return stop(
@@ -649,8 +672,18 @@ impl Agent {
                     &mut emit,
                 );
             }
-            if let Some(b) = self.config.budget_tokens
-                && total.input_tokens + total.output_tokens >= b
+            let used = total.input_tokens + total.output_tokens;
+            if let Some(b) = budget
+                && used >= b
+                && rep.live()
+                && let Some(g) = &self.gate
+                && g.over_budget(used, b).await
+            {
+                // A person approved going on: as much again.
+                budget = Some(used + self.config.budget_tokens.unwrap_or(b));
+            }
+            if let Some(b) = budget
+                && used >= b
             {
                 return stop(
                     format!("token budget of {b} reached"),
@@ -776,7 +809,13 @@ impl Agent {
                     }
                     if let Ok(args) = a {
                         match g.check(&c.name, args) {
-                            Ok(cap) => capability[i] = Some(cap),
+                            Ok(cap) => match g.needs_approval(&c.name, args) {
+                                None => capability[i] = Some(cap),
+                                Some(why) => match g.ask(&c.id, &c.name, args, &why).await {
+                                    Ok(()) => capability[i] = Some(cap),
+                                    Err(no) => *a = Err(format!("not approved: {no}")),
+                                },
+                            },
                             Err(reason) => *a = Err(format!("refused by policy: {reason}")),
                         }
                     }

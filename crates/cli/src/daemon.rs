@@ -47,6 +47,9 @@ pub struct DaemonArgs {
     /// network.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// A task waiting for approval longer than this is denied.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::policy::parse_duration)]
+    approval_timeout: Duration,
 }
 
 /// `warren daemon start|stop|status`.
@@ -131,6 +134,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         env: vars.into_iter().collect(),
         max_attempts: a.max_attempts.max(1),
         policy,
+        approval_timeout: a.approval_timeout,
     };
     let listen = Listen {
         socket_group: a.socket_group,
@@ -227,6 +231,8 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
                 &format!("{}ms", a.lease.as_millis()),
                 "--max-attempts",
                 &a.max_attempts.to_string(),
+                "--approval-timeout",
+                &format!("{}ms", a.approval_timeout.as_millis()),
             ]);
             let err = log.try_clone();
             cmd.stdin(Stdio::null())

@@ -98,6 +98,12 @@ enum Command {
         #[command(subcommand)]
         what: tasks::TaskCommand,
     },
+    /// Remembered approvals: list, remove.
+    Approvals {
+        /// What to do.
+        #[command(subcommand)]
+        what: tasks::ApprovalsCommand,
+    },
     /// The tamper-evident audit log: tail, export, verify.
     Audit {
         /// What to do.
@@ -242,6 +248,7 @@ fn main() -> ExitCode {
             ..
         } => daemon::manage(action, &state),
         Command::Audit { what } => audit::run(what, &state),
+        Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
     };

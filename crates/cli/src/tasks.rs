@@ -98,6 +98,29 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve the call a paused task waits for.
+    Approve {
+        /// Task id.
+        id: String,
+        /// Remember: this agent's calls of this tool with this exact argument run without
+        /// asking again (`warren approvals list|remove`).
+        #[arg(long)]
+        remember: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny the call a paused task waits for (the model is told why).
+    Deny {
+        /// Task id.
+        id: String,
+        /// Told to the model.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// A task's changes to its workspace, as a unified diff.
     Diff {
         /// Task id.
@@ -487,6 +510,31 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             })
             .await
         }
+        TaskCommand::Approve { id, remember, json } => {
+            let path = format!("/v1/tasks/{}/approve", enc(&id));
+            let body = json!({"remember": remember});
+            show(t, Method::POST, &path, Some(&body), json, |v| {
+                eprintln!(
+                    "warren: approved {} {}{}",
+                    v["tool"].as_str().unwrap_or_default(),
+                    v["argument"].as_str().unwrap_or_default(),
+                    if remember { " (remembered)" } else { "" }
+                );
+            })
+            .await
+        }
+        TaskCommand::Deny { id, reason, json } => {
+            let path = format!("/v1/tasks/{}/deny", enc(&id));
+            let body = json!({"reason": reason});
+            show(t, Method::POST, &path, Some(&body), json, |v| {
+                eprintln!(
+                    "warren: denied {} {}",
+                    v["tool"].as_str().unwrap_or_default(),
+                    v["argument"].as_str().unwrap_or_default()
+                );
+            })
+            .await
+        }
         TaskCommand::Diff { id, json } => {
             match client::call(
                 t,
@@ -566,4 +614,90 @@ pub fn status(url: Option<&str>, state: &Path, json: bool) -> i32 {
             3
         }
     }
+}
+
+/// `warren approvals …`: remembered approvals.
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// Remembered approvals (narrow rules: agent, tool, argument pattern).
+    List {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget one.
+    Remove {
+        /// Rule id (from `list`).
+        id: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run an approvals subcommand.
+pub fn approvals(cmd: ApprovalsCommand, url: Option<&str>, state: &Path) -> i32 {
+    let target = match client::target(url, state) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 2;
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        match cmd {
+            ApprovalsCommand::List { agent, json } => {
+                let path = match agent {
+                    Some(a) => format!("/v1/approvals?agent={}", enc(&a)),
+                    None => "/v1/approvals".into(),
+                };
+                show(&target, Method::GET, &path, None, json, |v| {
+                    let list = v.as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        eprintln!("warren: no remembered approvals");
+                    }
+                    for r in list {
+                        println!(
+                            "{:>4}  {:<12} {:<10} {}",
+                            r["id"],
+                            r["agent"].as_str().unwrap_or_default(),
+                            r["tool"].as_str().unwrap_or_default(),
+                            r["pattern"].as_str().unwrap_or_default()
+                        );
+                    }
+                })
+                .await
+            }
+            ApprovalsCommand::Remove { id, json } => {
+                match client::call(
+                    &target,
+                    Method::DELETE,
+                    &format!("/v1/approvals/{id}"),
+                    None,
+                )
+                .await
+                {
+                    Ok(_) if json => {
+                        println!("{}", json!({"removed": id}));
+                        0
+                    }
+                    Ok(_) => {
+                        eprintln!("warren: removed approval rule {id}");
+                        0
+                    }
+                    Err(e) => fail(json, &e),
+                }
+            }
+        }
+    })
 }

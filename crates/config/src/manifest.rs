@@ -68,7 +68,10 @@ pub struct Manifest {
     pub budget_tokens: Option<u64>,
     /// Cost budget per task (USD).
     pub budget_usd: Option<f64>,
-    /// Tools whose calls wait for a person's approval.
+    /// At the budget: pause for a person's approval (`true`, the default) or stop.
+    pub pause_on_budget: bool,
+    /// Calls that wait for a person's approval: `tool`, or `tool:GLOB` over the call's main
+    /// argument (the shell command, the path): `shell:git push*`.
     pub approval_required: Vec<String>,
     /// Workspace paths the agent asks for (`None`: the whole workspace, as mounted).
     pub paths: Option<Vec<PathGrant>>,
@@ -164,6 +167,7 @@ struct RawLimits {
 struct RawBudget {
     tokens: Option<u64>,
     usd: Option<Spanned<f64>>,
+    on_exceed: Option<Spanned<String>>,
 }
 
 /// A manifest error, located in its file.
@@ -243,26 +247,39 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             "an agent needs at least one tool (finish, at least)".into(),
         ));
     }
+    let tool_of = |entry: &str| entry.split_once(':').map_or(entry, |(t, _)| t).to_owned();
     for t in raw.tools.iter().chain(&raw.approval_required) {
-        if !known_tools.contains(&t.value.as_str()) {
+        let name = tool_of(&t.value);
+        if let Some((_, pattern)) = t.value.split_once(':') {
+            globset::Glob::new(pattern)
+                .map_err(|e| at(t.defined, format!("{:?}: {e}", t.value)))?;
+        }
+        if !known_tools.contains(&name.as_str()) {
             return Err(at(
                 t.defined,
-                format!(
-                    "unknown tool {:?} (known: {})",
-                    t.value,
-                    known_tools.join(", ")
-                ),
+                format!("unknown tool {name:?} (known: {})", known_tools.join(", ")),
             ));
         }
     }
     for t in &raw.approval_required {
-        if !raw.tools.iter().any(|x| x.value == t.value) {
+        if !raw.tools.iter().any(|x| x.value == tool_of(&t.value)) {
             return Err(at(
                 t.defined,
                 format!("{:?} requires approval but is not in tools", t.value),
             ));
         }
     }
+    let pause_on_budget = match &raw.budget.on_exceed {
+        None => true,
+        Some(v) if v.value == "pause" => true,
+        Some(v) if v.value == "stop" => false,
+        Some(v) => {
+            return Err(at(
+                v.defined,
+                format!("on_exceed must be pause or stop, not {:?}", v.value),
+            ));
+        }
+    };
     let paths = match &raw.capabilities.paths {
         None => None,
         Some(list) => {
@@ -396,6 +413,7 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         timeout,
         budget_tokens: raw.budget.tokens,
         budget_usd: raw.budget.usd.map(|u| u.value),
+        pause_on_budget,
         approval_required: raw.approval_required.into_iter().map(|t| t.value).collect(),
         paths,
         network: raw

@@ -225,6 +225,64 @@ pub struct CancelTask {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/tasks/{id}/approve`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveTask {
+    /// Remember as a rule: this agent's calls of this tool with this exact argument run
+    /// without asking again.
+    #[serde(default)]
+    pub remember: bool,
+}
+
+/// `POST /v1/tasks/{id}/deny`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyTask {
+    /// Told to the model.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What a paused task waits for.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    /// The tool call (empty for a budget).
+    pub call_id: String,
+    /// Tool, or `budget`.
+    pub tool: String,
+    /// The call's main argument (command, path).
+    pub argument: String,
+    /// Why it needs a person.
+    pub reason: String,
+}
+
+impl From<crate::gate::PendingView> for ApprovalView {
+    fn from(p: crate::gate::PendingView) -> Self {
+        ApprovalView {
+            call_id: p.call_id,
+            tool: p.tool,
+            argument: p.argument,
+            reason: p.reason,
+        }
+    }
+}
+
+/// A remembered approval.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuleView {
+    /// Id (to remove it).
+    pub id: i64,
+    /// Agent.
+    pub agent: String,
+    /// Tool.
+    pub tool: String,
+    /// Glob over the call's main argument.
+    pub pattern: String,
+    /// Unix ms.
+    pub created_ms: i64,
+}
+
 /// A deployed agent.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentView {
@@ -332,7 +390,12 @@ pub struct EventsQuery {
         task_event_stream,
         all_event_stream,
         task_event_ws,
-        metrics
+        metrics,
+        approve_task,
+        deny_task,
+        task_approval,
+        list_rules,
+        delete_rule
     ),
     components(schemas(
         ErrorBody,
@@ -343,7 +406,11 @@ pub struct EventsQuery {
         CancelTask,
         AgentView,
         EventView,
-        Health
+        Health,
+        ApproveTask,
+        DenyTask,
+        ApprovalView,
+        RuleView
     ))
 )]
 struct ApiDoc;
@@ -371,6 +438,11 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/tasks/{id}/retry", post(retry_task))
+        .route("/v1/tasks/{id}/approve", post(approve_task))
+        .route("/v1/tasks/{id}/deny", post(deny_task))
+        .route("/v1/tasks/{id}/approval", get(task_approval))
+        .route("/v1/approvals", get(list_rules))
+        .route("/v1/approvals/{rule}", axum::routing::delete(delete_rule))
         .route("/v1/tasks/{id}/result", get(task_result))
         .route("/v1/tasks/{id}/diff", get(task_diff))
         .route("/v1/tasks/{id}/events", get(task_events))
@@ -928,4 +1000,113 @@ async fn pump_ws(mut socket: WebSocket, feed: impl Stream<Item = EventRecord> + 
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// Approve the call a task waits for (or more budget).
+#[utoipa::path(post, path = "/v1/tasks/{id}/approve", params(("id" = String, Path, description = "Task id")), request_body(content = ApproveTask, description = "optional"),
+    responses((status = 200, body = ApprovalView, description = "what was approved"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not waiting for approval")))]
+async fn approve_task(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<axum::Json<ApprovalView>> {
+    let id = task_id(id)?;
+    let b: ApproveTask = optional_body(&body)?;
+    let v = d.decide(
+        &id,
+        crate::gate::Decision {
+            approve: true,
+            remember: b.remember,
+            reason: String::new(),
+            by: "api".into(),
+        },
+    )?;
+    Ok(axum::Json(v.into()))
+}
+
+/// Deny the call a task waits for (the model is told why).
+#[utoipa::path(post, path = "/v1/tasks/{id}/deny", params(("id" = String, Path, description = "Task id")), request_body(content = DenyTask, description = "optional"),
+    responses((status = 200, body = ApprovalView, description = "what was denied"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not waiting for approval")))]
+async fn deny_task(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<axum::Json<ApprovalView>> {
+    let id = task_id(id)?;
+    let b: DenyTask = optional_body(&body)?;
+    let reason = b.reason.unwrap_or_else(|| "denied by the operator".into());
+    let v = d.decide(
+        &id,
+        crate::gate::Decision {
+            approve: false,
+            remember: false,
+            reason,
+            by: "api".into(),
+        },
+    )?;
+    Ok(axum::Json(v.into()))
+}
+
+/// What a task waits for.
+#[utoipa::path(get, path = "/v1/tasks/{id}/approval", params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, body = ApprovalView), (status = 404, body = ErrorBody, description = "no such task, or not waiting")))]
+async fn task_approval(
+    State(d): Shared,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> ApiResult<axum::Json<ApprovalView>> {
+    let id = task_id(id)?;
+    d.store().get_task(&id)?;
+    d.pending_approval(&id)
+        .map(|p| axum::Json(p.into()))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("task {id} is not waiting for approval"),
+            )
+        })
+}
+
+/// Query of `GET /v1/approvals`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RulesQuery {
+    /// Only this agent's rules.
+    pub agent: Option<String>,
+}
+
+/// Remembered approvals.
+#[utoipa::path(get, path = "/v1/approvals", params(RulesQuery), responses((status = 200, body = Vec<RuleView>)))]
+async fn list_rules(
+    State(d): Shared,
+    q: Result<Query<RulesQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<Vec<RuleView>>> {
+    let Query(q) = q?;
+    let rules = d.store().approval_rules(q.agent.as_deref())?;
+    Ok(axum::Json(
+        rules
+            .into_iter()
+            .map(|r| RuleView {
+                id: r.id,
+                agent: r.agent,
+                tool: r.tool,
+                pattern: r.pattern,
+                created_ms: r.created_ms,
+            })
+            .collect(),
+    ))
+}
+
+/// Forget a remembered approval.
+#[utoipa::path(delete, path = "/v1/approvals/{rule}", params(("rule" = i64, Path, description = "Rule id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_rule(
+    State(d): Shared,
+    rule: Result<UrlPath<i64>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let UrlPath(rule) = rule?;
+    d.store().remove_approval_rule(rule)?;
+    d.auditor()
+        .record(None, "approval.rule_removed", &json!({"rule": rule}));
+    Ok(StatusCode::NO_CONTENT)
 }

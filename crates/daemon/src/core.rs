@@ -32,7 +32,7 @@ use warren_llm::Provider;
 use warren_protocol::mount::{Mount, MountKind};
 use warren_store::{NewTask, Store, StoreError, TaskFilter, TaskRecord, TaskState};
 
-use crate::gate::{Auditor, Redactor, TaskGate};
+use crate::gate::{Approvals, Auditor, Decision, Desk, PendingView, Redactor, TaskGate};
 use crate::journal::StoreJournal;
 use crate::policy::{Capabilities, Layer};
 use crate::scheduler::{Limits, SchedError, Scheduler};
@@ -58,6 +58,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// The operator's bound on every agent's capabilities.
     pub policy: crate::policy::PolicyFile,
+    /// A paused task with no decision this long is denied.
+    pub approval_timeout: Duration,
 }
 
 /// Why a running task is being stopped.
@@ -153,6 +155,7 @@ pub struct Daemon {
     providers: Mutex<HashMap<&'static str, Arc<dyn Provider>>>,
     changed: watch::Sender<u64>,
     audit: Auditor,
+    desk: Arc<Desk>,
     stopping: AtomicBool,
     started: Instant,
     /// Counters for `/metrics`.
@@ -219,6 +222,7 @@ impl Daemon {
             "daemon.start",
             &json!({"worker": opts.worker, "pid": std::process::id(), "resumed": released}),
         );
+        let approval_timeout = opts.approval_timeout;
         let sched = Scheduler::new(
             Arc::clone(&store),
             opts.limits.clone(),
@@ -234,6 +238,7 @@ impl Daemon {
             providers: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             audit,
+            desk: Arc::new(Desk::new(approval_timeout)),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             metrics: Metrics::default(),
@@ -450,6 +455,17 @@ impl Daemon {
         Ok(r)
     }
 
+    /// A person's decision on a task waiting for approval.
+    pub fn decide(&self, id: &str, d: Decision) -> Result<PendingView, DaemonError> {
+        self.store.get_task(id)?;
+        self.desk.decide(id, d).map_err(DaemonError::Conflict)
+    }
+
+    /// What a task waits for, if anything.
+    pub fn pending_approval(&self, id: &str) -> Option<PendingView> {
+        self.desk.pending(id)
+    }
+
     /// Tasks matching `filter`.
     pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, DaemonError> {
         Ok(self.store.list_tasks(filter)?)
@@ -648,6 +664,7 @@ impl Daemon {
             );
         }
         lock(&self.running).remove(&id);
+        self.desk.withdraw(&id);
         lock(&self.sched).finished(&id);
         self.touch();
         self.wake.notify_one();
@@ -742,11 +759,18 @@ impl Daemon {
             Arc::clone(&self.store),
             id.clone(),
         )))
-        .with_gate(Arc::new(TaskGate::new(
-            id.clone(),
-            caps,
-            self.audit.clone(),
-        )));
+        .with_gate(Arc::new(
+            TaskGate::new(id.clone(), caps, self.audit.clone()).with_approvals(Approvals {
+                desk: Arc::clone(&self.desk),
+                agent: task.agent.clone(),
+                required: Approvals::required_from(&manifest.approval_required),
+                pause_on_budget: manifest.pause_on_budget,
+                notify: {
+                    let changed = self.changed.clone();
+                    Arc::new(move || changed.send_modify(|n| *n += 1))
+                },
+            }),
+        ));
         let mut text = String::new();
         let mut observe = |e: &AgentEvent| self.observe(id, e, &mut text);
         let outcome = tokio::select! {

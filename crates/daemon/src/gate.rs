@@ -3,10 +3,13 @@
 //! hash-chained audit log — arguments and errors with secrets redacted ([`Redactor`]).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
 
 use serde_json::{Value, json};
 use warren_agent::{Gate, ModelCallRecord, ToolCallRecord};
-use warren_store::Store;
+use warren_store::{Store, TaskState};
 
 use crate::policy::Capabilities;
 
@@ -115,27 +118,307 @@ impl Auditor {
     }
 }
 
+/// A person's decision on a paused task.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// Run the call (or continue past the budget).
+    pub approve: bool,
+    /// Remember it as a rule for this agent (tool and this exact argument).
+    pub remember: bool,
+    /// Why (shown to the model on a denial).
+    pub reason: String,
+    /// Who decided (`cli`, `api`, `timeout`).
+    pub by: String,
+}
+
+/// What a paused task waits for.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PendingView {
+    /// The call (or `budget`).
+    pub call_id: String,
+    /// Tool (or `budget`).
+    pub tool: String,
+    /// The call's main argument.
+    pub argument: String,
+    /// Why it needs a person.
+    pub reason: String,
+}
+
+struct Pending {
+    view: PendingView,
+    tx: tokio::sync::oneshot::Sender<Decision>,
+}
+
+/// Tasks waiting for a person, shared by the daemon and its tasks' gates.
+pub struct Desk {
+    pending: std::sync::Mutex<std::collections::HashMap<String, Pending>>,
+    /// No decision within this long denies.
+    pub timeout: Duration,
+}
+
+impl Desk {
+    /// A desk whose requests time out (deny) after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Desk {
+            pending: Default::default(),
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `task` waits for, if anything.
+    pub fn pending(&self, task: &str) -> Option<PendingView> {
+        self.lock().get(task).map(|p| p.view.clone())
+    }
+
+    /// Decide for a waiting task; `Err` when it waits for nothing.
+    pub fn decide(&self, task: &str, d: Decision) -> Result<PendingView, String> {
+        let p = self
+            .lock()
+            .remove(task)
+            .ok_or_else(|| format!("task {task} is not waiting for approval"))?;
+        let view = p.view.clone();
+        p.tx.send(d)
+            .map_err(|_| format!("task {task} stopped waiting"))?;
+        Ok(view)
+    }
+
+    /// Forget what `task` waited for (it stopped).
+    pub fn withdraw(&self, task: &str) {
+        self.lock().remove(task);
+    }
+}
+
+/// Approval settings of one task.
+pub struct Approvals {
+    /// The shared desk.
+    pub desk: Arc<Desk>,
+    /// The agent (remembered rules are per agent).
+    pub agent: String,
+    /// `approval_required` entries: tool, optional glob over the main argument.
+    pub required: Vec<(String, Option<GlobMatcher>)>,
+    /// Pause for a person when the token budget is reached (else stop).
+    pub pause_on_budget: bool,
+    /// Wakes event streams after the gate writes events.
+    pub notify: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Approvals {
+    /// Parse `approval_required` entries (`tool` or `tool:GLOB`).
+    pub fn required_from(entries: &[String]) -> Vec<(String, Option<GlobMatcher>)> {
+        entries
+            .iter()
+            .map(|e| match e.split_once(':') {
+                Some((t, g)) => (t.to_owned(), Glob::new(g).ok().map(|g| g.compile_matcher())),
+                None => (e.clone(), None),
+            })
+            .collect()
+    }
+}
+
+/// The argument a person judges a call by (and remembered rules match).
+pub fn main_argument(args: &Value) -> String {
+    ["command", "path", "pattern"]
+        .iter()
+        .find_map(|k| args[k].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// One task's gate.
 pub struct TaskGate {
     task: String,
     caps: Capabilities,
     audit: Auditor,
+    store: Arc<dyn Store>,
+    approvals: Option<Approvals>,
 }
 
 impl TaskGate {
     /// The gate of `task` with `caps`.
     pub fn new(task: impl Into<String>, caps: Capabilities, audit: Auditor) -> Self {
+        let store = Arc::clone(&audit.store);
         TaskGate {
             task: task.into(),
             caps,
             audit,
+            store,
+            approvals: None,
         }
+    }
+
+    /// Pause calls that need a person.
+    pub fn with_approvals(mut self, a: Approvals) -> Self {
+        self.approvals = Some(a);
+        self
+    }
+
+    /// Pause the task until a person decides (or the desk's timeout denies).
+    async fn wait_for_person(&self, view: PendingView) -> Decision {
+        let Some(a) = &self.approvals else {
+            return Decision {
+                approve: false,
+                remember: false,
+                reason: "nobody can approve here".into(),
+                by: "none".into(),
+            };
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        a.desk.lock().insert(
+            self.task.clone(),
+            Pending {
+                view: view.clone(),
+                tx,
+            },
+        );
+        let why = format!(
+            "waiting for approval: {} {}",
+            view.tool,
+            self.audit.redactor().redact(&view.argument)
+        );
+        let paused = self
+            .store
+            .transition(&self.task, TaskState::AwaitingApproval, Some(&why));
+        let data = serde_json::to_value(&view).unwrap_or_default();
+        self.audit
+            .record(Some(&self.task), "approval.requested", &data);
+        let text = self.audit.redactor().redact(&data.to_string());
+        let _ = self.store.append_event(
+            Some(&self.task),
+            "approval.requested",
+            &serde_json::from_str(&text).unwrap_or_default(),
+        );
+        (a.notify)();
+        let decision = if let Err(e) = paused {
+            Decision {
+                approve: false,
+                remember: false,
+                reason: e.to_string(),
+                by: "daemon".into(),
+            }
+        } else {
+            match tokio::time::timeout(a.desk.timeout, rx).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(_)) => Decision {
+                    approve: false,
+                    remember: false,
+                    reason: "the request was withdrawn".into(),
+                    by: "daemon".into(),
+                },
+                Err(_) => Decision {
+                    approve: false,
+                    remember: false,
+                    reason: format!("no decision within {:?}", a.desk.timeout),
+                    by: "timeout".into(),
+                },
+            }
+        };
+        a.desk.withdraw(&self.task);
+        let back = if decision.approve {
+            format!("approved by {}", decision.by)
+        } else {
+            format!("denied by {}: {}", decision.by, decision.reason)
+        };
+        let _ = self
+            .store
+            .transition(&self.task, TaskState::Running, Some(&back));
+        self.audit.record(
+            Some(&self.task),
+            "approval.decided",
+            &json!({"call_id": view.call_id, "tool": view.tool, "argument": view.argument,
+                    "approved": decision.approve, "remember": decision.remember,
+                    "by": decision.by, "reason": decision.reason}),
+        );
+        let _ = self.store.append_event(
+            Some(&self.task),
+            "approval.decided",
+            &json!({"approved": decision.approve, "by": decision.by, "reason": decision.reason}),
+        );
+        (a.notify)();
+        if decision.approve && decision.remember && view.tool != "budget" {
+            let pattern = globset::escape(&view.argument);
+            if let Ok(rule) = self.store.add_approval_rule(&a.agent, &view.tool, &pattern) {
+                self.audit.record(
+                    Some(&self.task),
+                    "approval.remembered",
+                    &json!({"rule": rule.id, "agent": rule.agent, "tool": rule.tool, "pattern": rule.pattern}),
+                );
+            }
+        }
+        decision
     }
 }
 
+#[async_trait::async_trait]
 impl Gate for TaskGate {
     fn check(&self, tool: &str, args: &Value) -> Result<String, String> {
         self.caps.check(tool, args)
+    }
+
+    fn needs_approval(&self, tool: &str, args: &Value) -> Option<String> {
+        let a = self.approvals.as_ref()?;
+        let arg = main_argument(args);
+        let hit = a
+            .required
+            .iter()
+            .any(|(t, g)| t == tool && g.as_ref().is_none_or(|g| g.is_match(&arg)));
+        hit.then(|| format!("{tool} calls need a person's approval"))
+    }
+
+    async fn ask(
+        &self,
+        call_id: &str,
+        tool: &str,
+        args: &Value,
+        reason: &str,
+    ) -> Result<(), String> {
+        let argument = main_argument(args);
+        if let Some(a) = &self.approvals {
+            let rules = self
+                .store
+                .approval_rules(Some(&a.agent))
+                .unwrap_or_default();
+            if let Some(rule) = rules.iter().find(|r| {
+                r.tool == tool
+                    && Glob::new(&r.pattern).is_ok_and(|g| g.compile_matcher().is_match(&argument))
+            }) {
+                self.audit.record(
+                    Some(&self.task),
+                    "approval.decided",
+                    &json!({"call_id": call_id, "tool": tool, "argument": argument,
+                            "approved": true, "by": format!("rule {}", rule.id)}),
+                );
+                return Ok(());
+            }
+        }
+        let d = self
+            .wait_for_person(PendingView {
+                call_id: call_id.to_owned(),
+                tool: tool.to_owned(),
+                argument,
+                reason: reason.to_owned(),
+            })
+            .await;
+        if d.approve { Ok(()) } else { Err(d.reason) }
+    }
+
+    async fn over_budget(&self, used: u64, budget: u64) -> bool {
+        if !self.approvals.as_ref().is_some_and(|a| a.pause_on_budget) {
+            return false;
+        }
+        self.wait_for_person(PendingView {
+            call_id: String::new(),
+            tool: "budget".into(),
+            argument: format!("{used} tokens used"),
+            reason: format!(
+                "the token budget of {budget} is reached; approve to allow as much again"
+            ),
+        })
+        .await
+        .approve
     }
 
     fn tool_call(&self, c: &ToolCallRecord<'_>) {

@@ -96,6 +96,7 @@ impl TaskState {
                 | (AwaitingApproval, Running)
                 | (AwaitingApproval, Cancelled)
                 | (AwaitingApproval, Failed)
+                | (AwaitingApproval, Queued)
                 | (Interrupted, Queued)
                 | (Failed, Queued)
                 | (Cancelled, Queued)
@@ -200,6 +201,22 @@ pub struct EventRecord {
     pub payload: serde_json::Value,
     /// Unix milliseconds.
     pub at_ms: i64,
+}
+
+/// A remembered approval: calls of `tool` by `agent` whose argument matches `pattern` (a glob)
+/// run without asking again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRule {
+    /// Id (to remove it).
+    pub id: i64,
+    /// Agent it applies to.
+    pub agent: String,
+    /// Tool.
+    pub tool: String,
+    /// Glob over the call's main argument (the command, the path).
+    pub pattern: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
 }
 
 /// Filter for listing tasks.
@@ -323,6 +340,17 @@ pub trait Store: Send + Sync {
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
     /// A task's steps in order.
     fn checkpoints(&self, task: &str) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Remember an approval as a rule (idempotent).
+    fn add_approval_rule(
+        &self,
+        agent: &str,
+        tool: &str,
+        pattern: &str,
+    ) -> Result<ApprovalRule, StoreError>;
+    /// Remembered approvals (of one agent, or all).
+    fn approval_rules(&self, agent: Option<&str>) -> Result<Vec<ApprovalRule>, StoreError>;
+    /// Forget a remembered approval.
+    fn remove_approval_rule(&self, id: i64) -> Result<(), StoreError>;
     /// Forget a task's checkpoints and artifacts (a retry that starts over).
     fn clear_progress(&self, task: &str) -> Result<(), StoreError>;
 

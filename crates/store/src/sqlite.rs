@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::audit::AuditRecord;
 use crate::{
-    AgentRecord, Checkpoint, CheckpointKind, EventRecord, NewTask, Store, StoreError, TaskFilter,
-    TaskRecord, TaskState,
+    AgentRecord, ApprovalRule, Checkpoint, CheckpointKind, EventRecord, NewTask, Store, StoreError,
+    TaskFilter, TaskRecord, TaskState,
 };
 
 /// Numbered schema migrations; `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
@@ -84,6 +84,14 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE approval_rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (agent, tool, pattern)
+);
 "#,
 ];
 
@@ -123,6 +131,16 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         created_ms: r.get(10)?,
         updated_ms: r.get(11)?,
         workspace: r.get(12)?,
+    })
+}
+
+fn rule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRule> {
+    Ok(ApprovalRule {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        tool: r.get(2)?,
+        pattern: r.get(3)?,
+        created_ms: r.get(4)?,
     })
 }
 
@@ -231,7 +249,7 @@ impl SqliteStore {
             let ids: Vec<String> = {
                 let mut st = tx
                     .prepare(&format!(
-                        "SELECT id FROM tasks WHERE state = 'running' AND {cond} ORDER BY rowid"
+                        "SELECT id FROM tasks WHERE state IN ('running', 'awaiting_approval') AND {cond} ORDER BY rowid"
                     ))
                     .map_err(db)?;
                 let rows = st.query_map([arg], |r| r.get(0)).map_err(db)?;
@@ -248,7 +266,7 @@ impl SqliteStore {
                     tx,
                     Some(id),
                     "task.state",
-                    &serde_json::json!({"from": "running", "to": "queued", "reason": reason}),
+                    &serde_json::json!({"to": "queued", "reason": reason}),
                 )?;
             }
             Ok(ids)
@@ -505,7 +523,7 @@ impl Store for SqliteStore {
         let n = self
             .lock()
             .execute(
-                "UPDATE tasks SET lease_until_ms = ?3 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+                "UPDATE tasks SET lease_until_ms = ?3 WHERE id = ?1 AND state IN ('running', 'awaiting_approval') AND lease_owner = ?2",
                 params![id, worker, now_ms() + lease.as_millis() as i64],
             )
             .map_err(db)?;
@@ -646,6 +664,52 @@ impl Store for SqliteStore {
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn add_approval_rule(
+        &self,
+        agent: &str,
+        tool: &str,
+        pattern: &str,
+    ) -> Result<ApprovalRule, StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO approval_rules (agent, tool, pattern, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![agent, tool, pattern, now_ms()],
+            )
+            .map_err(db)?;
+            tx.query_row(
+                "SELECT id, agent, tool, pattern, created_ms FROM approval_rules WHERE agent = ?1 AND tool = ?2 AND pattern = ?3",
+                params![agent, tool, pattern],
+                rule_row,
+            )
+            .map_err(db)
+        })
+    }
+
+    fn approval_rules(&self, agent: Option<&str>) -> Result<Vec<ApprovalRule>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, agent, tool, pattern, created_ms FROM approval_rules WHERE ?1 IS NULL OR agent = ?1 ORDER BY id",
+            )
+            .map_err(db)?;
+        let rows = st.query_map([agent], rule_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn remove_approval_rule(&self, id: i64) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM approval_rules WHERE id = ?1", [id])
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "approval rule",
+                id: id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn clear_progress(&self, task: &str) -> Result<(), StoreError> {

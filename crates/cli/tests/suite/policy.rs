@@ -259,3 +259,181 @@ fn a_planted_key_appears_nowhere_warren_wrote() {
         }
     }
 }
+
+const GUARDED: &str = "name: guarded
+description: risky commands need a person
+provider: openai
+model: mock-model
+tools: [shell, finish]
+approval_required: [\"shell:echo risky*\"]
+budget: {tokens: 1000000}
+";
+
+fn wait_state(d: &DaemonProc, id: &str, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = d.call("GET", &format!("/v1/tasks/{id}"), None);
+        if t["state"] == state {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} never {state}: {t}\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn approvals_pause_the_task_and_a_remembered_one_becomes_a_narrow_rule() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("policy-approvals");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(&state, GUARDED);
+    let mock = MockLlm::start_responder(|b| {
+        let cmd = match tool_results(b) {
+            0 | 1 => "echo risky one >> /workspace/log",
+            2 => "echo risky two >> /workspace/log",
+            3 => "echo safe >> /workspace/log",
+            _ => return reply(vec![("f", "finish", json!({"summary": "done"}))]),
+        };
+        let n = tool_results(b);
+        reply(vec![(&format!("s{n}"), "shell", json!({"command": cmd}))])
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &[]);
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "guarded", "goal": "risky", "workspace": ws.display().to_string()})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("echo risky one"),
+        "{paused}"
+    );
+    let (code, pending) = d.call("GET", &format!("/v1/tasks/{id}/approval"), None);
+    assert_eq!(
+        (code, pending["tool"].as_str()),
+        (200, Some("shell")),
+        "{pending}"
+    );
+    let o = warren_at(&state, &["task", "approve", &id, "--remember", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same exact command again runs without asking; a different one pauses.
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("echo risky two"),
+        "{paused}"
+    );
+    let o = warren_at(&state, &["task", "deny", &id, "--reason", "not today"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let diff = stdout(&warren_at(&state, &["task", "diff", &id]));
+    assert_eq!(diff.matches("+risky one").count(), 2, "{diff}");
+    assert!(
+        !diff.contains("risky two") && diff.contains("+safe"),
+        "{diff}"
+    );
+    let told = mock
+        .requests()
+        .iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .any(|m| {
+            m["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("not approved: not today"))
+        });
+    assert!(told, "the model was told why");
+    // The remembered rule: narrow (this agent, this tool, this exact command), listable, removable.
+    let o = warren_at(&state, &["approvals", "list", "--json"]);
+    let rules: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{rules}");
+    assert_eq!(rules[0]["agent"], "guarded");
+    assert_eq!(rules[0]["pattern"], "echo risky one >> /workspace/log");
+    let rid = rules[0]["id"].to_string();
+    assert!(
+        warren_at(&state, &["approvals", "remove", &rid])
+            .status
+            .success()
+    );
+    let o = warren_at(&state, &["approvals", "list", "--json"]);
+    assert_eq!(stdout(&o).trim(), "[]");
+    let kinds: Vec<String> = audit_lines(&state, &id)
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_owned())
+        .collect();
+    for k in [
+        "approval.requested",
+        "approval.decided",
+        "approval.remembered",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} not audited: {kinds:?}");
+    }
+    // Deciding for a task that waits for nothing is a conflict.
+    let (code, _) = d.call("POST", &format!("/v1/tasks/{id}/approve"), None);
+    assert_eq!(code, 409);
+}
+
+#[test]
+fn a_budget_pauses_for_approval_and_an_unanswered_request_times_out_as_denied() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("policy-budget");
+    let state = t.path().join("state");
+    deploy(
+        &state,
+        &GUARDED.replace("budget: {tokens: 1000000}", "budget: {tokens: 200}"),
+    );
+    // Each turn reports 110 tokens: the budget is reached after two turns.
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        n @ 0..=1 => reply(vec![(
+            &format!("s{n}"),
+            "shell",
+            json!({"command": "true"}),
+        )]),
+        2 => reply(vec![("r", "shell", json!({"command": "echo risky late"}))]),
+        _ => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--approval-timeout", "1500ms"]);
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "guarded", "goal": "spend"})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    let (_, pending) = d.call("GET", &format!("/v1/tasks/{id}/approval"), None);
+    assert_eq!(pending["tool"], "budget", "{paused} {pending}");
+    let o = warren_at(&state, &["task", "approve", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The risky call waits, nobody answers: denied at the timeout, and the task goes on.
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"].as_str().unwrap().contains("risky late"),
+        "{paused}"
+    );
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let decided: Vec<Value> = audit_lines(&state, &id)
+        .into_iter()
+        .filter(|r| r["kind"] == "approval.decided")
+        .collect();
+    assert_eq!(decided.len(), 2, "{decided:?}");
+    assert_eq!(decided[0]["data"]["approved"], true);
+    assert_eq!(decided[1]["data"]["by"], "timeout");
+}
