@@ -178,7 +178,27 @@ impl ProcessCell {
         );
         let mut env = base_env(&hostname);
         env.extend(spec.env.iter().cloned());
+        let egress = match &spec.egress {
+            Some(sock) => {
+                let name = sock
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| CellError::Spec("egress socket name is not UTF-8".into()))?;
+                let proxy = format!("http://127.0.0.1:{}", crate::spec::EGRESS_PORT);
+                for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    env.push((k.into(), proxy.clone()));
+                }
+                env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+                env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+                Some(warren_protocol::jail::Egress {
+                    port: crate::spec::EGRESS_PORT,
+                    socket: format!("{}/{name}", crate::spec::EGRESS_DIR),
+                })
+            }
+            None => None,
+        };
         let config = JailConfig {
+            egress,
             cell_id: id.clone(),
             socket_name: socket_name.clone(),
             secret_hex: secret_to_hex(&secret),

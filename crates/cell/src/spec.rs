@@ -81,7 +81,15 @@ pub struct CellSpec {
     pub require_landlock: bool,
     /// Use this id instead of a fresh random one (a task names its cell after itself).
     pub id: Option<String>,
+    /// Network egress through a host-side proxy listening on this unix socket (its directory
+    /// is bind-mounted into the cell); `None`: no network at all.
+    pub egress: Option<PathBuf>,
 }
+
+/// Where the egress proxy's socket directory appears in a cell.
+pub const EGRESS_DIR: &str = "/run/egress";
+/// The loopback port of the in-cell forwarder (`HTTP_PROXY=http://127.0.0.1:3128`).
+pub const EGRESS_PORT: u16 = 3128;
 
 impl CellSpec {
     /// A spec with defaults and no workspace.
@@ -95,6 +103,7 @@ impl CellSpec {
             identity: None,
             state_dir: state_dir.into(),
             require_landlock: true,
+            egress: None,
             id: None,
         }
     }
@@ -373,6 +382,18 @@ impl CellSpec {
             },
         });
         mounts.extend(self.extra_mounts.iter().cloned());
+        if let Some(sock) = &self.egress {
+            let dir = sock
+                .parent()
+                .ok_or_else(|| CellError::Spec("egress socket has no directory".into()))?;
+            mounts.push(Mount {
+                target: EGRESS_DIR.into(),
+                kind: MountKind::Bind {
+                    source: utf8(dir)?.to_owned(),
+                    readonly: true,
+                },
+            });
+        }
         let spec = MountSpec {
             mounts,
             scopes: self.scopes.clone(),

@@ -50,6 +50,12 @@ pub struct DaemonArgs {
     /// A task waiting for approval longer than this is denied.
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::policy::parse_duration)]
     approval_timeout: Duration,
+    /// Test hook: the egress proxy answers NAME with IP instead of asking DNS.
+    #[arg(long, value_name = "NAME=IP", hide = true)]
+    egress_test_resolve: Vec<String>,
+    /// Test hook: the egress proxy dials ADDR when the checked address is IP.
+    #[arg(long, value_name = "IP=ADDR", hide = true)]
+    egress_test_dial: Vec<String>,
 }
 
 /// `warren daemon start|stop|status`.
@@ -59,7 +65,7 @@ pub enum DaemonAction {
     Start {
         /// Settings.
         #[command(flatten)]
-        args: DaemonArgs,
+        args: Box<DaemonArgs>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -135,6 +141,22 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         max_attempts: a.max_attempts.max(1),
         policy,
         approval_timeout: a.approval_timeout,
+        egress_resolve: a
+            .egress_test_resolve
+            .iter()
+            .filter_map(|e| {
+                let (n, ip) = e.split_once('=')?;
+                Some((n.to_owned(), vec![ip.parse().ok()?]))
+            })
+            .collect(),
+        egress_dial: a
+            .egress_test_dial
+            .iter()
+            .filter_map(|e| {
+                let (ip, addr) = e.split_once('=')?;
+                Some((ip.parse().ok()?, addr.parse().ok()?))
+            })
+            .collect(),
     };
     let listen = Listen {
         socket_group: a.socket_group,

@@ -90,7 +90,7 @@ enum Command {
         action: Option<daemon::DaemonAction>,
         /// Settings (when running in the foreground).
         #[command(flatten)]
-        args: daemon::DaemonArgs,
+        args: Box<daemon::DaemonArgs>,
     },
     /// Tasks on the daemon: submit, list, status, logs, cancel, retry, result, diff.
     Task {
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
         } => config_show(json),
         Command::Init => init(),
         Command::Agent { what } => agents::run(what, cli.url.as_deref(), &state),
-        Command::Daemon { action: None, args } => daemon::foreground(args, &state),
+        Command::Daemon { action: None, args } => daemon::foreground(*args, &state),
         Command::Daemon {
             action: Some(action),
             ..

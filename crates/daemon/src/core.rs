@@ -60,6 +60,10 @@ pub struct Options {
     pub policy: crate::policy::PolicyFile,
     /// A paused task with no decision this long is denied.
     pub approval_timeout: Duration,
+    /// Test hook of the egress proxy: answer these names from here, not DNS.
+    pub egress_resolve: HashMap<String, Vec<std::net::IpAddr>>,
+    /// Test hook of the egress proxy: dial here instead of the (checked) resolved address.
+    pub egress_dial: HashMap<std::net::IpAddr, std::net::SocketAddr>,
 }
 
 /// Why a running task is being stopped.
@@ -193,6 +197,19 @@ const IDLE_TRIM_AFTER: Duration = Duration::from_secs(12);
 
 /// The shortest interval between two scheduling passes.
 const SCHEDULING_QUANTUM: Duration = Duration::from_millis(10);
+
+/// A task's running egress proxy; stopped when dropped.
+struct EgressProxy {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EgressProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
 
 /// How a task's run ended, before it is recorded.
 enum End {
@@ -719,6 +736,14 @@ impl Daemon {
         if caps.restricts_paths() {
             spec.scopes = caps.scopes();
         }
+        // Network: only through this task's proxy, only to what both manifest and policy allow.
+        let _proxy = match self.start_egress(id, &caps.network(), &spec) {
+            Ok(p) => p,
+            Err(e) => return End::Final(TaskState::Failed, format!("egress proxy: {e}")),
+        };
+        if let Some(p) = &_proxy {
+            spec.egress = Some(p.socket.clone());
+        }
         self.audit.record(
             Some(id),
             "task.started",
@@ -805,6 +830,46 @@ impl Daemon {
             }
             Ok(Ok(report)) => self.completed(task, &report, layer, &dirs).await,
         }
+    }
+
+    /// Start the task's egress proxy on a unix socket in its task directory (owned by the
+    /// cell's identity, mode 0600), if its capabilities allow any destination.
+    fn start_egress(
+        &self,
+        id: &str,
+        network: &[String],
+        spec: &CellSpec,
+    ) -> Result<Option<EgressProxy>, String> {
+        if network.is_empty() {
+            return Ok(None);
+        }
+        let policy = warren_egress::Policy::parse(network).map_err(|e| e.to_string())?;
+        let mut config = warren_egress::Config::new(policy);
+        config.resolve_override = self.opts.egress_resolve.clone();
+        config.dial_override = self.opts.egress_dial.clone();
+        let dir = self.opts.state_dir.join("tasks").join(id).join("net");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("proxy.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = {
+            let _rt = tokio::runtime::Handle::current().enter();
+            tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("{}: {e}", socket.display()))?
+        };
+        let (uid, gid) = warren_cell::spec::resolve_identity(spec);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        let audit = Arc::new(crate::gate::EgressAudit {
+            task: id.to_owned(),
+            audit: self.audit.clone(),
+        });
+        let task = tokio::spawn(warren_egress::serve_unix(listener, Arc::new(config), audit));
+        Ok(Some(EgressProxy { socket, task }))
     }
 
     async fn start_cell(&self, spec: CellSpec, tries: u32) -> Result<Arc<ProcessCell>, String> {

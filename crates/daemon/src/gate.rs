@@ -463,6 +463,32 @@ impl Gate for TaskGate {
     }
 }
 
+/// Egress attempts of one task into the audit log.
+pub struct EgressAudit {
+    /// The task.
+    pub task: String,
+    /// Where records go.
+    pub audit: Auditor,
+}
+
+impl warren_egress::Audit for EgressAudit {
+    fn record(&self, a: &warren_egress::Attempt) {
+        let (decision, reason) = match &a.decision {
+            warren_egress::Decision::Allowed => ("allowed", None),
+            warren_egress::Decision::Denied(r) => ("denied", Some(r.as_str())),
+            warren_egress::Decision::Failed(r) => ("failed", Some(r.as_str())),
+        };
+        self.audit.record(
+            Some(&self.task),
+            "egress",
+            &json!({"method": a.method, "host": a.host, "port": a.port,
+                    "resolved": a.resolved, "dialed": a.dialed, "decision": decision,
+                    "reason": reason, "bytes_up": a.bytes_up, "bytes_down": a.bytes_down,
+                    "duration_ms": a.duration.as_secs_f64() * 1000.0}),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,11 +19,11 @@ pub fn run(
     signals: libc::sigset_t,
     premounted: Option<(String, OwnedFd)>,
 ) -> ! {
-    let commands_ruleset = match setup(cfg, &sync_r, premounted) {
-        Ok((ready, ruleset)) => {
+    let (commands_ruleset, forwarder) = match setup(cfg, &sync_r, premounted) {
+        Ok((ready, ruleset, forwarder)) => {
             status.report(&ready);
             status.close();
-            ruleset
+            (ruleset, forwarder)
         }
         Err((step, reason)) => {
             status.report(&StartReport::Refused { step, reason });
@@ -49,6 +49,14 @@ pub fn run(
         libc::sigemptyset(&mut chld);
         libc::sigaddset(&mut chld, libc::SIGCHLD);
     }
+    // Started after the signal masks are final, so its threads keep SIGCHLD blocked too.
+    if let (Some(listener), Some(e)) = (forwarder, &cfg.egress) {
+        let socket = e.socket.clone();
+        let _ = std::thread::Builder::new()
+            .name("egress-accept".into())
+            .stack_size(64 << 10)
+            .spawn(move || forward(listener, socket));
+    }
     let secret = secret_from_hex(&cfg.secret_hex).unwrap_or([0; 32]);
     serve::serve(
         listener,
@@ -70,7 +78,7 @@ fn setup(
     cfg: &JailConfig,
     sync_r: &OwnedFd,
     premounted: Option<(String, OwnedFd)>,
-) -> Result<(StartReport, Option<OwnedFd>), StepError> {
+) -> Result<(StartReport, Option<OwnedFd>, Option<std::net::TcpListener>), StepError> {
     if secret_from_hex(&cfg.secret_hex).is_none() {
         return Err(("config".into(), "malformed cell secret".into()));
     }
@@ -123,6 +131,18 @@ fn setup(
         sys::lower_rlimit(libc::RLIMIT_FSIZE, cfg.rlimits.fsize),
     )?;
 
+    // Egress: loopback up and the forwarder's port bound while we still hold capabilities
+    // (and before Landlock, which would refuse the bind).
+    let forwarder = match &cfg.egress {
+        Some(e) => {
+            at("loopback", sys::loopback_up())?;
+            Some(at(
+                "egress listener",
+                std::net::TcpListener::bind(("127.0.0.1", e.port)),
+            )?)
+        }
+        None => None,
+    };
     at("drop capabilities", sys::drop_all_caps())?;
     // Credential changes above reset the parent-death signal; set it now, then make sure the
     // supervisor did not die before it took effect.
@@ -150,8 +170,12 @@ fn setup(
         ));
     }
     at("no_new_privs", sys::set_no_new_privs())?;
-    let confinement = landlock_rules::apply(&cfg.mounts, cfg.require_landlock)
-        .map_err(|e| ("landlock".to_owned(), e.0))?;
+    let confinement = landlock_rules::apply(
+        &cfg.mounts,
+        cfg.require_landlock,
+        cfg.egress.as_ref().map(|e| e.port),
+    )
+    .map_err(|e| ("landlock".to_owned(), e.0))?;
     let programs = at("seccomp compile", seccomp::compile())?;
     at("seccomp install", seccomp::install(&programs))?;
     Ok((
@@ -161,5 +185,41 @@ fn setup(
             seccomp_rules: seccomp::rule_count(),
         },
         confinement.commands,
+        forwarder,
     ))
+}
+
+/// Forward each connection on `listener` to the unix socket at `socket` (the host's egress
+/// proxy), both ways, until either side closes. Threads: a few per open connection.
+fn forward(listener: std::net::TcpListener, socket: String) {
+    use std::io::copy;
+    use std::os::unix::net::UnixStream;
+    for conn in listener.incoming() {
+        let Ok(tcp) = conn else { continue };
+        let socket = socket.clone();
+        let _ = std::thread::Builder::new()
+            .name("egress".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let Ok(unix) = UnixStream::connect(&socket) else {
+                    return;
+                };
+                let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+                    return;
+                };
+                let up = std::thread::Builder::new()
+                    .name("egress-up".into())
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let _ = copy(&mut tcp_r, &mut unix_w);
+                        let _ = unix_w.shutdown(std::net::Shutdown::Write);
+                    });
+                let (mut unix_r, mut tcp_w) = (unix, tcp);
+                let _ = copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+                if let Ok(h) = up {
+                    let _ = h.join();
+                }
+            });
+    }
 }

@@ -78,7 +78,11 @@ pub struct Confinement {
 /// `/proc` (so a new command can still raise its own `oom_score_adj` — commands, never the
 /// init, must be the out-of-memory killer's choice), and each command then stacks the strict
 /// ruleset, in which `/proc` is read-only.
-pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockError> {
+pub fn apply(
+    spec: &MountSpec,
+    required: bool,
+    egress_port: Option<u16>,
+) -> Result<Confinement, LandlockError> {
     let kernel = kernel_abi();
     if kernel == 0 {
         return if required {
@@ -130,14 +134,24 @@ pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockEr
         }
         Ok::<_, LandlockError>(created)
     };
-    let status = build(&init_rules)?.restrict_self().map_err(err)?;
+    // The one TCP destination commands may use: the egress forwarder on the loopback. Both
+    // domains need the rule (commands run inside the init's domain too).
+    let with_egress = |r: landlock::RulesetCreated| match (egress_port, applied >= 4) {
+        (Some(port), true) => r
+            .add_rule(landlock::NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(err),
+        _ => Ok(r),
+    };
+    let status = with_egress(build(&init_rules)?)?
+        .restrict_self()
+        .map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
         return Err(LandlockError(format!(
             "Landlock only partially enforced: {:?}",
             status.ruleset
         )));
     }
-    let commands: Option<std::os::fd::OwnedFd> = build(&command_rules)?.into();
+    let commands: Option<std::os::fd::OwnedFd> = with_egress(build(&command_rules)?)?.into();
     if commands.is_none() {
         return Err(LandlockError(
             "no Landlock ruleset descriptor for commands".into(),

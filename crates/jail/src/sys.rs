@@ -372,3 +372,30 @@ pub fn cloexec_from(first: u32) {
     // SAFETY: only descriptor flags change; no memory is touched.
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
 }
+
+/// Bring the loopback interface of this network namespace up (needs `CAP_NET_ADMIN` in the
+/// namespace's user namespace).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a datagram socket used only for the interface ioctls below, closed at the end.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed ifreq with the interface name set, passed to the flag ioctls.
+    let r = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if r == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        r
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if r != 0 { Err(err) } else { Ok(()) }
+}

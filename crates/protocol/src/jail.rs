@@ -77,6 +77,21 @@ pub struct JailConfig {
     /// Fail to start unless Landlock is available (the default; tests of the fail-closed path
     /// and `warren check` use this).
     pub require_landlock: bool,
+    /// Network egress through the host's proxy, when the task's policy allows destinations.
+    #[serde(default)]
+    pub egress: Option<Egress>,
+}
+
+/// How a cell reaches the host's egress proxy: the init listens on `127.0.0.1:port` inside
+/// the cell's network namespace (loopback only; there is no other interface) and forwards
+/// each connection to the proxy's unix socket, bind-mounted at `socket`. Commands may connect
+/// to that one TCP port (Landlock) and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    /// Port on the cell's loopback.
+    pub port: u16,
+    /// The proxy's socket, as a path in the cell.
+    pub socket: String,
 }
 
 /// Which Landlock features the init applied.

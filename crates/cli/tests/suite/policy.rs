@@ -437,3 +437,170 @@ fn a_budget_pauses_for_approval_and_an_unanswered_request_times_out_as_denied() 
     assert_eq!(decided[0]["data"]["approved"], true);
     assert_eq!(decided[1]["data"]["by"], "timeout");
 }
+
+/// A tiny HTTP origin on the host's loopback; answers every request with `body`.
+fn origin(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn egress_reaches_only_allowed_names_through_the_proxy_and_nothing_else() {
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("policy-egress");
+    let state = t.path().join("state");
+    let port = origin("hello from origin");
+    let manifest = "name: net
+description: may fetch from allowed.test
+provider: openai
+model: mock-model
+tools: [shell, finish]
+capabilities:
+  network: [allowed.test, rebind.test, forbidden-by-policy.example]
+";
+    deploy(&state, manifest);
+    let steps: Vec<String> = vec![
+        "curl -sS -m 5 http://allowed.test/; echo \" curl=$?\"".into(),
+        "curl -sS -m 5 http://denied.test/; echo \" curl=$?\"".into(),
+        "python3 -c \"import urllib.request as u; print(u.urlopen('http://allowed.test/', timeout=5).read().decode())\"".into(),
+        "curl -sS -m 3 --noproxy '*' http://203.0.113.7/; echo \" direct=$?\"".into(),
+        format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)\"; echo \" loopback=$?\""),
+        "curl -sS -m 5 http://rebind.test/; echo \" curl=$?\"".into(),
+        "curl -sS -m 5 http://forbidden-by-policy.example/; echo \" curl=$?\"".into(),
+    ];
+    let n_steps = steps.len();
+    let mock = MockLlm::start_responder(move |b| {
+        let n = tool_results(b);
+        match steps.get(n) {
+            Some(cmd) => reply(vec![(&format!("s{n}"), "shell", json!({"command": cmd}))]),
+            None => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+        }
+    })
+    .unwrap();
+    let policy = t.path().join("policy.toml");
+    std::fs::write(&policy, "[capabilities]\nnetwork = [\"*.test\"]\n").unwrap();
+    let dial = format!("203.0.113.7=127.0.0.1:{port}");
+    let d = DaemonProc::start(
+        &state,
+        &mock,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--egress-test-resolve",
+            "allowed.test=203.0.113.7",
+            "--egress-test-resolve",
+            "rebind.test=127.0.0.1",
+            "--egress-test-resolve",
+            "denied.test=203.0.113.7",
+            "--egress-test-dial",
+            &dial,
+        ],
+    );
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "net", "goal": "fetch"})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = d.wait_done(&id, Duration::from_secs(90));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let reqs = mock.requests();
+    let out = |n: usize| -> String {
+        let call = format!("s{n}");
+        reqs.iter()
+            .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == call.as_str())
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        out(0).contains("hello from origin") && out(0).contains("curl=0"),
+        "{}",
+        out(0)
+    );
+    assert!(
+        out(1).contains("egress denied") && out(1).contains("not in the allowlist"),
+        "{}",
+        out(1)
+    );
+    assert!(
+        out(2).contains("hello from origin"),
+        "python through the proxy: {}",
+        out(2)
+    );
+    assert!(
+        !out(3).contains("hello") && !out(3).contains("direct=0"),
+        "direct: {}",
+        out(3)
+    );
+    assert!(
+        !out(4).contains("loopback=0"),
+        "loopback bypass: {}",
+        out(4)
+    );
+    assert!(
+        out(5).contains("egress denied") && out(5).contains("loopback"),
+        "rebinding: {}",
+        out(5)
+    );
+    assert!(
+        out(6).contains("egress denied"),
+        "the operator's policy bounds the manifest: {}",
+        out(6)
+    );
+    assert!(n_steps == 7);
+    // Every attempt audited.
+    let egress: Vec<Value> = audit_lines(&state, &id)
+        .into_iter()
+        .filter(|r| r["kind"] == "egress")
+        .map(|r| r["data"].clone())
+        .collect();
+    let of = |host: &str| -> Vec<&Value> { egress.iter().filter(|e| e["host"] == host).collect() };
+    assert_eq!(of("allowed.test").len(), 2, "{egress:?}");
+    assert!(
+        of("allowed.test")
+            .iter()
+            .all(|e| e["decision"] == "allowed")
+    );
+    assert_eq!(of("denied.test")[0]["decision"], "denied");
+    assert!(
+        of("rebind.test")[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("loopback")
+    );
+    assert_eq!(of("forbidden-by-policy.example")[0]["decision"], "denied");
+
+    // A cell without network capabilities has no way out at all.
+    let o = Command::new(WARREN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "exec",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "3",
+            "http://203.0.113.7/",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stdout(&o));
+}
