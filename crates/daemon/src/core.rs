@@ -201,12 +201,15 @@ const SCHEDULING_QUANTUM: Duration = Duration::from_millis(10);
 /// A task's running egress proxy; stopped when dropped.
 struct EgressProxy {
     socket: PathBuf,
+    cap_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    cap: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for EgressProxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.cap.abort();
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -743,6 +746,13 @@ impl Daemon {
         };
         if let Some(p) = &_proxy {
             spec.egress = Some(p.socket.clone());
+            spec.extra_mounts.push(Mount {
+                target: "/cap/http".into(),
+                kind: MountKind::Bind {
+                    source: p.cap_dir.display().to_string(),
+                    readonly: false,
+                },
+            });
         }
         self.audit.record(
             Some(id),
@@ -868,8 +878,23 @@ impl Daemon {
             task: id.to_owned(),
             audit: self.audit.clone(),
         });
-        let task = tokio::spawn(warren_egress::serve_unix(listener, Arc::new(config), audit));
-        Ok(Some(EgressProxy { socket, task }))
+        let config = Arc::new(config);
+        let cap_dir = self.opts.state_dir.join("tasks").join(id).join("cap-http");
+        crate::caphttp::prepare(&cap_dir, (uid, gid))
+            .map_err(|e| format!("{}: {e}", cap_dir.display()))?;
+        let cap = crate::caphttp::serve(
+            cap_dir.clone(),
+            (uid, gid),
+            Arc::clone(&config),
+            Arc::clone(&audit) as Arc<dyn warren_egress::Audit>,
+        );
+        let task = tokio::spawn(warren_egress::serve_unix(listener, config, audit));
+        Ok(Some(EgressProxy {
+            socket,
+            cap_dir,
+            task,
+            cap,
+        }))
     }
 
     async fn start_cell(&self, spec: CellSpec, tries: u32) -> Result<Arc<ProcessCell>, String> {

@@ -7,6 +7,7 @@
 //! - [`server`]: the daemon process (lock, unix socket, TCP with a bearer token, signals);
 //! - [`policy`]: capabilities (manifest request ∩ operator policy), checked by the
 //!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
+//! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
 //! - [`provider`]: model providers from configuration (shared with `warren run`);
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
 //!
@@ -14,6 +15,7 @@
 //! `docs/architecture.md` for the data flow.
 
 pub mod api;
+pub mod caphttp;
 pub mod core;
 pub mod gate;
 pub mod journal;

@@ -483,6 +483,16 @@ capabilities:
         format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)\"; echo \" loopback=$?\""),
         "curl -sS -m 5 http://rebind.test/; echo \" curl=$?\"".into(),
         "curl -sS -m 5 http://forbidden-by-policy.example/; echo \" curl=$?\"".into(),
+        // The file interface: same policy, executed by the host.
+        concat!(
+            "cat /cap/http/README >/dev/null && ",
+            "printf '{\"id\": \"r1\", \"url\": \"http://allowed.test/\"}' > /cap/http/request; ",
+            "for i in $(seq 100); do [ -f /cap/http/responses/r1.json ] && break; sleep 0.05; done; ",
+            "printf '{\"id\": \"r2\", \"url\": \"http://denied.test/\"}' > /cap/http/request; ",
+            "for i in $(seq 100); do [ -f /cap/http/responses/r2.json ] && break; sleep 0.05; done; ",
+            "cat /cap/http/responses/r1.json /cap/http/responses/r2.json"
+        )
+        .into(),
     ];
     let n_steps = steps.len();
     let mock = MockLlm::start_responder(move |b| {
@@ -564,7 +574,18 @@ capabilities:
         "the operator's policy bounds the manifest: {}",
         out(6)
     );
-    assert!(n_steps == 7);
+    assert!(n_steps == 8);
+    let files = out(7);
+    assert!(
+        files.contains("\"id\": \"r1\"")
+            && files.contains("hello from origin")
+            && files.contains("\"status\": 200"),
+        "/cap/http allowed: {files}"
+    );
+    assert!(
+        files.contains("\"id\": \"r2\"") && files.contains("egress denied"),
+        "/cap/http denied: {files}"
+    );
     // Every attempt audited.
     let egress: Vec<Value> = audit_lines(&state, &id)
         .into_iter()
@@ -572,7 +593,11 @@ capabilities:
         .map(|r| r["data"].clone())
         .collect();
     let of = |host: &str| -> Vec<&Value> { egress.iter().filter(|e| e["host"] == host).collect() };
-    assert_eq!(of("allowed.test").len(), 2, "{egress:?}");
+    assert_eq!(
+        of("allowed.test").len(),
+        3,
+        "proxy twice, /cap/http once: {egress:?}"
+    );
     assert!(
         of("allowed.test")
             .iter()
