@@ -51,6 +51,10 @@ pub struct AgentConfig {
     pub summarize_at: f64,
     /// Messages at the end of the conversation always kept verbatim.
     pub keep_recent: usize,
+    /// Cost budget in USD, priced by `prices` (the model's catalog entry).
+    pub budget_usd: Option<f64>,
+    /// Prices of the model, for the cost budget.
+    pub prices: Option<warren_llm::catalog::ModelInfo>,
     /// Only these tools are offered and accepted (a manifest's `tools`); `finish` always is.
     /// `None`: every tool.
     pub tools: Option<Vec<String>>,
@@ -79,6 +83,8 @@ impl Default for AgentConfig {
             summarize_at: 0.85,
             keep_recent: 6,
             tools: None,
+            budget_usd: None,
+            prices: None,
         }
     }
 }
@@ -255,9 +261,9 @@ pub trait Gate: Send + Sync {
             "needs approval ({reason}), and nobody can approve here"
         ))
     }
-    /// The task used `used` tokens of its budget of `budget`: `true` continues (a person
-    /// approved more), `false` stops the task.
-    async fn over_budget(&self, _used: u64, _budget: u64) -> bool {
+    /// The task reached a budget (`what` says which, and how far): `true` continues (a
+    /// person approved as much again), `false` stops the task.
+    async fn over_budget(&self, _what: &str) -> bool {
         false
     }
     /// A tool call ended (ran, failed or was refused). Not called for results replayed from
@@ -305,6 +311,9 @@ pub struct ModelCallRecord<'a> {
     pub tool_calls: usize,
     /// The provider's error, when the call failed after its retries.
     pub error: Option<&'a str>,
+    /// The request (system prompt, messages, tools), for audits configured to keep prompts.
+    #[serde(skip)]
+    pub request: &'a ChatRequest,
 }
 
 /// Replays recorded steps, then records new ones.
@@ -663,6 +672,7 @@ impl Agent {
             })
         };
         let mut budget = self.config.budget_tokens;
+        let mut budget_usd = self.config.budget_usd;
         for turn in 1..=self.config.max_turns {
             if started.elapsed() > self.config.max_wall {
                 return stop(
@@ -677,10 +687,37 @@ impl Agent {
                 && used >= b
                 && rep.live()
                 && let Some(g) = &self.gate
-                && g.over_budget(used, b).await
+                && g
+                    .over_budget(&format!("the token budget of {b} is reached ({used} used)"))
+                    .await
             {
                 // A person approved going on: as much again.
                 budget = Some(used + self.config.budget_tokens.unwrap_or(b));
+            }
+            if let (Some(limit), Some(p)) = (budget_usd, &self.config.prices) {
+                let fresh = total.input_tokens.saturating_sub(total.cached_input_tokens) as f64;
+                let cost = (fresh * p.input_per_mtok
+                    + total.cached_input_tokens as f64 * p.cached_input_per_mtok
+                    + total.output_tokens as f64 * p.output_per_mtok)
+                    / 1e6;
+                if cost >= limit {
+                    if rep.live()
+                        && let Some(g) = &self.gate
+                        && g.over_budget(&format!(
+                            "the cost budget of ${limit:.2} is reached (${cost:.4} spent)"
+                        ))
+                        .await
+                    {
+                        budget_usd = Some(cost + self.config.budget_usd.unwrap_or(limit));
+                    } else {
+                        return stop(
+                            format!("cost budget of ${limit:.2} reached (${cost:.4} spent)"),
+                            turn - 1,
+                            total,
+                            &mut emit,
+                        );
+                    }
+                }
             }
             if let Some(b) = budget
                 && used >= b
@@ -744,6 +781,7 @@ impl Agent {
                             latency: asked.elapsed(),
                             tool_calls: r.as_ref().map_or(0, |r| r.tool_calls.len()),
                             error: error.as_deref(),
+                            request: &request,
                         });
                     }
                     let r = r?;

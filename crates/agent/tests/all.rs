@@ -348,3 +348,34 @@ fn a_manifest_tool_list_limits_what_is_offered_and_accepted() {
     let offered: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(offered, ["read_file", "finish"]);
 }
+
+#[test]
+fn a_cost_budget_stops_the_task_when_no_gate_approves_more() {
+    let cell = Arc::new(FakeCell::default());
+    let p = Arc::new(Scripted {
+        turns: vec![
+            vec![call("c1", "shell", json!({"command": "echo one"}))],
+            vec![call("c2", "shell", json!({"command": "echo two"}))],
+        ],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let cfg = AgentConfig {
+        budget_usd: Some(0.005),
+        prices: Some(warren_llm::catalog::ModelInfo {
+            context_window: 100_000,
+            input_per_mtok: 1000.0,
+            cached_input_per_mtok: 100.0,
+            output_per_mtok: 1000.0,
+        }),
+        ..config()
+    };
+    // Each turn costs (10 + 1) tokens at $1000/Mtok = $0.011.
+    let report = run(&Agent::new(p.clone(), cell.clone(), cfg, None)).unwrap();
+    match report.outcome {
+        Outcome::Stopped(r) => assert!(r.contains("cost budget of $0.01"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.requests.lock().unwrap().len(), 1);
+    assert_eq!(cell.count("echo two"), 0);
+}

@@ -50,6 +50,9 @@ pub struct DaemonArgs {
     /// A task waiting for approval longer than this is denied.
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::policy::parse_duration)]
     approval_timeout: Duration,
+    /// Keep model prompts (system prompt and messages, secrets redacted) in the audit log.
+    #[arg(long)]
+    audit_prompts: bool,
     /// Test hook: the egress proxy answers NAME with IP instead of asking DNS.
     #[arg(long, value_name = "NAME=IP", hide = true)]
     egress_test_resolve: Vec<String>,
@@ -141,6 +144,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         max_attempts: a.max_attempts.max(1),
         policy,
         approval_timeout: a.approval_timeout,
+        audit_prompts: a.audit_prompts,
         egress_resolve: a
             .egress_test_resolve
             .iter()
@@ -237,6 +241,9 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             }
             if let Some(w) = &a.worker {
                 cmd.arg("--worker").arg(w);
+            }
+            if a.audit_prompts {
+                cmd.arg("--audit-prompts");
             }
             if let Some(p) = &a.policy {
                 cmd.arg("--policy")

@@ -60,6 +60,8 @@ pub struct Options {
     pub policy: crate::policy::PolicyFile,
     /// A paused task with no decision this long is denied.
     pub approval_timeout: Duration,
+    /// Keep model prompts in the audit log (off: model, tokens and latency only).
+    pub audit_prompts: bool,
     /// Test hook of the egress proxy: answer these names from here, not DNS.
     pub egress_resolve: HashMap<String, Vec<std::net::IpAddr>>,
     /// Test hook of the egress proxy: dial here instead of the (checked) resolved address.
@@ -795,7 +797,9 @@ impl Daemon {
             id.clone(),
         )))
         .with_gate(Arc::new(
-            TaskGate::new(id.clone(), caps, self.audit.clone()).with_approvals(Approvals {
+            TaskGate::new(id.clone(), caps, self.audit.clone())
+                .with_audit_prompts(self.opts.audit_prompts)
+                .with_approvals(Approvals {
                 desk: Arc::clone(&self.desk),
                 agent: task.agent.clone(),
                 required: Approvals::required_from(&manifest.approval_required),
@@ -1017,6 +1021,7 @@ impl Daemon {
     }
 
     fn agent_config(&self, m: &Manifest, model: String) -> AgentConfig {
+        let prices = crate::provider::catalog(&self.opts.loaded).lookup(&model);
         let cfg = &self.opts.loaded.config;
         let context_window = crate::provider::context_window(&self.opts.loaded, &model);
         let timeout = m
@@ -1034,6 +1039,8 @@ impl Daemon {
             max_turns: cfg.agent.max_turns.unwrap_or(30),
             max_wall: timeout,
             budget_tokens: m.budget_tokens.or(cfg.agent.budget_tokens),
+            budget_usd: m.budget_usd,
+            prices: Some(prices),
             tools: Some(m.tools.clone()),
             ..AgentConfig::default()
         };

@@ -235,6 +235,7 @@ pub struct TaskGate {
     audit: Auditor,
     store: Arc<dyn Store>,
     approvals: Option<Approvals>,
+    audit_prompts: bool,
 }
 
 impl TaskGate {
@@ -247,7 +248,14 @@ impl TaskGate {
             audit,
             store,
             approvals: None,
+            audit_prompts: false,
         }
+    }
+
+    /// Keep each model call's prompt (system prompt and messages, redacted) in the audit log.
+    pub fn with_audit_prompts(mut self, on: bool) -> Self {
+        self.audit_prompts = on;
+        self
     }
 
     /// Pause calls that need a person.
@@ -405,17 +413,15 @@ impl Gate for TaskGate {
         if d.approve { Ok(()) } else { Err(d.reason) }
     }
 
-    async fn over_budget(&self, used: u64, budget: u64) -> bool {
+    async fn over_budget(&self, what: &str) -> bool {
         if !self.approvals.as_ref().is_some_and(|a| a.pause_on_budget) {
             return false;
         }
         self.wait_for_person(PendingView {
             call_id: String::new(),
             tool: "budget".into(),
-            argument: format!("{used} tokens used"),
-            reason: format!(
-                "the token budget of {budget} is reached; approve to allow as much again"
-            ),
+            argument: what.to_owned(),
+            reason: format!("{what}; approve to allow as much again"),
         })
         .await
         .approve
@@ -446,6 +452,9 @@ impl Gate for TaskGate {
     }
 
     fn model_call(&self, c: &ModelCallRecord<'_>) {
+        let prompt = self
+            .audit_prompts
+            .then(|| json!({"system": c.request.system, "messages": c.request.messages}));
         self.audit.record(
             Some(&self.task),
             "model.call",
@@ -458,6 +467,7 @@ impl Gate for TaskGate {
                 "latency_ms": c.latency.as_secs_f64() * 1000.0,
                 "tool_calls": c.tool_calls,
                 "error": c.error,
+                "prompt": prompt,
             }),
         );
     }
