@@ -687,8 +687,7 @@ impl Agent {
                 && used >= b
                 && rep.live()
                 && let Some(g) = &self.gate
-                && g
-                    .over_budget(&format!("the token budget of {b} is reached ({used} used)"))
+                && g.over_budget(&format!("the token budget of {b} is reached ({used} used)"))
                     .await
             {
                 // A person approved going on: as much again.

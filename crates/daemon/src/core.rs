@@ -800,15 +800,15 @@ impl Daemon {
             TaskGate::new(id.clone(), caps, self.audit.clone())
                 .with_audit_prompts(self.opts.audit_prompts)
                 .with_approvals(Approvals {
-                desk: Arc::clone(&self.desk),
-                agent: task.agent.clone(),
-                required: Approvals::required_from(&manifest.approval_required),
-                pause_on_budget: manifest.pause_on_budget,
-                notify: {
-                    let changed = self.changed.clone();
-                    Arc::new(move || changed.send_modify(|n| *n += 1))
-                },
-            }),
+                    desk: Arc::clone(&self.desk),
+                    agent: task.agent.clone(),
+                    required: Approvals::required_from(&manifest.approval_required),
+                    pause_on_budget: manifest.pause_on_budget,
+                    notify: {
+                        let changed = self.changed.clone();
+                        Arc::new(move || changed.send_modify(|n| *n += 1))
+                    },
+                }),
         ));
         let mut text = String::new();
         let mut observe = |e: &AgentEvent| self.observe(id, e, &mut text);
