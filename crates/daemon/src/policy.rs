@@ -552,6 +552,15 @@ mod tests {
             )
             .is_err()
         );
+        // The example in the repository parses.
+        let example = include_str!("../../../examples/operator-policy.toml");
+        let p = PolicyFile::parse(std::path::Path::new("operator-policy.toml"), example).unwrap();
+        assert!(
+            p.layer()
+                .network
+                .unwrap()
+                .contains(&"*.github.com".to_owned())
+        );
         // No network section: no network.
         let none = PolicyFile::parse(std::path::Path::new("p.toml"), "").unwrap();
         assert_eq!(none.layer().network, Some(vec![]));
