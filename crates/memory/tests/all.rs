@@ -1,0 +1,219 @@
+//! The code index and notes over a real SQLite file and a real directory tree.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use warren_memory::embed::HashEmbedder;
+use warren_memory::index::index;
+use warren_memory::search::{Filter, Fusion, search_notes};
+use warren_memory::{CodeIndex, MemoryDb};
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(name: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("warren-memory-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+fn project(root: &Path) {
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+    std::fs::write(
+        root.join("src/units.rs"),
+        "/// Parse a duration like 10m or 2h.\npub fn parse_duration(s: &str) -> Option<u64> {\n    let n: u64 = s[..s.len() - 1].parse().ok()?;\n    Some(n)\n}\n\n/// Parse a size like 2G.\npub fn parse_size(s: &str) -> Option<u64> {\n    s.parse().ok()\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("src/net.rs"),
+        "/// Open a TCP socket to the server.\npub fn connect_socket(addr: &str) -> std::io::Result<std::net::TcpStream> {\n    std::net::TcpStream::connect(addr)\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("docs.md"),
+        "# Durations\n\nTimeouts accept durations such as 30s.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("target/generated.rs"),
+        "pub fn parse_duration_generated() {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("logo.png"),
+        [0x89u8, b'P', b'N', b'G', 0, 0, 1, 2],
+    )
+    .unwrap();
+    std::fs::write(root.join("huge.txt"), "x".repeat(2 << 20)).unwrap();
+}
+
+#[test]
+fn indexing_is_incremental_and_skips_ignored_binary_and_huge_files() {
+    let d = dir("index");
+    let root = d.0.join("p");
+    project(&root);
+    let mem = MemoryDb::open(&d.0.join("m.db")).unwrap();
+    let e = HashEmbedder::new(64);
+    let mut ticks = 0;
+    let r = index(&mem, &root, Some(&e), &mut |_| ticks += 1).unwrap();
+    assert_eq!(
+        (r.files_indexed, r.skipped_binary, r.skipped_large),
+        (3, 1, 1),
+        "{r:?}"
+    );
+    assert!(ticks >= 3);
+    let chunks = mem.chunk_count(None).unwrap();
+    assert!(chunks >= 3, "{chunks}");
+    let again = index(&mem, &root, Some(&e), &mut |_| {}).unwrap();
+    assert_eq!(
+        (again.files_indexed, again.files_unchanged),
+        (0, 3),
+        "{again:?}"
+    );
+    std::fs::write(root.join("src/net.rs"), "pub fn close_socket() {}\n").unwrap();
+    std::fs::remove_file(root.join("docs.md")).unwrap();
+    let third = index(&mem, &root, Some(&e), &mut |_| {}).unwrap();
+    assert_eq!(
+        (third.files_indexed, third.files_removed),
+        (1, 1),
+        "{third:?}"
+    );
+    // Another embedder's vectors are not comparable: everything is embedded again.
+    let other = index(&mem, &root, Some(&HashEmbedder::new(32)), &mut |_| {}).unwrap();
+    assert_eq!(other.files_indexed, 2);
+}
+
+#[test]
+fn full_text_only_without_an_embedder_and_says_so() {
+    let d = dir("fts");
+    let root = d.0.join("p");
+    project(&root);
+    let mem = MemoryDb::open(&d.0.join("m.db")).unwrap();
+    index(&mem, &root, None, &mut |_| {}).unwrap();
+    let ix = CodeIndex::new(&mem, None).unwrap();
+    let r = ix
+        .search("tcp socket", 5, &Filter::default(), Fusion::default())
+        .unwrap();
+    assert!(r.mode.contains("full-text only"), "{}", r.mode);
+    assert_eq!(r.hits[0].path, "src/net.rs");
+    assert_eq!(r.hits[0].start_line, 1);
+    assert!(r.hits[0].vector_score.is_none() && r.hits[0].text_score.is_some());
+    // FTS syntax in a query is just text.
+    assert!(
+        ix.search(
+            "\"unbalanced AND (",
+            5,
+            &Filter::default(),
+            Fusion::default()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn hybrid_ranks_by_both_and_filters_apply_before_ranking() {
+    let d = dir("hybrid");
+    let root = d.0.join("p");
+    project(&root);
+    let mem = MemoryDb::open(&d.0.join("m.db")).unwrap();
+    let e = HashEmbedder::new(256);
+    index(&mem, &root, Some(&e), &mut |_| {}).unwrap();
+    let ix = CodeIndex::new(&mem, Some(&e)).unwrap();
+    let r = ix
+        .search("parseDuration", 3, &Filter::default(), Fusion::default())
+        .unwrap();
+    assert_eq!(r.mode, "hybrid");
+    let top = &r.hits[0];
+    assert_eq!(top.path, "src/units.rs");
+    assert!(top.text.contains("parse_duration"), "{top:?}");
+    assert!(top.vector_score.is_some());
+    // Filtered to docs: the filter's own best, even though better matches exist elsewhere.
+    let f = Filter {
+        path_prefix: Some("docs".into()),
+        ..Filter::default()
+    };
+    let r = ix
+        .search("parse duration", 3, &f, Fusion::Rrf { k: 60.0 })
+        .unwrap();
+    assert!(!r.hits.is_empty());
+    assert!(
+        r.hits.iter().all(|h| h.path.starts_with("docs")),
+        "{:?}",
+        r.hits
+    );
+    let ws = Filter {
+        workspace: Some("/elsewhere".into()),
+        ..Filter::default()
+    };
+    assert!(
+        ix.search("parse", 3, &ws, Fusion::default())
+            .unwrap()
+            .hits
+            .is_empty()
+    );
+}
+
+#[test]
+fn notes_are_per_agent_and_searchable() {
+    let d = dir("notes");
+    let mem = MemoryDb::open(&d.0.join("m.db")).unwrap();
+    let e = HashEmbedder::new(128);
+    let add = |agent: &str, kind: &str, text: &str| {
+        let v = warren_memory::Embedder::embed(&e, &[text])
+            .unwrap()
+            .pop()
+            .unwrap();
+        mem.add_note(&warren_memory::db::NewNote {
+            kind,
+            agent: Some(agent),
+            workspace: Some("/ws"),
+            task: Some("t1"),
+            text,
+            embedder: "hash-128",
+            vector: Some(&v),
+        })
+        .unwrap()
+    };
+    add("coder", "note", "The flaky test needs RUST_TEST_THREADS=1");
+    add("reviewer", "note", "Reviewers prefer small diffs");
+    add(
+        "coder",
+        "reflection",
+        "Running the tests first saved a turn",
+    );
+    let got = search_notes(
+        &mem,
+        Some(&e),
+        &["note"],
+        Some("coder"),
+        None,
+        "flaky test",
+        5,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].text.contains("RUST_TEST_THREADS"));
+    let refl = search_notes(
+        &mem,
+        None,
+        &["reflection"],
+        None,
+        Some("/ws"),
+        "tests first",
+        5,
+    )
+    .unwrap();
+    assert_eq!(refl[0].kind, "reflection");
+    assert!(
+        search_notes(&mem, Some(&e), &["note"], Some("nobody"), None, "test", 5)
+            .unwrap()
+            .is_empty()
+    );
+}
