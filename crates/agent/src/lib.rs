@@ -408,10 +408,14 @@ fn apply_summary(messages: &mut Vec<Message>, replaced: usize, text: &str) {
     messages.splice(0..end, [head]);
 }
 
-/// The tools `config` allows, in their usual order.
-fn offered(config: &AgentConfig) -> Vec<warren_llm::ToolSpec> {
+/// The tools `config` allows, in their usual order (the host's after the cell's).
+fn offered(
+    config: &AgentConfig,
+    host: Option<&Arc<dyn tools::HostTools>>,
+) -> Vec<warren_llm::ToolSpec> {
     tools::specs()
         .into_iter()
+        .chain(host.map(|h| h.specs()).unwrap_or_default())
         .filter(|s| {
             s.name == "finish"
                 || config
@@ -547,6 +551,19 @@ impl Agent {
         self
     }
 
+    /// Offer tools that run on the host (memory, code search) next to the cell's.
+    pub fn with_host_tools(mut self, host: Arc<dyn tools::HostTools>) -> Self {
+        for s in offered(&self.config, Some(&host)) {
+            if let Ok(v) = jsonschema::validator_for(&s.parameters) {
+                self.validators.entry(s.name).or_insert(v);
+            }
+        }
+        if let Some(t) = Arc::get_mut(&mut self.tools) {
+            t.host = Some(host);
+        }
+        self
+    }
+
     /// Pass every tool call through `gate` (policy), and report calls to it (audit).
     pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
         self.gate = Some(gate);
@@ -561,7 +578,7 @@ impl Agent {
         config: AgentConfig,
         logs: Option<PathBuf>,
     ) -> Self {
-        let validators = offered(&config)
+        let validators = offered(&config, None)
             .into_iter()
             .filter_map(|s| {
                 jsonschema::validator_for(&s.parameters)
@@ -645,7 +662,7 @@ impl Agent {
             observe(&e);
         };
         let started = Instant::now();
-        let specs = offered(&self.config);
+        let specs = offered(&self.config, self.tools.host.as_ref());
         let recorded = match &self.journal {
             Some(j) => j.load().map_err(AgentError::Journal)?,
             None => Vec::new(),

@@ -41,8 +41,23 @@ impl ToolOutput {
     }
 }
 
+/// Tools that run on the host, not in the cell (memory, code search): offered next to the
+/// cell's tools and routed here by name.
+pub trait HostTools: Send + Sync {
+    /// Their specifications.
+    fn specs(&self) -> Vec<ToolSpec>;
+    /// Run `name` if it is one of these (`None` otherwise): `Ok(text)` or `Err(message)`.
+    fn call(&self, name: &str, args: &Value) -> Option<Result<String, String>>;
+}
+
+/// Names of the memory tools a daemon can offer (see `warren-memory`).
+pub const MEMORY_TOOLS: [&str; 4] = ["code_search", "memory_store", "memory_query", "recall"];
+
 /// Tools that only read may run in parallel within one turn.
 pub fn read_only(name: &str) -> bool {
+    if matches!(name, "code_search" | "memory_query" | "recall") {
+        return true;
+    }
     matches!(name, "read_file" | "list_files" | "grep")
 }
 
@@ -116,6 +131,8 @@ pub fn specs() -> Vec<ToolSpec> {
 /// Runs tools in a cell.
 pub struct Tools {
     cell: Arc<dyn Cell>,
+    /// Tools that run on the host (memory, code search), routed before the cell's.
+    pub host: Option<Arc<dyn HostTools>>,
     /// Characters of output the model sees per call.
     pub max_output_chars: usize,
     /// Host directory the cell sees as `/logs`: shell output is appended to `stdout.log` and
@@ -191,6 +208,7 @@ impl Tools {
     pub fn new(cell: Arc<dyn Cell>) -> Self {
         Tools {
             cell,
+            host: None,
             max_output_chars: 16_000,
             logs: None,
         }
@@ -237,6 +255,14 @@ impl Tools {
 
     /// Run one validated tool call. `args` has already been checked against the schema.
     pub fn call(&self, name: &str, args: &Value) -> ToolOutput {
+        if let Some(h) = &self.host
+            && let Some(r) = h.call(name, args)
+        {
+            return match r {
+                Ok(text) => ToolOutput::ok(text),
+                Err(e) => ToolOutput::err(e),
+            };
+        }
         fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, serde_json::Error> {
             serde_json::from_value(v.clone())
         }

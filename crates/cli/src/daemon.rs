@@ -50,6 +50,10 @@ pub struct DaemonArgs {
     /// A task waiting for approval longer than this is denied.
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::policy::parse_duration)]
     approval_timeout: Duration,
+    /// Embedder for the memory tools' code index and notes: none (full text only; the
+    /// default), openai, local, hash; or $WARREN_EMBEDDER.
+    #[arg(long, value_name = "NAME")]
+    embedder: Option<String>,
     /// Keep model prompts (system prompt and messages, secrets redacted) in the audit log.
     #[arg(long)]
     audit_prompts: bool,
@@ -128,7 +132,23 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
             }
         },
     };
+    let memory = match warren_memory::embed::from_env(a.embedder.as_deref()).and_then(|e| {
+        std::fs::create_dir_all(state).map_err(|x| x.to_string())?;
+        let db =
+            warren_memory::MemoryDb::open(&state.join("memory.db")).map_err(|x| x.to_string())?;
+        Ok(warren_daemon::memory::Memory {
+            db: std::sync::Arc::new(db),
+            embedder: e,
+        })
+    }) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("warren: memory: {e}");
+            return 2;
+        }
+    };
     let opts = Options {
+        memory,
         state_dir: state.to_owned(),
         worker: a.worker.unwrap_or_else(hostname),
         limits: Limits {
@@ -244,6 +264,9 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             }
             if a.audit_prompts {
                 cmd.arg("--audit-prompts");
+            }
+            if let Some(e) = &a.embedder {
+                cmd.arg("--embedder").arg(e);
             }
             if let Some(p) = &a.policy {
                 cmd.arg("--policy")

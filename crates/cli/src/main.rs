@@ -10,6 +10,7 @@ mod audit;
 mod client;
 mod daemon;
 mod exec;
+mod memory;
 mod policy;
 mod run;
 mod tasks;
@@ -97,6 +98,32 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         what: tasks::TaskCommand,
+    },
+    /// Index a workspace for code search (incremental; .gitignore honoured).
+    Index {
+        /// The project (default: the current directory).
+        dir: Option<PathBuf>,
+        /// none (full-text only, the default), openai, local, hash; or $WARREN_EMBEDDER.
+        #[arg(long)]
+        embedder: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The code index and agents' memory: search.
+    Memory {
+        /// What to do.
+        #[command(subcommand)]
+        what: memory::MemoryCommand,
+    },
+    /// Past tasks: goals, outcomes, what they ran.
+    History {
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Remembered approvals: list, remove.
     Approvals {
@@ -228,6 +255,22 @@ fn main() -> ExitCode {
     }
     harden();
     let cli = Cli::parse();
+    // Printing commands end quietly when their reader goes away (`warren audit export | head`).
+    // Not for those that hold sockets: a peer closing one must be an error, not a signal.
+    if matches!(
+        cli.command,
+        Command::Audit { .. }
+            | Command::History { .. }
+            | Command::Memory { .. }
+            | Command::Index { .. }
+            | Command::Diff { .. }
+            | Command::Changes { .. }
+            | Command::Config { .. }
+            | Command::Check { .. }
+    ) {
+        // SAFETY: restoring the default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let state = state_dir(cli.state_dir);
     let code = match cli.command {
         Command::Check { json } => check(json),
@@ -248,6 +291,13 @@ fn main() -> ExitCode {
             ..
         } => daemon::manage(action, &state),
         Command::Audit { what } => audit::run(what, &state),
+        Command::Index {
+            dir,
+            embedder,
+            json,
+        } => memory::index(dir, embedder.as_deref(), json, &state),
+        Command::Memory { what } => memory::run(what, &state),
+        Command::History { limit, json } => memory::history(&state, limit, json),
         Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),

@@ -60,6 +60,8 @@ pub struct Options {
     pub policy: crate::policy::PolicyFile,
     /// A paused task with no decision this long is denied.
     pub approval_timeout: Duration,
+    /// Memory for agents that list memory tools (none: those tools are refused).
+    pub memory: Option<crate::memory::Memory>,
     /// Keep model prompts in the audit log (off: model, tokens and latency only).
     pub audit_prompts: bool,
     /// Test hook of the egress proxy: answer these names from here, not DNS.
@@ -184,6 +186,11 @@ pub fn tool_names() -> Vec<String> {
     warren_agent::tools::specs()
         .into_iter()
         .map(|s| s.name)
+        .chain(
+            warren_agent::tools::MEMORY_TOOLS
+                .iter()
+                .map(|t| (*t).to_owned()),
+        )
         .collect()
 }
 
@@ -733,6 +740,7 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return End::Final(TaskState::Failed, format!("model provider: {e}")),
         };
+        let provider_for_reflection = Arc::clone(&provider);
         let caps = Capabilities::new(Layer::from_manifest(&manifest), self.opts.policy.layer());
         let mut spec = match self.cell_spec(task, &manifest) {
             Ok(s) => s,
@@ -784,7 +792,40 @@ impl Daemon {
             drop_cell(cell, &run.cell).await;
             return self.stopped(id, s, &dirs);
         }
-        let config = self.agent_config(&manifest, model);
+        let config = self.agent_config(&manifest, model.clone());
+        let granted: Vec<String> = manifest
+            .tools
+            .iter()
+            .filter(|t| warren_agent::tools::MEMORY_TOOLS.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        let memory = self.opts.memory.clone().filter(|_| !granted.is_empty());
+        let mut goal = task.goal.clone();
+        if let Some(m) = &memory {
+            if let (Some(ws), true) = (&task.workspace, granted.iter().any(|g| g == "code_search"))
+            {
+                // Keep the index current (incremental: unchanged files cost a hash).
+                let (m2, ws2) = (m.clone(), ws.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    warren_memory::index::index(
+                        &m2.db,
+                        std::path::Path::new(&ws2),
+                        m2.embedder.as_deref(),
+                        &mut |_| {},
+                    )
+                })
+                .await;
+            }
+            if let Some(ws) = &task.workspace {
+                let notes = m.reflections(ws, &task.goal, 3);
+                if !notes.is_empty() {
+                    goal.push_str("\n\nReflections from earlier tasks on this workspace:\n");
+                    for n in notes {
+                        goal.push_str(&format!("- {n}\n"));
+                    }
+                }
+            }
+        }
         let wall = config.max_wall;
         let agent = Agent::new(
             provider,
@@ -810,10 +851,20 @@ impl Daemon {
                     },
                 }),
         ));
+        let agent = match &memory {
+            Some(m) => agent.with_host_tools(Arc::new(crate::memory::MemoryTools {
+                memory: m.clone(),
+                agent: task.agent.clone(),
+                workspace: task.workspace.clone(),
+                task: id.clone(),
+                granted: granted.clone(),
+            })),
+            None => agent,
+        };
         let mut text = String::new();
         let mut observe = |e: &AgentEvent| self.observe(id, e, &mut text);
         let outcome = tokio::select! {
-            r = agent.run(&task.goal, &mut observe) => Ok(r),
+            r = agent.run(&goal, &mut observe) => Ok(r),
             s = wait_stop(&mut stop) => Err(Some(s)),
             () = tokio::time::sleep(wall) => Err(None),
         };
@@ -842,7 +893,14 @@ impl Daemon {
                 dirs.set_status("failed");
                 End::Final(TaskState::Failed, e.to_string())
             }
-            Ok(Ok(report)) => self.completed(task, &report, layer, &dirs).await,
+            Ok(Ok(report)) => {
+                let end = self.completed(task, &report, layer, &dirs).await;
+                if let Some(m) = &memory {
+                    self.remember(m, task, &report, &provider_for_reflection, &model)
+                        .await;
+                }
+                end
+            }
         }
     }
 
@@ -916,6 +974,100 @@ impl Daemon {
             }
         }
         Err(last)
+    }
+
+    /// Store what the task did (an episode) and what it learned (a reflection by the model).
+    async fn remember(
+        &self,
+        m: &crate::memory::Memory,
+        task: &TaskRecord,
+        report: &Report,
+        provider: &Arc<dyn Provider>,
+        model: &str,
+    ) {
+        let outcome = match &report.outcome {
+            Outcome::Finished(v) => format!(
+                "{}: {}",
+                if v["success"].as_bool().unwrap_or(true) {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                v["summary"].as_str().unwrap_or_default()
+            ),
+            Outcome::Stopped(r) => format!("stopped: {r}"),
+        };
+        let commands: Vec<String> = self
+            .store
+            .checkpoints(&task.id)
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.payload["step"] == "model")
+            .flat_map(|c| {
+                c.payload["response"]["tool_calls"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|c| {
+                let a: Value = serde_json::from_str(c["arguments"].as_str().unwrap_or("{}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}",
+                    c["name"].as_str().unwrap_or_default(),
+                    a["command"]
+                        .as_str()
+                        .or(a["path"].as_str())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let episode = format!(
+            "Task {} by {}: {}\nOutcome: {outcome}\nSteps: {}",
+            task.id,
+            task.agent,
+            task.goal,
+            commands.join("; ")
+        );
+        let episode = self.audit.redactor().redact(&episode);
+        m.note(
+            "episode",
+            &task.agent,
+            task.workspace.as_deref(),
+            &task.id,
+            &episode,
+        );
+        let request = warren_llm::ChatRequest {
+            model: model.to_owned(),
+            system: "You write short reflections for an engineering agent's memory.".into(),
+            messages: vec![warren_llm::Message::User {
+                content: format!(
+                    "{episode}\n\nIn at most three sentences: what worked, what failed, and what to remember next time on this project. Plain text."
+                ),
+            }],
+            tools: Vec::new(),
+            max_tokens: 300,
+            temperature: None,
+            stream: false,
+        };
+        let mut ignore = |_e: warren_llm::StreamEvent| {};
+        if let Ok(r) = provider.chat(&request, &mut ignore).await {
+            let text = self.audit.redactor().redact(r.text.trim());
+            if !text.is_empty() {
+                m.note(
+                    "reflection",
+                    &task.agent,
+                    task.workspace.as_deref(),
+                    &task.id,
+                    &text,
+                );
+                self.audit.record(
+                    Some(&task.id),
+                    "memory.reflection",
+                    &json!({"chars": text.len()}),
+                );
+            }
+        }
     }
 
     fn stopped(&self, id: &str, s: Stop, dirs: &TaskDirs) -> End {

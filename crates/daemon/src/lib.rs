@@ -8,6 +8,7 @@
 //! - [`policy`]: capabilities (manifest request ∩ operator policy), checked by the
 //!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
 //! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
+//! - [`memory`]: memory tools (code search, notes, recall), reflections and episodes;
 //! - [`provider`]: model providers from configuration (shared with `warren run`);
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
 //!
@@ -19,6 +20,7 @@ pub mod caphttp;
 pub mod core;
 pub mod gate;
 pub mod journal;
+pub mod memory;
 pub mod policy;
 pub mod provider;
 pub mod scheduler;

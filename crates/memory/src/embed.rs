@@ -234,6 +234,35 @@ impl Embedder for OpenAiEmbedder {
     }
 }
 
+/// The embedder named by `choice` or `WARREN_EMBEDDER`: `none` (the default: full-text only),
+/// `openai` (`WARREN_EMBEDDINGS_URL` or `OPENAI_BASE_URL`, `OPENAI_API_KEY`,
+/// `WARREN_EMBEDDINGS_MODEL`, `WARREN_EMBEDDINGS_DIMS`), `hash` (lexical; for tests), `local`
+/// (needs a build with the local embedder).
+pub fn from_env(choice: Option<&str>) -> Result<Option<std::sync::Arc<dyn Embedder>>, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let choice = choice.map(str::to_owned).or_else(|| env("WARREN_EMBEDDER"));
+    match choice.as_deref().unwrap_or("none") {
+        "none" => Ok(None),
+        "hash" => Ok(Some(std::sync::Arc::new(HashEmbedder::new(256)))),
+        "openai" => {
+            let url = env("WARREN_EMBEDDINGS_URL")
+                .or_else(|| env("OPENAI_BASE_URL"))
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let model =
+                env("WARREN_EMBEDDINGS_MODEL").unwrap_or_else(|| "text-embedding-3-small".into());
+            let dims = env("WARREN_EMBEDDINGS_DIMS")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(1536);
+            Ok(Some(std::sync::Arc::new(
+                OpenAiEmbedder::new(&url, env("OPENAI_API_KEY"), &model, dims)
+                    .map_err(|e| e.to_string())?,
+            )))
+        }
+        "local" => Err("the local embedder needs a build with the `local-embedder` feature and WARREN_MINILM_DIR".into()),
+        other => Err(format!("unknown embedder {other:?} (none, openai, local, hash)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

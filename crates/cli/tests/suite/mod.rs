@@ -4,6 +4,7 @@ mod config;
 mod daemon;
 mod exec;
 mod kill;
+mod memory;
 mod policy;
 mod resume;
 mod run;
