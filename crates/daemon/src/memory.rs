@@ -132,7 +132,7 @@ impl HostTools for MemoryTools {
                 let Some(ws) = &self.workspace else {
                     return Some(Err("this task has no workspace to search".into()));
                 };
-                CodeIndex::new(&m.db, m.embedder.as_deref())
+                CodeIndex::exact(&m.db, m.embedder.as_deref())
                     .and_then(|ix| {
                         ix.search(
                             q,

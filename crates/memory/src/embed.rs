@@ -234,6 +234,38 @@ impl Embedder for OpenAiEmbedder {
     }
 }
 
+#[cfg(feature = "local")]
+fn local() -> Result<Option<std::sync::Arc<dyn Embedder>>, String> {
+    let dir = warren_embed_local::model_dir_from_env()
+        .ok_or("the local embedder reads its model from WARREN_MINILM_DIR (model.safetensors, tokenizer.json, config.json)")?;
+    let e = warren_embed_local::LocalEmbedder::load(&dir).map_err(|e| e.to_string())?;
+    Ok(Some(std::sync::Arc::new(Local(e))))
+}
+
+#[cfg(not(feature = "local"))]
+fn local() -> Result<Option<std::sync::Arc<dyn Embedder>>, String> {
+    Err("this warren was built without the local embedder (cargo build --release --features local-embedder)".into())
+}
+
+/// all-MiniLM-L6-v2 in-process (`warren-embed-local`).
+#[cfg(feature = "local")]
+pub struct Local(pub warren_embed_local::LocalEmbedder);
+
+#[cfg(feature = "local")]
+impl Embedder for Local {
+    fn name(&self) -> String {
+        "local:all-MiniLM-L6-v2".into()
+    }
+    fn dims(&self) -> usize {
+        self.0.dims()
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.0
+            .embed(texts)
+            .map_err(|e| EmbedError::Local(e.to_string()))
+    }
+}
+
 /// The embedder named by `choice` or `WARREN_EMBEDDER`: `none` (the default: full-text only),
 /// `openai` (`WARREN_EMBEDDINGS_URL` or `OPENAI_BASE_URL`, `OPENAI_API_KEY`,
 /// `WARREN_EMBEDDINGS_MODEL`, `WARREN_EMBEDDINGS_DIMS`), `hash` (lexical; for tests), `local`
@@ -258,8 +290,10 @@ pub fn from_env(choice: Option<&str>) -> Result<Option<std::sync::Arc<dyn Embedd
                     .map_err(|e| e.to_string())?,
             )))
         }
-        "local" => Err("the local embedder needs a build with the `local-embedder` feature and WARREN_MINILM_DIR".into()),
-        other => Err(format!("unknown embedder {other:?} (none, openai, local, hash)")),
+        "local" => local(),
+        other => Err(format!(
+            "unknown embedder {other:?} (none, openai, local, hash)"
+        )),
     }
 }
 

@@ -83,12 +83,21 @@ pub struct Results {
 
 /// An FTS5 query matching any word of `q` (quoted: no FTS syntax from the user).
 pub fn fts_query(q: &str) -> Option<String> {
+    fts_join(q, " OR ")
+}
+
+/// An FTS5 query matching all words of `q`.
+pub fn fts_all(q: &str) -> Option<String> {
+    fts_join(q, " ")
+}
+
+fn fts_join(q: &str, sep: &str) -> Option<String> {
     let w = words(q);
     (!w.is_empty()).then(|| {
         w.iter()
             .map(|x| format!("\"{x}\""))
             .collect::<Vec<_>>()
-            .join(" OR ")
+            .join(sep)
     })
 }
 
@@ -105,8 +114,26 @@ pub struct CodeIndex<'a> {
 }
 
 impl<'a> CodeIndex<'a> {
-    /// Load the vectors `embedder` made (none without an embedder); build IVF when large.
+    /// Load the vectors `embedder` made (none without an embedder); build IVF when large
+    /// (worth it for a long-lived index; see [`CodeIndex::exact`] for one-off queries).
     pub fn new(db: &'a MemoryDb, embedder: Option<&'a dyn Embedder>) -> Result<Self, MemoryError> {
+        Self::with(db, embedder, true)
+    }
+
+    /// Like [`CodeIndex::new`], but always exact: no index to build (a one-off query, where
+    /// building IVF costs more than scoring every vector once).
+    pub fn exact(
+        db: &'a MemoryDb,
+        embedder: Option<&'a dyn Embedder>,
+    ) -> Result<Self, MemoryError> {
+        Self::with(db, embedder, false)
+    }
+
+    fn with(
+        db: &'a MemoryDb,
+        embedder: Option<&'a dyn Embedder>,
+        approximate: bool,
+    ) -> Result<Self, MemoryError> {
         let rows = match embedder {
             Some(e) => Some(db.chunk_vectors(&e.name(), e.dims())?),
             None => None,
@@ -120,10 +147,12 @@ impl<'a> CodeIndex<'a> {
             nprobe: 24,
         };
         if let Some(r) = &me.rows
+            && approximate
             && r.vectors.len() >= me.exact_below
         {
             let nlist = (r.vectors.len() as f64).sqrt() as usize;
             me.ivf = Some(Ivf::build(&r.vectors, nlist, 8));
+            me.nprobe = me.nprobe.max(nlist / 8);
         }
         Ok(me)
     }
@@ -229,10 +258,66 @@ impl<'a> CodeIndex<'a> {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<(i64, f32)>, MemoryError> {
-        let Some(q) = fts_query(query) else {
-            return Ok(Vec::new());
-        };
+        // All words first (precise, and cheap to rank); any word when that finds too little.
+        if let Some(q) = fts_all(query) {
+            let all = self.text_ranked(&q, k, filter)?;
+            if all.len() >= k.min(10) {
+                return Ok(all);
+            }
+        }
+        match fts_query(query) {
+            Some(q) => self.text_ranked(&q, k, filter),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// BM25 top `k` for an FTS5 query, filtered.
+    fn text_ranked(
+        &self,
+        q: &str,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(i64, f32)>, MemoryError> {
         let c = self.db.lock();
+        // Fast path: FTS5 ranks on its own (`ORDER BY rank`) and the filter is checked on a
+        // generous top; the fully filtered statement runs only when that leaves too few.
+        let wide = (k * 8) as i64;
+        let rows: Vec<(i64, f32, String, String)> = {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT c.id, r.rank, c.workspace, c.path FROM \
+                     (SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY rank LIMIT ?2) r \
+                     JOIN chunks c ON c.id = r.rowid ORDER BY r.rank",
+                )
+                .map_err(db)?;
+            st.query_map(params![q, wide], |r| {
+                Ok((
+                    r.get(0)?,
+                    -(r.get::<_, f64>(1)? as f32),
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            })
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+        };
+        let exhausted = (rows.len() as i64) < wide;
+        let kept: Vec<(i64, f32)> = rows
+            .into_iter()
+            .filter(|(_, _, w, p)| {
+                filter.workspace.as_ref().is_none_or(|x| x == w)
+                    && filter
+                        .path_prefix
+                        .as_ref()
+                        .is_none_or(|x| p.starts_with(x.as_str()))
+            })
+            .map(|(id, s, _, _)| (id, s))
+            .take(k)
+            .collect();
+        if kept.len() >= k || exhausted {
+            return Ok(kept);
+        }
         let mut st = c
             .prepare_cached(
                 "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid \
