@@ -49,8 +49,8 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
 
     println!(
-        "## indexing {}",
-        "the cargo registry's crate sources (or --tree)"
+        "## indexing {} (the cargo registry's crate sources unless --tree)",
+        tree.display()
     );
     let mem = MemoryDb::open(&dir.join("fts.db")).unwrap();
     let r = index(&mem, &tree, None, &mut |_| {}).unwrap();
