@@ -151,8 +151,30 @@ impl<'a> CodeIndex<'a> {
             && r.vectors.len() >= me.exact_below
         {
             let nlist = (r.vectors.len() as f64).sqrt() as usize;
-            me.ivf = Some(Ivf::build(&r.vectors, nlist, 8));
-            me.nprobe = me.nprobe.max(nlist / 8);
+            let mut ivf = Ivf::build(&r.vectors, nlist, 8);
+            // Lay the rows out list by list, so a query reads memory sequentially.
+            let order = ivf.order();
+            let dims = r.vectors.dims;
+            let mut rows = VectorRows {
+                vectors: crate::ann::Vectors {
+                    dims,
+                    ids: Vec::with_capacity(order.len()),
+                    data: Vec::with_capacity(order.len() * dims),
+                },
+                workspace: Vec::with_capacity(order.len()),
+                path: Vec::with_capacity(order.len()),
+            };
+            for &i in &order {
+                let i = i as usize;
+                rows.vectors.ids.push(r.vectors.ids[i]);
+                rows.vectors.data.extend_from_slice(r.vectors.get(i));
+                rows.workspace.push(r.workspace[i].clone());
+                rows.path.push(r.path[i].clone());
+            }
+            ivf.contiguous();
+            me.rows = Some(rows);
+            me.ivf = Some(ivf);
+            me.nprobe = me.nprobe.max(nlist * 2 / 5);
         }
         Ok(me)
     }
