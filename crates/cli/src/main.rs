@@ -76,7 +76,7 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
-    /// Create .warren/ with a commented config in the current directory.
+    /// Create .warren/ with a commented config in the current directory, and index it.
     Init,
     /// Agent manifests: deploy, list, show, remove.
     Agent {
@@ -196,7 +196,17 @@ fn config_show(json: bool) -> i32 {
     }
 }
 
-fn init() -> i32 {
+fn init(state: &std::path::Path) -> i32 {
+    let code = init_config();
+    if code != 0 {
+        return code;
+    }
+    // The code index for `code_search` and `warren memory search` (full text unless an
+    // embedder is configured; incremental afterwards).
+    memory::index(None, None, false, state)
+}
+
+fn init_config() -> i32 {
     let dir = PathBuf::from(".warren");
     let file = dir.join("config.toml");
     if file.exists() {
@@ -283,7 +293,7 @@ fn main() -> ExitCode {
         Command::Config {
             what: ConfigCommand::Show { json },
         } => config_show(json),
-        Command::Init => init(),
+        Command::Init => init(&state),
         Command::Agent { what } => agents::run(what, cli.url.as_deref(), &state),
         Command::Daemon { action: None, args } => daemon::foreground(*args, &state),
         Command::Daemon {

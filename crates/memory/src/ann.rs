@@ -309,8 +309,16 @@ mod tests {
         let mut c = ivf.clone();
         c.contiguous();
         let q = v.get(5).to_vec();
-        let a: Vec<i64> = ivf.search(&v, &q, 10, 12, &|_| true).iter().map(|x| v.ids[x.0]).collect();
-        let b: Vec<i64> = c.search(&w, &q, 10, 12, &|_| true).iter().map(|x| w.ids[x.0]).collect();
+        let a: Vec<i64> = ivf
+            .search(&v, &q, 10, 12, &|_| true)
+            .iter()
+            .map(|x| v.ids[x.0])
+            .collect();
+        let b: Vec<i64> = c
+            .search(&w, &q, 10, 12, &|_| true)
+            .iter()
+            .map(|x| w.ids[x.0])
+            .collect();
         assert_eq!(a, b);
     }
 }

@@ -30,6 +30,11 @@ fn init_then_show_with_provenance_and_redaction() {
     let home = TempDir::new("home");
     let o = warren_in(dir.path(), home.path(), &["init"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warren: indexed"),
+        "init indexes the project: {}",
+        stderr(&o)
+    );
     let file = dir.path().join(".warren/config.toml");
     assert!(
         std::fs::read_to_string(&file)
