@@ -27,6 +27,9 @@ fn has_model(dir: &Path) -> bool {
 
 /// The model folder, fetching it into `target/minilm` if needed; `Err` says why not.
 fn model_dir() -> Result<PathBuf, String> {
+    // Tests run in parallel: one fetch at a time (two would race on the same files).
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCH.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(dir) = model_dir_from_env() {
         return Ok(dir); // named explicitly: a missing file there is the test's failure
     }
