@@ -197,28 +197,7 @@ pub fn history(state: &Path, limit: u32, json: bool) -> i32 {
     let mut out = Vec::new();
     for t in tasks {
         let steps = store.checkpoints(&t.id).unwrap_or_default();
-        let commands: Vec<String> = steps
-            .iter()
-            .filter(|c| c.payload["step"] == "model")
-            .flat_map(|c| {
-                c.payload["response"]["tool_calls"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .map(|c| {
-                let args: serde_json::Value =
-                    serde_json::from_str(c["arguments"].as_str().unwrap_or("{}"))
-                        .unwrap_or_default();
-                let main = args["command"]
-                    .as_str()
-                    .or(args["path"].as_str())
-                    .unwrap_or("");
-                format!("{} {}", c["name"].as_str().unwrap_or(""), main)
-                    .trim()
-                    .to_owned()
-            })
-            .collect();
+        let commands = warren_daemon::memory::tool_calls(&steps);
         let result = store
             .get_artifact(&t.id, "result")
             .ok()

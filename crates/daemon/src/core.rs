@@ -997,31 +997,8 @@ impl Daemon {
             ),
             Outcome::Stopped(r) => format!("stopped: {r}"),
         };
-        let commands: Vec<String> = self
-            .store
-            .checkpoints(&task.id)
-            .unwrap_or_default()
-            .iter()
-            .filter(|c| c.payload["step"] == "model")
-            .flat_map(|c| {
-                c.payload["response"]["tool_calls"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .map(|c| {
-                let a: Value = serde_json::from_str(c["arguments"].as_str().unwrap_or("{}"))
-                    .unwrap_or_default();
-                format!(
-                    "{} {}",
-                    c["name"].as_str().unwrap_or_default(),
-                    a["command"]
-                        .as_str()
-                        .or(a["path"].as_str())
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
+        let commands =
+            crate::memory::tool_calls(&self.store.checkpoints(&task.id).unwrap_or_default());
         let episode = format!(
             "Task {} by {}: {}\nOutcome: {outcome}\nSteps: {}",
             task.id,

@@ -12,6 +12,31 @@ use warren_memory::embed::Embedder;
 use warren_memory::search::{Filter, Fusion, search_notes};
 use warren_memory::{CodeIndex, MemoryDb};
 
+/// The tool calls a task made, from its checkpoints: `name main-argument` each, in order.
+pub fn tool_calls(checkpoints: &[warren_store::Checkpoint]) -> Vec<String> {
+    checkpoints
+        .iter()
+        .filter(|c| c.payload["step"] == "model")
+        .flat_map(|c| {
+            c.payload["response"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| {
+            let a: Value =
+                serde_json::from_str(c["arguments"].as_str().unwrap_or("{}")).unwrap_or_default();
+            let main = a["command"]
+                .as_str()
+                .or(a["path"].as_str())
+                .unwrap_or_default();
+            format!("{} {main}", c["name"].as_str().unwrap_or_default())
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// The daemon's memory: the database and the embedder (none: full text only).
 #[derive(Clone)]
 pub struct Memory {
