@@ -217,3 +217,89 @@ fn notes_are_per_agent_and_searchable() {
             .is_empty()
     );
 }
+
+/// A local OpenAI-compatible `/v1/embeddings` server: answers 429 first, then vectors derived
+/// from each input's length; records every request body.
+fn embeddings_server() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().flatten().enumerate() {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            s2.lock().unwrap().push(req.clone());
+            let (status, out) = if n == 0 {
+                (
+                    "429 Too Many Requests",
+                    serde_json::json!({"error": {"message": "slow down"}}),
+                )
+            } else {
+                let data: Vec<serde_json::Value> = req["input"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let l = t.as_str().unwrap().len() as f64;
+                        serde_json::json!({"index": i, "embedding": [l, 1.0, 0.0, 2.0]})
+                    })
+                    .rev() // out of order on purpose: the index field decides
+                    .collect();
+                (
+                    "200 OK",
+                    serde_json::json!({"data": data, "model": req["model"]}),
+                )
+            };
+            let text = out.to_string();
+            let mut c = c;
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[test]
+fn an_openai_compatible_endpoint_embeds_in_batches_and_retries_429() {
+    use warren_memory::Embedder;
+    let (url, seen) = embeddings_server();
+    let mut e =
+        warren_memory::OpenAiEmbedder::new(&url, Some("sk-emb".into()), "emb-model", 4).unwrap();
+    e.batch = 2;
+    let v = e.embed(&["a", "bbb", "cc"]).unwrap();
+    assert_eq!(v.len(), 3);
+    // In input order (the server answered in reverse), unit length.
+    let n = |x: &[f32]| x.iter().map(|y| y * y).sum::<f32>().sqrt();
+    assert!((n(&v[0]) - 1.0).abs() < 1e-5);
+    assert!(v[1][0] > v[2][0] && v[2][0] > v[0][0], "{v:?}");
+    let reqs = seen.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3, "one 429, then two batches");
+    assert_eq!(reqs[1]["input"], serde_json::json!(["a", "bbb"]));
+    assert_eq!(reqs[2]["model"], "emb-model");
+    // Wrong dimensions are an error, not a silent mix.
+    let bad = warren_memory::OpenAiEmbedder::new(&url, None, "m", 8).unwrap();
+    assert!(bad.embed(&["x"]).is_err());
+}
