@@ -131,12 +131,13 @@ pub fn run(cmd: MemoryCommand, state: &Path) -> i32 {
         let e = embedder(choice.as_deref())?;
         let ws = workspace.unwrap_or_else(|| PathBuf::from("."));
         let ws = std::fs::canonicalize(&ws).map_err(|e| format!("{}: {e}", ws.display()))?;
-        // One query: exact vector search (building the approximate index would cost more).
-        let ix = CodeIndex::exact(&mem, e.as_deref()).map_err(|e| e.to_string())?;
         let filter = Filter {
             workspace: Some(ws.display().to_string()),
             path_prefix: path.clone(),
         };
+        // One query: only this workspace's vectors, scored exactly (building the approximate
+        // index would cost more).
+        let ix = CodeIndex::scoped(&mem, e.as_deref(), &filter).map_err(|e| e.to_string())?;
         let fusion = if rrf {
             Fusion::Rrf { k: 60.0 }
         } else {

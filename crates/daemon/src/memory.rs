@@ -9,7 +9,7 @@ use warren_agent::tools::HostTools;
 use warren_llm::ToolSpec;
 use warren_memory::db::NewNote;
 use warren_memory::embed::Embedder;
-use warren_memory::search::{Filter, Fusion, search_notes};
+use warren_memory::search::{Filter, Fusion, NoteFilter, search_notes};
 use warren_memory::{CodeIndex, MemoryDb};
 
 /// The tool calls a task made, from its checkpoints: `name main-argument` each, in order.
@@ -77,9 +77,11 @@ impl Memory {
         search_notes(
             &self.db,
             self.embedder.as_deref(),
-            &["reflection"],
-            None,
-            Some(workspace),
+            &NoteFilter {
+                kinds: &["reflection"],
+                workspace: Some(workspace),
+                ..NoteFilter::default()
+            },
             goal,
             k,
         )
@@ -136,8 +138,12 @@ impl HostTools for MemoryTools {
             spec("memory_query", "Search the notes you stored in earlier tasks.", query("What to look for")),
             spec(
                 "recall",
-                "Search the history of earlier tasks (goals, outcomes, commands) and their reflections.",
-                query("What to look for"),
+                "Search the history of earlier tasks on this project (goals, outcomes, commands) and their reflections.",
+                json!({"type": "object", "properties": {
+                    "query": {"type": "string", "description": "What to look for"},
+                    "task": {"type": "string", "description": "Only this task's episode and reflection (a task id)"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 50}
+                }, "required": ["query"], "additionalProperties": false}),
             ),
         ]
         .into_iter()
@@ -157,18 +163,12 @@ impl HostTools for MemoryTools {
                 let Some(ws) = &self.workspace else {
                     return Some(Err("this task has no workspace to search".into()));
                 };
-                CodeIndex::exact(&m.db, m.embedder.as_deref())
-                    .and_then(|ix| {
-                        ix.search(
-                            q,
-                            k,
-                            &Filter {
-                                workspace: Some(ws.clone()),
-                                path_prefix: args["path"].as_str().map(str::to_owned),
-                            },
-                            Fusion::default(),
-                        )
-                    })
+                let filter = Filter {
+                    workspace: Some(ws.clone()),
+                    path_prefix: args["path"].as_str().map(str::to_owned),
+                };
+                CodeIndex::scoped(&m.db, m.embedder.as_deref(), &filter)
+                    .and_then(|ix| ix.search(q, k, &filter, Fusion::default()))
                     .map(|r| {
                         let mut out = format!("{} result(s), {}\n", r.hits.len(), r.mode);
                         for h in r.hits {
@@ -197,12 +197,24 @@ impl HostTools for MemoryTools {
                 Ok("stored".into())
             }
             "memory_query" | "recall" => {
-                let (kinds, agent): (&[&str], Option<&str>) = if name == "recall" {
-                    (&["episode", "reflection"], None)
+                let filter = if name == "recall" {
+                    // Episodes and reflections of this workspace, whichever agent ran them
+                    // (a task without a workspace: only its own agent's). Never another
+                    // project's history.
+                    NoteFilter {
+                        kinds: &["episode", "reflection"],
+                        agent: self.workspace.is_none().then_some(self.agent.as_str()),
+                        workspace: self.workspace.as_deref(),
+                        task: args["task"].as_str(),
+                    }
                 } else {
-                    (&["note"], Some(&self.agent))
+                    NoteFilter {
+                        kinds: &["note"],
+                        agent: Some(&self.agent),
+                        ..NoteFilter::default()
+                    }
                 };
-                search_notes(&m.db, m.embedder.as_deref(), kinds, agent, None, q, k)
+                search_notes(&m.db, m.embedder.as_deref(), &filter, q, k)
                     .map(|notes| {
                         if notes.is_empty() {
                             return "nothing found".to_owned();
@@ -224,5 +236,106 @@ impl HostTools for MemoryTools {
             }
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use warren_memory::HashEmbedder;
+    use warren_testkit::TempDir;
+
+    fn tools(memory: &Memory, agent: &str, workspace: Option<&str>) -> MemoryTools {
+        MemoryTools {
+            memory: memory.clone(),
+            agent: agent.into(),
+            workspace: workspace.map(str::to_owned),
+            task: "t-now".into(),
+            granted: vec![
+                "recall".into(),
+                "memory_query".into(),
+                "memory_store".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn recall_sees_this_workspaces_history_only_and_notes_stay_with_their_agent() {
+        let t = TempDir::new("memory-scope");
+        let memory = Memory {
+            db: Arc::new(MemoryDb::open(&t.path().join("m.db")).unwrap()),
+            embedder: Some(Arc::new(HashEmbedder::new(64))),
+        };
+        memory.note(
+            "episode",
+            "coder",
+            Some("/p/a"),
+            "t-a1",
+            "fixed the tokenizer bug in a",
+        );
+        memory.note(
+            "reflection",
+            "other",
+            Some("/p/a"),
+            "t-a2",
+            "tokenizer tests run fast",
+        );
+        memory.note(
+            "episode",
+            "coder",
+            Some("/p/b"),
+            "t-b1",
+            "tokenizer secret plan of b",
+        );
+        memory.note(
+            "episode",
+            "coder",
+            None,
+            "t-n1",
+            "tokenizer without a workspace",
+        );
+        memory.note(
+            "note",
+            "reviewer",
+            Some("/p/a"),
+            "t-a3",
+            "tokenizer notes of the reviewer",
+        );
+        let call = |tools: &MemoryTools, name: &str, args: Value| {
+            tools.call(name, &args).unwrap().unwrap()
+        };
+        let on_a = tools(&memory, "coder", Some("/p/a"));
+        let got = call(&on_a, "recall", json!({"query": "tokenizer"}));
+        assert!(
+            got.contains("bug in a") && got.contains("tests run fast"),
+            "{got}"
+        );
+        assert!(
+            !got.contains("plan of b") && !got.contains("without a workspace"),
+            "{got}"
+        );
+        assert!(!got.contains("reviewer"), "notes are not history: {got}");
+        // One task's history.
+        let one = call(
+            &on_a,
+            "recall",
+            json!({"query": "tokenizer", "task": "t-a2"}),
+        );
+        assert!(
+            one.contains("tests run fast") && !one.contains("bug in a"),
+            "{one}"
+        );
+        // No workspace: the agent's own history only.
+        let nowhere = tools(&memory, "coder", None);
+        let got = call(&nowhere, "recall", json!({"query": "tokenizer"}));
+        assert!(got.contains("without a workspace"), "{got}");
+        assert!(!got.contains("tests run fast"), "{got}");
+        // Notes: this agent's only.
+        let got = call(&on_a, "memory_query", json!({"query": "tokenizer"}));
+        assert_eq!(got, "nothing found");
+        let reviewer = tools(&memory, "reviewer", Some("/p/b"));
+        let got = call(&reviewer, "memory_query", json!({"query": "tokenizer"}));
+        assert!(got.contains("notes of the reviewer"), "{got}");
     }
 }

@@ -86,44 +86,24 @@ fn main() {
         r.bytes as f64 / 1e6 / secs
     );
 
-    // Queries: identifiers and phrases sampled from the corpus itself.
+    // Queries: phrases from the corpus itself — three words from each of `queries` chunks
+    // spread over the whole index (distinct queries, no repeats) — and, for filtered queries,
+    // the directory of the crate that chunk came from.
+    let (qs, crates) = sample_queries(&memv, queries);
     let t0 = Instant::now();
     let ix = CodeIndex::new(&memv, Some(&e)).unwrap();
     println!(
-        "\n## queries over {} chunks (vectors loaded and IVF built in {:.1} s; approximate: {})",
+        "\n## {} queries over {} chunks (vectors loaded and IVF built in {:.1} s; approximate: {})",
+        qs.len(),
         ix.vectors(),
         t0.elapsed().as_secs_f64(),
         ix.approximate()
     );
-    let words = [
-        "parse duration",
-        "open socket connection",
-        "serialize struct to json",
-        "hash map insert",
-        "read file to string",
-        "spawn thread",
-        "utf8 decode error",
-        "base64 encode",
-        "mutex lock",
-        "tcp listener accept",
-        "regex match",
-        "sort by key",
-        "iterator adapter",
-        "error display",
-        "async runtime block on",
-        "sha256 digest",
-        "http header value",
-        "parse integer radix",
-        "path join",
-        "environment variable",
-    ];
-    let qs: Vec<String> = (0..queries)
-        .map(|i| words[i % words.len()].to_owned())
-        .collect();
+    println!("e.g. {:?}", &qs[..3.min(qs.len())]);
     let f = Filter::default();
-    let (mut hybrid, mut fts) = (Vec::new(), Vec::new());
     let fts_ix = CodeIndex::new(&memv, None).unwrap();
-    for q in &qs {
+    let (mut hybrid, mut fts, mut hybrid_f) = (Vec::new(), Vec::new(), Vec::new());
+    for (q, c) in qs.iter().zip(&crates) {
         let t = Instant::now();
         let r = ix.search(q, 10, &f, Fusion::default()).unwrap();
         hybrid.push(t.elapsed());
@@ -131,23 +111,44 @@ fn main() {
         let t = Instant::now();
         fts_ix.search(q, 10, &f, Fusion::default()).unwrap();
         fts.push(t.elapsed());
+        let in_crate = Filter {
+            path_prefix: Some(c.clone()),
+            ..Filter::default()
+        };
+        let t = Instant::now();
+        let r = ix.search(q, 10, &in_crate, Fusion::default()).unwrap();
+        hybrid_f.push(t.elapsed());
+        assert!(r.hits.iter().all(|h| h.path.starts_with(c.as_str())));
     }
     let qv: Vec<Vec<f32>> = e
         .embed(&qs.iter().map(String::as_str).collect::<Vec<_>>())
         .unwrap();
     let (mut approx_t, mut exact_t) = (Vec::new(), Vec::new());
-    let mut hits = 0usize;
-    for v in &qv {
+    let (mut hits, mut wanted) = (0usize, 0usize);
+    let (mut hits_f, mut wanted_f) = (0usize, 0usize);
+    let recall = |a: &[(usize, f32)], x: &[(usize, f32)]| {
+        a.iter().filter(|p| x.iter().any(|y| y.0 == p.0)).count()
+    };
+    for (v, c) in qv.iter().zip(&crates) {
         let t = Instant::now();
         let a = ix.vector_top(v, 10, &f, false);
         approx_t.push(t.elapsed());
         let t = Instant::now();
         let x = ix.vector_top(v, 10, &f, true);
         exact_t.push(t.elapsed());
-        let xs: Vec<usize> = x.iter().map(|p| p.0).collect();
-        hits += a.iter().filter(|p| xs.contains(&p.0)).count();
+        hits += recall(&a, &x);
+        wanted += x.len();
+        let in_crate = Filter {
+            path_prefix: Some(c.clone()),
+            ..Filter::default()
+        };
+        let a = ix.vector_top(v, 10, &in_crate, false);
+        let x = ix.vector_top(v, 10, &in_crate, true);
+        hits_f += recall(&a, &x);
+        wanted_f += x.len();
     }
     let (h50, h99) = pct(hybrid);
+    let (g50, g99) = pct(hybrid_f);
     let (f50, f99) = pct(fts);
     let (a50, a99) = pct(approx_t);
     let (x50, x99) = pct(exact_t);
@@ -155,16 +156,52 @@ fn main() {
         "hybrid (embed query + IVF + BM25 + fuse): p50 {h50:.2} ms  p99 {h99:.2} ms  (target <= 10 ms p50: {})",
         if h50 <= 10.0 { "met" } else { "NOT met" }
     );
+    println!("hybrid, filtered to the query's crate:    p50 {g50:.2} ms  p99 {g99:.2} ms");
     println!("full-text only (BM25):                    p50 {f50:.2} ms  p99 {f99:.2} ms");
     println!("vector top-10, IVF:                       p50 {a50:.2} ms  p99 {a99:.2} ms");
     println!(
         "vector top-10, exact (the peer):          p50 {x50:.2} ms  p99 {x99:.2} ms  (IVF speed-up {:.1}x)",
         x50 / a50
     );
-    let recall = hits as f64 / (qv.len() * 10) as f64;
+    let r = hits as f64 / wanted.max(1) as f64;
     println!(
-        "recall@10 of IVF against exact: {recall:.3} (target >= 0.95: {})",
-        if recall >= 0.95 { "met" } else { "NOT met" }
+        "recall@10 of IVF against exact: {r:.3} over {} distinct queries (target >= 0.95: {})",
+        qv.len(),
+        if r >= 0.95 { "met" } else { "NOT met" }
+    );
+    println!(
+        "recall@10 of IVF against exact, filtered to the query's crate: {:.3}",
+        hits_f as f64 / wanted_f.max(1) as f64
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `n` distinct queries of three words (four letters or more), each from one chunk, chunks
+/// spread evenly over the index; with each, the first two components of its path (the crate's
+/// directory in the registry's layout).
+fn sample_queries(mem: &MemoryDb, n: usize) -> (Vec<String>, Vec<String>) {
+    let chunks = mem.chunk_count(None).unwrap().max(1);
+    let step = (chunks / (n as u64 * 2)).max(1);
+    let mut seen = std::collections::HashSet::new();
+    let (mut qs, mut dirs) = (Vec::new(), Vec::new());
+    let mut id = 1;
+    while qs.len() < n && id <= chunks as i64 * 2 {
+        if let Some((path, text)) = mem.chunk_text(id).unwrap() {
+            let w: Vec<String> = warren_memory::embed::words(&text)
+                .into_iter()
+                .filter(|w| w.len() >= 4 && w.chars().all(|c| c.is_ascii_alphabetic()))
+                .collect();
+            if w.len() >= 6 {
+                let at = w.len() / 3;
+                let q = w[at..at + 3].join(" ");
+                let dir: Vec<&str> = path.splitn(3, '/').collect();
+                if dir.len() == 3 && seen.insert(q.clone()) {
+                    qs.push(q);
+                    dirs.push(format!("{}/{}/", dir[0], dir[1]));
+                }
+            }
+        }
+        id += step as i64;
+    }
+    (qs, dirs)
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ann::Vectors;
+use crate::search::{Filter, NoteFilter};
 
 /// Memory failures.
 #[derive(Debug, thiserror::Error)]
@@ -207,28 +208,47 @@ impl MemoryDb {
         Ok(out)
     }
 
-    /// Chunk vectors made by `embedder`.
-    pub fn chunk_vectors(&self, embedder: &str, dims: usize) -> Result<VectorRows, MemoryError> {
+    /// Chunk vectors made by `embedder`, only those `filter` keeps (selected in SQL: rows
+    /// outside the filter are never read).
+    pub fn chunk_vectors(
+        &self,
+        embedder: &str,
+        dims: usize,
+        filter: &Filter,
+    ) -> Result<VectorRows, MemoryError> {
         self.vectors(
-            "SELECT id, workspace, path, vector FROM chunks WHERE embedder = ?1 AND vector IS NOT NULL ORDER BY id",
-            embedder,
+            "SELECT id, workspace, path, vector FROM chunks WHERE embedder = ?1 AND vector IS NOT NULL \
+             AND (?2 IS NULL OR workspace = ?2) AND (?3 IS NULL OR substr(path, 1, length(?3)) = ?3) ORDER BY id",
+            params![embedder, filter.workspace, filter.path_prefix],
             dims,
         )
     }
 
-    /// Note vectors made by `embedder` (path column: `kind/agent`).
-    pub fn note_vectors(&self, embedder: &str, dims: usize) -> Result<VectorRows, MemoryError> {
+    /// Note vectors made by `embedder` that `filter` keeps (path column: `kind/agent`).
+    pub fn note_vectors(
+        &self,
+        embedder: &str,
+        dims: usize,
+        filter: &NoteFilter<'_>,
+    ) -> Result<VectorRows, MemoryError> {
         self.vectors(
-            "SELECT id, coalesce(workspace, ''), kind || '/' || coalesce(agent, ''), vector FROM notes WHERE embedder = ?1 AND vector IS NOT NULL ORDER BY id",
-            embedder,
+            "SELECT id, coalesce(workspace, ''), kind || '/' || coalesce(agent, ''), vector FROM notes \
+             WHERE embedder = ?1 AND vector IS NOT NULL AND instr(?2, ',' || kind || ',') > 0 \
+             AND (?3 IS NULL OR agent = ?3) AND (?4 IS NULL OR workspace = ?4) AND (?5 IS NULL OR task = ?5) ORDER BY id",
+            params![embedder, filter.kinds_csv(), filter.agent, filter.workspace, filter.task],
             dims,
         )
     }
 
-    fn vectors(&self, sql: &str, embedder: &str, dims: usize) -> Result<VectorRows, MemoryError> {
+    fn vectors(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+        dims: usize,
+    ) -> Result<VectorRows, MemoryError> {
         let c = self.lock();
-        let mut st = c.prepare(sql).map_err(db)?;
-        let mut rows = st.query([embedder]).map_err(db)?;
+        let mut st = c.prepare_cached(sql).map_err(db)?;
+        let mut rows = st.query(args).map_err(db)?;
         let mut out = VectorRows {
             vectors: Vectors {
                 dims,
@@ -249,6 +269,16 @@ impl MemoryDb {
             out.vectors.data.extend(v);
         }
         Ok(out)
+    }
+
+    /// One chunk's path and text.
+    pub fn chunk_text(&self, id: i64) -> Result<Option<(String, String)>, MemoryError> {
+        self.lock()
+            .query_row("SELECT path, text FROM chunks WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(db)
     }
 
     /// Number of chunks (of one workspace, or all).

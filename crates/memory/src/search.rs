@@ -1,16 +1,24 @@
 //! Hybrid retrieval: vector similarity and BM25 full text, fused.
 //!
-//! Both sides apply the filter (workspace, path prefix) *before* ranking: the full-text side in
-//! the same SQL statement as the match, the vector side on each candidate before it is scored.
-//! Vector search is exact below [`CodeIndex::exact_below`] vectors and uses the IVF index
-//! above it. Fusion is weighted (min-max normalized scores, default 0.7 vector / 0.3 text) or
+//! Both sides apply the filter (workspace, path prefix for code; kind, agent, workspace, task
+//! for notes) *before* ranking, never to a ranked list afterwards:
+//!
+//! - full text: in the same SQL statement as the match (or, equivalently and faster, on
+//!   FTS5's own rank order, read until k kept rows are found);
+//! - vectors, one-off queries ([`CodeIndex::scoped`], notes): only the filter's rows are read
+//!   from SQLite and scored;
+//! - vectors, a long-lived index ([`CodeIndex::new`]): exact below 20 000 vectors; above, IVF,
+//!   with the filter's size looked up first — a narrow filter is scored exactly over its own
+//!   rows, a wide one inside the probed lists (see [`CodeIndex::vector_top`]).
+//!
+//! Fusion is weighted (min-max normalized scores, default 0.7 vector / 0.3 text) or
 //! reciprocal rank fusion. Without an embedder, retrieval is full-text only, and says so.
 
 use std::collections::HashMap;
 
 use rusqlite::params;
 
-use crate::ann::Ivf;
+use crate::ann::{Ivf, Quantized};
 use crate::db::{MemoryDb, MemoryError, Note, VectorRows, db};
 use crate::embed::{Embedder, words};
 
@@ -21,6 +29,42 @@ pub struct Filter {
     pub workspace: Option<String>,
     /// Only paths starting with this (relative to the workspace).
     pub path_prefix: Option<String>,
+}
+
+impl Filter {
+    /// Whether it keeps everything.
+    pub fn is_empty(&self) -> bool {
+        self.workspace.is_none() && self.path_prefix.is_none()
+    }
+
+    /// Whether a chunk of `workspace` at `path` is kept.
+    pub fn keeps(&self, workspace: &str, path: &str) -> bool {
+        self.workspace.as_deref().is_none_or(|w| w == workspace)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// Which notes to search: every field set narrows (applied in SQL, before either ranking).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoteFilter<'a> {
+    /// Kinds (`note`, `reflection`, `episode`); empty keeps none.
+    pub kinds: &'a [&'a str],
+    /// Only this agent's.
+    pub agent: Option<&'a str>,
+    /// Only this workspace's.
+    pub workspace: Option<&'a str>,
+    /// Only this task's.
+    pub task: Option<&'a str>,
+}
+
+impl NoteFilter<'_> {
+    /// The kinds as `,a,b,` (one SQL parameter, matched with `instr`).
+    pub(crate) fn kinds_csv(&self) -> String {
+        format!(",{},", self.kinds.join(","))
+    }
 }
 
 /// How the two rankings are combined.
@@ -102,40 +146,106 @@ fn fts_join(q: &str, sep: &str) -> Option<String> {
 }
 
 /// Searches the code index (vectors loaded once).
+///
+/// Three ways to open one: [`CodeIndex::new`] loads every vector and builds the IVF index when
+/// there are many (a long-lived index: the daemon, the benchmark); [`CodeIndex::scoped`] loads
+/// only the vectors a filter keeps and scores them exactly (a one-off query: `warren memory
+/// search`, the `code_search` tool); [`CodeIndex::with_threshold`] is `new` with another size
+/// at which IVF takes over.
 pub struct CodeIndex<'a> {
     db: &'a MemoryDb,
     embedder: Option<&'a dyn Embedder>,
     rows: Option<VectorRows>,
     ivf: Option<Ivf>,
-    /// Use exact vector search below this many vectors.
-    pub exact_below: usize,
+    /// int8 copies of the vectors, for the IVF scan.
+    codes: Option<Quantized>,
+    keys: Option<KeyIndex>,
     /// IVF lists scored per query.
     pub nprobe: usize,
 }
 
+/// Row positions sorted by (workspace, path): the rows a filter keeps are a few ranges of
+/// it, found by binary search, so a filter's size is known before any vector is scored.
+struct KeyIndex {
+    by_key: Vec<u32>,
+    /// Each workspace and its range of `by_key`.
+    workspaces: Vec<(String, std::ops::Range<usize>)>,
+}
+
+impl KeyIndex {
+    fn build(rows: &VectorRows) -> KeyIndex {
+        let mut by_key: Vec<u32> = (0..rows.vectors.len() as u32).collect();
+        by_key.sort_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            (&rows.workspace[a], &rows.path[a]).cmp(&(&rows.workspace[b], &rows.path[b]))
+        });
+        let mut workspaces: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+        for (pos, &i) in by_key.iter().enumerate() {
+            let w = &rows.workspace[i as usize];
+            match workspaces.last_mut() {
+                Some((last, r)) if last == w => r.end = pos + 1,
+                _ => workspaces.push((w.clone(), pos..pos + 1)),
+            }
+        }
+        KeyIndex { by_key, workspaces }
+    }
+
+    /// The ranges of `by_key` whose rows `filter` keeps.
+    fn ranges(&self, rows: &VectorRows, filter: &Filter) -> Vec<std::ops::Range<usize>> {
+        self.workspaces
+            .iter()
+            .filter(|(w, _)| filter.workspace.as_ref().is_none_or(|x| x == w))
+            .filter_map(|(_, r)| {
+                let Some(p) = filter.path_prefix.as_deref() else {
+                    return Some(r.clone());
+                };
+                // Paths starting with `p` are contiguous in sorted order, right after those
+                // below `p`.
+                let slice = &self.by_key[r.clone()];
+                let path = |i: &u32| rows.path[*i as usize].as_str();
+                let lo = slice.partition_point(|i| path(i) < p);
+                let hi = slice.partition_point(|i| path(i) < p || path(i).starts_with(p));
+                (hi > lo).then(|| r.start + lo..r.start + hi)
+            })
+            .collect()
+    }
+}
+
 impl<'a> CodeIndex<'a> {
-    /// Load the vectors `embedder` made (none without an embedder); build IVF when large
-    /// (worth it for a long-lived index; see [`CodeIndex::exact`] for one-off queries).
+    /// Load every vector `embedder` made (none without an embedder); build IVF when there are
+    /// 20 000 or more (worth it for a long-lived index; see [`CodeIndex::scoped`] for one-off
+    /// queries).
     pub fn new(db: &'a MemoryDb, embedder: Option<&'a dyn Embedder>) -> Result<Self, MemoryError> {
-        Self::with(db, embedder, true)
+        Self::with_threshold(db, embedder, 20_000)
     }
 
-    /// Like [`CodeIndex::new`], but always exact: no index to build (a one-off query, where
-    /// building IVF costs more than scoring every vector once).
-    pub fn exact(
+    /// Like [`CodeIndex::new`], with IVF from `exact_below` vectors on.
+    pub fn with_threshold(
         db: &'a MemoryDb,
         embedder: Option<&'a dyn Embedder>,
+        exact_below: usize,
     ) -> Result<Self, MemoryError> {
-        Self::with(db, embedder, false)
+        Self::load(db, embedder, &Filter::default(), Some(exact_below))
     }
 
-    fn with(
+    /// Load only the vectors `filter` keeps (selected in SQL) and score them exactly: no index
+    /// to build, which for a one-off query costs more than scoring every vector once.
+    pub fn scoped(
         db: &'a MemoryDb,
         embedder: Option<&'a dyn Embedder>,
-        approximate: bool,
+        filter: &Filter,
+    ) -> Result<Self, MemoryError> {
+        Self::load(db, embedder, filter, None)
+    }
+
+    fn load(
+        db: &'a MemoryDb,
+        embedder: Option<&'a dyn Embedder>,
+        filter: &Filter,
+        exact_below: Option<usize>,
     ) -> Result<Self, MemoryError> {
         let rows = match embedder {
-            Some(e) => Some(db.chunk_vectors(&e.name(), e.dims())?),
+            Some(e) => Some(db.chunk_vectors(&e.name(), e.dims(), filter)?),
             None => None,
         };
         let mut me = CodeIndex {
@@ -143,12 +253,12 @@ impl<'a> CodeIndex<'a> {
             embedder,
             rows,
             ivf: None,
-            exact_below: 20_000,
+            codes: None,
+            keys: None,
             nprobe: 24,
         };
-        if let Some(r) = &me.rows
-            && approximate
-            && r.vectors.len() >= me.exact_below
+        if let (Some(r), Some(exact_below)) = (&me.rows, exact_below)
+            && r.vectors.len() >= exact_below
         {
             let nlist = (r.vectors.len() as f64).sqrt() as usize;
             let mut ivf = Ivf::build(&r.vectors, nlist, 8);
@@ -172,6 +282,8 @@ impl<'a> CodeIndex<'a> {
                 rows.path.push(r.path[i].clone());
             }
             ivf.contiguous();
+            me.keys = Some(KeyIndex::build(&rows));
+            me.codes = Some(Quantized::new(&rows.vectors));
             me.rows = Some(rows);
             me.ivf = Some(ivf);
             me.nprobe = me.nprobe.max(nlist * 2 / 5);
@@ -190,6 +302,12 @@ impl<'a> CodeIndex<'a> {
     }
 
     /// Top `k` by vectors only (`exact` forces exhaustive scoring): (row index, cosine).
+    ///
+    /// With the IVF index and a filter, the filter's size is looked up first (binary search
+    /// over the rows sorted by workspace and path). A filter that keeps no more rows than IVF
+    /// would score anyway is answered exactly over just its rows: no recall lost to lists
+    /// not probed. A wider filter is applied inside the probed lists, and if they hold fewer
+    /// than `k` of its rows, the filter's rows are scored exactly instead.
     pub fn vector_top(
         &self,
         q: &[f32],
@@ -200,20 +318,36 @@ impl<'a> CodeIndex<'a> {
         let Some(rows) = &self.rows else {
             return Vec::new();
         };
-        let keep = |i: usize| {
-            filter
-                .workspace
-                .as_ref()
-                .is_none_or(|w| rows.workspace[i] == *w)
-                && filter
-                    .path_prefix
-                    .as_ref()
-                    .is_none_or(|p| rows.path[i].starts_with(p.as_str()))
+        let keep = |i: usize| filter.keeps(&rows.workspace[i], &rows.path[i]);
+        let (Some(ivf), Some(codes), Some(keys), false) =
+            (&self.ivf, &self.codes, &self.keys, exact)
+        else {
+            return rows.vectors.exact(q, k, &keep);
         };
-        match (&self.ivf, exact) {
-            (Some(ivf), false) => ivf.search(&rows.vectors, q, k, self.nprobe, &keep),
-            _ => rows.vectors.exact(q, k, &keep),
+        let approximate = || ivf.search_quantized(&rows.vectors, codes, q, k, self.nprobe, &keep);
+        if filter.is_empty() {
+            return approximate();
         }
+        let ranges = keys.ranges(rows, filter);
+        let kept: usize = ranges.iter().map(|r| r.len()).sum();
+        let subset = || {
+            rows.vectors.exact_in(
+                q,
+                k,
+                ranges
+                    .iter()
+                    .flat_map(|r| keys.by_key[r.clone()].iter().map(|&i| i as usize)),
+            )
+        };
+        let probed = rows.vectors.len() * self.nprobe / ivf.nlist().max(1);
+        if kept <= probed {
+            return subset();
+        }
+        let top = approximate();
+        if top.len() < k.min(kept) {
+            return subset();
+        }
+        top
     }
 
     /// Hybrid search.
@@ -225,19 +359,30 @@ impl<'a> CodeIndex<'a> {
         fusion: Fusion,
     ) -> Result<Results, MemoryError> {
         let pool = (k * 5).max(50);
-        let text = self.text_top(query, pool, filter)?;
-        let (vector, mode) = match (self.embedder, &self.rows) {
-            (Some(e), Some(rows)) => {
+        // The two sides are independent: the vector side (embed the query, scan) runs on a
+        // second thread while SQLite ranks the text.
+        let vector_side =
+            |e: &dyn Embedder, rows: &VectorRows| -> Result<Vec<(i64, f32)>, MemoryError> {
                 let qv = e.embed(&[query])?.pop().unwrap_or_default();
-                let top = self.vector_top(&qv, pool, filter, false);
-                (
-                    top.into_iter()
-                        .map(|(i, s)| (rows.vectors.ids[i], s))
-                        .collect::<Vec<_>>(),
-                    "hybrid".to_owned(),
-                )
+                Ok(self
+                    .vector_top(&qv, pool, filter, false)
+                    .into_iter()
+                    .map(|(i, s)| (rows.vectors.ids[i], s))
+                    .collect())
+            };
+        let (text, vector, mode) = match (self.embedder, &self.rows) {
+            (Some(e), Some(rows)) => {
+                let (text, vector) = std::thread::scope(|s| {
+                    let v = s.spawn(|| vector_side(e, rows));
+                    let t = self.text_top(query, pool, filter);
+                    (t, v.join())
+                });
+                let vector =
+                    vector.map_err(|_| MemoryError::Io("vector search panicked".into()))??;
+                (text?, vector, "hybrid".to_owned())
             }
             _ => (
+                self.text_top(query, pool, filter)?,
                 Vec::new(),
                 "full-text only (no embedder configured)".to_owned(),
             ),
@@ -301,42 +446,45 @@ impl<'a> CodeIndex<'a> {
         filter: &Filter,
     ) -> Result<Vec<(i64, f32)>, MemoryError> {
         let c = self.db.lock();
-        // Fast path: FTS5 ranks on its own (`ORDER BY rank`) and the filter is checked on a
-        // generous top; the fully filtered statement runs only when that leaves too few.
-        let wide = (k * 8) as i64;
-        let rows: Vec<(i64, f32, String, String)> = {
+        // Fast path: FTS5 ranks on its own, and the filter is checked on a generous top, row by
+        // row in rank order until k are kept; the fully filtered statement runs only when that
+        // leaves too few. (`bm25()` spelled out: `ORDER BY rank` costs twice as much here.)
+        let wide = if filter.is_empty() { k } else { k * 8 } as i64;
+        let ranked: Vec<(i64, f32)> = {
             let mut st = c
                 .prepare_cached(
-                    "SELECT c.id, r.rank, c.workspace, c.path FROM \
-                     (SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY rank LIMIT ?2) r \
-                     JOIN chunks c ON c.id = r.rowid ORDER BY r.rank",
+                    "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 \
+                     ORDER BY 2, 1 LIMIT ?2",
                 )
                 .map_err(db)?;
             st.query_map(params![q, wide], |r| {
-                Ok((
-                    r.get(0)?,
-                    -(r.get::<_, f64>(1)? as f32),
-                    r.get(2)?,
-                    r.get(3)?,
-                ))
+                Ok((r.get(0)?, -(r.get::<_, f64>(1)? as f32)))
             })
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)?
         };
-        let exhausted = (rows.len() as i64) < wide;
-        let kept: Vec<(i64, f32)> = rows
-            .into_iter()
-            .filter(|(_, _, w, p)| {
-                filter.workspace.as_ref().is_none_or(|x| x == w)
-                    && filter
-                        .path_prefix
-                        .as_ref()
-                        .is_none_or(|x| p.starts_with(x.as_str()))
-            })
-            .map(|(id, s, _, _)| (id, s))
-            .take(k)
-            .collect();
+        let exhausted = (ranked.len() as i64) < wide;
+        if filter.is_empty() {
+            return Ok(ranked);
+        }
+        let mut kept = Vec::with_capacity(k);
+        {
+            let mut st = c
+                .prepare_cached("SELECT workspace, path FROM chunks WHERE id = ?1")
+                .map_err(db)?;
+            for (id, score) in ranked {
+                let (w, p): (String, String) = st
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db)?;
+                if filter.keeps(&w, &p) {
+                    kept.push((id, score));
+                    if kept.len() == k {
+                        break;
+                    }
+                }
+            }
+        }
         if kept.len() >= k || exhausted {
             return Ok(kept);
         }
@@ -344,7 +492,7 @@ impl<'a> CodeIndex<'a> {
             .prepare_cached(
                 "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid \
                  WHERE chunks_fts MATCH ?1 AND (?2 IS NULL OR c.workspace = ?2) \
-                 AND (?3 IS NULL OR substr(c.path, 1, length(?3)) = ?3) ORDER BY 2 LIMIT ?4",
+                 AND (?3 IS NULL OR substr(c.path, 1, length(?3)) = ?3) ORDER BY 2, 1 LIMIT ?4",
             )
             .map_err(db)?;
         let rows = st
@@ -399,56 +547,49 @@ pub fn fuse(
     out
 }
 
-/// Search notes of the given kinds (agent and workspace filters applied first).
+/// Search notes (every field of `filter` applied in SQL, before either ranking).
 pub fn search_notes(
     mem: &MemoryDb,
     embedder: Option<&dyn Embedder>,
-    kinds: &[&str],
-    agent: Option<&str>,
-    workspace: Option<&str>,
+    filter: &NoteFilter<'_>,
     query: &str,
     k: usize,
 ) -> Result<Vec<Note>, MemoryError> {
-    let in_kinds = |kind: &str| kinds.contains(&kind);
+    let pool = (k * 5).max(50) as i64;
     let text: Vec<(i64, f32)> = match fts_query(query) {
         None => Vec::new(),
         Some(q) => {
             let c = mem.lock();
             let mut st = c
                 .prepare_cached(
-                    "SELECT n.id, bm25(notes_fts), n.kind FROM notes_fts JOIN notes n ON n.id = notes_fts.rowid \
-                     WHERE notes_fts MATCH ?1 AND (?2 IS NULL OR n.agent = ?2) AND (?3 IS NULL OR n.workspace = ?3) \
-                     ORDER BY 2 LIMIT 200",
+                    "SELECT n.id, bm25(notes_fts) FROM notes_fts JOIN notes n ON n.id = notes_fts.rowid \
+                     WHERE notes_fts MATCH ?1 AND instr(?2, ',' || n.kind || ',') > 0 AND (?3 IS NULL OR n.agent = ?3) \
+                     AND (?4 IS NULL OR n.workspace = ?4) AND (?5 IS NULL OR n.task = ?5) ORDER BY 2 LIMIT ?6",
                 )
                 .map_err(db)?;
             let rows = st
-                .query_map(params![q, agent, workspace], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        -(r.get::<_, f64>(1)? as f32),
-                        r.get::<_, String>(2)?,
-                    ))
-                })
+                .query_map(
+                    params![
+                        q,
+                        filter.kinds_csv(),
+                        filter.agent,
+                        filter.workspace,
+                        filter.task,
+                        pool
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)?, -(r.get::<_, f64>(1)? as f32))),
+                )
                 .map_err(db)?;
-            rows.filter_map(Result::ok)
-                .filter(|(_, _, kind)| in_kinds(kind))
-                .map(|(id, s, _)| (id, s))
-                .collect()
+            rows.collect::<Result<_, _>>().map_err(db)?
         }
     };
     let vector: Vec<(i64, f32)> = match embedder {
         None => Vec::new(),
         Some(e) => {
-            let rows = mem.note_vectors(&e.name(), e.dims())?;
+            let rows = mem.note_vectors(&e.name(), e.dims(), filter)?;
             let qv = e.embed(&[query])?.pop().unwrap_or_default();
-            let keep = |i: usize| {
-                let (kind, a) = rows.path[i].split_once('/').unwrap_or(("", ""));
-                in_kinds(kind)
-                    && agent.is_none_or(|x| x == a)
-                    && workspace.is_none_or(|w| rows.workspace[i] == w)
-            };
             rows.vectors
-                .exact(&qv, 50, &keep)
+                .exact(&qv, pool as usize, &|_| true)
                 .into_iter()
                 .map(|(i, s)| (rows.vectors.ids[i], s))
                 .collect()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use warren_memory::embed::HashEmbedder;
 use warren_memory::index::index;
-use warren_memory::search::{Filter, Fusion, search_notes};
+use warren_memory::search::{Filter, Fusion, NoteFilter, search_notes};
 use warren_memory::{CodeIndex, MemoryDb};
 
 struct Dir(PathBuf);
@@ -160,6 +160,117 @@ fn hybrid_ranks_by_both_and_filters_apply_before_ranking() {
     );
 }
 
+/// A generated project: `dirs` directories of `files` files, each three functions (a chunk
+/// each) whose words vary with the directory and file.
+fn generated(root: &Path, dirs: usize, files: usize) {
+    let topics = [
+        "parse", "socket", "buffer", "thread", "digest", "encode", "decode", "mutex", "regex",
+        "listener", "timeout", "channel",
+    ];
+    for d in 0..dirs {
+        let dir = root.join(format!("m{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            let mut src = String::new();
+            for g in 0..3 {
+                let a = topics[(d + g) % topics.len()];
+                let b = topics[(f * 7 + g * 3) % topics.len()];
+                src.push_str(&format!(
+                    "/// {a} the {b} of item {d} {f} {g}.\npub fn {a}_{b}_{d}_{f}_{g}(x: u64) -> u64 {{\n    let y = x * {d};\n    let z = y + {f};\n    let w = z ^ {g};\n    let v = w.rotate_left(3);\n    v + {g}\n}}\n\n"
+                ));
+            }
+            std::fs::write(dir.join(format!("f{f:02}.rs")), src).unwrap();
+        }
+    }
+}
+
+#[test]
+fn approximate_index_answers_filtered_queries_like_exact_search() {
+    let d = dir("ivf-filter");
+    let (a, b) = (d.0.join("a"), d.0.join("b"));
+    generated(&a, 24, 20);
+    generated(&b, 4, 5);
+    let mem = MemoryDb::open(&d.0.join("m.db")).unwrap();
+    let e = HashEmbedder::new(64);
+    index(&mem, &a, Some(&e), &mut |_| {}).unwrap();
+    index(&mem, &b, Some(&e), &mut |_| {}).unwrap();
+    let wa = std::fs::canonicalize(&a).unwrap().display().to_string();
+    let wb = std::fs::canonicalize(&b).unwrap().display().to_string();
+    // IVF from 100 vectors on, so this small corpus is searched approximately.
+    let mut ix = CodeIndex::with_threshold(&mem, Some(&e), 100).unwrap();
+    assert!(ix.approximate(), "{} vectors", ix.vectors());
+    // Two lists probed of ~38: a filter searched inside them would miss most of its rows.
+    ix.nprobe = 2;
+    let filter = |w: Option<&str>, p: Option<&str>| Filter {
+        workspace: w.map(str::to_owned),
+        path_prefix: p.map(str::to_owned),
+    };
+    let queries = [
+        "parse socket",
+        "thread mutex timeout",
+        "encode the buffer",
+        "regex",
+    ];
+    // Narrow filters (a directory, a file, the other workspace) keep fewer rows than IVF
+    // would score: answered exactly over their own rows, identical to exact search.
+    for f in [
+        filter(Some(&wa), Some("m07/")),
+        filter(Some(&wa), Some("m11/f03.rs")),
+        filter(Some(&wb), None),
+        filter(None, Some("m02/")),
+    ] {
+        for q in queries {
+            let qv = warren_memory::Embedder::embed(&e, &[q]).unwrap().remove(0);
+            let approx = ix.vector_top(&qv, 10, &f, false);
+            let exact = ix.vector_top(&qv, 10, &f, true);
+            assert!(!exact.is_empty(), "{f:?}");
+            assert_eq!(approx, exact, "{f:?} {q}");
+        }
+    }
+    // A wide filter (all of workspace a) is applied inside the probed lists: k hits, all
+    // kept by the filter, most of them exact search's.
+    ix.nprobe = 24;
+    let wide = filter(Some(&wa), None);
+    let mut same = 0;
+    for q in queries {
+        let qv = warren_memory::Embedder::embed(&e, &[q]).unwrap().remove(0);
+        let approx = ix.vector_top(&qv, 10, &wide, false);
+        let exact: Vec<usize> = ix
+            .vector_top(&qv, 10, &wide, true)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(approx.len(), 10);
+        same += approx.iter().filter(|x| exact.contains(&x.0)).count();
+    }
+    assert!(same >= 30, "recall {same}/40");
+    // Hybrid results under a filter never leave it.
+    let r = ix
+        .search(
+            "parse socket",
+            10,
+            &filter(None, Some("m03/")),
+            Fusion::default(),
+        )
+        .unwrap();
+    assert_eq!(r.hits.len(), 10);
+    assert!(r.hits.iter().all(|h| h.path.starts_with("m03/")), "{r:?}");
+    // A one-off scoped index reads only the filter's vectors from the database.
+    let scoped = CodeIndex::scoped(&mem, Some(&e), &filter(Some(&wb), None)).unwrap();
+    assert_eq!(scoped.vectors() as u64, mem.chunk_count(Some(&wb)).unwrap());
+    let scoped = CodeIndex::scoped(&mem, Some(&e), &filter(Some(&wa), Some("m05/"))).unwrap();
+    assert_eq!(scoped.vectors(), 20 * 3);
+    let r = scoped
+        .search(
+            "decode",
+            5,
+            &filter(Some(&wa), Some("m05/")),
+            Fusion::default(),
+        )
+        .unwrap();
+    assert!(r.hits.iter().all(|h| h.path.starts_with("m05/")), "{r:?}");
+}
+
 #[test]
 fn notes_are_per_agent_and_searchable() {
     let d = dir("notes");
@@ -188,31 +299,29 @@ fn notes_are_per_agent_and_searchable() {
         "reflection",
         "Running the tests first saved a turn",
     );
-    let got = search_notes(
-        &mem,
-        Some(&e),
-        &["note"],
-        Some("coder"),
-        None,
-        "flaky test",
-        5,
-    )
-    .unwrap();
+    let notes = |agent| NoteFilter {
+        kinds: &["note"],
+        agent,
+        ..NoteFilter::default()
+    };
+    let got = search_notes(&mem, Some(&e), &notes(Some("coder")), "flaky test", 5).unwrap();
     assert_eq!(got.len(), 1);
     assert!(got[0].text.contains("RUST_TEST_THREADS"));
     let refl = search_notes(
         &mem,
         None,
-        &["reflection"],
-        None,
-        Some("/ws"),
+        &NoteFilter {
+            kinds: &["reflection"],
+            workspace: Some("/ws"),
+            ..NoteFilter::default()
+        },
         "tests first",
         5,
     )
     .unwrap();
     assert_eq!(refl[0].kind, "reflection");
     assert!(
-        search_notes(&mem, Some(&e), &["note"], Some("nobody"), None, "test", 5)
+        search_notes(&mem, Some(&e), &notes(Some("nobody")), "test", 5)
             .unwrap()
             .is_empty()
     );
