@@ -288,13 +288,7 @@ impl Ivf {
         keep: &dyn Fn(usize) -> bool,
     ) -> Vec<(usize, f32)> {
         let mut top = TopK::new(k);
-        for c in self.probe(q, nprobe) {
-            for i in self.rows(c) {
-                if keep(i) {
-                    top.push(i, dot(q, v.get(i)));
-                }
-            }
-        }
+        self.scan(q, nprobe, keep, |i| top.push(i, dot(q, v.get(i))));
         top.into_sorted()
     }
 
@@ -311,14 +305,25 @@ impl Ivf {
     ) -> Vec<(usize, f32)> {
         let (q8, qs) = Quantized::quantize(q);
         let mut rough = TopK::new((k * 4).max(64));
+        self.scan(q, nprobe, keep, |i| rough.push(i, codes.score(&q8, qs, i)));
+        v.exact_in(q, k, rough.items.into_iter().map(|x| x.0))
+    }
+
+    /// Calls `score` on every row `keep`s in the `nprobe` lists nearest to `q`.
+    fn scan(
+        &self,
+        q: &[f32],
+        nprobe: usize,
+        keep: &dyn Fn(usize) -> bool,
+        mut score: impl FnMut(usize),
+    ) {
         for c in self.probe(q, nprobe) {
             for i in self.rows(c) {
                 if keep(i) {
-                    rough.push(i, codes.score(&q8, qs, i));
+                    score(i);
                 }
             }
         }
-        v.exact_in(q, k, rough.items.into_iter().map(|x| x.0))
     }
 
     /// The `nprobe` lists nearest to `q`, nearest first.
