@@ -445,12 +445,6 @@ impl<'a> CodeIndex<'a> {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<(i64, f32)>, MemoryError> {
-        // A narrow filter (a directory, say): rank its own chunks, run by run of their ids.
-        if !filter.is_empty()
-            && let Some(top) = self.text_in_runs(q, k, filter, 8192)?
-        {
-            return Ok(top);
-        }
         let c = self.db.lock();
         // Fast path: FTS5 ranks on its own, and the filter is checked on a generous top, row by
         // row in rank order until k are kept; the fully filtered statement runs only when that
@@ -494,58 +488,6 @@ impl<'a> CodeIndex<'a> {
         if kept.len() >= k || exhausted {
             return Ok(kept);
         }
-        drop(c);
-        match self.text_in_runs(q, k, filter, usize::MAX)? {
-            Some(top) => Ok(top),
-            None => self.text_joined(q, k, filter),
-        }
-    }
-
-    /// BM25 top `k` of the filter's chunks, ranked run by run of their ids; `None` when the
-    /// ids are not a few runs or more than `max_ids`. A workspace's chunks under a path are, usually (a directory's
-    /// files are indexed together): FTS5 seeks to a rowid range, so ranking a run costs only
-    /// its own matches, and BM25 scores of one query compare across runs.
-    fn text_in_runs(
-        &self,
-        q: &str,
-        k: usize,
-        filter: &Filter,
-        max_ids: usize,
-    ) -> Result<Option<Vec<(i64, f32)>>, MemoryError> {
-        let c = self.db.lock();
-        let Some(runs) = id_runs(&c, filter, 64, max_ids)? else {
-            return Ok(None);
-        };
-        let mut st = c
-            .prepare_cached(
-                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 \
-                 AND rowid BETWEEN ?2 AND ?3 ORDER BY 2, 1 LIMIT ?4",
-            )
-            .map_err(db)?;
-        let mut all: Vec<(i64, f32)> = Vec::new();
-        for (a, b) in runs {
-            let rows = st
-                .query_map(params![q, a, b, k as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, -(r.get::<_, f64>(1)? as f32)))
-                })
-                .map_err(db)?;
-            for r in rows {
-                all.push(r.map_err(db)?);
-            }
-        }
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.truncate(k);
-        Ok(Some(all))
-    }
-
-    /// BM25 top `k` of the filter's chunks: every match joined with its chunk and checked.
-    fn text_joined(
-        &self,
-        q: &str,
-        k: usize,
-        filter: &Filter,
-    ) -> Result<Vec<(i64, f32)>, MemoryError> {
-        let c = self.db.lock();
         let mut st = c
             .prepare_cached(
                 "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid \
@@ -561,59 +503,6 @@ impl<'a> CodeIndex<'a> {
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
-}
-
-/// The ids of the chunks `filter` keeps as at most `max` runs `(first, last)` (every id
-/// between belongs to the filter), read from the `(workspace, path)` index; `None` without a
-/// workspace (no index to read), when the ids are more scattered than that, or more than
-/// `max_ids` of them.
-fn id_runs(
-    c: &rusqlite::Connection,
-    filter: &Filter,
-    max: usize,
-    max_ids: usize,
-) -> Result<Option<Vec<(i64, i64)>>, MemoryError> {
-    let Some(workspace) = &filter.workspace else {
-        return Ok(None);
-    };
-    let prefix = filter.path_prefix.clone().unwrap_or_default();
-    // Paths starting with `prefix` sort from `prefix` up to (not including) `prefix` with its
-    // last character incremented; without a successor, no range.
-    let upper = match prefix.chars().last() {
-        None => None,
-        Some(last) => match char::from_u32(last as u32 + 1) {
-            Some(next) => Some(format!(
-                "{}{next}",
-                &prefix[..prefix.len() - last.len_utf8()]
-            )),
-            None => return Ok(None),
-        },
-    };
-    let mut st = c
-        .prepare_cached(
-            "SELECT id FROM chunks WHERE workspace = ?1 AND path >= ?2 AND (?3 IS NULL OR path < ?3) ORDER BY id",
-        )
-        .map_err(db)?;
-    let mut rows = st.query(params![workspace, prefix, upper]).map_err(db)?;
-    let mut runs: Vec<(i64, i64)> = Vec::new();
-    let mut read = 0;
-    while let Some(r) = rows.next().map_err(db)? {
-        read += 1;
-        if read > max_ids {
-            return Ok(None);
-        }
-        let id: i64 = r.get(0).map_err(db)?;
-        match runs.last_mut() {
-            Some(run) if run.1 + 1 == id => run.1 = id,
-            _ => {
-                if runs.len() == max {
-                    return Ok(None);
-                }
-                runs.push((id, id));
-            }
-        }
-    }
-    Ok(Some(runs))
 }
 
 fn minmax(v: &[(i64, f32)]) -> HashMap<i64, f32> {
@@ -709,76 +598,4 @@ pub fn search_notes(
     let fused = fuse(&vector, &text, Fusion::default(), embedder.is_some());
     let ids: Vec<i64> = fused.into_iter().take(k).map(|x| x.0).collect();
     mem.notes(&ids)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn ranking_a_filter_run_by_run_equals_joining_every_match() {
-        let dir = std::env::temp_dir().join(format!("warren-runs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mem = MemoryDb::open(&dir.join("m.db")).unwrap();
-        // Two workspaces interleaved, so each one's ids form several runs; "token" in every
-        // chunk, more often in some.
-        {
-            let c = mem.lock();
-            for i in 0..300 {
-                let (ws, path) = match i % 7 {
-                    0 | 1 => ("/b", format!("src/f{i}.rs")),
-                    2 => ("/a", format!("docs/f{i}.md")),
-                    _ => ("/a", format!("src/f{i}.rs")),
-                };
-                let text = format!("token {}\nfn f{i}() {{}}", "token ".repeat(i % 5));
-                c.execute(
-                    "INSERT INTO chunks (workspace, path, start_line, end_line, kind, text, embedder) \
-                     VALUES (?1, ?2, 1, 2, 'item', ?3, 'none')",
-                    params![ws, path, text],
-                )
-                .unwrap();
-            }
-        }
-        let ix = CodeIndex::new(&mem, None).unwrap();
-        let f = |w: &str, p: Option<&str>| Filter {
-            workspace: Some(w.into()),
-            path_prefix: p.map(str::to_owned),
-        };
-        for filter in [
-            f("/a", None),
-            f("/a", Some("src/")),
-            f("/b", Some("src/f1")),
-            f("/a", Some("nothing")),
-        ] {
-            for k in [1, 10, 50] {
-                let runs = ix
-                    .text_in_runs("\"token\"", k, &filter, usize::MAX)
-                    .unwrap()
-                    .unwrap();
-                let joined = ix.text_joined("\"token\"", k, &filter).unwrap();
-                assert_eq!(runs, joined, "{filter:?} k={k}");
-            }
-        }
-        // Workspace /a's ids are 43 runs: more than 40 is too scattered (the join is used).
-        let c = mem.lock();
-        assert!(id_runs(&c, &f("/a", None), 40, 1000).unwrap().is_none());
-        assert_eq!(
-            id_runs(&c, &f("/a", None), 64, 1000)
-                .unwrap()
-                .unwrap()
-                .len(),
-            43
-        );
-        // More ids than allowed: none.
-        assert!(id_runs(&c, &f("/a", None), 64, 100).unwrap().is_none());
-        assert!(
-            id_runs(&c, &Filter::default(), 100, 1000)
-                .unwrap()
-                .is_none()
-        );
-        drop(c);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
