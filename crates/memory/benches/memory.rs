@@ -101,6 +101,8 @@ fn main() {
     );
     println!("e.g. {:?}", &qs[..3.min(qs.len())]);
     let f = Filter::default();
+    // Filtered queries name the workspace, as `code_search` and `warren memory search` do.
+    let workspace = std::fs::canonicalize(&tree).unwrap().display().to_string();
     let fts_ix = CodeIndex::new(&memv, None).unwrap();
     let (mut hybrid, mut fts, mut hybrid_f) = (Vec::new(), Vec::new(), Vec::new());
     for (q, c) in qs.iter().zip(&crates) {
@@ -112,8 +114,8 @@ fn main() {
         fts_ix.search(q, 10, &f, Fusion::default()).unwrap();
         fts.push(t.elapsed());
         let in_crate = Filter {
+            workspace: Some(workspace.clone()),
             path_prefix: Some(c.clone()),
-            ..Filter::default()
         };
         let t = Instant::now();
         let r = ix.search(q, 10, &in_crate, Fusion::default()).unwrap();
@@ -139,8 +141,8 @@ fn main() {
         hits += recall(&a, &x);
         wanted += x.len();
         let in_crate = Filter {
+            workspace: Some(workspace.clone()),
             path_prefix: Some(c.clone()),
-            ..Filter::default()
         };
         let a = ix.vector_top(v, 10, &in_crate, false);
         let x = ix.vector_top(v, 10, &in_crate, true);
