@@ -103,9 +103,16 @@ fn main() {
     let f = Filter::default();
     // Filtered queries name the workspace, as `code_search` and `warren memory search` do.
     let workspace = std::fs::canonicalize(&tree).unwrap().display().to_string();
+    let in_crate: Vec<Filter> = crates
+        .iter()
+        .map(|c| Filter {
+            workspace: Some(workspace.clone()),
+            path_prefix: Some(c.clone()),
+        })
+        .collect();
     let fts_ix = CodeIndex::new(&memv, None).unwrap();
     let (mut hybrid, mut fts, mut hybrid_f) = (Vec::new(), Vec::new(), Vec::new());
-    for (q, c) in qs.iter().zip(&crates) {
+    for ((q, c), in_crate) in qs.iter().zip(&crates).zip(&in_crate) {
         let t = Instant::now();
         let r = ix.search(q, 10, &f, Fusion::default()).unwrap();
         hybrid.push(t.elapsed());
@@ -113,12 +120,8 @@ fn main() {
         let t = Instant::now();
         fts_ix.search(q, 10, &f, Fusion::default()).unwrap();
         fts.push(t.elapsed());
-        let in_crate = Filter {
-            workspace: Some(workspace.clone()),
-            path_prefix: Some(c.clone()),
-        };
         let t = Instant::now();
-        let r = ix.search(q, 10, &in_crate, Fusion::default()).unwrap();
+        let r = ix.search(q, 10, in_crate, Fusion::default()).unwrap();
         hybrid_f.push(t.elapsed());
         assert!(r.hits.iter().all(|h| h.path.starts_with(c.as_str())));
     }
@@ -131,7 +134,7 @@ fn main() {
     let recall = |a: &[(usize, f32)], x: &[(usize, f32)]| {
         a.iter().filter(|p| x.iter().any(|y| y.0 == p.0)).count()
     };
-    for (v, c) in qv.iter().zip(&crates) {
+    for (v, in_crate) in qv.iter().zip(&in_crate) {
         let t = Instant::now();
         let a = ix.vector_top(v, 10, &f, false);
         approx_t.push(t.elapsed());
@@ -140,12 +143,8 @@ fn main() {
         exact_t.push(t.elapsed());
         hits += recall(&a, &x);
         wanted += x.len();
-        let in_crate = Filter {
-            workspace: Some(workspace.clone()),
-            path_prefix: Some(c.clone()),
-        };
-        let a = ix.vector_top(v, 10, &in_crate, false);
-        let x = ix.vector_top(v, 10, &in_crate, true);
+        let a = ix.vector_top(v, 10, in_crate, false);
+        let x = ix.vector_top(v, 10, in_crate, true);
         hits_f += recall(&a, &x);
         wanted_f += x.len();
     }

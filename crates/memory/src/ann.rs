@@ -56,13 +56,7 @@ impl Vectors {
 
     /// Exact top `k` by cosine among vectors where `keep(i)`.
     pub fn exact(&self, q: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)> {
-        let mut top = TopK::new(k);
-        for i in 0..self.len() {
-            if keep(i) {
-                top.push(i, dot(q, self.get(i)));
-            }
-        }
-        top.into_sorted()
+        self.exact_in(q, k, (0..self.len()).filter(|&i| keep(i)))
     }
 
     /// Exact top `k` by cosine among the vectors at `rows`.
