@@ -8,8 +8,14 @@
 //!
 //! [`apply`] first plans every operation and checks it can be done, then performs it, so a
 //! plan that cannot be applied changes nothing.
+//!
+//! The upper layer was written by the cell, so it is hostile input: every host operation on it
+//! and on the project goes through [`warren_fsx::Dir`] handles (resolution beneath a directory
+//! fd, no link followed, regular files only, sizes capped). A symlink is content (its target),
+//! never a path to read or write through; a FIFO, socket or device is named and refused.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -132,144 +138,410 @@ pub fn list(state_dir: &Path) -> Vec<StoredLayer> {
     out
 }
 
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
+/// Bytes of one file shown as text in a diff; larger files are named with their size.
+pub const MAX_TEXT_BYTES: u64 = 4 << 20;
+/// Bytes of a whole diff; the rest is summarized.
+pub const MAX_DIFF_BYTES: usize = 16 << 20;
+
+/// Top-level names a cell's layer may never change on the host: Warren's own project
+/// configuration (a cell that wrote `.warren/config.toml` would redirect the next run).
+pub const RESERVED: &[&str] = &[".warren"];
+
+fn fsx_err(base: &Path) -> impl FnOnce(warren_fsx::Error) -> CellError + '_ {
+    move |e| CellError::Spec(format!("{}: {}", base.display(), e))
 }
 
-fn is_opaque(path: &Path) -> bool {
+fn is_reserved(rel: &Path) -> bool {
+    rel.components()
+        .next()
+        .is_some_and(|c| RESERVED.iter().any(|r| c.as_os_str() == *r))
+}
+
+fn is_opaque(dir: &warren_fsx::Dir) -> bool {
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
-        .any(|name| {
-            let Ok(p) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-                return false;
-            };
-            let Ok(n) = std::ffi::CString::new(*name) else {
-                return false;
-            };
-            let mut v = [0u8; 4];
-            // SAFETY: valid C strings and a buffer of the stated length.
-            let r =
-                unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-            r > 0 && v[0] == b'y'
-        })
+        .any(|name| matches!(dir.xattr(name), Ok(Some(v)) if v.first() == Some(&b'y')))
+}
+
+/// One changed path with what the upper and lower layers hold there (their `lstat`; links are
+/// never followed).
+#[derive(Clone, Debug)]
+pub struct Detail {
+    /// The change.
+    pub change: Change,
+    /// What the layer holds (`None` for a deletion).
+    pub upper: Option<warren_fsx::Stat>,
+    /// What the project holds (`None` for an addition).
+    pub lower: Option<warren_fsx::Stat>,
+}
+
+impl Detail {
+    /// Why [`apply`] will not apply this change, if it will not: a FIFO, socket or device, or a
+    /// path under Warren's own `.warren/`.
+    pub fn refusal(&self) -> Option<String> {
+        let rel = self.change.path();
+        if is_reserved(rel) {
+            return Some("Warren's own project configuration is never applied from a cell".into());
+        }
+        match self.upper {
+            Some(s) if s.kind.is_special() => Some(format!(
+                "a {} (special files are never applied)",
+                s.kind.name()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// List the changes in a layer against the workspace it overlays, sorted by path.
 pub fn changes(layer: &CowLayer, workspace: &Path) -> Result<Vec<Change>, CellError> {
+    Ok(details(layer, workspace)?
+        .into_iter()
+        .map(|d| d.change)
+        .collect())
+}
+
+/// [`changes`] with each path's upper and lower `lstat`.
+pub fn details(layer: &CowLayer, workspace: &Path) -> Result<Vec<Detail>, CellError> {
+    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
+    let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
     let mut out = Vec::new();
-    walk(&layer.upper, Path::new(""), workspace, false, &mut out)?;
-    out.sort_by(|a, b| a.path().cmp(b.path()));
+    walk(&upper, Some(&lower), Path::new(""), &mut out)?;
+    out.sort_by(|a, b| a.change.path().cmp(b.change.path()));
     Ok(out)
 }
 
 fn walk(
-    upper: &Path,
+    upper: &warren_fsx::Dir,
+    lower: Option<&warren_fsx::Dir>,
     rel: &Path,
-    lower_root: &Path,
-    lower_hidden: bool,
-    out: &mut Vec<Change>,
+    out: &mut Vec<Detail>,
 ) -> Result<(), CellError> {
-    let dir = upper.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(CellError::io("read", &dir))?;
-    for e in entries {
-        let e = e.map_err(CellError::io("read", &dir))?;
-        let rel_path = rel.join(e.file_name());
-        let up = upper.join(&rel_path);
-        let m = std::fs::symlink_metadata(&up).map_err(CellError::io("stat", &up))?;
-        let lower = lower_root.join(&rel_path);
-        let in_lower = !lower_hidden && std::fs::symlink_metadata(&lower).is_ok();
-        if is_whiteout(&m) {
-            if in_lower {
-                out.push(Change::Deleted { path: rel_path });
+    for e in upper.entries().map_err(fsx_err(upper.label()))? {
+        let rel_path = rel.join(&e.name);
+        let below = match lower {
+            Some(l) => l.stat(&e.name).ok().flatten(),
+            None => None,
+        };
+        let st = e.stat;
+        if st.is_whiteout() {
+            if let Some(b) = below {
+                out.push(Detail {
+                    change: Change::Deleted { path: rel_path },
+                    upper: None,
+                    lower: Some(b),
+                });
             }
             continue;
         }
-        if m.is_dir() {
-            let lower_is_dir = in_lower && lower.is_dir() && !lower.is_symlink();
-            let opaque = is_opaque(&up);
-            if !lower_is_dir {
-                if in_lower {
-                    out.push(Change::Deleted {
-                        path: rel_path.clone(),
+        if st.kind == warren_fsx::Kind::Dir {
+            let sub = upper.sub(&e.name).map_err(fsx_err(upper.label()))?;
+            let lower_is_dir = below.is_some_and(|b| b.kind == warren_fsx::Kind::Dir);
+            let opaque = is_opaque(&sub);
+            if !lower_is_dir || opaque {
+                if let Some(b) = below {
+                    out.push(Detail {
+                        change: Change::Deleted {
+                            path: rel_path.clone(),
+                        },
+                        upper: None,
+                        lower: Some(b),
                     });
                 }
-                out.push(Change::Added {
-                    path: rel_path.clone(),
-                });
-            } else if opaque {
-                // The directory was removed and recreated: everything below in the lower
-                // layer is gone unless the upper layer has it again.
-                out.push(Change::Deleted {
-                    path: rel_path.clone(),
-                });
-                out.push(Change::Added {
-                    path: rel_path.clone(),
+                out.push(Detail {
+                    change: Change::Added {
+                        path: rel_path.clone(),
+                    },
+                    upper: Some(st),
+                    lower: None,
                 });
             }
-            walk(
-                upper,
-                &rel_path,
-                lower_root,
-                lower_hidden || opaque || !lower_is_dir,
-                out,
-            )?;
-        } else if in_lower {
-            out.push(Change::Modified { path: rel_path });
+            let sub_lower = if lower_is_dir && !opaque {
+                lower.and_then(|l| l.sub(&e.name).ok())
+            } else {
+                None
+            };
+            walk(&sub, sub_lower.as_ref(), &rel_path, out)?;
+        } else if let Some(b) = below {
+            out.push(Detail {
+                change: Change::Modified { path: rel_path },
+                upper: Some(st),
+                lower: Some(b),
+            });
         } else {
-            out.push(Change::Added { path: rel_path });
+            out.push(Detail {
+                change: Change::Added { path: rel_path },
+                upper: Some(st),
+                lower: None,
+            });
         }
     }
     Ok(())
 }
 
-fn read_text(p: &Path) -> Option<String> {
-    let bytes = std::fs::read(p).ok()?;
-    if bytes.len() > 4 << 20 || bytes.contains(&0) {
-        return None;
+/// Bytes the layer's upper directory takes on disk (allocated blocks, links not followed).
+pub fn usage(layer: &CowLayer) -> Result<u64, CellError> {
+    fn du(d: &warren_fsx::Dir) -> u64 {
+        let Ok(entries) = d.entries() else { return 0 };
+        entries
+            .iter()
+            .map(|e| {
+                let own = e.stat.blocks * 512;
+                if e.stat.kind == warren_fsx::Kind::Dir {
+                    own + d.sub(&e.name).map(|s| du(&s)).unwrap_or(0)
+                } else {
+                    own
+                }
+            })
+            .sum()
     }
-    String::from_utf8(bytes).ok()
+    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
+    Ok(du(&upper))
 }
 
-/// A unified diff of the layer against its workspace (text files; binaries are named).
-pub fn diff(layer: &CowLayer, workspace: &Path) -> Result<String, CellError> {
-    let mut out = String::new();
-    for c in changes(layer, workspace)? {
-        let rel = c.path();
-        let (old, new) = (workspace.join(rel), layer.upper.join(rel));
-        if old.is_dir() || new.is_dir() {
-            continue;
-        }
-        let old_text = match &c {
-            Change::Added { .. } => Some(String::new()),
-            _ => read_text(&old),
-        };
-        let new_text = match &c {
-            Change::Deleted { .. } => Some(String::new()),
-            _ => read_text(&new),
-        };
-        let (a, b) = match &c {
-            Change::Added { .. } => ("/dev/null".to_owned(), format!("b/{}", rel.display())),
-            Change::Deleted { .. } => (format!("a/{}", rel.display()), "/dev/null".to_owned()),
-            Change::Modified { .. } => (
-                format!("a/{}", rel.display()),
-                format!("b/{}", rel.display()),
-            ),
-        };
-        match (old_text, new_text) {
-            (Some(o), Some(n)) => {
-                out.push_str(&format!("diff --warren a/{0} b/{0}\n", rel.display()));
-                out.push_str(
-                    &similar::TextDiff::from_lines(&o, &n)
-                        .unified_diff()
-                        .context_radius(3)
-                        .header(&a, &b)
-                        .to_string(),
-                );
-            }
-            _ => out.push_str(&format!("Binary files {a} and {b} differ\n")),
+/// Limits of one [`diff_with`].
+#[derive(Clone, Debug)]
+pub struct DiffOptions {
+    /// Bytes of one file shown as text.
+    pub max_text_bytes: u64,
+    /// Bytes of the whole diff.
+    pub max_bytes: usize,
+    /// Stop (and say so) at this instant.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            max_text_bytes: MAX_TEXT_BYTES,
+            max_bytes: MAX_DIFF_BYTES,
+            deadline: None,
         }
     }
+}
+
+/// What one side of a diff holds, read safely.
+enum Side {
+    Nothing,
+    Text(String),
+    Binary(u64),
+    TooLarge(u64),
+    Link(String),
+    Dir,
+    Special(warren_fsx::Kind),
+    Unreadable(String),
+}
+
+fn side(dir: &warren_fsx::Dir, rel: &Path, st: Option<warren_fsx::Stat>, max: u64) -> Side {
+    let Some(st) = st else { return Side::Nothing };
+    match st.kind {
+        warren_fsx::Kind::Dir => Side::Dir,
+        warren_fsx::Kind::Symlink => match dir.read_link(rel) {
+            Ok(t) => Side::Link(t.to_string_lossy().into_owned()),
+            Err(e) => Side::Unreadable(e.to_string()),
+        },
+        warren_fsx::Kind::File if st.size > max => Side::TooLarge(st.size),
+        warren_fsx::Kind::File => match dir.read(rel, max) {
+            Ok(b) if b.contains(&0) => Side::Binary(b.len() as u64),
+            Ok(b) => match String::from_utf8(b) {
+                Ok(s) => Side::Text(s),
+                Err(e) => Side::Binary(e.into_bytes().len() as u64),
+            },
+            Err(warren_fsx::Error::TooLarge { .. }) => Side::TooLarge(st.size),
+            Err(e) => Side::Unreadable(e.to_string()),
+        },
+        k => Side::Special(k),
+    }
+}
+
+fn git_mode(st: &warren_fsx::Stat) -> String {
+    match st.kind {
+        warren_fsx::Kind::Symlink => "120000".into(),
+        warren_fsx::Kind::Dir => "40000".into(),
+        _ => format!("100{:03o}", st.mode & 0o777),
+    }
+}
+
+/// A unified diff of the layer against its workspace, with default limits.
+pub fn diff(layer: &CowLayer, workspace: &Path) -> Result<String, CellError> {
+    diff_with(layer, workspace, &DiffOptions::default())
+}
+
+/// A unified diff of the layer against its workspace. Nothing a hostile layer holds is
+/// followed or opened for reading unless it is a regular file: a symlink is shown as its
+/// target (mode 120000, like git), a FIFO, socket or device is named as refused, a mode change
+/// is shown (setuid, setgid and sticky bits are named as dropped: [`apply`] never keeps them),
+/// a directory added or deleted is listed, files over `max_text_bytes` are named with their
+/// size, and the whole diff stops at `max_bytes` or the deadline, saying what it left out.
+pub fn diff_with(
+    layer: &CowLayer,
+    workspace: &Path,
+    opts: &DiffOptions,
+) -> Result<String, CellError> {
+    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
+    let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
+    let all = details(layer, workspace)?;
+    let total = all.len();
+    let mut out = String::new();
+    for (i, d) in all.into_iter().enumerate() {
+        if opts
+            .deadline
+            .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            out.push_str(&format!(
+                "warren: the diff stopped at its time limit; {} of {total} changes not shown (`warren diff` shows them)\n",
+                total - i
+            ));
+            break;
+        }
+        if out.len() >= opts.max_bytes {
+            out.push_str(&format!(
+                "warren: the diff reached its size limit; {} of {total} changes not shown\n",
+                total - i
+            ));
+            break;
+        }
+        render(&mut out, &d, &upper, &lower, opts.max_text_bytes);
+    }
     Ok(out)
+}
+
+fn render(
+    out: &mut String,
+    d: &Detail,
+    upper: &warren_fsx::Dir,
+    lower: &warren_fsx::Dir,
+    max: u64,
+) {
+    let rel = d.change.path();
+    let name = rel.display();
+    out.push_str(&format!("diff --warren a/{name} b/{name}\n"));
+    if let Some(why) = d.refusal() {
+        out.push_str(&format!("refused b/{name}: {why}; not applied\n"));
+        return;
+    }
+    let (old_st, new_st) = match d.change {
+        Change::Added { .. } => (None, d.upper),
+        Change::Deleted { .. } => (d.lower, None),
+        Change::Modified { .. } => (d.lower, d.upper),
+    };
+    match (old_st, new_st) {
+        (None, Some(n)) => {
+            let what = if n.kind == warren_fsx::Kind::Dir {
+                "new directory mode"
+            } else {
+                "new file mode"
+            };
+            out.push_str(&format!("{what} {}\n", git_mode(&n)));
+        }
+        (Some(o), None) => {
+            let what = if o.kind == warren_fsx::Kind::Dir {
+                "deleted directory mode"
+            } else {
+                "deleted file mode"
+            };
+            out.push_str(&format!("{what} {}\n", git_mode(&o)));
+        }
+        (Some(o), Some(n)) if git_mode(&o) != git_mode(&n) => {
+            out.push_str(&format!(
+                "old mode {}\nnew mode {}\n",
+                git_mode(&o),
+                git_mode(&n)
+            ));
+        }
+        _ => {}
+    }
+    if let Some(n) = new_st
+        && n.kind != warren_fsx::Kind::Symlink
+        && n.mode & 0o7000 != 0
+    {
+        out.push_str(&format!(
+            "warren: mode {:04o} has setuid/setgid/sticky bits; applied as {:04o}\n",
+            n.mode,
+            n.mode & 0o777
+        ));
+    }
+    let old = side(lower, rel, old_st, max);
+    let new = side(upper, rel, new_st, max);
+    let (a, b) = (
+        if old_st.is_some() {
+            format!("a/{name}")
+        } else {
+            "/dev/null".to_owned()
+        },
+        if new_st.is_some() {
+            format!("b/{name}")
+        } else {
+            "/dev/null".to_owned()
+        },
+    );
+    let text = |s: &Side| -> Option<String> {
+        match s {
+            Side::Nothing => Some(String::new()),
+            Side::Text(t) => Some(t.clone()),
+            // A symlink's content is its target, without a newline (as git shows it).
+            Side::Link(t) => Some(t.clone()),
+            _ => None,
+        }
+    };
+    let describe = |s: &Side| -> Option<String> {
+        match s {
+            Side::Binary(n) => Some(format!("binary, {n} bytes")),
+            Side::TooLarge(n) => Some(format!("{n} bytes, too large to show")),
+            Side::Special(k) => Some(format!("a {k}")),
+            Side::Unreadable(e) => Some(format!("unreadable: {e}")),
+            _ => None,
+        }
+    };
+    if matches!(old, Side::Dir) || matches!(new, Side::Dir) {
+        if let (Side::Dir, Some(o)) = (&old, old_st)
+            && new_st.is_none()
+        {
+            let _ = o;
+            let n = lower
+                .sub(rel)
+                .map(|s| count_entries(&s, 100_000))
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "deleted directory a/{name}/ ({n} entries below)\n"
+            ));
+        }
+        return;
+    }
+    match (text(&old), text(&new)) {
+        (Some(o), Some(n)) => {
+            out.push_str(
+                &similar::TextDiff::from_lines(&o, &n)
+                    .unified_diff()
+                    .context_radius(3)
+                    .missing_newline_hint(true)
+                    .header(&a, &b)
+                    .to_string(),
+            );
+        }
+        _ => {
+            let o = describe(&old).unwrap_or_else(|| "text".into());
+            let n = describe(&new).unwrap_or_else(|| "text".into());
+            out.push_str(&format!("Files {a} ({o}) and {b} ({n}) differ\n"));
+        }
+    }
+}
+
+fn count_entries(d: &warren_fsx::Dir, budget: usize) -> usize {
+    let Ok(entries) = d.entries() else { return 0 };
+    let mut n = 0;
+    for e in entries {
+        n += 1;
+        if n >= budget {
+            break;
+        }
+        if e.stat.kind == warren_fsx::Kind::Dir
+            && let Ok(s) = d.sub(&e.name)
+        {
+            n += count_entries(&s, budget - n);
+        }
+    }
+    n
 }
 
 /// What [`apply`] did.
@@ -279,32 +551,37 @@ pub struct ApplyReport {
     pub written: Vec<PathBuf>,
     /// Paths removed.
     pub removed: Vec<PathBuf>,
+    /// Paths not applied, each with the reason (special files, Warren's own `.warren/`).
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// Progress of an apply: operations done of the total.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Operations done.
+    pub done: usize,
+    /// Operations planned.
+    pub total: usize,
 }
 
 enum Op {
     Remove(PathBuf),
     MkDir(PathBuf, u32),
-    Copy { from: PathBuf, to: PathBuf },
-    Symlink { target: PathBuf, at: PathBuf },
+    Copy(PathBuf, u32),
+    Symlink(PathBuf, PathBuf),
 }
 
-/// How to undo one completed step.
+/// How to undo one completed step (paths relative to the workspace; names in their parent).
 enum Undo {
     /// Put the original back from where it was set aside.
     Restore {
-        aside: PathBuf,
-        to: PathBuf,
+        parent: PathBuf,
+        aside: OsString,
+        name: OsString,
     },
     /// Remove what we created.
-    RemoveFile(PathBuf),
-    RemoveDir(PathBuf),
-}
-
-fn modified_ns(m: &std::fs::Metadata) -> u128 {
-    m.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos())
+    RemoveFile(PathBuf, OsString),
+    RemoveDir(PathBuf, OsString),
 }
 
 /// Paths the layer changes that the project changed too since the layer was created: a file
@@ -314,44 +591,65 @@ pub fn conflicts(
     workspace: &Path,
     since_ns: u128,
 ) -> Result<Vec<PathBuf>, CellError> {
+    conflicts_in(&details(layer, workspace)?, workspace, since_ns)
+}
+
+fn conflicts_in(
+    all: &[Detail],
+    workspace: &Path,
+    since_ns: u128,
+) -> Result<Vec<PathBuf>, CellError> {
+    let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
     let mut out = Vec::new();
-    for c in changes(layer, workspace)? {
-        let Ok(m) = std::fs::symlink_metadata(workspace.join(c.path())) else {
+    // A path both deleted and added was replaced (a link by a directory, say): the project
+    // had it, so only a change since the layer was created is a conflict.
+    let replaced: std::collections::HashSet<&Path> = all
+        .iter()
+        .filter(|d| matches!(d.change, Change::Deleted { .. }))
+        .map(|d| d.change.path())
+        .collect();
+    for d in all {
+        // The project now, not as listed (it may have changed since).
+        let Ok(Some(m)) = lower.stat(d.change.path()) else {
             continue;
         };
-        let upper_is_dir = layer.upper.join(c.path()).is_dir();
-        let changed = match c {
-            Change::Added { .. } => !(m.is_dir() && upper_is_dir),
-            Change::Modified { .. } | Change::Deleted { .. } => {
-                !m.is_dir() && modified_ns(&m) > since_ns
-            }
+        let is_dir = m.kind == warren_fsx::Kind::Dir;
+        let upper_is_dir = d.upper.is_some_and(|u| u.kind == warren_fsx::Kind::Dir);
+        let changed = match d.change {
+            Change::Added { .. } if replaced.contains(d.change.path()) => m.mtime_ns > since_ns,
+            Change::Added { .. } => !(is_dir && upper_is_dir),
+            Change::Modified { .. } | Change::Deleted { .. } => !is_dir && m.mtime_ns > since_ns,
         };
         if changed {
-            out.push(c.path().to_path_buf());
+            out.push(d.change.path().to_path_buf());
         }
     }
     Ok(out)
 }
 
-fn aside_name(p: &Path) -> PathBuf {
-    p.with_file_name(format!(
-        ".{}.warren-orig",
-        p.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ))
-}
-
 /// Apply a layer's changes to its workspace, all or nothing.
 ///
 /// Refuses, changing nothing, when the project changed a path the layer also changes since
-/// the layer was created ([`conflicts`]). Every source is checked before anything is written;
-/// each file is written to a temporary name and renamed into place; what is replaced or
-/// removed is first set aside in its own directory, so if any step fails every completed step
-/// is undone and the project is as it was.
+/// the layer was created ([`conflicts`]). Every host operation goes through a handle on the
+/// workspace ([`warren_fsx::Dir`]): no link in the project or the layer is followed, files are
+/// written under random `O_EXCL` names and renamed into place, modes are masked to `0777`
+/// (never setuid, setgid or sticky), FIFOs, sockets, devices and Warren's own `.warren/` are
+/// refused by name ([`ApplyReport::refused`]). What is replaced or removed is first set aside
+/// in its own directory, so if any step fails every completed step is undone and the project
+/// is as it was.
 pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellError> {
-    let since = std::fs::read(layer.root.join("meta.json"))
+    apply_with(layer, workspace, &mut |_| {})
+}
+
+/// [`apply`], reporting progress after each operation.
+pub fn apply_with(
+    layer: &CowLayer,
+    workspace: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ApplyReport, CellError> {
+    let since = warren_fsx::Dir::open(&layer.root)
         .ok()
+        .and_then(|d| d.read("meta.json", 1 << 20).ok())
         .and_then(|b| serde_json::from_slice::<LayerMeta>(&b).ok())
         .map_or(0, |m| {
             if m.created_ns > 0 {
@@ -360,8 +658,9 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
                 u128::from(m.created) * 1_000_000_000
             }
         });
+    let all = details(layer, workspace)?;
     if since > 0 {
-        let clash = conflicts(layer, workspace, since)?;
+        let clash = conflicts_in(&all, workspace, since)?;
         if !clash.is_empty() {
             let list: Vec<String> = clash.iter().map(|p| p.display().to_string()).collect();
             return Err(CellError::Spec(format!(
@@ -370,121 +669,123 @@ pub fn apply(layer: &CowLayer, workspace: &Path) -> Result<ApplyReport, CellErro
             )));
         }
     }
-    apply_plan(layer, workspace, None)
+    apply_plan(layer, workspace, all, None, progress)
+}
+
+fn parent_and_name(rel: &Path) -> (PathBuf, OsString) {
+    (
+        rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+        rel.file_name().map(OsStr::to_owned).unwrap_or_default(),
+    )
+}
+
+/// Directory handles of the workspace, the last one kept (changes are sorted by path, so
+/// runs of operations share a parent and each is resolved once).
+struct Parents<'a> {
+    root: &'a warren_fsx::Dir,
+    last: Option<(PathBuf, warren_fsx::Dir)>,
+}
+
+impl Parents<'_> {
+    fn get(&mut self, rel: &Path) -> Result<&warren_fsx::Dir, CellError> {
+        if rel.as_os_str().is_empty() {
+            return Ok(self.root);
+        }
+        if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
+            let d = self.root.sub(rel).map_err(fsx_err(self.root.label()))?;
+            self.last = Some((rel.to_path_buf(), d));
+        }
+        match &self.last {
+            Some((_, d)) => Ok(d),
+            None => Err(CellError::Spec("unreachable: no parent handle".into())),
+        }
+    }
+
+    fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+// SAFETY-free: geteuid has no preconditions; wrapped once.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn apply_plan(
     layer: &CowLayer,
     workspace: &Path,
+    all: Vec<Detail>,
     fail_after: Option<usize>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<ApplyReport, CellError> {
-    let changes = changes(layer, workspace)?;
+    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
+    let root = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
+    let mut report = ApplyReport::default();
     let mut plan = Vec::new();
-    for c in &changes {
-        let (src, dst) = (layer.upper.join(c.path()), workspace.join(c.path()));
-        match c {
-            Change::Deleted { .. } => plan.push(Op::Remove(dst)),
-            Change::Added { .. } | Change::Modified { .. } => {
-                let m = std::fs::symlink_metadata(&src).map_err(CellError::io("stat", &src))?;
-                if m.is_dir() {
-                    plan.push(Op::MkDir(dst, m.permissions().mode() & 0o7777));
-                } else if m.file_type().is_symlink() {
-                    let target =
-                        std::fs::read_link(&src).map_err(CellError::io("readlink", &src))?;
-                    plan.push(Op::Symlink { target, at: dst });
-                } else if m.is_file() {
-                    std::fs::File::open(&src).map_err(CellError::io("open", &src))?;
-                    plan.push(Op::Copy { from: src, to: dst });
-                } else {
-                    return Err(CellError::Spec(format!(
-                        "{}: not a regular file, directory or symlink",
-                        c.path().display()
-                    )));
+    for d in all {
+        let rel = d.change.path().to_path_buf();
+        if let Some(why) = d.refusal() {
+            report.refused.push((rel, why));
+            continue;
+        }
+        match (&d.change, d.upper) {
+            (Change::Deleted { .. }, _) => plan.push(Op::Remove(rel)),
+            (_, Some(st)) => match st.kind {
+                warren_fsx::Kind::Dir => plan.push(Op::MkDir(rel, st.mode & 0o777)),
+                warren_fsx::Kind::Symlink => {
+                    let target = upper.read_link(&rel).map_err(fsx_err(&layer.upper))?;
+                    plan.push(Op::Symlink(rel, target));
                 }
-            }
+                warren_fsx::Kind::File => {
+                    // Checked now, so a plan that cannot be applied changes nothing.
+                    upper.open_file(&rel).map_err(fsx_err(&layer.upper))?;
+                    plan.push(Op::Copy(rel, st.mode & 0o777));
+                }
+                k => {
+                    report
+                        .refused
+                        .push((rel, format!("a {k} (special files are never applied)")));
+                }
+            },
+            (_, None) => {}
         }
     }
-    let mut report = ApplyReport::default();
+    let total = plan.len();
     let mut undo: Vec<Undo> = Vec::new();
-    let step = |op: Op, undo: &mut Vec<Undo>, report: &mut ApplyReport| -> Result<(), CellError> {
-        // Set an existing path aside (same directory: a rename, never a copy).
-        let set_aside = |p: &Path, undo: &mut Vec<Undo>| -> Result<(), CellError> {
-            if std::fs::symlink_metadata(p).is_ok() {
-                let aside = aside_name(p);
-                std::fs::rename(p, &aside).map_err(CellError::io("set aside", p))?;
-                undo.push(Undo::Restore {
-                    aside,
-                    to: p.to_path_buf(),
-                });
-            }
-            Ok(())
-        };
-        match op {
-            Op::Remove(p) => {
-                if std::fs::symlink_metadata(&p).is_ok() {
-                    set_aside(&p, undo)?;
-                    report.removed.push(p);
-                }
-            }
-            Op::MkDir(p, mode) => {
-                if !p.is_dir() {
-                    set_aside(&p, undo)?;
-                    std::fs::create_dir(&p).map_err(CellError::io("mkdir", &p))?;
-                    undo.push(Undo::RemoveDir(p.clone()));
-                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
-                    report.written.push(p);
-                }
-            }
-            Op::Copy { from, to } => {
-                let tmp = to.with_file_name(format!(
-                    ".{}.warren-apply",
-                    to.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                ));
-                std::fs::copy(&from, &tmp).map_err(CellError::io("copy", &from))?;
-                if let Ok(m) = std::fs::metadata(&to) {
-                    // Keep the owner of a file we replace (apply may run as root).
-                    let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
-                }
-                if let Err(e) = set_aside(&to, undo) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                std::fs::rename(&tmp, &to).map_err(CellError::io("rename", &to))?;
-                undo.push(Undo::RemoveFile(to.clone()));
-                report.written.push(to);
-            }
-            Op::Symlink { target, at } => {
-                set_aside(&at, undo)?;
-                std::os::unix::fs::symlink(&target, &at).map_err(CellError::io("symlink", &at))?;
-                undo.push(Undo::RemoveFile(at.clone()));
-                report.written.push(at);
-            }
-        }
-        Ok(())
+    let mut parents = Parents {
+        root: &root,
+        last: None,
     };
+    let root_caller = is_root();
     let mut result = Ok(());
     for (i, op) in plan.into_iter().enumerate() {
         if fail_after == Some(i) {
             result = Err(CellError::Spec("injected failure".into()));
             break;
         }
-        if let Err(e) = step(op, &mut undo, &mut report) {
+        if let Err(e) = step(
+            op,
+            &upper,
+            &mut parents,
+            root_caller,
+            &mut undo,
+            &mut report,
+        ) {
             result = Err(e);
             break;
         }
+        progress(Progress { done: i + 1, total });
     }
+    parents.forget();
     match result {
         Ok(()) => {
             // Commit: drop what was set aside.
             for u in undo {
-                if let Undo::Restore { aside, .. } = u {
-                    let _ = if aside.is_dir() && !aside.is_symlink() {
-                        std::fs::remove_dir_all(&aside)
-                    } else {
-                        std::fs::remove_file(&aside)
-                    };
+                if let Undo::Restore { parent, aside, .. } = u
+                    && let Ok(p) = parents.get(&parent)
+                {
+                    let _ = p.remove_all(&aside);
                 }
             }
             Ok(report)
@@ -492,14 +793,116 @@ fn apply_plan(
         Err(e) => {
             for u in undo.into_iter().rev() {
                 let _ = match u {
-                    Undo::RemoveFile(p) => std::fs::remove_file(p),
-                    Undo::RemoveDir(p) => std::fs::remove_dir(p),
-                    Undo::Restore { aside, to } => std::fs::rename(aside, to),
+                    Undo::RemoveFile(p, n) => parents.get(&p).map(|d| d.remove_file(&n)),
+                    Undo::RemoveDir(p, n) => parents.get(&p).map(|d| d.remove_all(&n)),
+                    Undo::Restore {
+                        parent,
+                        aside,
+                        name,
+                    } => parents.get(&parent).map(|d| d.rename(&aside, &name)),
                 };
             }
             Err(e)
         }
     }
+}
+
+fn step(
+    op: Op,
+    upper: &warren_fsx::Dir,
+    parents: &mut Parents<'_>,
+    root_caller: bool,
+    undo: &mut Vec<Undo>,
+    report: &mut ApplyReport,
+) -> Result<(), CellError> {
+    let ws = parents.root.label().to_path_buf();
+    let err = |e: warren_fsx::Error| CellError::Spec(format!("{}: {e}", ws.display()));
+    // Set an existing entry aside under a fresh name in the same directory (a rename, never a
+    // copy, never following it).
+    let set_aside = |dir: &warren_fsx::Dir,
+                     parent: &Path,
+                     name: &OsStr,
+                     undo: &mut Vec<Undo>|
+     -> Result<Option<warren_fsx::Stat>, CellError> {
+        let Some(st) = dir.stat(name).map_err(err)? else {
+            return Ok(None);
+        };
+        let aside: OsString = format!(".warren-aside-{:016x}", fastrand::u64(..)).into();
+        dir.rename(name, &aside).map_err(err)?;
+        undo.push(Undo::Restore {
+            parent: parent.to_path_buf(),
+            aside,
+            name: name.to_owned(),
+        });
+        Ok(Some(st))
+    };
+    match op {
+        Op::Remove(rel) => {
+            let (parent, name) = parent_and_name(&rel);
+            let dir = parents.get(&parent)?;
+            if set_aside(dir, &parent, &name, undo)?.is_some() {
+                report.removed.push(rel);
+            }
+        }
+        Op::MkDir(rel, mode) => {
+            let (parent, name) = parent_and_name(&rel);
+            let dir = parents.get(&parent)?;
+            match dir.stat(&name).map_err(err)? {
+                Some(s) if s.kind == warren_fsx::Kind::Dir => {}
+                _ => {
+                    set_aside(dir, &parent, &name, undo)?;
+                    dir.mkdir(&name, mode).map_err(err)?;
+                    undo.push(Undo::RemoveDir(parent.clone(), name.clone()));
+                    if root_caller && let Ok(Some(p)) = dir.stat("") {
+                        let _ = dir.set_mode_owner(&name, mode, Some((p.uid, p.gid)));
+                    } else {
+                        let _ = dir.set_mode_owner(&name, mode, None);
+                    }
+                    report.written.push(rel);
+                }
+            }
+        }
+        Op::Copy(rel, mode) => {
+            let (parent, name) = parent_and_name(&rel);
+            let (mut src, _) = upper.open_file(&rel).map_err(err)?;
+            let dir = parents.get(&parent)?;
+            let mut tmp = dir.temp_file().map_err(err)?;
+            let written = (|| {
+                std::io::copy(&mut src, &mut tmp.file).map_err(CellError::io("copy", &rel))?;
+                // The owner of the file replaced, else of the directory (apply may run as
+                // root on someone's checkout); the mode masked to 0777.
+                let owner = if root_caller {
+                    match dir.stat(&name) {
+                        Ok(Some(s)) if s.kind == warren_fsx::Kind::File => Some((s.uid, s.gid)),
+                        _ => dir.stat("").ok().flatten().map(|p| (p.uid, p.gid)),
+                    }
+                } else {
+                    None
+                };
+                warren_fsx::set_mode_owner(&tmp.file, &rel, mode, owner).map_err(err)
+            })();
+            if let Err(e) = written {
+                let _ = dir.remove_file(&tmp.name);
+                return Err(e);
+            }
+            if let Err(e) = set_aside(dir, &parent, &name, undo) {
+                let _ = dir.remove_file(&tmp.name);
+                return Err(e);
+            }
+            dir.rename(&tmp.name, &name).map_err(err)?;
+            undo.push(Undo::RemoveFile(parent, name));
+            report.written.push(rel);
+        }
+        Op::Symlink(rel, target) => {
+            let (parent, name) = parent_and_name(&rel);
+            let dir = parents.get(&parent)?;
+            set_aside(dir, &parent, &name, undo)?;
+            dir.symlink(&target, &name).map_err(err)?;
+            undo.push(Undo::RemoveFile(parent, name));
+            report.written.push(rel);
+        }
+    }
+    Ok(())
 }
 
 /// Delete a layer and everything in it.
@@ -627,7 +1030,15 @@ mod tests {
     #[test]
     fn a_failure_mid_apply_leaves_the_project_as_it_was() {
         let (root, ws, layer) = setup("rollback");
-        let err = apply_plan(&layer, &ws, Some(2)).unwrap_err().to_string();
+        let err = apply_plan(
+            &layer,
+            &ws,
+            details(&layer, &ws).unwrap(),
+            Some(2),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("injected"), "{err}");
         assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "a0\n");
         assert_eq!(std::fs::read_to_string(ws.join("b.txt")).unwrap(), "b0\n");
@@ -641,6 +1052,187 @@ mod tests {
         // And the same layer applies cleanly afterwards.
         apply(&layer, &ws).unwrap();
         assert_eq!(std::fs::read_to_string(ws.join("c.txt")).unwrap(), "c1\n");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    /// A layer and workspace with a secret outside both (what a hostile layer aims at).
+    fn hostile(name: &str) -> (PathBuf, PathBuf, CowLayer, PathBuf) {
+        let (root, ws, layer) = setup(name);
+        let secret = root.join("secret");
+        std::fs::write(&secret, "TOP SECRET\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (root, ws, layer, secret)
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn attack_apply_never_writes_through_a_planted_temporary_name() {
+        let (root, ws, layer, secret) = hostile("tmpname");
+        // The old apply wrote a.txt's new content to `.a.txt.warren-apply`, then renamed it.
+        for n in [".a.txt.warren-apply", ".a.txt.warren-orig"] {
+            std::os::unix::fs::symlink(&secret, layer.upper.join(n)).unwrap();
+        }
+        let r = apply(&layer, &ws).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "TOP SECRET\n");
+        assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "a1\n");
+        // The planted links arrive as links (content), pointing where they point.
+        assert!(
+            std::fs::symlink_metadata(ws.join(".a.txt.warren-apply"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(r.written.len() >= 3);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_diff_shows_a_symlink_as_its_target_never_its_content() {
+        let (root, ws, layer, secret) = hostile("linkdiff");
+        std::os::unix::fs::symlink(&secret, layer.upper.join("shadow")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", layer.upper.join("zero")).unwrap();
+        std::os::unix::fs::symlink(&root, layer.upper.join("dirlink")).unwrap();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(!d.contains("TOP SECRET"), "{d}");
+        assert!(d.contains(&format!("+{}", secret.display())), "{d}");
+        assert!(d.contains("+/dev/zero"), "{d}");
+        // A link to a directory is listed too (the old diff skipped it, apply made it).
+        assert!(d.contains("b/dirlink\nnew file mode 120000"), "{d}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_fifos_and_devices_are_refused_by_name_and_never_opened() {
+        let (root, ws, layer, _) = hostile("fifo");
+        mkfifo(&layer.upper.join("pipe"));
+        // A FIFO where the project has a file (a modification) as well.
+        std::fs::remove_file(layer.upper.join("b.txt")).unwrap();
+        mkfifo(&layer.upper.join("b.txt"));
+        let start = std::time::Instant::now();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(d.contains("refused b/pipe: a FIFO"), "{d}");
+        assert!(d.contains("refused b/b.txt: a FIFO"), "{d}");
+        let r = apply(&layer, &ws).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        let refused: Vec<_> = r.refused.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(refused, vec![PathBuf::from("b.txt"), PathBuf::from("pipe")]);
+        assert!(!ws.join("pipe").exists());
+        assert_eq!(std::fs::read_to_string(ws.join("b.txt")).unwrap(), "b0\n");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_setuid_bits_never_reach_the_project_and_mode_changes_are_shown() {
+        let (root, ws, layer, _) = hostile("setuid");
+        std::fs::write(layer.upper.join("suid"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            layer.upper.join("suid"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        // b.txt: same content, only the mode changes.
+        std::fs::write(layer.upper.join("b.txt"), "b0\n").unwrap();
+        std::fs::set_permissions(ws.join("b.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            layer.upper.join("b.txt"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(d.contains("old mode 100644\nnew mode 100755"), "{d}");
+        assert!(
+            d.contains("mode 6755 has setuid/setgid/sticky bits; applied as 0755"),
+            "{d}"
+        );
+        apply(&layer, &ws).unwrap();
+        let m = std::fs::metadata(ws.join("suid"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o7777, 0o755);
+        let m = std::fs::metadata(ws.join("b.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o7777, 0o755);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_warrens_own_project_config_is_never_applied() {
+        let (root, ws, layer, _) = hostile("dotwarren");
+        std::fs::create_dir_all(layer.upper.join(".warren")).unwrap();
+        std::fs::write(
+            layer.upper.join(".warren/config.toml"),
+            "[provider]\nbase_url = \"http://attacker.example\"\n",
+        )
+        .unwrap();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(
+            d.contains("refused b/.warren/config.toml: Warren's own"),
+            "{d}"
+        );
+        let r = apply(&layer, &ws).unwrap();
+        assert!(!ws.join(".warren").exists());
+        assert_eq!(r.refused.len(), 2, "{:?}", r.refused);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_a_project_symlink_is_replaced_never_written_through() {
+        let (root, ws, layer, _) = hostile("projlink");
+        let outside = root.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("out")).unwrap();
+        write_meta(&layer, &ws).unwrap();
+        // The cell replaced the link with a directory holding a file.
+        std::fs::create_dir_all(layer.upper.join("out")).unwrap();
+        std::fs::write(layer.upper.join("out/x"), "x\n").unwrap();
+        apply(&layer, &ws).unwrap();
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        assert!(ws.join("out").is_dir() && !ws.join("out").is_symlink());
+        assert_eq!(std::fs::read_to_string(ws.join("out/x")).unwrap(), "x\n");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_huge_files_and_slow_diffs_are_bounded() {
+        let (root, ws, layer, _) = hostile("huge");
+        let f = std::fs::File::create(layer.upper.join("huge")).unwrap();
+        f.set_len(MAX_TEXT_BYTES * 4).unwrap();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(
+            d.contains(&format!("{} bytes, too large to show", MAX_TEXT_BYTES * 4)),
+            "{d}"
+        );
+        let past = DiffOptions {
+            deadline: Some(std::time::Instant::now()),
+            ..DiffOptions::default()
+        };
+        let d = diff_with(&layer, &ws, &past).unwrap();
+        assert!(
+            d.contains("stopped at its time limit; 4 of 4 changes not shown"),
+            "{d}"
+        );
+        let small = DiffOptions {
+            max_bytes: 10,
+            ..DiffOptions::default()
+        };
+        let d = diff_with(&layer, &ws, &small).unwrap();
+        assert!(d.contains("reached its size limit"), "{d}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn apply_reports_progress_and_usage_counts_the_upper() {
+        let (root, ws, layer) = setup("progress");
+        let mut seen = Vec::new();
+        apply_with(&layer, &ws, &mut |p| seen.push((p.done, p.total))).unwrap();
+        assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+        assert!(usage(&layer).unwrap() > 0);
         let _ = std::fs::remove_dir_all(&root);
     }
 }
