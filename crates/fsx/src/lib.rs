@@ -441,7 +441,10 @@ impl Dir {
             });
         }
         // Re-open the very inode the O_PATH descriptor holds (no second resolution).
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&path_fd));
+        let proc = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&path_fd)
+        );
         let fd = match rustix::fs::open(
             proc.as_str(),
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,

@@ -37,8 +37,8 @@ fn hostile_tree(t: &Tmp) -> (PathBuf, PathBuf) {
     symlink(&t.0, root.join("dir-link")).unwrap();
     symlink("sub", root.join("dir/inner-link")).unwrap();
     symlink("/dev/zero", root.join("zero")).unwrap();
-    let fifo = std::ffi::CString::new(root.join("fifo").into_os_string().into_encoded_bytes())
-        .unwrap();
+    let fifo =
+        std::ffi::CString::new(root.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     (root, secret)
@@ -75,10 +75,7 @@ fn links_are_never_followed_in_any_component() {
     assert!(d.sub("dir/inner-link").is_err());
     // lstat sees the link itself.
     assert_eq!(d.stat("abs-link").unwrap().unwrap().kind, Kind::Symlink);
-    assert_eq!(
-        d.read_link("rel-link").unwrap(),
-        PathBuf::from("../secret")
-    );
+    assert_eq!(d.read_link("rel-link").unwrap(), PathBuf::from("../secret"));
     // A stat through a linked directory is refused, not answered for the target.
     assert!(d.stat("dir-link/secret").is_err());
 }
@@ -148,7 +145,11 @@ fn writes_replace_a_planted_symlink_instead_of_writing_through_it() {
     assert_eq!(m.permissions().mode() & 0o7777, 0o755);
     // A FIFO at the name is replaced too (rename does not open it).
     d.write("fifo", b"x", 0o644, None).unwrap();
-    assert!(std::fs::symlink_metadata(root.join("fifo")).unwrap().is_file());
+    assert!(
+        std::fs::symlink_metadata(root.join("fifo"))
+            .unwrap()
+            .is_file()
+    );
     // No temporary file is left behind.
     let left: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
@@ -236,8 +237,22 @@ fn random_paths_never_read_outside_the_tree() {
     let (root, _) = hostile_tree(&t);
     let d = Dir::open(&root).unwrap();
     let parts = [
-        "..", ".", "dir", "sub", "ok.txt", "abs-link", "rel-link", "dir-link", "inner-link",
-        "secret", "zero", "fifo", "", "/", "//", "root",
+        "..",
+        ".",
+        "dir",
+        "sub",
+        "ok.txt",
+        "abs-link",
+        "rel-link",
+        "dir-link",
+        "inner-link",
+        "secret",
+        "zero",
+        "fifo",
+        "",
+        "/",
+        "//",
+        "root",
     ];
     let mut rng = fastrand::Rng::with_seed(11);
     let mut hits = 0;
