@@ -131,16 +131,16 @@ fn setup(
         sys::lower_rlimit(libc::RLIMIT_FSIZE, cfg.rlimits.fsize),
     )?;
 
-    // Egress: loopback up and the forwarder's port bound while we still hold capabilities
-    // (and before Landlock, which would refuse the bind).
+    // The cell's own loopback, up in every cell while we still hold CAP_NET_ADMIN over its
+    // network namespace: local servers and their tests work, and `lo` is the namespace's only
+    // interface, so nothing else becomes reachable. With egress, the forwarder's port is
+    // bound now, before any command exists to take it.
+    at("loopback", sys::loopback_up())?;
     let forwarder = match &cfg.egress {
-        Some(e) => {
-            at("loopback", sys::loopback_up())?;
-            Some(at(
-                "egress listener",
-                std::net::TcpListener::bind(("127.0.0.1", e.port)),
-            )?)
-        }
+        Some(e) => Some(at(
+            "egress listener",
+            std::net::TcpListener::bind(("127.0.0.1", e.port)),
+        )?),
         None => None,
     };
     at("drop capabilities", sys::drop_all_caps())?;
@@ -170,12 +170,8 @@ fn setup(
         ));
     }
     at("no_new_privs", sys::set_no_new_privs())?;
-    let confinement = landlock_rules::apply(
-        &cfg.mounts,
-        cfg.require_landlock,
-        cfg.egress.as_ref().map(|e| e.port),
-    )
-    .map_err(|e| ("landlock".to_owned(), e.0))?;
+    let confinement = landlock_rules::apply(&cfg.mounts, cfg.require_landlock)
+        .map_err(|e| ("landlock".to_owned(), e.0))?;
     let programs = at("seccomp compile", seccomp::compile())?;
     at("seccomp install", seccomp::install(&programs))?;
     Ok((

@@ -2,13 +2,18 @@
 //!
 //! The mount table decides what exists; Landlock independently decides what may be done with
 //! it, from the same [`MountSpec`]: read and execute where something is mounted, write only
-//! below writable mounts, TCP bind/connect denied (the cell has no network), signals and
-//! abstract unix sockets scoped to the cell. If a mount were ever made writable by mistake,
-//! Landlock would still refuse the write — two independent layers, one source of truth.
+//! below writable mounts, signals and abstract unix sockets scoped to the cell. If a mount
+//! were ever made writable by mistake, Landlock would still refuse the write — two
+//! independent layers, one source of truth.
+//!
+//! TCP is not restricted here. Landlock can only name ports, not addresses, and the cell's
+//! private network namespace — its own `lo` and nothing else — is what keeps traffic in: a
+//! test server on `127.0.0.1` inside the cell works, every other address is unroutable, and
+//! the only way out is the egress forwarder on `127.0.0.1:3128` when the task has one.
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use warren_protocol::jail::LandlockReport;
 use warren_protocol::mount::{MountKind, MountSpec};
@@ -78,11 +83,7 @@ pub struct Confinement {
 /// `/proc` (so a new command can still raise its own `oom_score_adj` — commands, never the
 /// init, must be the out-of-memory killer's choice), and each command then stacks the strict
 /// ruleset, in which `/proc` is read-only.
-pub fn apply(
-    spec: &MountSpec,
-    required: bool,
-    egress_port: Option<u16>,
-) -> Result<Confinement, LandlockError> {
+pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockError> {
     let kernel = kernel_abi();
     if kernel == 0 {
         return if required {
@@ -134,24 +135,14 @@ pub fn apply(
         }
         Ok::<_, LandlockError>(created)
     };
-    // The one TCP destination commands may use: the egress forwarder on the loopback. Both
-    // domains need the rule (commands run inside the init's domain too).
-    let with_egress = |r: landlock::RulesetCreated| match (egress_port, applied >= 4) {
-        (Some(port), true) => r
-            .add_rule(landlock::NetPort::new(port, AccessNet::ConnectTcp))
-            .map_err(err),
-        _ => Ok(r),
-    };
-    let status = with_egress(build(&init_rules)?)?
-        .restrict_self()
-        .map_err(err)?;
+    let status = build(&init_rules)?.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
         return Err(LandlockError(format!(
             "Landlock only partially enforced: {:?}",
             status.ruleset
         )));
     }
-    let commands: Option<std::os::fd::OwnedFd> = with_egress(build(&command_rules)?)?.into();
+    let commands: Option<std::os::fd::OwnedFd> = build(&command_rules)?.into();
     if commands.is_none() {
         return Err(LandlockError(
             "no Landlock ruleset descriptor for commands".into(),
@@ -162,7 +153,8 @@ pub fn apply(
             kernel_abi: kernel,
             applied_abi: applied,
             filesystem: true,
-            tcp: applied >= 4,
+            // TCP is left to the network namespace (see the module comment).
+            tcp: false,
             scoped: applied >= 6,
         },
         commands,
@@ -176,11 +168,6 @@ fn ruleset(applied: u32) -> Result<landlock::RulesetCreated, LandlockError> {
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessFs::from_all(abi))
         .map_err(err)?;
-    if applied >= 4 {
-        ruleset = ruleset
-            .handle_access(AccessNet::from_all(abi))
-            .map_err(err)?;
-    }
     if applied >= 6 {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
     }

@@ -6,11 +6,13 @@
 //! userfaultfd, keyctl, perf) is not reachable at all, and so that interfaces namespaces do
 //! not confine (AF_VSOCK above all) are closed.
 //!
-//! Three stacked filters, because seccompiler gives one action per filter:
+//! Stacked filters, because seccompiler gives one action per filter:
 //! 1. `clone3` → `ENOSYS`: its flags live in a struct seccomp cannot inspect; libc falls back
 //!    to `clone`, whose flags we can check.
 //! 2. socket families not needed → `EAFNOSUPPORT`, so programs fall back gracefully.
 //! 3. everything else listed → `EPERM`.
+//! 4. (x86_64 only) every x32 system-call number → `EPERM` ([`X32`]): a small hand-written
+//!    program, since seccompiler matches syscall numbers only for equality.
 
 use std::collections::BTreeMap;
 
@@ -271,12 +273,12 @@ pub const ALLOWED_FAMILIES: &[(&str, u64, &str)] = &[
     (
         "AF_INET",
         libc::AF_INET as u64,
-        "confined by the empty netns and Landlock TCP rules",
+        "confined by the cell's network namespace: only its own lo",
     ),
     (
         "AF_INET6",
         libc::AF_INET6 as u64,
-        "confined by the empty netns and Landlock TCP rules",
+        "confined by the cell's network namespace: only its own lo",
     ),
 ];
 
@@ -294,13 +296,74 @@ pub const DENIED_IOCTLS: &[(&str, u64, &str)] = &[
     ),
 ];
 
+/// The x32 ABI's marker bit in a system-call number (`__X32_SYSCALL_BIT`).
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Why every number at or above [`X32_SYSCALL_BIT`] is refused on x86_64.
+///
+/// x32 system calls arrive with the *same* audit architecture as native x86_64 ones
+/// (`AUDIT_ARCH_X86_64`) but with this bit set in the number, so a filter that only matches
+/// native numbers lets `0x40000000 | SYS_mount` and friends through to the x32 entry points.
+/// Whether those exist depends on the kernel's build (`CONFIG_X86_X32_ABI`); this filter makes
+/// the answer the same everywhere: no x32 system call ever runs in a cell (nothing built for
+/// x86_64 issues them).
+pub const X32: (&str, &str) = (
+    "nr >= 0x40000000 (x32 ABI)",
+    "x32 numbers bypass rules written for native numbers when the kernel has CONFIG_X86_X32_ABI",
+);
+
+/// `struct seccomp_data` offsets (`<linux/seccomp.h>`): `nr` then `arch`.
+const SECCOMP_DATA_NR: u32 = 0;
+const SECCOMP_DATA_ARCH: u32 = 4;
+/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+
+/// Classic BPF opcodes used by [`x32_filter`] (`<linux/bpf_common.h>`).
+mod bpf {
+    pub const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
+    pub const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+    pub const JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
+    pub const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+}
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> seccompiler::sock_filter {
+    seccompiler::sock_filter { code, jt, jf, k }
+}
+
+/// The x32 filter ([`X32`]), six instructions:
+///
+/// ```text
+/// 0: A = seccomp_data.arch
+/// 1: if A != AUDIT_ARCH_X86_64 goto 5      (other architectures: the other filters decide)
+/// 2: A = seccomp_data.nr
+/// 3: if A >= 0x40000000 goto 4 else goto 5
+/// 4: return ERRNO(EPERM)
+/// 5: return ALLOW                          (for this filter; the others still apply)
+/// ```
+pub fn x32_filter() -> BpfProgram {
+    let errno = libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA);
+    vec![
+        insn(bpf::LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+        insn(bpf::JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        insn(bpf::LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
+        insn(bpf::JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(bpf::RET_K, 0, 0, errno),
+        insn(bpf::RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
 /// Netlink is allowed only for `NETLINK_ROUTE` (getaddrinfo's address-config query); other
 /// protocols (audit, uevent, …) are host-wide interfaces.
 const NETLINK_ROUTE: u64 = 0;
 
 /// How many rules the compiled policy holds (reported by the cell on start).
 pub fn rule_count() -> usize {
-    DENIED.len() + CLONE_NAMESPACE_FLAGS.len() + 2 + ALLOWED_FAMILIES.len() + DENIED_IOCTLS.len()
+    DENIED.len()
+        + CLONE_NAMESPACE_FLAGS.len()
+        + 2
+        + ALLOWED_FAMILIES.len()
+        + DENIED_IOCTLS.len()
+        + usize::from(cfg!(target_arch = "x86_64"))
 }
 
 fn arch() -> TargetArch {
@@ -322,8 +385,8 @@ fn cond(
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
 }
 
-/// Compile the three filters. Order of installation does not matter for correctness: each
-/// syscall matches at most one filter, and an errno always beats the others' "allow".
+/// Compile the filters. Order of installation does not matter for correctness: each syscall
+/// matches at most one filter, and an errno always beats the others' "allow".
 pub fn compile() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
     let errno = |e: i32| SeccompAction::Errno(e as u32);
 
@@ -382,10 +445,14 @@ pub fn compile() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
     rules.insert(libc::SYS_ioctl, ioctl_rules);
     let denied = SeccompFilter::new(rules, SeccompAction::Allow, errno(libc::EPERM), arch())?;
 
-    [clone3, families, denied]
+    let mut programs: Vec<BpfProgram> = [clone3, families, denied]
         .into_iter()
         .map(BpfProgram::try_from)
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if cfg!(target_arch = "x86_64") {
+        programs.push(x32_filter());
+    }
+    Ok(programs)
 }
 
 /// Install the compiled filters on the calling thread (and so on every process it forks).
@@ -409,6 +476,60 @@ mod tests {
         names.dedup();
         assert_eq!(before, names.len(), "duplicate syscall in DENIED");
         assert!(DENIED.iter().all(|(_, _, why)| !why.is_empty()));
+    }
+
+    /// Run `program` in the classic BPF semantics it uses, on one `seccomp_data`.
+    fn eval(program: &[seccompiler::sock_filter], nr: u32, arch: u32) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = &program[pc];
+            match i.code {
+                bpf::LD_W_ABS => {
+                    a = match i.k {
+                        SECCOMP_DATA_NR => nr,
+                        SECCOMP_DATA_ARCH => arch,
+                        k => panic!("load of offset {k}"),
+                    };
+                    pc += 1;
+                }
+                bpf::JEQ_K | bpf::JGE_K => {
+                    let taken = if i.code == bpf::JEQ_K {
+                        a == i.k
+                    } else {
+                        a >= i.k
+                    };
+                    pc += 1 + usize::from(if taken { i.jt } else { i.jf });
+                }
+                bpf::RET_K => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn x32_numbers_are_refused_native_ones_pass() {
+        let p = x32_filter();
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let x86 = AUDIT_ARCH_X86_64;
+        for nr in [
+            0x4000_0000,
+            0x4000_0000 | 39,
+            0x4000_0000 | 165,
+            0x4000_0200,
+            u32::MAX,
+        ] {
+            assert_eq!(eval(&p, nr, x86), eperm, "{nr:#x}");
+        }
+        for nr in [0, 1, 39, 165, 435, 0x3fff_ffff] {
+            assert_eq!(eval(&p, nr, x86), libc::SECCOMP_RET_ALLOW, "{nr}");
+        }
+        // Another architecture's numbers are the other filters' business (they kill it).
+        assert_eq!(eval(&p, 0x4000_0000, 0x4000_0003), libc::SECCOMP_RET_ALLOW);
+        assert!(!X32.1.is_empty());
+        assert_eq!(
+            compile().map(|v| v.len()).ok(),
+            Some(if cfg!(target_arch = "x86_64") { 4 } else { 3 })
+        );
     }
 
     #[test]

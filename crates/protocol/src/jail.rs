@@ -103,7 +103,8 @@ pub struct LandlockReport {
     pub applied_abi: u32,
     /// Filesystem rules enforced.
     pub filesystem: bool,
-    /// TCP bind/connect denied.
+    /// TCP bind/connect restricted by Landlock. Always false now: loopback TCP inside the
+    /// cell is allowed and the cell's network namespace (only `lo`) is the boundary.
     pub tcp: bool,
     /// Signals and abstract unix sockets scoped to the cell.
     pub scoped: bool,

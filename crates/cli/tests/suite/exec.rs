@@ -440,3 +440,49 @@ fn root_owned_workspace_is_editable_through_an_idmapped_mount() {
         0
     );
 }
+
+/// Whether `prog` is on the host's PATH (the cell sees the same /usr).
+fn have(prog: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {prog} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_local_http_server_and_client_talk_inside_one_cell() {
+    if !require_process_tier() {
+        return;
+    }
+    if !have("python3") {
+        warren_testkit::skip("python3 is not installed (the server under test)");
+        return;
+    }
+    let s = TempDir::new("state");
+    // A real server on the cell's loopback, then real clients in the same cell. The port is
+    // the cell's own: nothing on the host's loopback is involved.
+    let script = r#"
+        cd /tmp && echo hello-from-inside-the-cell > index.html
+        python3 -m http.server 8765 --bind 127.0.0.1 >/tmp/server.log 2>&1 & server=$!
+        for i in $(seq 100); do
+          python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8765/index.html', timeout=2).read().decode(), end='')" 2>/dev/null && break
+          sleep 0.05
+        done
+        if command -v curl >/dev/null; then curl -sS -m 5 http://localhost:8765/index.html; else echo no-curl; fi
+        kill $server
+    "#;
+    let o = warren(s.path(), &["exec", "--", "sh", "-c", script]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("hello-from-inside-the-cell\n"),
+        "python client: {out:?} {}",
+        stderr(&o)
+    );
+    assert!(
+        out.ends_with("hello-from-inside-the-cell\n") && out.lines().count() == 2
+            || out.ends_with("no-curl\n"),
+        "curl client: {out:?} {}",
+        stderr(&o)
+    );
+}

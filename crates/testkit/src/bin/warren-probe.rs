@@ -609,6 +609,35 @@ fn case_tcp_bind(port: u16) -> Report {
     a.report()
 }
 
+/// Listen on `0.0.0.0:PORT` (every address the cell has) and answer each connection with one
+/// line, until `millis` have passed. Meant to run in the background of a cell, so a test can
+/// show the listener is reachable inside the cell and not from the host.
+fn case_tcp_serve(port: u16, millis: u64) -> Report {
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => return Report::new(Outcome::Blocked, format!("bind 0.0.0.0:{port}: {e}")),
+    };
+    if let Err(e) = listener.set_nonblocking(true) {
+        return Report::error(format!("set_nonblocking: {e}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+    let mut served = 0u64;
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut c, _)) => {
+                let _ = c.write_all(b"warren-cell-listener\n");
+                served += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Report::error(format!("accept: {e}")),
+        }
+    }
+    Report::new(Outcome::Escaped, format!("listened on 0.0.0.0:{port}"))
+        .with("served", json!(served))
+}
+
 fn case_udp_send(addr: SocketAddr) -> Report {
     let mut a = Attempts::default();
     let r = isolated(|| {
@@ -1261,6 +1290,39 @@ fn case_open_by_handle() -> Report {
     a.report()
 }
 
+/// `__X32_SYSCALL_BIT`: x32 system calls are native x86_64 numbers with this bit set.
+const X32_SYSCALL_BIT: c_long = 0x4000_0000;
+
+/// Raw x32 system calls (`getpid`, and `write` of one byte to `/dev/null`); native `getpid` is
+/// reported as a control. The error text carries the errno (`os error N`), so a caller can tell
+/// a filter's answer (`EPERM`) from a kernel without x32 (`ENOSYS`).
+fn case_x32_syscall() -> Report {
+    let mut a = Attempts::default();
+    // SAFETY: getpid takes no arguments.
+    let native = unsafe { libc::syscall(libc::SYS_getpid) };
+    a.note(format!("native getpid: {native}"));
+    a.add(
+        "syscall(0x40000000 | SYS_getpid)",
+        // SAFETY: getpid takes no arguments; an x32 number is just a number to the kernel.
+        isolated(|| cvt(unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) })),
+    );
+    let write = match OpenOptions::new().write(true).open("/dev/null") {
+        Ok(null) => {
+            let fd = c_long::from(null.as_raw_fd());
+            isolated(|| {
+                let byte = b"x";
+                // SAFETY: write(fd, buf, 1) with a valid one-byte buffer and an open fd.
+                cvt(unsafe {
+                    libc::syscall(X32_SYSCALL_BIT | libc::SYS_write, fd, byte.as_ptr(), 1usize)
+                })
+            })
+        }
+        Err(e) => Err(format!("open /dev/null: {e}")),
+    };
+    a.add("syscall(0x40000000 | SYS_write, /dev/null, 1 byte)", write);
+    a.report().with("native_getpid", json!(native))
+}
+
 // ---------------------------------------------------------------------------
 // Resource limits
 // ---------------------------------------------------------------------------
@@ -1659,11 +1721,11 @@ fn case_whoami() -> Report {
 
 const USAGE: &str = "usage: warren-probe CASE ARGS... (cases: read-file PATH, write-file PATH, \
 mkdir PATH, list-dir PATH, mknod-block PATH, open-device PATH, chmod-setuid PATH, \
-unix-connect PATH, abstract-connect NAME, tcp-connect IP:PORT, tcp-bind PORT, udp-send IP:PORT, \
+unix-connect PATH, abstract-connect NAME, tcp-connect IP:PORT, tcp-bind PORT, tcp-serve PORT MILLIS, udp-send IP:PORT, \
 dns NAME, raw-socket, vsock, netlink-audit, ptrace-sibling, process-vm-readv, mount, unshare, \
 setns, chroot, pivot-root, kill PID, io-uring, bpf, keyctl, perf-event, userfaultfd, \
 sethostname, tiocsti, module, kexec-reboot, clock, swap-acct, iopl, open-by-handle, \
-fork-bomb LIMIT, memory-hog MIB, spin, disk-fill PATH LIMIT_BYTES, env-absent NAME, fds, caps, \
+x32-syscall, fork-bomb LIMIT, memory-hog MIB, spin, disk-fill PATH LIMIT_BYTES, env-absent NAME, fds, caps, \
 setuid-exec PATH, whoami)";
 
 /// Positional arguments of a case, with typed accessors that produce error reports.
@@ -1753,6 +1815,10 @@ fn run(a: &Args) -> Result<Report, Report> {
         "tcp-bind" => {
             one("PORT")?;
             case_tcp_bind(a.parse(0, "PORT")?)
+        }
+        "tcp-serve" => {
+            a.expect(2, "PORT MILLIS")?;
+            case_tcp_serve(a.parse(0, "PORT")?, a.parse(1, "MILLIS")?)
         }
         "udp-send" => {
             one("IP:PORT")?;
@@ -1857,6 +1923,10 @@ fn run(a: &Args) -> Result<Report, Report> {
         "open-by-handle" => {
             none()?;
             case_open_by_handle()
+        }
+        "x32-syscall" => {
+            none()?;
+            case_x32_syscall()
         }
         "fork-bomb" => {
             one("LIMIT")?;

@@ -184,26 +184,163 @@ fn host_abstract_socket() {
     assert_blocked(&cell, &["abstract-connect", &name]);
 }
 
+/// The host's own address on its default route, found without sending anything (a UDP
+/// socket's `connect` only picks the route).
+fn host_address() -> Option<std::net::IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("203.0.113.7:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+/// A port nothing on the host listens on (as of now).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn host_tcp_listener() {
     let Some(e) = env() else { return };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
+    // Listening on every host address: the cell's 127.0.0.1 is its own, and the host's
+    // address is not routable from a namespace whose only interface is `lo`.
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
     let cell = start(&e.spec, JAIL);
-    assert_blocked(&cell, &["tcp-connect", &addr]);
+    assert_blocked(&cell, &["tcp-connect", &format!("127.0.0.1:{port}")]);
+    match host_address() {
+        Some(ip) => {
+            let r = assert_blocked(&cell, &["tcp-connect", &format!("{ip}:{port}")]);
+            assert!(
+                r.json["detail"].as_str().unwrap().contains("unreachable"),
+                "{}",
+                r.json
+            );
+        }
+        None => eprintln!("this host has no route off loopback; only 127.0.0.1 was tried"),
+    }
+    l.set_nonblocking(true).unwrap();
+    assert!(
+        l.accept().is_err(),
+        "the host listener accepted a connection"
+    );
 }
 
-blocked!(tcp_bind, ["tcp-bind", "8080"]);
+#[test]
+fn tcp_bind_works_inside_the_cell_and_stays_there() {
+    let Some(e) = env() else { return };
+    let port = free_port();
+    let cell = start(&e.spec, JAIL);
+    // Documented behaviour: a cell may listen and connect on its own loopback (local servers
+    // and their tests); the network namespace, not Landlock, keeps it in.
+    let r = probe(&cell, &["tcp-bind", &port.to_string()]);
+    assert_eq!(
+        r.outcome, "escaped",
+        "binding in the cell failed: {}",
+        r.json
+    );
+    let (o, _) = run(
+        &cell,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "{} tcp-serve {port} 30000 >/dev/null 2>&1 &",
+                warren_testkit::PROBE_IN_CELL
+            ),
+        ],
+        None,
+    );
+    assert_eq!(o.exit.code, Some(0), "{o:?}");
+    let inside = (0..200).any(|_| {
+        let ok = probe(&cell, &["tcp-connect", &format!("127.0.0.1:{port}")]).outcome == "escaped";
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    });
+    assert!(
+        inside,
+        "the cell's own listener was not reachable inside the cell"
+    );
+    // The host's 127.0.0.1 is another namespace's: the cell's listener is not there.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "the cell's listener is reachable from the host"
+    );
+    if let Some(ip) = host_address() {
+        let addr = std::net::SocketAddr::new(ip, port);
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+            "the cell's listener is reachable on the host's address"
+        );
+    }
+}
+
+#[test]
+fn egress_cell_reaches_only_its_forwarder() {
+    let Some(mut e) = env() else { return };
+    // A stand-in for the host's egress proxy: a unix socket that counts connections.
+    let dir = TempDir::new("egress");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("proxy.sock");
+    let proxy = UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for c in proxy.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    let host = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    e.spec.egress = Some(sock.clone());
+    let cell = start(&e.spec, JAIL);
+    // Control: the forwarder on 127.0.0.1:3128 reaches the proxy.
+    let r = probe(&cell, &["tcp-connect", "127.0.0.1:3128"]);
+    assert_eq!(r.outcome, "escaped", "{}", r.json);
+    let reached = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    assert!(reached, "the forwarder did not reach the proxy's socket");
+    // Everything else stays unreachable: the host's loopback port, the host's address, and
+    // any other address.
+    assert_blocked(&cell, &["tcp-connect", &format!("127.0.0.1:{port}")]);
+    if let Some(ip) = host_address() {
+        assert_blocked(&cell, &["tcp-connect", &format!("{ip}:{port}")]);
+    }
+    assert_blocked(&cell, &["tcp-connect", "203.0.113.7:443"]);
+    assert_blocked(&cell, &["udp-send", "203.0.113.7:53"]);
+    host.set_nonblocking(true).unwrap();
+    assert!(
+        host.accept().is_err(),
+        "the host listener accepted a connection"
+    );
+}
 
 #[test]
 fn udp_packet_out() {
     let Some(e) = env() else { return };
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let addr = sock.local_addr().unwrap().to_string();
+    let port = sock.local_addr().unwrap().port();
     let cell = start(&e.spec, JAIL);
-    assert_blocked(&cell, &["udp-send", &addr]);
+    // 127.0.0.1 is the cell's own loopback: the datagram may be sent, into the cell's
+    // namespace only (what matters is that the host never sees it, below).
+    let own = probe(&cell, &["udp-send", &format!("127.0.0.1:{port}")]);
+    eprintln!("udp to the cell's own loopback: {}", own.json);
+    if let Some(ip) = host_address() {
+        assert_blocked(&cell, &["udp-send", &format!("{ip}:{port}")]);
+    }
+    assert_blocked(&cell, &["udp-send", "203.0.113.7:53"]);
     let mut buf = [0u8; 64];
     assert!(
         sock.recv(&mut buf).is_err(),
@@ -237,6 +374,20 @@ blocked!(set_clock, ["clock"]);
 blocked!(swap_acct_syslog, ["swap-acct"]);
 blocked!(io_ports, ["iopl"]);
 blocked!(open_by_handle, ["open-by-handle"]);
+#[test]
+fn x32_system_calls() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    let r = assert_blocked(&cell, &["x32-syscall"]);
+    // The control: the native call works.
+    assert!(r.json["native_getpid"].as_i64().unwrap() > 0, "{}", r.json);
+    // Refused by the cell's own filter (EPERM), not merely absent from this kernel (ENOSYS):
+    // the answer does not depend on CONFIG_X86_X32_ABI.
+    if cfg!(target_arch = "x86_64") {
+        let detail = r.json["detail"].as_str().unwrap();
+        assert_eq!(detail.matches("(os error 1)").count(), 2, "{detail}");
+    }
+}
 blocked!(dev_kvm, ["open-device", "/dev/kvm"]);
 blocked!(dev_vsock, ["open-device", "/dev/vsock"]);
 blocked!(block_device_node, ["open-device", "/dev/vda"]);
