@@ -336,7 +336,7 @@ pub fn apply(state: &Path, id: &str) -> i32 {
         Ok(l) => l,
         Err(c) => return c,
     };
-    match cow::apply(&l.layer, &l.meta.workspace) {
+    match apply_layer(&l.layer, &l.meta.workspace) {
         Ok(r) => {
             let _ = cow::discard(&l.layer);
             eprintln!(
@@ -352,6 +352,31 @@ pub fn apply(state: &Path, id: &str) -> i32 {
             1
         }
     }
+}
+
+/// Apply a layer, showing progress on a terminal and naming what was refused.
+pub fn apply_layer(
+    layer: &warren_cell::spec::CowLayer,
+    workspace: &Path,
+) -> Result<cow::ApplyReport, warren_cell::CellError> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let r = cow::apply_with(layer, workspace, &mut |p| {
+        if tty && (p.done == p.total || last.elapsed().as_millis() >= 100) {
+            last = std::time::Instant::now();
+            let _ = write!(std::io::stderr(), "\rwarren: applying {}/{}", p.done, p.total);
+            if p.done == p.total {
+                let _ = writeln!(std::io::stderr());
+            }
+        }
+    });
+    if let Ok(r) = &r {
+        for (p, why) in &r.refused {
+            eprintln!("warren: not applied: {}: {why}", p.display());
+        }
+    }
+    r
 }
 
 /// `warren discard`.
