@@ -34,28 +34,125 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Create `dir` (the host side of `/cap/http`) for a cell running as `owner`.
-pub fn prepare(dir: &Path, owner: (u32, u32)) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.join("responses"))?;
-    std::fs::write(dir.join("README"), README)?;
+/// Largest request file the host reads.
+const MAX_REQUEST: u64 = 1 << 20;
+
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        for p in [dir.to_path_buf(), dir.join("responses")] {
-            std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1))?;
-        }
-    }
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn owner_if_root(owner: (u32, u32)) -> Option<(u32, u32)> {
+    is_root().then_some(owner)
+}
+
+/// Create (or, on resume, repair) `dir`, the host side of `/cap/http`, for a cell running as
+/// `owner`. The cell can write everything in it, so nothing in it is trusted: the directory is
+/// opened beneath its trusted parent without following links, `responses` is recreated if it is
+/// anything but a real directory, and `README` is replaced atomically (a planted link at either
+/// name is removed, never followed).
+pub fn prepare(dir: &Path, owner: (u32, u32)) -> std::io::Result<()> {
+    let cap = open_cap_dir(dir)?;
+    cap.set_mode_owner("", 0o755, owner_if_root(owner))
+        .map_err(std::io::Error::other)?;
+    responses(&cap, owner)?;
+    cap.write("README", README.as_bytes(), 0o444, None)
+        .map_err(std::io::Error::other)?;
     Ok(())
 }
 
-fn write_response(dir: &Path, name: &str, v: &Value, owner: (u32, u32)) {
-    let tmp = dir.join("responses").join(format!(".{name}.tmp"));
-    let dst = dir.join("responses").join(format!("{name}.json"));
-    if std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap_or_default()).is_ok() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let _ = std::os::unix::fs::chown(&tmp, Some(owner.0), Some(owner.1));
+/// Open `dir` as a handle: its parent is the host's own task directory.
+fn open_cap_dir(dir: &Path) -> std::io::Result<warren_fsx::Dir> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::Error::other(format!(
+            "{}: no parent",
+            dir.display()
+        )));
+    };
+    let parent = warren_fsx::Dir::create_trusted(parent, 0o755).map_err(std::io::Error::other)?;
+    parent
+        .ensure_dir(name, 0o755)
+        .map_err(std::io::Error::other)
+}
+
+/// The `responses` directory, recreated when the cell replaced it with anything else.
+fn responses(cap: &warren_fsx::Dir, owner: (u32, u32)) -> std::io::Result<warren_fsx::Dir> {
+    match cap.stat("responses").map_err(std::io::Error::other)? {
+        Some(s) if s.kind == warren_fsx::Kind::Dir => {}
+        Some(_) => {
+            cap.remove_all("responses").map_err(std::io::Error::other)?;
+            cap.mkdir("responses", 0o755)
+                .map_err(std::io::Error::other)?;
         }
-        let _ = std::fs::rename(&tmp, &dst);
+        None => {
+            cap.mkdir("responses", 0o755)
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    let r = cap.sub("responses").map_err(std::io::Error::other)?;
+    r.set_mode_owner("", 0o755, owner_if_root(owner))
+        .map_err(std::io::Error::other)?;
+    Ok(r)
+}
+
+fn write_response(cap: &warren_fsx::Dir, name: &str, v: &Value, owner: (u32, u32)) {
+    let Ok(dir) = responses(cap, owner) else {
+        return;
+    };
+    let bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let _ = dir.write(format!("{name}.json"), &bytes, 0o644, owner_if_root(owner));
+}
+
+/// What the poller found at `request`.
+enum Pickup {
+    Nothing,
+    /// Still being written (not yet complete JSON): look again next time.
+    Incomplete,
+    /// A complete request, taken (renamed away) so the next one can be written.
+    Request(Value),
+    /// Not something the host reads; removed, and the reason answered.
+    Invalid(String),
+}
+
+fn pick_up(cap: &warren_fsx::Dir, n: u64) -> Pickup {
+    let text = match cap.read("request", MAX_REQUEST) {
+        Ok(t) => t,
+        Err(e) if e.is_not_found() => return Pickup::Nothing,
+        Err(warren_fsx::Error::TooLarge { .. }) => {
+            let _ = cap.remove_file("request");
+            return Pickup::Invalid("the request is larger than 1 MiB".into());
+        }
+        Err(warren_fsx::Error::WrongKind { found, .. }) => {
+            // A FIFO, directory, link or device: never opened for reading, just removed.
+            let _ = cap.remove_all("request");
+            return Pickup::Invalid(format!("the request is a {found}, not a regular file"));
+        }
+        Err(e) => {
+            let _ = cap.remove_all("request");
+            return Pickup::Invalid(format!("the request cannot be read: {e}"));
+        }
+    };
+    if text.is_empty() {
+        return Pickup::Nothing;
+    }
+    // Complete JSON only: a writer still writing is read again next time.
+    if serde_json::from_slice::<Value>(&text).is_err() {
+        if text.ends_with(b"\n") || text.ends_with(b"}") {
+            let _ = cap.remove_file("request");
+            return Pickup::Invalid("the request is not valid JSON".into());
+        }
+        return Pickup::Incomplete;
+    }
+    // Take it, then read what was taken: what is processed is exactly the file removed.
+    let taken = format!(".taken-{n}");
+    if cap.rename("request", &taken).is_err() {
+        return Pickup::Nothing;
+    }
+    let text = cap.read(&taken, MAX_REQUEST);
+    let _ = cap.remove_all(&taken);
+    match text.map(|t| serde_json::from_slice::<Value>(&t)) {
+        Ok(Ok(v)) => Pickup::Request(v),
+        _ => Pickup::Invalid("the request changed while it was taken".into()),
     }
 }
 
@@ -67,39 +164,26 @@ pub fn serve(
     audit: Arc<dyn warren_egress::Audit>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let request = dir.join("request");
+        let cap = match open_cap_dir(&dir) {
+            Ok(c) => Arc::new(c),
+            Err(_) => return,
+        };
         let mut n = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let Ok(text) = std::fs::read(&request) else {
-                continue;
-            };
-            if text.is_empty() {
-                continue;
-            }
-            // Complete JSON only: a writer still writing is read again next time.
-            let Ok(mut v) = serde_json::from_slice::<Value>(&text) else {
-                if text.len() > (1 << 20) || text.ends_with(b"\n") || text.ends_with(b"}") {
-                    let _ = std::fs::remove_file(&request);
-                    write_response(
-                        &dir,
-                        "invalid",
-                        &json!({"error": "the request is not valid JSON"}),
-                        owner,
-                    );
-                }
-                continue;
-            };
             n += 1;
-            let taken = dir.join(format!(".taken-{n}"));
-            if std::fs::rename(&request, &taken).is_err() {
-                continue;
-            }
-            let _ = std::fs::remove_file(&taken);
+            let mut v = match pick_up(&cap, n) {
+                Pickup::Nothing | Pickup::Incomplete => continue,
+                Pickup::Invalid(why) => {
+                    write_response(&cap, "invalid", &json!({"error": why}), owner);
+                    continue;
+                }
+                Pickup::Request(v) => v,
+            };
             let id = v["id"].as_str().map(str::to_owned);
             let Some(id) = id.filter(|i| valid_id(i)) else {
                 write_response(
-                    &dir,
+                    &cap,
                     "invalid",
                     &json!({"error": "the request needs an \"id\" of 1-64 characters A-Z a-z 0-9 _ -"}),
                     owner,
@@ -109,7 +193,7 @@ pub fn serve(
             if let Some(o) = v.as_object_mut() {
                 o.remove("id");
             }
-            let (config, audit, dir) = (Arc::clone(&config), Arc::clone(&audit), dir.clone());
+            let (config, audit, cap) = (Arc::clone(&config), Arc::clone(&audit), Arc::clone(&cap));
             tokio::spawn(async move {
                 let answer = match serde_json::from_value::<warren_egress::FetchRequest>(v) {
                     Ok(req) => {
@@ -122,8 +206,91 @@ pub fn serve(
                         json!({"id": id, "status": 0, "error": format!("invalid request: {e}")})
                     }
                 };
-                write_response(&dir, &id, &answer, owner);
+                write_response(&cap, &id, &answer, owner);
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("warren-caphttp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn me() -> (u32, u32) {
+        // SAFETY: no preconditions.
+        unsafe { (libc::geteuid(), libc::getegid()) }
+    }
+
+    /// What a cell can plant in its `/cap/http` before the host (re-)prepares it on resume.
+    #[test]
+    fn attack_prepare_replaces_planted_links_and_never_writes_or_chowns_through_them() {
+        let root = tmp("prepare");
+        let victim = root.join("victim");
+        std::fs::write(&victim, "root-only\n").unwrap();
+        let dir = root.join("task/cap-http");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("README")).unwrap();
+        std::os::unix::fs::symlink(&root, dir.join("responses")).unwrap();
+        prepare(&dir, (65534, 65534)).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root-only\n");
+        let m = std::fs::symlink_metadata(&victim).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((m.uid(), m.gid()), me());
+        assert!(
+            std::fs::symlink_metadata(dir.join("README"))
+                .unwrap()
+                .is_file()
+        );
+        assert!(
+            std::fs::symlink_metadata(dir.join("responses"))
+                .unwrap()
+                .is_dir()
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_a_fifo_or_link_at_request_is_removed_without_blocking() {
+        let root = tmp("fifo");
+        let dir = root.join("task/cap-http");
+        prepare(&dir, me()).unwrap();
+        let cap = open_cap_dir(&dir).unwrap();
+        let c = std::ffi::CString::new(dir.join("request").into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let start = std::time::Instant::now();
+        assert!(matches!(pick_up(&cap, 1), Pickup::Invalid(w) if w.contains("FIFO")));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(!dir.join("request").exists());
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("request")).unwrap();
+        assert!(matches!(pick_up(&cap, 2), Pickup::Invalid(w) if w.contains("symlink")));
+        // A planted link at the temporary name of a response is replaced, never followed.
+        let victim = root.join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("responses/r1.json")).unwrap();
+        write_response(&cap, "r1", &json!({"ok": true}), me());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+        assert!(
+            std::fs::read_to_string(dir.join("responses/r1.json"))
+                .unwrap()
+                .contains("ok")
+        );
+        // And a well-formed request is still taken.
+        std::fs::write(
+            dir.join("request"),
+            r#"{"id": "r2", "url": "http://x.test/"}"#,
+        )
+        .unwrap();
+        assert!(matches!(pick_up(&cap, 3), Pickup::Request(v) if v["id"] == "r2"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

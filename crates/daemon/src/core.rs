@@ -513,7 +513,12 @@ impl Daemon {
         if !layer.upper.exists() {
             return Ok(String::new());
         }
-        cow::diff(&layer, Path::new(&ws)).map_err(|e| DaemonError::Internal(e.to_string()))
+        cow::diff_with(
+            &layer,
+            Path::new(&ws),
+            &diff_limits(Duration::from_secs(10)),
+        )
+        .map_err(|e| DaemonError::Internal(e.to_string()))
     }
 
     fn finished_metric(&self, s: TaskState) {
@@ -1095,18 +1100,34 @@ impl Daemon {
         });
         let diff = match (layer, task.workspace.clone()) {
             (Some(layer), Some(ws)) => {
-                tokio::task::spawn_blocking(move || cow::diff(&layer, Path::new(&ws)))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default()
+                // Bounded in time and size: the layer is the cell's work, and a task's slot
+                // is held until its diff is stored.
+                let limits = diff_limits(Duration::from_secs(30));
+                match tokio::task::spawn_blocking(move || {
+                    cow::diff_with(&layer, Path::new(&ws), &limits)
+                })
+                .await
+                {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => format!("warren: the diff could not be computed: {e}\n"),
+                    Err(e) => format!("warren: the diff could not be computed: {e}\n"),
+                }
             }
             _ => String::new(),
         };
-        let _ = self.store.put_artifact(&task.id, "diff", diff.as_bytes());
-        let _ = self
-            .store
-            .put_artifact(&task.id, "result", result.to_string().as_bytes());
+        for (name, bytes) in [
+            ("diff", diff.into_bytes()),
+            ("result", result.to_string().into_bytes()),
+        ] {
+            if let Err(e) = self.store.put_artifact(&task.id, name, &bytes) {
+                // Not fatal to the task, but never silent.
+                self.event(
+                    &task.id,
+                    "task.artifact_failed",
+                    json!({"artifact": name, "error": e.to_string()}),
+                );
+            }
+        }
         dirs.set_status(state.as_str());
         let reason = if summary.is_empty() {
             state.as_str().to_owned()
@@ -1214,6 +1235,14 @@ impl Daemon {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.opts.limits
+    }
+}
+
+/// Limits for a diff the daemon computes: `within` from now, the default sizes.
+fn diff_limits(within: Duration) -> cow::DiffOptions {
+    cow::DiffOptions {
+        deadline: Some(Instant::now() + within),
+        ..cow::DiffOptions::default()
     }
 }
 

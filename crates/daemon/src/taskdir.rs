@@ -2,7 +2,6 @@
 //! and status read-only, `result.json` writable) and `<state>/tasks/<id>/logs` is `/logs`
 //! (written by the host, read-only in the cell).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use warren_protocol::mount::{Mount, MountKind};
@@ -28,6 +27,10 @@ impl TaskDirs {
 
     /// Create (or, for a resumed task, reuse) the directories; `owner` is the cell's host
     /// identity, which may write `result.json`. An existing result and logs are kept.
+    ///
+    /// Everything below `<state>/tasks/<id>` goes through a [`warren_fsx::Dir`] handle: no
+    /// link is followed, files are replaced atomically, `result.json` (the one file the cell
+    /// writes) is created exclusively and chowned through its descriptor.
     pub fn create(
         state: &Path,
         id: &str,
@@ -35,20 +38,34 @@ impl TaskDirs {
         owner: (u32, u32),
     ) -> std::io::Result<Self> {
         let dirs = Self::at(state, id);
-        std::fs::create_dir_all(&dirs.task)?;
-        std::fs::create_dir_all(&dirs.logs)?;
-        std::fs::write(
-            dirs.task.join("spec.json"),
-            serde_json::to_vec_pretty(spec).unwrap_or_default(),
-        )?;
-        std::fs::write(dirs.task.join("status"), "running\n")?;
-        let result = dirs.task.join("result.json");
-        if !result.exists() {
-            std::fs::write(&result, "")?;
-        }
+        let root = warren_fsx::Dir::create_trusted(state.join("tasks").join(id), 0o755)
+            .map_err(std::io::Error::other)?;
+        let task = root
+            .ensure_dir("task", 0o755)
+            .map_err(std::io::Error::other)?;
+        root.ensure_dir("logs", 0o755)
+            .map_err(std::io::Error::other)?;
+        let spec = serde_json::to_vec_pretty(spec).unwrap_or_default();
+        task.write("spec.json", &spec, 0o644, None)
+            .map_err(std::io::Error::other)?;
+        task.write("status", b"running\n", 0o644, None)
+            .map_err(std::io::Error::other)?;
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(&result, Some(owner.0), Some(owner.1))?;
+        let root_caller = unsafe { libc::geteuid() } == 0;
+        match task.stat("result.json").map_err(std::io::Error::other)? {
+            Some(s) if s.kind == warren_fsx::Kind::File => {}
+            other => {
+                if other.is_some() {
+                    task.remove_all("result.json")
+                        .map_err(std::io::Error::other)?;
+                }
+                task.write("result.json", b"", 0o644, None)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+        if root_caller {
+            task.set_mode_owner("result.json", 0o644, Some(owner))
+                .map_err(std::io::Error::other)?;
         }
         Ok(dirs)
     }
@@ -69,14 +86,11 @@ impl TaskDirs {
         ]
     }
 
-    /// Write `/task/status` (in place: the cell's bind mount keeps pointing at this inode).
+    /// Write `/task/status` (replaced atomically; `/task` is a directory bind, so the cell sees
+    /// the new file).
     pub fn set_status(&self, status: &str) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.task.join("status"))
-        {
-            let _ = writeln!(f, "{status}");
+        if let Ok(d) = warren_fsx::Dir::open(&self.task) {
+            let _ = d.write("status", format!("{status}\n").as_bytes(), 0o644, None);
         }
     }
 }
