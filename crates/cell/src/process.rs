@@ -151,6 +151,8 @@ impl ProcessCell {
             }
         };
 
+        // Refused before anything is created (a root-owned read-write workspace).
+        let idmap = crate::spec::workspace_idmap(spec, host_uid)?;
         let cgroups = if spec.limits.cgroup.any() {
             let Some(h) = Hierarchy::detect() else {
                 return Err(CellError::Refused {
@@ -228,7 +230,7 @@ impl ProcessCell {
                 })
                 .unwrap_or_default(),
             owner_pid: std::process::id() as i32,
-            idmap: crate::spec::workspace_idmap(spec, host_uid),
+            idmap,
             require_landlock: spec.require_landlock,
         };
 

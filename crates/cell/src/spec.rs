@@ -194,21 +194,41 @@ pub fn resolve_identity(spec: &CellSpec) -> (u32, u32) {
 /// root-owned checkout, mapped to `nobody`), present the workspace through an idmapped mount so
 /// the cell can edit it as its owner would. Needs root; ordinary users map themselves and own
 /// their workspace already.
-pub fn workspace_idmap(spec: &CellSpec, host_uid: u32) -> Option<warren_protocol::jail::IdMap> {
+///
+/// Disk uid 0 is never mapped read-write: whatever the cell created there (a setuid binary,
+/// say) would be root's on the host. A root-owned `rw` workspace is refused; `cow` maps it as
+/// the overlay's read-only lower layer, and `apply` masks modes.
+pub fn workspace_idmap(
+    spec: &CellSpec,
+    host_uid: u32,
+) -> Result<Option<warren_protocol::jail::IdMap>, CellError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return None;
+        return Ok(None);
     }
-    let ws = spec.workspace.as_ref()?;
+    let Some(ws) = spec.workspace.as_ref() else {
+        return Ok(None);
+    };
     if ws.mode == WorkspaceMode::ReadOnly {
-        return None;
+        return Ok(None);
     }
-    let m = std::fs::metadata(&ws.host).ok()?;
-    (m.uid() != host_uid).then(|| warren_protocol::jail::IdMap {
+    let Ok(m) = std::fs::metadata(&ws.host) else {
+        return Ok(None);
+    };
+    if m.uid() == host_uid {
+        return Ok(None);
+    }
+    if m.uid() == 0 && ws.mode == WorkspaceMode::ReadWrite {
+        return Err(CellError::Spec(format!(
+            "{} is owned by root: a read-write workspace would let the cell create root-owned (setuid) files on the host; use a copy-on-write workspace (review, then apply) or give the tree an ordinary owner",
+            ws.host.display()
+        )));
+    }
+    Ok(Some(warren_protocol::jail::IdMap {
         target: "/workspace".into(),
         disk_uid: m.uid(),
         disk_gid: m.gid(),
-    })
+    }))
 }
 
 fn bind(target: &str, source: &str, readonly: bool) -> Mount {

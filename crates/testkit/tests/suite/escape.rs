@@ -661,7 +661,23 @@ fn idmapped_root_workspace_widens_nothing() {
     std::fs::copy(PROBE, &suid).unwrap();
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for mode in [WorkspaceMode::Cow, WorkspaceMode::ReadWrite] {
+    // Disk uid 0 is never mapped read-write: a cell could leave setuid-root files behind.
+    e.spec.workspace = Some(Workspace {
+        host: ws.path().to_path_buf(),
+        mode: WorkspaceMode::ReadWrite,
+    });
+    let program = warren_cell::JailProgram {
+        program: JAIL.into(),
+        args: vec![],
+        fork_server: false,
+    };
+    let refused = warren_cell::ProcessCell::start(&e.spec, &program);
+    assert!(
+        matches!(&refused, Err(warren_cell::CellError::Spec(m)) if m.contains("owned by root")),
+        "a read-write root-owned workspace started: {:?}",
+        refused.err()
+    );
+    for mode in [WorkspaceMode::Cow] {
         e.spec.workspace = Some(Workspace {
             host: ws.path().to_path_buf(),
             mode,
