@@ -18,6 +18,7 @@ pub mod check;
 pub mod cow;
 pub mod error;
 pub mod forkserver;
+pub mod hostpaths;
 pub mod process;
 pub mod spec;
 

@@ -117,7 +117,8 @@ pub const SYSTEM_DIRS: &[&str] = &[
 
 /// Host `/etc` entries a cell may see, each needed by ordinary programs and none secret.
 /// Everything else (shadow, gshadow, sudoers, ssh keys, machine-id, credentials of package
-/// managers, …) does not exist in a cell.
+/// managers, …) does not exist in a cell, except what [`crate::hostpaths::etc_entries`]
+/// derives from the installed toolchains (a JVM's configuration directory, say).
 pub const ETC_ALLOWLIST: &[(&str, &str)] = &[
     ("ld.so.cache", "dynamic linker's library index"),
     ("ld.so.conf", "dynamic linker configuration"),
@@ -321,11 +322,9 @@ impl CellSpec {
             "/etc/resolv.conf",
             "# no network in this cell\n".into(),
         ));
-        for (name, _why) in ETC_ALLOWLIST {
-            let host = format!("/etc/{name}");
-            if std::fs::metadata(&host).is_ok() {
-                mounts.push(bind(&host, &host, true));
-            }
+        // Named and derived from the installed toolchains (see `hostpaths`).
+        for host in crate::hostpaths::etc_entries() {
+            mounts.push(bind(&host, &host, true));
         }
         // /workspace.
         if let Some(ws) = &self.workspace {

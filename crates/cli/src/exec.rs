@@ -90,13 +90,18 @@ impl OutputSink for Streaming {
     }
 }
 
-fn settings(a: &ExecArgs) -> Result<Policy, String> {
+fn settings(a: &ExecArgs, state: &Path) -> Result<Policy, String> {
     let mut p = match &a.policy {
-        Some(f) => policy::load(f).map_err(|e| e.to_string())?,
+        Some(f) => policy::load(f, state).map_err(|e| e.to_string())?,
         None => Policy::default(),
     };
     if a.workspace.is_some() {
         p.workspace = a.workspace.clone();
+    } else if p.workspace.is_none() && p.mode.is_some() {
+        // A policy that sets how the workspace is mounted but not which one means the project
+        // the command is run from (`warren exec --policy examples/policy.toml -- ./build.sh`
+        // in a checkout). The flags stay explicit: `--rw` alone is refused below.
+        p.workspace = Some(PathBuf::from("."));
     }
     if a.rw {
         p.mode = Some(Mode::Rw);
@@ -146,6 +151,11 @@ fn cell_spec(p: &Policy, state: &Path) -> Result<CellSpec, String> {
         spec.limits.max_output_bytes = o;
     }
     spec.env = p.env.clone();
+    spec.extra_mounts.extend(
+        p.read_only_paths
+            .iter()
+            .map(|path| warren_cell::hostpaths::read_only_bind(path)),
+    );
     Ok(spec)
 }
 
@@ -175,7 +185,7 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         eprintln!("warren: {msg}");
         exit::REFUSED
     };
-    let p = match settings(&a) {
+    let p = match settings(&a, state) {
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
@@ -284,16 +294,42 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         if changes.is_empty() {
             eprintln!("warren: no changes to the workspace");
         } else {
-            eprintln!("warren: {} change(s) kept as cell {id}:", changes.len());
-            for c in &changes {
-                eprintln!("  {} {}", c.marker(), c.path().display());
-            }
+            eprint!("{}", change_summary(&changes, &id));
             eprintln!(
                 "warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
             );
         }
     }
     code
+}
+
+/// How many changed paths `warren exec` lists before it only counts (`--json` lists all).
+pub const LISTED_CHANGES: usize = 20;
+
+/// The kept changes as `warren exec` prints them: a count line by kind, then at most
+/// [`LISTED_CHANGES`] paths and how many more `warren diff --stat ID` lists.
+pub fn change_summary(changes: &[cow::Change], id: &str) -> String {
+    let count = |m: char| changes.iter().filter(|c| c.marker() == m).count();
+    let (added, modified, deleted) = (count('A'), count('M'), count('D'));
+    let other = changes.len() - added - modified - deleted;
+    let mut kinds = format!("{added} added, {modified} modified, {deleted} deleted");
+    if other > 0 {
+        kinds.push_str(&format!(", {other} other"));
+    }
+    let mut out = format!(
+        "warren: {} change(s) kept as cell {id}: {kinds}\n",
+        changes.len()
+    );
+    for c in changes.iter().take(LISTED_CHANGES) {
+        out.push_str(&format!("  {} {}\n", c.marker(), c.path().display()));
+    }
+    if changes.len() > LISTED_CHANGES {
+        out.push_str(&format!(
+            "  … and {} more (`warren diff --stat {id}` lists them all)\n",
+            changes.len() - LISTED_CHANGES
+        ));
+    }
+    out
 }
 
 fn open_layer(state: &Path, id: &str) -> Result<cow::StoredLayer, i32> {
@@ -365,7 +401,12 @@ pub fn apply_layer(
     let r = cow::apply_with(layer, workspace, &mut |p| {
         if tty && (p.done == p.total || last.elapsed().as_millis() >= 100) {
             last = std::time::Instant::now();
-            let _ = write!(std::io::stderr(), "\rwarren: applying {}/{}", p.done, p.total);
+            let _ = write!(
+                std::io::stderr(),
+                "\rwarren: applying {}/{}",
+                p.done,
+                p.total
+            );
             if p.done == p.total {
                 let _ = writeln!(std::io::stderr());
             }

@@ -24,6 +24,8 @@ pub struct RawPolicy {
     tmp_size: Option<Spanned<String>>,
     output_limit: Option<Spanned<String>>,
     #[serde(default)]
+    read_only_paths: Vec<Spanned<String>>,
+    #[serde(default)]
     env: BTreeMap<String, String>,
 }
 
@@ -48,6 +50,8 @@ pub struct Policy {
     pub output_limit: Option<u64>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Host paths mounted read-only at the same path in the cell (checked).
+    pub read_only_paths: Vec<String>,
 }
 
 /// Workspace mount mode.
@@ -83,8 +87,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 pub use warren_config::units::{parse_duration, parse_size};
 
-/// Parse policy text; `file` is only used in messages.
-pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
+/// Parse policy text; `file` is only used in messages, `state_dir` is Warren's state directory
+/// (no read-only path may hold it or lie inside it).
+pub fn parse(file: &Path, text: &str, state_dir: &Path) -> Result<Policy, PolicyError> {
     let at = |offset: usize, msg: &str| {
         let (l, c) = line_col(text, offset);
         PolicyError {
@@ -123,6 +128,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
             return Err(at(c.span().start, "cpus must be a positive number"));
         }
     }
+    let read_only_paths = raw
+        .read_only_paths
+        .iter()
+        .map(|p| {
+            warren_cell::hostpaths::check_read_only_path(Path::new(p.get_ref()), state_dir)
+                .map_err(|m| at(p.span().start, &format!("read_only_paths: {m}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     for k in raw.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(at(0, &format!("invalid environment variable name {k:?}")));
@@ -154,15 +167,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
             .map(|v| value(v, parse_size))
             .transpose()?,
         env: raw.env.into_iter().collect(),
+        read_only_paths,
     })
 }
 
 /// Read and parse a policy file.
-pub fn load(file: &Path) -> Result<Policy, PolicyError> {
+pub fn load(file: &Path, state_dir: &Path) -> Result<Policy, PolicyError> {
     let text = std::fs::read_to_string(file).map_err(|e| PolicyError {
         message: format!("{}: {e}", file.display()),
     })?;
-    parse(file, &text)
+    parse(file, &text, state_dir)
 }
 
 #[cfg(test)]
@@ -170,21 +184,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const STATE: &str = "/nonexistent-warren-state";
+
     fn err(text: &str) -> String {
-        parse(Path::new("p.toml"), text).unwrap_err().message
+        parse(Path::new("p.toml"), text, Path::new(STATE))
+            .unwrap_err()
+            .message
     }
 
     #[test]
     fn full_policy_parses() {
         let p = parse(
             Path::new("p.toml"),
-            "workspace = \"/src\"\nmode = \"cow\"\nmemory = \"512M\"\npids = 64\ncpus = 1.5\ntimeout = \"30s\"\ntmp_size = \"64M\"\noutput_limit = \"1M\"\n[env]\nA = \"b\"\n",
+            "workspace = \"/src\"\nmode = \"cow\"\nmemory = \"512M\"\npids = 64\ncpus = 1.5\ntimeout = \"30s\"\ntmp_size = \"64M\"\noutput_limit = \"1M\"\nread_only_paths = [\"/usr/share\"]\n[env]\nA = \"b\"\n",
+            Path::new(STATE),
         )
         .unwrap();
         assert_eq!(p.memory, Some(512 << 20));
         assert_eq!(p.mode, Some(Mode::Cow));
         assert_eq!(p.timeout, Some(Duration::from_secs(30)));
         assert_eq!(p.env, vec![("A".into(), "b".into())]);
+        assert_eq!(p.read_only_paths, vec!["/usr/share".to_owned()]);
     }
 
     #[test]
@@ -205,5 +225,20 @@ mod tests {
         assert!(e.starts_with("p.toml:1:8: mode must be"), "{e}");
         let e = err("pids = 0");
         assert!(e.starts_with("p.toml:1:8: pids must be at least 1"), "{e}");
+        let e = err("pids = 4\nread_only_paths = [\"/usr/share\", \"/proc/self\"]\n");
+        assert!(
+            e.starts_with("p.toml:2:34: read_only_paths: /proc/self is at or below /proc"),
+            "{e}"
+        );
+        let e = err("read_only_paths = [\"opt/x\"]");
+        assert!(
+            e.starts_with("p.toml:1:20:") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = err("read_only_paths = [\"/nonexistent/x\"]");
+        assert!(
+            e.starts_with("p.toml:1:20:") && e.contains("No such file"),
+            "{e}"
+        );
     }
 }

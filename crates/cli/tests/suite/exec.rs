@@ -485,3 +485,179 @@ fn a_local_http_server_and_client_talk_inside_one_cell() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_readme_policy_line_runs_the_projects_own_script() {
+    if !require_process_tier() {
+        return;
+    }
+    // `warren exec --policy examples/policy.toml -- ./build.sh`, as the README shows it, in
+    // a project: the example sets a mode and no workspace, so the project is the directory
+    // warren runs in, mounted copy-on-write, and the command starts there.
+    let s = TempDir::new("state");
+    let ws = workspace();
+    let script = ws.path().join("build.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho building in \"$(pwd)\"\necho built > out.txt\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = std::os::unix::fs::chown(&script, Some(4242), Some(4242));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml");
+    let o = std::process::Command::new(WARREN)
+        .args(["exec", "--policy", example, "--", "./build.sh"])
+        .env("WARREN_STATE_DIR", s.path())
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "building in /workspace\n");
+    let err = stderr(&o);
+    assert!(err.contains("A out.txt"), "{err}");
+    assert!(
+        !ws.path().join("out.txt").exists(),
+        "copy-on-write: kept for review"
+    );
+    // The flags stay explicit: a mode flag without --workspace is still refused.
+    let o = warren(s.path(), &["exec", "--rw", "--", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("need --workspace"), "{}", stderr(&o));
+}
+
+#[test]
+fn policy_read_only_paths_are_mounted_read_only_and_checked() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let tool = TempDir::new("toolchain");
+    std::fs::write(tool.path().join("tool.txt"), "the toolchain\n").unwrap();
+    std::fs::set_permissions(tool.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        tool.path().join("tool.txt"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let t = tool.path().to_str().unwrap();
+    let p = s.path().join("policy.toml");
+    std::fs::write(&p, format!("read_only_paths = [\"{t}\"]\n")).unwrap();
+    let pol = p.to_str().unwrap();
+    let o = warren(
+        s.path(),
+        &[
+            "exec",
+            "--policy",
+            pol,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cat {t}/tool.txt; echo x >> {t}/tool.txt || echo refused; touch {t}/new || echo refused"
+            ),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "the toolchain\nrefused\nrefused\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(tool.path().join("tool.txt")).unwrap(),
+        "the toolchain\n"
+    );
+    assert!(!tool.path().join("new").exists());
+    // Checked, with the file, line and column of the offending entry.
+    for (bad, why) in [
+        ("/proc/self".to_owned(), "at or below /proc"),
+        ("relative/path".to_owned(), "not an absolute path"),
+        (format!("{t}/missing"), "No such file"),
+        (s.path().display().to_string(), "state directory"),
+    ] {
+        std::fs::write(&p, format!("pids = 8\nread_only_paths = [\"{bad}\"]\n")).unwrap();
+        let o = warren(s.path(), &["exec", "--policy", pol, "--", "true"]);
+        assert_eq!(code(&o), 125, "{bad}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("{pol}:2:20: read_only_paths: "))
+                && stderr(&o).contains(why),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn java_compiles_and_runs_inside_a_cell() {
+    if !require_process_tier() {
+        return;
+    }
+    // A compatibility test, not a security one: CI does not install a JDK, so it skips with
+    // its reason wherever java is missing (even in CI).
+    if !have("java") || !have("javac") {
+        eprintln!("SKIPPED: no java/javac on this host (compatibility test)");
+        return;
+    }
+    let s = TempDir::new("state");
+    let script = r#"
+        java -version 2>&1 | head -1
+        cd /tmp && cat > Hello.java <<'JAVA'
+public class Hello {
+    public static void main(String[] args) { System.out.println("hello from java in a cell"); }
+}
+JAVA
+        javac Hello.java && java Hello
+    "#;
+    let o = warren(
+        s.path(),
+        &["exec", "--timeout", "120s", "--", "sh", "-c", script],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("version"), "{out}");
+    assert!(out.ends_with("hello from java in a cell\n"), "{out}");
+}
+
+#[test]
+fn a_long_change_list_is_summarized_and_json_keeps_it_all() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = workspace();
+    let w = ws.path().to_str().unwrap();
+    let make =
+        "for i in $(seq 1 45); do echo $i > new-$i.txt; done; echo new > edit.txt; rm gone.txt";
+    let o = warren(
+        s.path(),
+        &["exec", "--workspace", w, "--", "sh", "-c", make],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    let id = kept_id(&err);
+    assert!(
+        err.contains(&format!(
+            "warren: 47 change(s) kept as cell {id}: 45 added, 1 modified, 1 deleted\n"
+        )),
+        "{err}"
+    );
+    let listed = err.lines().filter(|l| l.starts_with("  ")).count();
+    assert_eq!(listed, 20 + 1, "20 paths and the remainder line: {err}");
+    assert!(
+        err.contains(&format!(
+            "  … and 27 more (`warren diff --stat {id}` lists them all)\n"
+        )),
+        "{err}"
+    );
+    let stat = warren(s.path(), &["diff", "--stat", &id]);
+    assert_eq!(stdout(&stat).lines().count(), 47, "{}", stdout(&stat));
+    // --json stays complete.
+    let o = warren(
+        s.path(),
+        &["exec", "--json", "--workspace", w, "--", "sh", "-c", make],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 47, "{v}");
+    assert_eq!(v["changes_kept"], true);
+}
