@@ -58,6 +58,10 @@ pub struct AgentConfig {
     /// Only these tools are offered and accepted (a manifest's `tools`); `finish` always is.
     /// `None`: every tool.
     pub tools: Option<Vec<String>>,
+    /// Destinations the task's cell may reach through its egress proxy (empty: no network).
+    /// The shell tool's description says so; the default system prompt comes from
+    /// [`system_prompt`] with the same list.
+    pub network: Vec<String>,
 }
 
 /// The default system prompt. It contains nothing that varies between machines or runs, so a
@@ -68,6 +72,25 @@ they are applied), /tmp is scratch space, /task/spec.json describes the task, an
 network. Use the tools to inspect and change files and to run commands. Keep changes minimal and \
 focused on the goal. When the goal is reached, or you cannot make progress, call finish with a \
 short summary.";
+
+/// The default system prompt for a cell whose egress proxy allows `network`: exactly
+/// [`SYSTEM_PROMPT`] without network (recorded transcripts of such tasks replay unchanged);
+/// with network, it names the proxy, the destinations it allows and `/cap/http`.
+pub fn system_prompt(network: &[String]) -> String {
+    if network.is_empty() {
+        return SYSTEM_PROMPT.into();
+    }
+    SYSTEM_PROMPT.replacen(
+        "and there is no network.",
+        &format!(
+            "and the network is reachable only through an HTTP(S) proxy (HTTP_PROXY and \
+HTTPS_PROXY are set; curl, pip, git and most tools use them) that allows these destinations and \
+nothing else: {}. /cap/http offers the same requests as files (see /cap/http/README).",
+            network.join(", ")
+        ),
+        1,
+    )
+}
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -85,6 +108,7 @@ impl Default for AgentConfig {
             tools: None,
             budget_usd: None,
             prices: None,
+            network: Vec::new(),
         }
     }
 }
@@ -413,7 +437,7 @@ fn offered(
     config: &AgentConfig,
     host: Option<&Arc<dyn tools::HostTools>>,
 ) -> Vec<warren_llm::ToolSpec> {
-    tools::specs()
+    tools::specs_for(&config.network)
         .into_iter()
         .chain(host.map(|h| h.specs()).unwrap_or_default())
         .filter(|s| {

@@ -61,8 +61,28 @@ pub fn read_only(name: &str) -> bool {
     matches!(name, "read_file" | "list_files" | "grep")
 }
 
-/// The tool schemas offered to the model.
+/// The tool schemas offered to the model in a cell without network.
 pub fn specs() -> Vec<ToolSpec> {
+    specs_for(&[])
+}
+
+/// The shell tool's description: what a command can reach depends on the task's cell.
+/// `network` is the destinations its egress proxy allows (empty: no network at all).
+pub fn shell_description(network: &[String]) -> String {
+    if network.is_empty() {
+        return "Run a shell command (sh -c) in the workspace. The environment has no network."
+            .into();
+    }
+    format!(
+        "Run a shell command (sh -c) in the workspace. Network traffic goes only through an \
+         HTTP(S) proxy (HTTP_PROXY and HTTPS_PROXY are set) that allows these destinations and \
+         nothing else: {}; /cap/http offers the same requests as files.",
+        network.join(", ")
+    )
+}
+
+/// The tool schemas offered to the model, for a cell whose egress proxy allows `network`.
+pub fn specs_for(network: &[String]) -> Vec<ToolSpec> {
     let t = |name: &str, description: &str, parameters: Value| ToolSpec {
         name: name.into(),
         description: description.into(),
@@ -71,7 +91,7 @@ pub fn specs() -> Vec<ToolSpec> {
     vec![
         t(
             "shell",
-            "Run a shell command (sh -c) in the workspace. The environment has no network.",
+            &shell_description(network),
             json!({"type": "object", "additionalProperties": false, "required": ["command"], "properties": {
                 "command": {"type": "string", "minLength": 1},
                 "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 3600},

@@ -379,3 +379,49 @@ fn a_cost_budget_stops_the_task_when_no_gate_approves_more() {
     assert_eq!(p.requests.lock().unwrap().len(), 1);
     assert_eq!(cell.count("echo two"), 0);
 }
+
+#[test]
+fn the_prompt_and_the_shell_tool_say_which_network_the_task_has() {
+    let first_request = |cfg: AgentConfig| {
+        let p = Arc::new(Scripted {
+            turns: vec![vec![call("f", "finish", json!({"summary": "done"}))]],
+            crash_at: None,
+            requests: Mutex::default(),
+        });
+        let a = Agent::new(p.clone(), Arc::new(FakeCell::default()), cfg, None);
+        run(&a).unwrap();
+        let r = p.requests.lock().unwrap()[0].clone();
+        let shell = r
+            .tools
+            .iter()
+            .find(|t| t.name == "shell")
+            .map(|t| t.description.clone())
+            .unwrap();
+        (r.system, shell)
+    };
+    // Without network: the prompt recorded transcripts (the README's quick start) replay.
+    let (system, shell) = first_request(config());
+    assert_eq!(system, warren_agent::SYSTEM_PROMPT);
+    assert_eq!(
+        warren_agent::system_prompt(&[]),
+        warren_agent::SYSTEM_PROMPT
+    );
+    assert!(system.contains("there is no network") && shell.contains("no network"));
+    // With network: the proxy, its destinations and /cap/http; never "no network".
+    let network = vec!["api.github.com:443".to_owned(), "*.pypi.org".to_owned()];
+    let (system, shell) = first_request(AgentConfig {
+        system_prompt: warren_agent::system_prompt(&network),
+        network: network.clone(),
+        ..config()
+    });
+    for text in [&system, &shell] {
+        assert!(!text.contains("no network"), "{text}");
+        assert!(
+            text.contains("HTTP(S) proxy")
+                && text.contains("api.github.com:443, *.pypi.org")
+                && text.contains("/cap/http"),
+            "{text}"
+        );
+    }
+    assert!(system.starts_with("You are Warren's coding agent.") && system.ends_with("summary."));
+}

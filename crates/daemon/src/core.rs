@@ -1192,11 +1192,14 @@ impl Daemon {
             budget_usd: m.budget_usd,
             prices: Some(prices),
             tools: Some(m.tools.clone()),
+            // The same effective destinations the task's egress proxy gets (run_task).
+            network: Capabilities::new(Layer::from_manifest(m), self.opts.policy.layer()).network(),
             ..AgentConfig::default()
         };
-        if let Some(p) = &m.system_prompt {
-            config.system_prompt = p.clone();
-        }
+        config.system_prompt = match &m.system_prompt {
+            Some(p) => p.clone(),
+            None => warren_agent::system_prompt(&config.network),
+        };
         config
     }
 

@@ -539,6 +539,26 @@ capabilities:
             .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
             .unwrap_or_default()
     };
+    // The model is told what this task's cell can reach (the daemon's agent config follows
+    // the effective network capabilities): the proxy and its destinations, not "no network".
+    let system = reqs[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let shell = reqs[0].body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["function"]["name"] == "shell")
+        .and_then(|t| t["function"]["description"].as_str())
+        .unwrap_or_default();
+    for text in [system, shell] {
+        assert!(
+            text.contains("HTTP(S) proxy")
+                && text.contains("allowed.test")
+                && !text.contains("no network"),
+            "{text}"
+        );
+    }
     assert!(
         out(0).contains("hello from origin") && out(0).contains("curl=0"),
         "{}",
