@@ -1,6 +1,12 @@
 //! The agent's tools. Every one runs **inside the task's cell** through the same exec channel
 //! as a shell command, so the kernel confines file tools exactly like `sh -c`: there is no
 //! host-side file access to get wrong. The host only shapes arguments and results.
+//!
+//! A file tool's path is resolved once, lexically, against the cell's working directory
+//! ([`resolve_path`]), and the command in the cell gets that resolved form: the host's
+//! capability check (`warren-daemon` `policy.rs`) uses the same function, so the path it
+//! checks is the path that is opened (`../workspace/secrets/x` is checked, and opened, as
+//! `secrets/x`). Symlinks are the kernel's: the host never looks at the cell's files.
 
 use std::sync::Arc;
 
@@ -146,6 +152,45 @@ pub fn specs_for(network: &[String]) -> Vec<ToolSpec> {
                 "success": {"type": "boolean"}}}),
         ),
     ]
+}
+
+/// The working directory file tools run in: the cell's own (`/workspace` when the task has a
+/// workspace; the agent never changes it, and each command starts there).
+pub const CWD: &str = "/workspace";
+
+/// Where the cell will find `path` (as a tool got it: relative to [`CWD`], or absolute),
+/// resolved lexically: `.` and empty components dropped, `..` taking one component off (at
+/// `/` it stays at `/`, as the kernel does), no trailing slash. Always absolute.
+pub fn resolve_path(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    if !path.starts_with('/') {
+        out.extend(CWD.split('/').filter(|c| !c.is_empty()));
+    }
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// The form of `path` a command in the cell gets: [`resolve_path`], relative to [`CWD`] when
+/// beneath it (so listings read as before), `./`-prefixed when it would start with `-` (never
+/// an option).
+fn cell_arg(path: &str) -> String {
+    let abs = resolve_path(path);
+    if abs == CWD {
+        return ".".into();
+    }
+    match abs.strip_prefix(CWD).and_then(|r| r.strip_prefix('/')) {
+        Some(rel) if rel.starts_with('-') => format!("./{rel}"),
+        Some(rel) if !path.starts_with('/') => rel.to_owned(),
+        _ => abs,
+    }
 }
 
 /// Runs tools in a cell.
@@ -363,7 +408,8 @@ impl Tools {
     }
 
     fn cat(&self, path: &str) -> Result<String, String> {
-        let r = self.run(&["/bin/cat", "--", path], None, None, vec![], 60);
+        let path = cell_arg(path);
+        let r = self.run(&["/bin/cat", "--", &path], None, None, vec![], 60);
         match (r.failure, r.code) {
             (Some(f), _) => Err(f),
             (None, Some(0)) => Ok(r.stdout),
@@ -372,6 +418,8 @@ impl Tools {
     }
 
     fn write(&self, path: &str, content: &str) -> Result<(), String> {
+        let path = cell_arg(path);
+        let path = path.as_str();
         let r = self.run(
             &[
                 "/bin/sh",
@@ -475,10 +523,11 @@ impl Tools {
 
     fn list_files(&self, a: ListFiles) -> ToolOutput {
         let root = a.path.unwrap_or_else(|| ".".into());
+        let start = cell_arg(&root);
         let r = self.run(
             &[
                 "/usr/bin/find",
-                &root,
+                &start,
                 "-name",
                 ".git",
                 "-prune",
@@ -543,7 +592,8 @@ impl Tools {
         if let Some(i) = &include {
             argv.push(i);
         }
-        argv.extend(["--", &a.pattern, &root]);
+        let start = cell_arg(&root);
+        argv.extend(["--", &a.pattern, &start]);
         let r = self.run(&argv, None, None, vec![], 60);
         match (r.failure, r.code) {
             (Some(f), _) => ToolOutput::err(f),
@@ -564,6 +614,41 @@ impl Tools {
                 finished: Some(result),
             },
             Err(e) => ToolOutput::err(format!("cannot write /task/result.json: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_the_workspace_as_the_cell_will() {
+        for (given, abs, arg) in [
+            ("src/main.rs", "/workspace/src/main.rs", "src/main.rs"),
+            ("./src//main.rs/", "/workspace/src/main.rs", "src/main.rs"),
+            (
+                "../workspace/docs/evil.sh",
+                "/workspace/docs/evil.sh",
+                "docs/evil.sh",
+            ),
+            ("/workspace/../workspace/x", "/workspace/x", "/workspace/x"),
+            (
+                "src/../secrets/key",
+                "/workspace/secrets/key",
+                "secrets/key",
+            ),
+            ("../../../etc/passwd", "/etc/passwd", "/etc/passwd"),
+            ("..", "/", "/"),
+            (".", "/workspace", "."),
+            ("", "/workspace", "."),
+            ("/", "/", "/"),
+            ("/tmp/../workspace", "/workspace", "."),
+            ("-delete", "/workspace/-delete", "./-delete"),
+            ("/workspacex/y", "/workspacex/y", "/workspacex/y"),
+        ] {
+            assert_eq!(resolve_path(given), abs, "{given:?}");
+            assert_eq!(cell_arg(given), arg, "{given:?}");
         }
     }
 }

@@ -219,6 +219,68 @@ impl Approvals {
     }
 }
 
+/// Why a call of `tool` with `args` needs a person under `required` (`approval_required`
+/// entries), if it does.
+///
+/// A rule with a glob over a shell command matches each simple command the command line runs
+/// (`true; git push` matches `git push*`), and anything the shell parser cannot see through
+/// asks under every shell rule (`crate::shellcmd`). A rule over a file tool's path matches the
+/// path as given, as the workspace-relative path it resolves to, and as the absolute path in
+/// the cell (`./src/x`, `../workspace/src/x` and `/workspace/src/x` all match `src/*`).
+pub fn approval_reason(
+    required: &[(String, Option<GlobMatcher>)],
+    tool: &str,
+    args: &Value,
+) -> Option<String> {
+    let arg = main_argument(args);
+    let mut seen = None;
+    for (_, glob) in required.iter().filter(|(t, _)| t == tool) {
+        let Some(g) = glob else {
+            return Some(format!("{tool} calls need a person's approval"));
+        };
+        let why = if tool == "shell" {
+            let seen = seen.get_or_insert_with(|| crate::shellcmd::analyze(&arg));
+            crate::shellcmd::rule_matches(g, &arg, seen)
+        } else {
+            argument_forms(tool, args, &arg)
+                .into_iter()
+                .find(|f| g.is_match(f))
+                .map(|f| format!("{f:?} matches {:?}", g.glob().glob()))
+        };
+        if let Some(why) = why {
+            return Some(format!(
+                "{tool} calls matching {:?} need a person's approval: {why}",
+                g.glob().glob()
+            ));
+        }
+    }
+    None
+}
+
+/// The forms a rule's glob is tried on: the main argument as given and, for a file tool's
+/// path, where it resolves (relative to the workspace when inside it, and absolute).
+fn argument_forms(tool: &str, args: &Value, arg: &str) -> Vec<String> {
+    let mut forms = vec![arg.to_owned()];
+    if matches!(
+        tool,
+        "read_file" | "write_file" | "edit_file" | "list_files" | "grep"
+    ) && let Some(path) = args["path"].as_str()
+    {
+        forms.push(path.to_owned());
+        forms.push(warren_agent::tools::resolve_path(path));
+        forms.extend(crate::policy::workspace_relative(path));
+    }
+    forms.dedup();
+    forms
+}
+
+/// The pattern a remembered approval is stored under: the exact argument, glob-escaped (the
+/// store keeps globs). Matching compares this text, never the glob: a remembered rule
+/// approves that argument and nothing else.
+pub fn remembered_pattern(argument: &str) -> String {
+    globset::escape(argument)
+}
+
 /// The argument a person judges a call by (and remembered rules match).
 pub fn main_argument(args: &Value) -> String {
     ["command", "path", "pattern"]
@@ -347,7 +409,7 @@ impl TaskGate {
         );
         (a.notify)();
         if decision.approve && decision.remember && view.tool != "budget" {
-            let pattern = globset::escape(&view.argument);
+            let pattern = remembered_pattern(&view.argument);
             if let Ok(rule) = self.store.add_approval_rule(&a.agent, &view.tool, &pattern) {
                 self.audit.record(
                     Some(&self.task),
@@ -368,12 +430,7 @@ impl Gate for TaskGate {
 
     fn needs_approval(&self, tool: &str, args: &Value) -> Option<String> {
         let a = self.approvals.as_ref()?;
-        let arg = main_argument(args);
-        let hit = a
-            .required
-            .iter()
-            .any(|(t, g)| t == tool && g.as_ref().is_none_or(|g| g.is_match(&arg)));
-        hit.then(|| format!("{tool} calls need a person's approval"))
+        approval_reason(&a.required, tool, args)
     }
 
     async fn ask(
@@ -389,10 +446,11 @@ impl Gate for TaskGate {
                 .store
                 .approval_rules(Some(&a.agent))
                 .unwrap_or_default();
-            if let Some(rule) = rules.iter().find(|r| {
-                r.tool == tool
-                    && Glob::new(&r.pattern).is_ok_and(|g| g.compile_matcher().is_match(&argument))
-            }) {
+            // Exact: the stored text is this argument's, escaped (`remembered_pattern`). Not
+            // a glob match: globset's escape leaves `\` alone, so an escaped `ls \*` would
+            // match as the glob `ls \[*]`, any `ls [...]`.
+            let exact = remembered_pattern(&argument);
+            if let Some(rule) = rules.iter().find(|r| r.tool == tool && r.pattern == exact) {
                 self.audit.record(
                     Some(&self.task),
                     "approval.decided",
@@ -501,7 +559,92 @@ impl warren_egress::Audit for EgressAudit {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn rules(entries: &[&str]) -> Vec<(String, Option<GlobMatcher>)> {
+        Approvals::required_from(&entries.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn approval_rules_match_each_simple_command_and_every_form_of_a_path() {
+        let r = rules(&["shell:git push*", "write_file:src/*", "read_file"]);
+        let shell = |c: &str| approval_reason(&r, "shell", &json!({"command": c}));
+        // The reproduced bypass, and its control.
+        let why = shell("true; git push origin main").unwrap();
+        assert!(why.contains("git push origin main"), "{why}");
+        assert_eq!(shell("git status"), None);
+        assert!(shell("git -C . push").is_some());
+        assert!(shell("$X push").unwrap().contains("cannot see"));
+        // Paths: as given, resolved in the workspace, absolute.
+        let write = |p: &str| approval_reason(&r, "write_file", &json!({"path": p, "content": ""}));
+        for p in [
+            "src/x",
+            "./src/x",
+            "../workspace/src/x",
+            "/workspace/src/x",
+            "docs/../src/x",
+        ] {
+            assert!(write(p).is_some(), "{p}");
+        }
+        assert_eq!(write("docs/x"), None);
+        // A rule without a glob asks for every call of its tool; other tools are untouched.
+        assert!(approval_reason(&r, "read_file", &json!({"path": "x"})).is_some());
+        assert_eq!(
+            approval_reason(&r, "grep", &json!({"pattern": "git push"})),
+            None
+        );
+        // An absolute glob matches a relative path that resolves there.
+        let abs = rules(&["edit_file:/workspace/secrets/**"]);
+        assert!(approval_reason(&abs, "edit_file", &json!({"path": "secrets/k"})).is_some());
+        // A glob that does not parse asks for every call of its tool (fail closed).
+        let bad = rules(&["shell:[unclosed"]);
+        assert!(approval_reason(&bad, "shell", &json!({"command": "ls"})).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_approval_matches_its_exact_argument_only() {
+        use warren_store::sqlite::SqliteStore;
+        let t = warren_testkit::TempDir::new("gate-remembered");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&t.path().join("w.db")).unwrap());
+        let remembered = "ls \\*";
+        let pattern = remembered_pattern(remembered);
+        // As a glob the escaped text is wider than the argument: `\[*]` is `[`, anything, `]`.
+        let other = "ls [; git push]";
+        assert!(
+            Glob::new(&pattern)
+                .unwrap()
+                .compile_matcher()
+                .is_match(other)
+        );
+        store.add_approval_rule("coder", "shell", &pattern).unwrap();
+        let desk = Arc::new(Desk::new(Duration::from_millis(50)));
+        let gate = TaskGate::new(
+            "t-none",
+            Capabilities::new(
+                crate::policy::Layer::unrestricted("m"),
+                crate::policy::Layer::unrestricted("p"),
+            ),
+            Auditor::new(Arc::clone(&store), Arc::new(Redactor::default())),
+        )
+        .with_approvals(Approvals {
+            desk,
+            agent: "coder".into(),
+            required: rules(&["shell"]),
+            pause_on_budget: false,
+            notify: Arc::new(|| {}),
+        });
+        for (command, approved) in [
+            (remembered, true),
+            (other, false),
+            ("ls \\* ; git push", false),
+            ("ls", false),
+        ] {
+            let args = json!({"command": command});
+            let got = gate.ask("c1", "shell", &args, "test").await;
+            assert_eq!(got.is_ok(), approved, "{command}: {got:?}");
+        }
+    }
 
     #[test]
     fn known_values_and_key_shapes_are_redacted() {

@@ -9,6 +9,7 @@
 //!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
 //! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
 //! - [`memory`]: memory tools (code search, notes, recall), reflections and episodes;
+//! - [`shellcmd`]: the simple commands a shell command line runs (approval rules match each);
 //! - [`provider`]: model providers from configuration (shared with `warren run`);
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
 //!
@@ -25,4 +26,5 @@ pub mod policy;
 pub mod provider;
 pub mod scheduler;
 pub mod server;
+pub mod shellcmd;
 pub mod taskdir;

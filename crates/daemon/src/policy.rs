@@ -199,34 +199,23 @@ fn access_of(tool: &str, args: &Value) -> Option<(String, bool)> {
     Some((path.to_owned(), write))
 }
 
-/// `path` (as a tool got it: relative to `/workspace`, or absolute) as a normalized path
-/// relative to the workspace; `None` when it is outside the workspace.
+/// `path` (as a tool got it: relative to `/workspace`, the cell's working directory, or
+/// absolute) as a normalized path relative to the workspace; `None` when it is outside.
+///
+/// Resolved the way the cell resolves it and with the same function the tool uses to build
+/// its command ([`warren_agent::tools::resolve_path`]): `..` is taken lexically against
+/// `/workspace`, so `../workspace/docs/x` and `/workspace/../workspace/docs/x` are the
+/// workspace's `docs/x`, and `src/../secrets/k` is `secrets/k`. What lexical resolution does
+/// not see is a symlink inside the workspace (`docs/x` → `../secrets/x`): the kernel
+/// resolves it, and the Landlock scopes decide.
 pub fn workspace_relative(path: &str) -> Option<String> {
-    let rel = if let Some(r) = path.strip_prefix(WORKSPACE) {
-        if !(r.is_empty() || r.starts_with('/')) {
-            return None;
-        }
-        r.trim_start_matches('/').to_owned()
-    } else if path.starts_with('/') {
-        return None;
-    } else {
-        path.to_owned()
-    };
-    let mut out: Vec<&str> = Vec::new();
-    for c in rel.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop()?;
-            }
-            c => out.push(c),
-        }
+    let abs = warren_agent::tools::resolve_path(path);
+    if abs == WORKSPACE {
+        return Some(".".into());
     }
-    Some(if out.is_empty() {
-        ".".into()
-    } else {
-        out.join("/")
-    })
+    abs.strip_prefix(WORKSPACE)
+        .and_then(|r| r.strip_prefix('/'))
+        .map(str::to_owned)
 }
 
 impl Capabilities {
@@ -528,6 +517,64 @@ mod tests {
         assert_eq!(workspace_relative("/workspacex/y"), None);
         assert_eq!(workspace_relative("../etc/passwd"), None);
         assert_eq!(workspace_relative("/etc/passwd"), None);
+        // `..` past the workspace's root resolves where the cell resolves it (its working
+        // directory is /workspace): back inside.
+        for (given, rel) in [
+            ("../workspace/docs/evil.sh", Some("docs/evil.sh")),
+            ("/workspace/../workspace/x", Some("x")),
+            ("../../workspace/a/../b", Some("b")),
+            ("//workspace//a/", Some("a")),
+            ("/tmp/../workspace", Some(".")),
+            ("./", Some(".")),
+            ("..", None),
+            ("/workspace/..", None),
+            ("../workspacex/y", None),
+        ] {
+            assert_eq!(workspace_relative(given).as_deref(), rel, "{given:?}");
+        }
+        // And the check refuses them like the plain path.
+        let c = Capabilities::new(
+            layer(
+                "manifest",
+                &["read_file", "write_file", "grep", "list_files"],
+                &[("src/**", true)],
+                &[],
+            ),
+            Layer::unrestricted("policy"),
+        );
+        for path in [
+            "../workspace/docs/evil.sh",
+            "/workspace/../workspace/docs/evil.sh",
+            "src/../docs/evil.sh",
+            "src/../../workspace/docs/evil.sh",
+            "./docs//evil.sh/",
+        ] {
+            assert!(
+                c.check("write_file", &json!({"path": path})).is_err(),
+                "{path} passed the check"
+            );
+            assert!(
+                c.check("read_file", &json!({"path": path})).is_err(),
+                "{path}"
+            );
+        }
+        assert!(
+            c.check("grep", &json!({"pattern": "x", "path": "../workspace"}))
+                .is_err()
+        );
+        assert!(
+            c.check("list_files", &json!({})).is_err(),
+            "the root is not src/**"
+        );
+        assert!(
+            c.check("write_file", &json!({"path": "../workspace/src/ok.rs"}))
+                .is_ok()
+        );
+        // Outside the workspace, where it really is: the kernel decides.
+        assert!(
+            c.check("read_file", &json!({"path": "../etc/hosts"}))
+                .is_ok()
+        );
     }
 
     #[test]
