@@ -76,6 +76,9 @@ pub struct ProcessCell {
     supervisor: Option<Supervisor>,
     cgroups: Option<CellCgroups>,
     cow: Option<CowLayer>,
+    /// The empty `.warren` made in the layer to mask it ([`crate::spec::prepare_cow_mountpoint`]),
+    /// removed once the cell is gone.
+    cow_mountpoint: bool,
     info: StartInfo,
     max_output: u64,
 }
@@ -126,6 +129,7 @@ impl ProcessCell {
 
         // Copy-on-write layer: created on the host, owned by the cell's host identity.
         let mut fresh_layer = false;
+        let mut cow_mountpoint = false;
         let cow = match &spec.workspace {
             Some(ws) if ws.mode == WorkspaceMode::Cow => {
                 let layer = CowLayer::at(&spec.state_dir, &id);
@@ -136,6 +140,10 @@ impl ProcessCell {
                     chown(d, host_uid, host_gid)?;
                 }
                 crate::cow::write_meta(&layer, &ws.host)?;
+                // `.warren` is masked in the merged view even when the project has none.
+                cow_mountpoint =
+                    crate::spec::prepare_cow_mountpoint(&layer, &ws.host, (host_uid, host_gid))?
+                        .is_some();
                 Some(layer)
             }
             _ => None,
@@ -145,7 +153,11 @@ impl ProcessCell {
             Ok(m) => m,
             Err(e) => {
                 if let Some(c) = &cow {
-                    let _ = std::fs::remove_dir_all(&c.root);
+                    if fresh_layer {
+                        let _ = std::fs::remove_dir_all(&c.root);
+                    } else if cow_mountpoint {
+                        crate::spec::remove_cow_mountpoint(c);
+                    }
                 }
                 return Err(e);
             }
@@ -241,6 +253,7 @@ impl ProcessCell {
             supervisor: None,
             cgroups,
             cow,
+            cow_mountpoint,
             info: StartInfo {
                 init_pid: 0,
                 supervisor_pid: 0,
@@ -520,6 +533,10 @@ impl ProcessCell {
         }
         if let Some(cg) = &self.cgroups {
             cg.remove();
+        }
+        if let (Some(layer), true) = (&self.cow, self.cow_mountpoint) {
+            crate::spec::remove_cow_mountpoint(layer);
+            self.cow_mountpoint = false;
         }
     }
 }

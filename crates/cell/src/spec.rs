@@ -84,6 +84,11 @@ pub struct CellSpec {
     /// Network egress through a host-side proxy listening on this unix socket (its directory
     /// is bind-mounted into the cell); `None`: no network at all.
     pub egress: Option<PathBuf>,
+    /// Warren's own directories besides `state_dir` (which holds the daemon's socket, its API
+    /// token and the databases): by default its system and user configuration
+    /// ([`default_private_dirs`]). None of them is ever visible in a cell: one inside the
+    /// workspace is masked, a workspace inside one is refused ([`CellSpec::mount_spec`]).
+    pub private_dirs: Vec<PathBuf>,
 }
 
 /// Where the egress proxy's socket directory appears in a cell.
@@ -105,8 +110,19 @@ impl CellSpec {
             require_landlock: true,
             egress: None,
             id: None,
+            private_dirs: default_private_dirs(),
         }
     }
+}
+
+/// Warren's configuration directories: `/etc/warren` and `$HOME/.config/warren` (keys, the
+/// user's trust decisions).
+pub fn default_private_dirs() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/etc/warren")];
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        v.push(PathBuf::from(h).join(".config/warren"));
+    }
+    v
 }
 
 /// System directories bound read-only when present (symlinks are recreated as symlinks, as
@@ -351,6 +367,7 @@ impl CellSpec {
                     }
                 }
             });
+            mounts.extend(self.own_files_masks(ws, cow)?);
         }
         mounts.push(Mount {
             target: "/tmp".into(),
@@ -423,6 +440,202 @@ impl CellSpec {
     }
 }
 
+/// The project's own Warren directory (`.warren/config.toml`), masked in every cell.
+pub const PROJECT_DIR: &str = ".warren";
+
+/// An empty, read-only tmpfs over `target`: what a cell sees where Warren keeps its own files.
+fn mask(target: String) -> Mount {
+    Mount {
+        target,
+        kind: MountKind::Tmpfs {
+            size_bytes: 4096,
+            mode: 0o555,
+            readonly: true,
+        },
+    }
+}
+
+/// `p` made absolute with every existing prefix resolved (the rest appended as written).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut tail = Vec::new();
+    let mut head = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(head) {
+            return tail.iter().rev().fold(c, |acc: PathBuf, t| acc.join(t));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_owned());
+                head = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// When `/workspace` is copy-on-write and neither the project nor the layer has `.warren`, a
+/// directory in the layer to mask (so the cell cannot create `.warren` either): created here,
+/// owned by the cell, and to be removed with [`remove_cow_mountpoint`] once the cell is gone
+/// (it is empty: the mask covered it all along). `None`: nothing was created.
+pub fn prepare_cow_mountpoint(
+    layer: &CowLayer,
+    workspace: &Path,
+    owner: (u32, u32),
+) -> Result<Option<PathBuf>, CellError> {
+    if std::fs::symlink_metadata(workspace.join(PROJECT_DIR)).is_ok() {
+        return Ok(None);
+    }
+    let upper = warren_fsx::Dir::open(&layer.upper)
+        .map_err(|e| CellError::Spec(format!("copy-on-write layer: {e}")))?;
+    let fail = |e: warren_fsx::Error| CellError::Spec(format!("copy-on-write layer: {e}"));
+    match upper.stat(PROJECT_DIR).map_err(fail)? {
+        // Left by an earlier cell of this layer that did not get to remove it.
+        Some(st) if st.kind == warren_fsx::Kind::Dir => {
+            let empty = upper
+                .sub(PROJECT_DIR)
+                .and_then(|d| d.entries())
+                .map_err(fail)?
+                .is_empty();
+            Ok(empty.then(|| layer.upper.join(PROJECT_DIR)))
+        }
+        // The layer's own doing (a whiteout, a file): the cell's business, no Warren file.
+        Some(_) => Ok(None),
+        None => {
+            upper.mkdir(PROJECT_DIR, 0o755).map_err(fail)?;
+            // SAFETY: geteuid has no preconditions.
+            let owner = (unsafe { libc::geteuid() } == 0).then_some(owner);
+            upper
+                .set_mode_owner(PROJECT_DIR, 0o755, owner)
+                .map_err(fail)?;
+            Ok(Some(layer.upper.join(PROJECT_DIR)))
+        }
+    }
+}
+
+/// Remove what [`prepare_cow_mountpoint`] created, if it is still an empty directory.
+pub fn remove_cow_mountpoint(layer: &CowLayer) {
+    if let Ok(upper) = warren_fsx::Dir::open(&layer.upper) {
+        let _ = upper.remove_dir(PROJECT_DIR);
+    }
+}
+
+impl CellSpec {
+    /// Masks over Warren's own files inside `/workspace`, right after the workspace mount
+    /// (kept apart from the rest of the namespace on purpose):
+    ///
+    /// - the project's `.warren/` (its config may name endpoints; the cell must neither read
+    ///   nor write it). Read-write: masked even when absent (the jail creates the empty
+    ///   mountpoint on the host, so the cell cannot create `.warren`); a `.warren` that is a
+    ///   link or a file is refused, since the cell could replace it with a directory.
+    ///   Copy-on-write: masked in the merged view (see [`prepare_cow_mountpoint`]).
+    /// - the state directory (database, daemon socket, API token, layers) and
+    ///   [`CellSpec::private_dirs`] when they lie inside the workspace: created if missing (so
+    ///   nothing can appear there unmasked later), then masked. A read-write cell could move
+    ///   the parents of one that is not directly below the workspace root and plant its own
+    ///   files in its place, so that is refused; directly below the root the mountpoint
+    ///   cannot be moved.
+    ///
+    /// A workspace that is one of these directories or lies inside one is refused.
+    fn own_files_masks(
+        &self,
+        ws: &Workspace,
+        cow: Option<&CowLayer>,
+    ) -> Result<Vec<Mount>, CellError> {
+        let root = resolved(&ws.host);
+        let mut targets: Vec<String> = Vec::new();
+        let target_of = |rel: &Path| -> Result<String, CellError> {
+            let t = format!("/workspace/{}", utf8(rel)?);
+            check_path(&t).map_err(|e| CellError::Spec(e.to_string()))?;
+            Ok(t)
+        };
+        let own = std::iter::once((&self.state_dir, "the state directory")).chain(
+            self.private_dirs
+                .iter()
+                .map(|d| (d, "Warren's configuration")),
+        );
+        for (dir, what) in own {
+            let dir = resolved(dir);
+            if root.starts_with(&dir) {
+                return Err(CellError::Spec(format!(
+                    "workspace {} is {what} ({}) or inside it: Warren's own files never enter a cell",
+                    root.display(),
+                    dir.display()
+                )));
+            }
+            let Ok(rel) = dir.strip_prefix(&root) else {
+                continue;
+            };
+            if ws.mode == WorkspaceMode::ReadWrite && rel.components().count() > 1 {
+                return Err(CellError::Spec(format!(
+                    "{what} ({}) lies inside the read-write workspace {}: a read-write cell could move its parent directories and plant its own files there; use a copy-on-write or read-only workspace, or keep it outside the workspace",
+                    dir.display(),
+                    root.display()
+                )));
+            }
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => continue, // not a directory: holds nothing of Warren's
+                Err(_) => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(CellError::io("create", &dir))?;
+                }
+            }
+            targets.push(target_of(rel)?);
+        }
+        let project = root.join(PROJECT_DIR);
+        let meta = std::fs::symlink_metadata(&project);
+        let is_dir = meta.as_ref().is_ok_and(|m| m.is_dir());
+        let masked = match ws.mode {
+            WorkspaceMode::ReadOnly => is_dir,
+            WorkspaceMode::ReadWrite => match &meta {
+                Ok(_) if is_dir => true,
+                Ok(_) => {
+                    return Err(CellError::Spec(format!(
+                        "{} is not a directory (a link or a file): a read-write cell could replace it with Warren's configuration; remove it, or use a copy-on-write workspace",
+                        project.display()
+                    )));
+                }
+                // Absent: the jail creates the mountpoint, if the cell could create it at all.
+                Err(_) => writable(&root),
+            },
+            WorkspaceMode::Cow => {
+                match cow.map(|c| std::fs::symlink_metadata(c.upper.join(PROJECT_DIR))) {
+                    Some(Ok(m)) => m.is_dir(),
+                    _ => is_dir,
+                }
+            }
+        };
+        if masked {
+            targets.push(target_of(Path::new(PROJECT_DIR))?);
+        }
+        // Parents first; nothing below another mask needs one of its own.
+        targets.sort();
+        targets.dedup();
+        let mut out: Vec<Mount> = Vec::new();
+        for t in targets {
+            if !out.iter().any(|m| t.starts_with(&format!("{}/", m.target))) {
+                out.push(mask(t));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether this process may create entries in `dir` (`access(W_OK)`).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) with a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -493,5 +706,64 @@ mod tests {
         });
         let (uid, gid) = resolve_identity(&s);
         assert!(uid != 0 && gid != 0);
+    }
+
+    #[test]
+    fn warrens_own_directories_inside_the_workspace_are_masked_or_refused() {
+        let root = std::env::temp_dir().join(format!("warren-spec-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ws = root.join("ws");
+        std::fs::create_dir_all(ws.join(".warren")).unwrap();
+        std::fs::create_dir_all(ws.join("home/.config/warren")).unwrap();
+        let mut s = CellSpec::new(ws.join("state"));
+        s.private_dirs = vec![ws.join("home/.config/warren")];
+        let masked = |s: &CellSpec| -> Vec<String> {
+            s.mount_spec("c", None)
+                .unwrap()
+                .mounts
+                .into_iter()
+                .filter(|m| {
+                    m.target.starts_with("/workspace/")
+                        && matches!(m.kind, MountKind::Tmpfs { readonly: true, .. })
+                })
+                .map(|m| m.target)
+                .collect()
+        };
+        s.workspace = Some(Workspace {
+            host: ws.clone(),
+            mode: WorkspaceMode::ReadOnly,
+        });
+        assert_eq!(
+            masked(&s),
+            [
+                "/workspace/.warren",
+                "/workspace/home/.config/warren",
+                "/workspace/state"
+            ]
+        );
+        assert!(
+            ws.join("state").is_dir(),
+            "a missing state dir is created to be masked"
+        );
+        // Read-write: a mask below a parent the cell could move is refused.
+        s.workspace = Some(Workspace {
+            host: ws.clone(),
+            mode: WorkspaceMode::ReadWrite,
+        });
+        let e = s.mount_spec("c", None).unwrap_err().to_string();
+        assert!(e.contains("lies inside the read-write workspace"), "{e}");
+        s.private_dirs.clear();
+        assert_eq!(masked(&s), ["/workspace/.warren", "/workspace/state"]);
+        // A workspace inside the state directory, or the state directory itself.
+        for host in [ws.join("state"), ws.join("state/changes")] {
+            std::fs::create_dir_all(&host).unwrap();
+            s.workspace = Some(Workspace {
+                host,
+                mode: WorkspaceMode::ReadOnly,
+            });
+            let e = s.mount_spec("c", None).unwrap_err().to_string();
+            assert!(e.contains("is the state directory"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -101,10 +101,7 @@ fn hostname() -> String {
 
 /// `warren daemon` in the foreground.
 pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = match warren_config::load(&cwd, home.as_deref(), &vars) {
+    let loaded = match crate::load_config() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -160,7 +157,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         lease: a.lease.max(Duration::from_secs(1)),
         jail,
         loaded,
-        env: vars.into_iter().collect(),
+        env: std::env::vars().collect(),
         max_attempts: a.max_attempts.max(1),
         policy,
         approval_timeout: a.approval_timeout,

@@ -14,6 +14,7 @@ mod memory;
 mod policy;
 mod run;
 mod tasks;
+mod trust;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ enum Command {
     },
     /// Create .warren/ with a commented config in the current directory, and index it.
     Init,
+    /// Let this project's .warren/config.toml set endpoints and the provider (until the file
+    /// changes); `--revoke` ends the trust, `--list` shows every trusted project.
+    Trust(trust::TrustArgs),
     /// Agent manifests: deploy, list, show, remove.
     Agent {
         /// What to do.
@@ -161,13 +165,23 @@ enum ConfigCommand {
     },
 }
 
-fn config_show(json: bool) -> i32 {
+/// Load the configuration for the current directory, printing the one warning about project
+/// settings that were not applied (untrusted endpoints, keys in the project file).
+pub fn load_config() -> Result<warren_config::Loaded, warren_config::ConfigError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let vars: Vec<(String, String)> = std::env::vars().collect();
-    match warren_config::load(&cwd, home.as_deref(), &vars) {
+    let loaded = warren_config::load(&cwd, home.as_deref(), &vars)?;
+    if let Some(w) = loaded.warning() {
+        eprintln!("{w}");
+    }
+    Ok(loaded)
+}
+
+fn config_show(json: bool) -> i32 {
+    match load_config() {
         Ok(l) if json => {
-            let v: serde_json::Map<String, serde_json::Value> = l
+            let mut v: serde_json::Map<String, serde_json::Value> = l
                 .values
                 .iter()
                 .map(|(k, (v, src))| {
@@ -182,6 +196,30 @@ fn config_show(json: bool) -> i32 {
                     )
                 })
                 .collect();
+            // Not a dotted key, so it cannot collide with a setting.
+            if !l.ignored.is_empty() {
+                let ignored: Vec<serde_json::Value> = l
+                    .ignored
+                    .iter()
+                    .map(|i| {
+                        let value = if warren_config::is_secret(&i.key) {
+                            serde_json::json!("<redacted>")
+                        } else {
+                            serde_json::to_value(&i.value).unwrap_or_default()
+                        };
+                        serde_json::json!({
+                            "key": i.key,
+                            "value": value,
+                            "source": i.file.display().to_string(),
+                            "reason": match i.why {
+                                warren_config::Why::Untrusted => "untrusted",
+                                warren_config::Why::Secret => "secret",
+                            },
+                        })
+                    })
+                    .collect();
+                v.insert("ignored".into(), serde_json::Value::Array(ignored));
+            }
             println!("{}", serde_json::Value::Object(v));
             0
         }
@@ -220,6 +258,9 @@ fn init_config() -> i32 {
             eprintln!(
                 "warren: created {} (every setting commented out; `warren config show` prints the effective values)",
                 file.display()
+            );
+            eprintln!(
+                "warren: API keys do not go there: use ANTHROPIC_API_KEY / OPENAI_API_KEY or ~/.config/warren/config.toml; endpoints set there apply after `warren trust`"
             );
             0
         }
@@ -276,6 +317,7 @@ fn main() -> ExitCode {
             | Command::Diff { .. }
             | Command::Changes { .. }
             | Command::Config { .. }
+            | Command::Trust(_)
             | Command::Check { .. }
     ) {
         // SAFETY: restoring the default disposition before any thread exists.
@@ -294,6 +336,7 @@ fn main() -> ExitCode {
             what: ConfigCommand::Show { json },
         } => config_show(json),
         Command::Init => init(&state),
+        Command::Trust(a) => trust::run(a),
         Command::Agent { what } => agents::run(what, cli.url.as_deref(), &state),
         Command::Daemon { action: None, args } => daemon::foreground(*args, &state),
         Command::Daemon {

@@ -73,7 +73,7 @@ fn provider_for(
     let kind = provider::kind(a.provider.as_deref(), loaded, &env)?;
     let (config, default_model) = provider::config(kind, loaded, &env)?;
     if config.api_key.is_none() && chosen.is_none() {
-        return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), configure providers in .warren/config.toml, or use --replay FILE".to_owned());
+        return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), configure providers in ~/.config/warren/config.toml, or use --replay FILE".to_owned());
     }
     let model = a
         .model
@@ -179,10 +179,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Ok(h) => h,
         Err(e) => return refuse(format!("workspace {}: {e}", ws.display())),
     };
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = match warren_config::load(&cwd, home.as_deref(), &vars) {
+    let loaded = match crate::load_config() {
         Ok(l) => l,
         Err(e) => return refuse(e.to_string()),
     };

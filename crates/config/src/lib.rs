@@ -9,8 +9,16 @@
 //! layers are merged key by key, remembering where each effective value came from, and the
 //! result is resolved into the typed [`Config`]. `warren config show` prints that provenance
 //! with secrets redacted.
+//!
+//! The project layer is different: whoever can write the project wrote it. Settings that
+//! decide where requests and credentials go ([`project_key`]: the provider, base URLs, and
+//! anything not known to be harmless) apply from it only when the user trusted the file
+//! ([`trust`]); API keys never apply from it. What is not applied is kept in
+//! [`Loaded::ignored`], shown by `warren config show` and summarized in one warning
+//! ([`Loaded::warning`]).
 
 pub mod manifest;
+pub mod trust;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -153,6 +161,94 @@ pub struct Loaded {
     pub config: Config,
     /// Dotted key -> (value, source), for `config show`.
     pub values: BTreeMap<String, (toml::Value, Source)>,
+    /// Settings of the project file that were not applied, and why.
+    pub ignored: Vec<Ignored>,
+    /// The project file, when there is one.
+    pub project: Option<ProjectFile>,
+}
+
+/// The project layer (`./.warren/config.toml`) as it was read.
+#[derive(Clone, Debug)]
+pub struct ProjectFile {
+    /// The file.
+    pub path: PathBuf,
+    /// SHA-256 of its content.
+    pub sha256: String,
+    /// Whether the user trusted exactly this content (`warren trust`).
+    pub trusted: bool,
+}
+
+/// A project setting that was not applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ignored {
+    /// Dotted key.
+    pub key: String,
+    /// Its value in the file.
+    pub value: toml::Value,
+    /// The project file.
+    pub file: PathBuf,
+    /// Why.
+    pub why: Why,
+}
+
+/// Why a project setting was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// It needs trust, and the file is not trusted (or changed since it was).
+    Untrusted,
+    /// A key (or another secret): never taken from a project file.
+    Secret,
+}
+
+/// How a key of a project's `.warren/config.toml` is treated ([`project_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectKey {
+    /// Applies from any project file: it changes how much work is done, not where data goes.
+    Applies,
+    /// Applies only from a trusted project file.
+    NeedsTrust,
+    /// Never applies from a project file, trusted or not (API keys, tokens, secrets).
+    Never,
+}
+
+/// The project settings that apply without trust (`*` is any one name). Everything else —
+/// `agent.provider`, `providers.*.base_url`, and any key added later until it is listed
+/// here — needs `warren trust`; secrets never apply from a project file.
+pub const PROJECT_SETTINGS: &[&str] = &[
+    "agent.model",
+    "agent.max_turns",
+    "agent.budget_tokens",
+    "agent.timeout",
+    "llm.idle_timeout",
+    "llm.retry_base",
+    "llm.max_attempts",
+    "llm.context_window",
+    "models.*.context_window",
+    "models.*.input_per_mtok",
+    "models.*.cached_input_per_mtok",
+    "models.*.output_per_mtok",
+    "providers.*.max_concurrency",
+];
+
+/// How the key at `path` (its table names, then its own name) of a project file is treated.
+pub fn project_key<S: AsRef<str>>(path: &[S]) -> ProjectKey {
+    let dotted = path.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(".");
+    if is_secret(&dotted) {
+        return ProjectKey::Never;
+    }
+    let listed = PROJECT_SETTINGS.iter().any(|pattern| {
+        let pattern: Vec<&str> = pattern.split('.').collect();
+        pattern.len() == path.len()
+            && pattern
+                .iter()
+                .zip(path)
+                .all(|(p, k)| *p == "*" || *p == k.as_ref())
+    });
+    if listed {
+        ProjectKey::Applies
+    } else {
+        ProjectKey::NeedsTrust
+    }
 }
 
 /// Built-in defaults, as TOML so they display like any other layer.
@@ -182,18 +278,24 @@ pub const TEMPLATE: &str = r#"# Warren configuration for this project. Layers, l
 # `warren config show` prints the effective values and where each came from.
 
 [agent]
-# provider = "anthropic"          # or "openai" (any OpenAI-compatible server)
+# provider = "anthropic"          # or "openai" (any OpenAI-compatible server); needs `warren trust`
 # model = "claude-sonnet-4-20250514"
 # max_turns = 30
 # budget_tokens = 500000
 # timeout = "30m"
 
-# Keys: prefer the provider's usual variable (ANTHROPIC_API_KEY, OPENAI_API_KEY); a key written
-# here must not be committed. Keys never enter a cell.
+# Where requests go (agent.provider, providers.*.base_url) is only taken from this file once
+# you trust it: `warren trust` records this file's SHA-256 in ~/.config/warren/trusted.toml,
+# and any change to the file ends the trust. Until then those settings are ignored, with a
+# warning; the rest of this file (model, limits, [llm], [models]) applies either way.
 # [providers.openai]
-# base_url = "http://localhost:11434/v1"   # e.g. Ollama
-# api_key = "…"
+# base_url = "http://localhost:11434/v1"   # e.g. Ollama; needs `warren trust`
 # max_concurrency = 8
+
+# API keys never go in this file (it is part of the project: whoever can write the project or
+# read it could take them). Use the provider's variable (ANTHROPIC_API_KEY, OPENAI_API_KEY) or
+# your own ~/.config/warren/config.toml, e.g. [providers.openai] api_key = "…" there.
+# Keys never enter a cell.
 
 # [llm]
 # idle_timeout = "120s"
@@ -206,7 +308,7 @@ pub const TEMPLATE: &str = r#"# Warren configuration for this project. Layers, l
 # output_per_mtok = 0.0
 "#;
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     (
         before.matches('\n').count() + 1,
@@ -269,6 +371,31 @@ fn insert_path(t: &mut toml::Table, parts: &[&str], v: toml::Value) {
     }
 }
 
+/// Call `f` with the key path and value of every non-table value in `table`.
+pub(crate) fn walk_leaves(
+    table: &toml::Table,
+    path: &mut Vec<String>,
+    f: &mut dyn FnMut(&[String], &toml::Value),
+) {
+    for (k, v) in table {
+        path.push(k.clone());
+        match v {
+            toml::Value::Table(t) => walk_leaves(t, path, f),
+            other => f(path, other),
+        }
+        path.pop();
+    }
+}
+
+/// A value as `config show` prints it: secrets redacted.
+pub(crate) fn shown(key: &str, v: &toml::Value) -> String {
+    if is_secret(key) {
+        "\"<redacted>\"".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
 fn unflatten(values: &BTreeMap<String, (toml::Value, Source)>) -> toml::Table {
     let mut root = toml::Table::new();
     for (key, (v, _)) in values {
@@ -319,6 +446,11 @@ pub fn files(cwd: &Path, home: Option<&Path>) -> Vec<PathBuf> {
 }
 
 /// Load every layer. `env` is the process environment (only `WARREN__*` is read).
+///
+/// The project layer (`cwd/.warren/config.toml`) is read as hostile input
+/// ([`trust::read_project_file`]) and only partly applied unless trusted (see the module
+/// documentation); the trust store is consulted only when the file holds a setting that
+/// needs it.
 pub fn load(
     cwd: &Path,
     home: Option<&Path>,
@@ -327,7 +459,9 @@ pub fn load(
     let mut values = BTreeMap::new();
     let defaults: toml::Table = toml::from_str(DEFAULTS).unwrap_or_default();
     flatten("", &defaults, &Source::Default, &mut values);
-    for file in files(cwd, home) {
+    let mut layers = files(cwd, home);
+    layers.pop(); // the project file, below
+    for file in layers {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -340,6 +474,61 @@ pub fn load(
         };
         let table = parse_file(&file, &text)?;
         flatten("", &table, &Source::File(file), &mut values);
+    }
+    let mut ignored = Vec::new();
+    let mut project = None;
+    let file = cwd.join(trust::PROJECT_FILE);
+    if let Some(bytes) = trust::read_project_file(cwd)? {
+        let sha256 = trust::sha256_hex(&bytes);
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let (line, column) = line_col(
+                &String::from_utf8_lossy(e.as_bytes()),
+                e.utf8_error().valid_up_to(),
+            );
+            ConfigError::File {
+                file: file.clone(),
+                line,
+                column,
+                message: "not UTF-8".into(),
+            }
+        })?;
+        let table = parse_file(&file, &text)?;
+        let mut needs_trust = false;
+        walk_leaves(&table, &mut Vec::new(), &mut |k, _| {
+            needs_trust |= project_key(k) == ProjectKey::NeedsTrust;
+        });
+        let trusted = needs_trust
+            && match (home, trust::project_id(cwd)) {
+                (Some(h), Ok(id)) => trust::is_trusted(&trust::load_store(h)?, &id, &sha256),
+                _ => false,
+            };
+        let mut kept = toml::Table::new();
+        walk_leaves(&table, &mut Vec::new(), &mut |k, v| {
+            let why = match project_key(k) {
+                ProjectKey::Applies => None,
+                ProjectKey::NeedsTrust if trusted => None,
+                ProjectKey::NeedsTrust => Some(Why::Untrusted),
+                ProjectKey::Never => Some(Why::Secret),
+            };
+            match why {
+                None => {
+                    let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+                    insert_path(&mut kept, &parts, v.clone());
+                }
+                Some(why) => ignored.push(Ignored {
+                    key: k.join("."),
+                    value: v.clone(),
+                    file: file.clone(),
+                    why,
+                }),
+            }
+        });
+        flatten("", &kept, &Source::File(file.clone()), &mut values);
+        project = Some(ProjectFile {
+            path: file,
+            sha256,
+            trusted,
+        });
     }
     for (key, value, var) in env_layer(env)? {
         // Check the single key against the schema, naming the variable on error.
@@ -359,7 +548,12 @@ pub fn load(
             var: "(merged configuration)".into(),
             message: e.message().to_owned(),
         })?;
-    Ok(Loaded { config, values })
+    Ok(Loaded {
+        config,
+        values,
+        ignored,
+        project,
+    })
 }
 
 /// Whether a key holds a secret.
@@ -367,19 +561,73 @@ pub fn is_secret(key: &str) -> bool {
     key.ends_with("api_key") || key.ends_with("token") || key.ends_with("secret")
 }
 
+impl Why {
+    /// Why, for `config show`.
+    pub fn explain(self, file: &Path) -> String {
+        match self {
+            Why::Untrusted => format!(
+                "ignored: {} is not trusted (`warren trust` applies it)",
+                file.display()
+            ),
+            Why::Secret => format!(
+                "ignored: keys are never read from a project file ({})",
+                file.display()
+            ),
+        }
+    }
+}
+
 impl Loaded {
-    /// `key = value  # source` lines, secrets redacted.
+    /// `key = value  # source` lines, secrets redacted; then the project settings that were
+    /// not applied, each with why.
     pub fn show(&self) -> String {
         let mut out = String::new();
         for (k, (v, src)) in &self.values {
-            let shown = if is_secret(k) {
-                "\"<redacted>\"".to_owned()
-            } else {
-                v.to_string()
-            };
-            out.push_str(&format!("{k} = {shown}  # {src}\n"));
+            out.push_str(&format!("{k} = {}  # {src}\n", shown(k, v)));
+        }
+        for i in &self.ignored {
+            out.push_str(&format!(
+                "{} = {}  # {}\n",
+                i.key,
+                shown(&i.key, &i.value),
+                i.why.explain(&i.file)
+            ));
         }
         out
+    }
+
+    /// The one warning about project settings that were not applied (`None`: all applied).
+    pub fn warning(&self) -> Option<String> {
+        let keys = |why: Why| {
+            self.ignored
+                .iter()
+                .filter(|i| i.why == why)
+                .map(|i| i.key.as_str())
+                .collect::<Vec<_>>()
+        };
+        let file = self.ignored.first()?.file.clone();
+        let dir = file
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| ".".into(), |d| d.display().to_string());
+        let mut parts = Vec::new();
+        let untrusted = keys(Why::Untrusted);
+        if !untrusted.is_empty() {
+            parts.push(format!(
+                "warren: ignoring {} from {}: the project file is not trusted, and these settings decide where requests and credentials go. If you wrote them, `warren trust {dir}` applies them (until the file changes)",
+                untrusted.join(", "),
+                file.display()
+            ));
+        }
+        let secret = keys(Why::Secret);
+        if !secret.is_empty() {
+            parts.push(format!(
+                "warren: ignoring {} from {}: API keys are never read from a project file, trusted or not (whoever can read or write the project could take or replace them). Set the provider's variable (ANTHROPIC_API_KEY, OPENAI_API_KEY) or put the key in ~/.config/warren/config.toml",
+                secret.join(", "),
+                file.display()
+            ));
+        }
+        Some(parts.join("\n"))
     }
 }
 
@@ -401,13 +649,13 @@ mod tests {
         std::fs::create_dir_all(home.join(".config/warren")).unwrap();
         std::fs::write(
             home.join(".config/warren/config.toml"),
-            "[agent]\nmodel = \"from-home\"\nmax_turns = 5\n",
+            "[agent]\nmodel = \"from-home\"\nmax_turns = 5\n[providers.openai]\napi_key = \"sk-secret\"\n",
         )
         .unwrap();
         let cwd = dir("cwd");
         std::fs::write(
             cwd.join(".warren/config.toml"),
-            "[agent]\nmodel = \"from-project\"\n[providers.openai]\napi_key = \"sk-secret\"\n",
+            "[agent]\nmodel = \"from-project\"\n",
         )
         .unwrap();
         let env = vec![
@@ -426,6 +674,7 @@ mod tests {
             l.values["agent.model"].1,
             Source::File(cwd.join(".warren/config.toml"))
         );
+        assert!(l.ignored.is_empty() && l.warning().is_none());
         let shown = l.show();
         assert!(
             shown.contains("providers.openai.api_key = \"<redacted>\""),
@@ -433,6 +682,152 @@ mod tests {
         );
         assert!(!shown.contains("sk-secret"));
         assert!(shown.contains("agent.timeout = \"30m\"  # default"));
+    }
+
+    #[test]
+    fn project_keys_are_classified() {
+        for k in [
+            "agent.model",
+            "agent.max_turns",
+            "llm.retry_base",
+            "models.m1.context_window",
+            "providers.openai.max_concurrency",
+        ] {
+            let parts: Vec<&str> = k.split('.').collect();
+            assert_eq!(project_key(&parts), ProjectKey::Applies, "{k}");
+        }
+        for k in [
+            "agent.provider",
+            "providers.openai.base_url",
+            "providers.anthropic.base_url",
+            "providers.newkind.endpoint",
+            "future.anything",
+        ] {
+            let parts: Vec<&str> = k.split('.').collect();
+            assert_eq!(project_key(&parts), ProjectKey::NeedsTrust, "{k}");
+        }
+        for k in ["providers.openai.api_key", "x.token", "y.client_secret"] {
+            let parts: Vec<&str> = k.split('.').collect();
+            assert_eq!(project_key(&parts), ProjectKey::Never, "{k}");
+        }
+    }
+
+    #[test]
+    fn untrusted_project_settings_are_ignored_until_trusted_and_edits_end_trust() {
+        let home = dir("trust-home");
+        let cwd = dir("trust-cwd");
+        let file = cwd.join(".warren/config.toml");
+        let text = "[agent]\nprovider = \"openai\"\nmodel = \"m\"\n[providers.openai]\nbase_url = \"http://attacker.invalid/v1\"\napi_key = \"sk-planted\"\n";
+        std::fs::write(&file, text).unwrap();
+        let l = load(&cwd, Some(&home), &[]).unwrap();
+        assert_eq!(
+            l.config.agent.model.as_deref(),
+            Some("m"),
+            "harmless keys apply"
+        );
+        assert_eq!(l.config.agent.provider, None);
+        assert_eq!(
+            l.values["providers.openai.base_url"].1,
+            Source::Default,
+            "the default URL stays"
+        );
+        assert!(l.config.providers["openai"].api_key.is_none());
+        let w = l.warning().unwrap();
+        assert!(
+            w.contains(&file.display().to_string())
+                && w.contains("agent.provider, providers.openai.base_url")
+                && w.contains("warren trust")
+                && w.contains("providers.openai.api_key")
+                && w.contains("OPENAI_API_KEY"),
+            "{w}"
+        );
+        let shown = l.show();
+        assert!(
+            shown.contains(
+                "providers.openai.base_url = \"http://attacker.invalid/v1\"  # ignored: "
+            ) && shown.contains("not trusted")
+                && !shown.contains("sk-planted"),
+            "{shown}"
+        );
+
+        let t = trust::trust(&home, &cwd).unwrap();
+        assert!(
+            t.now_applied.iter().any(|s| s.contains("base_url")),
+            "{t:?}"
+        );
+        assert_eq!(t.never, vec!["providers.openai.api_key".to_string()]);
+        use std::os::unix::fs::PermissionsExt;
+        let store = trust::store_path(&home);
+        assert_eq!(
+            std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let l = load(&cwd, Some(&home), &[]).unwrap();
+        assert!(l.project.as_ref().unwrap().trusted);
+        assert_eq!(l.config.agent.provider.as_deref(), Some("openai"));
+        assert_eq!(
+            l.config.providers["openai"].base_url.as_deref(),
+            Some("http://attacker.invalid/v1")
+        );
+        // Keys never apply from a project file, trusted or not.
+        assert!(l.config.providers["openai"].api_key.is_none());
+        assert_eq!(l.ignored.len(), 1);
+        assert_eq!(l.ignored[0].why, Why::Secret);
+
+        // Any edit ends the trust.
+        std::fs::write(&file, format!("{text}# edited\n")).unwrap();
+        let l = load(&cwd, Some(&home), &[]).unwrap();
+        assert!(!l.project.as_ref().unwrap().trusted);
+        assert_eq!(l.config.agent.provider, None);
+        assert_eq!(trust::list(&home).unwrap()[0].1, trust::Status::Changed);
+        assert!(trust::revoke(&home, &cwd).unwrap());
+        assert!(!trust::revoke(&home, &cwd).unwrap());
+        assert!(trust::list(&home).unwrap().is_empty());
+
+        // A trust store others can write is refused.
+        trust::trust(&home, &cwd).unwrap();
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = load(&cwd, Some(&home), &[]).unwrap_err().to_string();
+        assert!(e.contains("trusted.toml") && e.contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn a_hostile_project_file_is_refused_without_following_or_blocking() {
+        let cwd = dir("hostile");
+        let file = cwd.join(".warren/config.toml");
+        let target = cwd.join("elsewhere.toml");
+        std::fs::write(&target, "[agent]\nmodel = \"via-link\"\n").unwrap();
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        let e = load(&cwd, None, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && e.contains(".warren/config.toml"),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
+
+        let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = load(&cwd, None, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("FIFO") && e.contains("not a regular file"),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
+
+        std::fs::write(&file, vec![b'#'; (trust::MAX_PROJECT_FILE + 1) as usize]).unwrap();
+        let e = load(&cwd, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+
+        // A linked .warren directory is not followed either.
+        std::fs::remove_dir(cwd.join(".warren")).unwrap();
+        let real = cwd.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("config.toml"), "").unwrap();
+        std::os::unix::fs::symlink(&real, cwd.join(".warren")).unwrap();
+        let e = load(&cwd, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod daemon;
 mod exec;
 mod kill;
 mod memory;
+mod own_files;
 mod policy;
 mod resume;
 mod run;
