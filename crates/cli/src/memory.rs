@@ -134,6 +134,7 @@ pub fn run(cmd: MemoryCommand, state: &Path) -> i32 {
         let filter = Filter {
             workspace: Some(ws.display().to_string()),
             path_prefix: path.clone(),
+            ..Filter::default()
         };
         // One query: only this workspace's vectors, scored exactly (building the approximate
         // index would cost more).

@@ -776,6 +776,16 @@ impl Daemon {
                     "capabilities": {"scopes": spec.scopes, "network": caps.network()}}),
         );
         let identity = warren_cell::spec::resolve_identity(&spec);
+        // What the cell's identity can read on the host (through its workspace's idmap, if
+        // any): host tools answer from nothing else.
+        let reader = warren_memory::access::Reader {
+            uid: identity.0,
+            gid: identity.1,
+            idmap: warren_cell::spec::workspace_idmap(&spec, identity.0)
+                .ok()
+                .flatten()
+                .map(|m| (m.disk_uid, m.disk_gid)),
+        };
         let task_spec = json!({"id": id, "agent": task.agent, "goal": task.goal, "model": model});
         let dirs = match TaskDirs::create(&self.opts.state_dir, id, &task_spec, identity) {
             Ok(d) => d,
@@ -843,7 +853,7 @@ impl Daemon {
             id.clone(),
         )))
         .with_gate(Arc::new(
-            TaskGate::new(id.clone(), caps, self.audit.clone())
+            TaskGate::new(id.clone(), caps.clone(), self.audit.clone())
                 .with_audit_prompts(self.opts.audit_prompts)
                 .with_approvals(Approvals {
                     desk: Arc::clone(&self.desk),
@@ -863,6 +873,8 @@ impl Daemon {
                 workspace: task.workspace.clone(),
                 task: id.clone(),
                 granted: granted.clone(),
+                caps,
+                reader,
             })),
             None => agent,
         };

@@ -1,16 +1,26 @@
 //! Memory for tasks whose manifest lists a memory tool: the tools themselves (run on the host,
 //! not in the cell), the workspace index kept current at task start, reflections offered to
 //! the next task on the same workspace, and an episode and a reflection stored when a task ends.
+//!
+//! `code_search` answers from an index the host built over the whole workspace, so it is
+//! scoped, before ranking, to the files the task could read itself: those its effective read
+//! capability (path globs) allows and its cell's host identity could read on the host now
+//! (`warren_memory::access`).
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use warren_agent::tools::HostTools;
 use warren_llm::ToolSpec;
+use warren_memory::access::Reader;
 use warren_memory::db::NewNote;
 use warren_memory::embed::Embedder;
 use warren_memory::search::{Filter, Fusion, NoteFilter, search_notes};
 use warren_memory::{CodeIndex, MemoryDb};
+
+use crate::policy::{Capabilities, workspace_relative};
 
 /// The tool calls a task made, from its checkpoints: `name main-argument` each, in order.
 pub fn tool_calls(checkpoints: &[warren_store::Checkpoint]) -> Vec<String> {
@@ -102,6 +112,36 @@ pub struct MemoryTools {
     pub task: String,
     /// Which of the tools the manifest grants.
     pub granted: Vec<String>,
+    /// The task's effective capabilities: `code_search` answers only from files they let the
+    /// task read.
+    pub caps: Capabilities,
+    /// The task's cell identity on the host: `code_search` answers only from files it could
+    /// read now (`warren_memory::access`).
+    pub reader: Reader,
+}
+
+impl MemoryTools {
+    /// What `code_search` may answer from on `workspace`: the indexed files under `prefix`
+    /// that the task's read capability allows and its cell's identity could read on the host
+    /// now. `None` when that is every indexed file (no filter needed).
+    fn searchable(
+        &self,
+        workspace: &str,
+        prefix: Option<&str>,
+    ) -> Result<Option<BTreeSet<String>>, String> {
+        let all = self
+            .memory
+            .db
+            .indexed_paths(workspace)
+            .map_err(|e| e.to_string())?;
+        let granted = all
+            .iter()
+            .filter(|p| prefix.is_none_or(|x| p.starts_with(x)))
+            .filter(|p| self.caps.may_read(p))
+            .map(String::as_str);
+        let readable = self.reader.readable(Path::new(workspace), granted);
+        Ok((readable.len() < all.len()).then_some(readable))
+    }
 }
 
 fn spec(name: &str, description: &str, parameters: Value) -> ToolSpec {
@@ -163,9 +203,31 @@ impl HostTools for MemoryTools {
                 let Some(ws) = &self.workspace else {
                     return Some(Err("this task has no workspace to search".into()));
                 };
+                // The optional path as the cell resolves it (`./src`, `../workspace/src`).
+                let prefix = match args["path"].as_str() {
+                    None => None,
+                    Some(p) => match workspace_relative(p) {
+                        Some(r) if r == "." => None,
+                        Some(r) => Some(r),
+                        None => {
+                            return Some(Err(format!("{p} is outside the workspace")));
+                        }
+                    },
+                };
+                // Scoped to what this task may read and its cell could, before ranking.
+                let paths = match self.searchable(ws, prefix.as_deref()) {
+                    Ok(p) => p,
+                    Err(e) => return Some(Err(e)),
+                };
+                if paths.as_ref().is_some_and(BTreeSet::is_empty) {
+                    return Some(Ok(
+                        "0 result(s): nothing this task may read is indexed".into()
+                    ));
+                }
                 let filter = Filter {
                     workspace: Some(ws.clone()),
-                    path_prefix: args["path"].as_str().map(str::to_owned),
+                    path_prefix: prefix,
+                    paths: paths.map(Arc::new),
                 };
                 CodeIndex::scoped(&m.db, m.embedder.as_deref(), &filter)
                     .and_then(|ix| ix.search(q, k, &filter, Fusion::default()))
@@ -257,7 +319,144 @@ mod tests {
                 "memory_query".into(),
                 "memory_store".into(),
             ],
+            caps: unrestricted(),
+            reader: Reader {
+                uid: 65534,
+                gid: 65534,
+                idmap: None,
+            },
         }
+    }
+
+    fn unrestricted() -> Capabilities {
+        Capabilities::new(
+            crate::policy::Layer::unrestricted("m"),
+            crate::policy::Layer::unrestricted("p"),
+        )
+    }
+
+    /// The index holds everything; a task's `code_search` gets only what its read grants allow
+    /// and its cell's identity could read on the host.
+    #[test]
+    fn code_search_answers_only_from_files_the_task_and_its_cell_could_read() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = TempDir::new("memory-code-scope");
+        let ws = t.path().join("ws");
+        let file = |rel: &str, mode: u32| {
+            let p = ws.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(
+                &p,
+                format!("pub fn tokenizer_{}() {{}}\n", rel.replace(['/', '.'], "_")),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        file("src/lib.rs", 0o644);
+        file("src/private.rs", 0o600);
+        file("src/closed/inner.rs", 0o644);
+        file("secrets/key.rs", 0o644);
+        for d in ["", "src", "secrets"] {
+            std::fs::set_permissions(ws.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(
+            ws.join("src/closed"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let memory = Memory {
+            db: Arc::new(MemoryDb::open(&t.path().join("m.db")).unwrap()),
+            embedder: Some(Arc::new(HashEmbedder::new(64))),
+        };
+        warren_memory::index::index(&memory.db, &ws, memory.embedder.as_deref(), &mut |_| {})
+            .unwrap();
+        let ws_key = std::fs::canonicalize(&ws).unwrap().display().to_string();
+        let me = std::fs::metadata(&ws).unwrap();
+        assert_ne!(
+            me.uid(),
+            65534,
+            "the test's files need an owner other than the cell"
+        );
+        let src_only = crate::policy::PolicyFile::parse(
+            Path::new("p.toml"),
+            "[capabilities]\npaths = [{ glob = \"src/**\", access = \"read\" }]\n",
+        )
+        .unwrap()
+        .layer();
+        let search = |caps: Capabilities, idmap: Option<(u32, u32)>, args: Value| {
+            let mut tools = tools(&memory, "coder", Some(&ws_key));
+            tools.granted = vec!["code_search".into()];
+            tools.caps = caps;
+            tools.reader.idmap = idmap;
+            tools.call("code_search", &args).unwrap()
+        };
+        let q = json!({"query": "tokenizer", "k": 50});
+        // Everything is in the index.
+        let all = search(unrestricted(), Some((me.uid(), me.gid())), q.clone()).unwrap();
+        for f in [
+            "src/lib.rs",
+            "src/private.rs",
+            "src/closed/inner.rs",
+            "secrets/key.rs",
+        ] {
+            assert!(all.contains(&format!("{f}:")), "{f} missing: {all}");
+        }
+        // Read granted on src/** only: no secrets/.
+        let scoped = Capabilities::new(crate::policy::Layer::unrestricted("m"), src_only);
+        let got = search(scoped.clone(), Some((me.uid(), me.gid())), q.clone()).unwrap();
+        assert!(
+            got.contains("src/lib.rs:") && !got.contains("secrets/"),
+            "{got}"
+        );
+        // The cell as nobody, the files another user's: no 0600 file, nothing under a 0700
+        // directory; the rest as before.
+        let got = search(unrestricted(), None, q.clone()).unwrap();
+        assert!(
+            got.contains("src/lib.rs:") && got.contains("secrets/key.rs:"),
+            "{got}"
+        );
+        assert!(
+            !got.contains("private.rs") && !got.contains("inner.rs"),
+            "{got}"
+        );
+        let got = search(scoped.clone(), None, q.clone()).unwrap();
+        assert!(got.contains("src/lib.rs:"), "{got}");
+        assert!(!got.contains("private") && !got.contains("inner") && !got.contains("secrets"));
+        // A path narrows as the cell resolves it; outside the workspace is an error.
+        let got = search(
+            unrestricted(),
+            None,
+            json!({"query": "tokenizer", "path": "./secrets"}),
+        )
+        .unwrap();
+        assert!(
+            got.contains("secrets/key.rs:") && !got.contains("src/"),
+            "{got}"
+        );
+        let got = search(
+            unrestricted(),
+            None,
+            json!({"query": "tokenizer", "path": "../workspace/secrets"}),
+        )
+        .unwrap();
+        assert!(
+            got.contains("secrets/key.rs:") && !got.contains("src/"),
+            "{got}"
+        );
+        assert!(search(unrestricted(), None, json!({"query": "x", "path": "/etc"})).is_err());
+        // Nothing readable at all: says so.
+        let got = search(
+            scoped,
+            None,
+            json!({"query": "tokenizer", "path": "secrets"}),
+        )
+        .unwrap();
+        assert!(got.starts_with("0 result(s)"), "{got}");
+        // A file swapped for a symlink since it was indexed is not answered from.
+        std::fs::remove_file(ws.join("src/lib.rs")).unwrap();
+        std::os::unix::fs::symlink("../secrets/key.rs", ws.join("src/lib.rs")).unwrap();
+        let got = search(unrestricted(), None, q).unwrap();
+        assert!(!got.contains("src/lib.rs:"), "{got}");
     }
 
     #[test]

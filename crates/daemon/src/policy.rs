@@ -280,6 +280,12 @@ impl Capabilities {
         Ok(granted)
     }
 
+    /// Whether every layer lets the task read `rel` (a normalized workspace-relative path):
+    /// its read capability, for host tools that read the workspace on its behalf.
+    pub fn may_read(&self, rel: &str) -> bool {
+        self.layers.iter().all(|l| l.path(rel, false).is_ok())
+    }
+
     /// Whether any layer restricts workspace paths.
     pub fn restricts_paths(&self) -> bool {
         self.layers.iter().any(|l| l.paths.is_some())

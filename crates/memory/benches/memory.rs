@@ -108,6 +108,7 @@ fn main() {
         .map(|c| Filter {
             workspace: Some(workspace.clone()),
             path_prefix: Some(c.clone()),
+            ..Filter::default()
         })
         .collect();
     let fts_ix = CodeIndex::new(&memv, None).unwrap();

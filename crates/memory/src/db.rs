@@ -218,8 +218,9 @@ impl MemoryDb {
     ) -> Result<VectorRows, MemoryError> {
         self.vectors(
             "SELECT id, workspace, path, vector FROM chunks WHERE embedder = ?1 AND vector IS NOT NULL \
-             AND (?2 IS NULL OR workspace = ?2) AND (?3 IS NULL OR substr(path, 1, length(?3)) = ?3) ORDER BY id",
-            params![embedder, filter.workspace, filter.path_prefix],
+             AND (?2 IS NULL OR workspace = ?2) AND (?3 IS NULL OR substr(path, 1, length(?3)) = ?3) \
+             AND (?4 IS NULL OR path IN (SELECT value FROM json_each(?4))) ORDER BY id",
+            params![embedder, filter.workspace, filter.path_prefix, filter.paths_json()],
             dims,
         )
     }
@@ -269,6 +270,16 @@ impl MemoryDb {
             out.vectors.data.extend(v);
         }
         Ok(out)
+    }
+
+    /// The paths of `workspace`'s indexed files, sorted.
+    pub fn indexed_paths(&self, workspace: &str) -> Result<Vec<String>, MemoryError> {
+        let c = self.lock();
+        let mut st = c
+            .prepare_cached("SELECT path FROM files WHERE workspace = ?1 ORDER BY path")
+            .map_err(db)?;
+        let rows = st.query_map([workspace], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     /// One chunk's path and text.

@@ -1,13 +1,23 @@
 //! Indexing a workspace: walk it (honouring `.gitignore` and friends), skip binary and huge
 //! files, chunk, embed, store. Incremental by content hash: an unchanged file (same hash, same
 //! embedder) is not read twice; a removed file's chunks are dropped.
+//!
+//! The workspace is hostile input (a read-write cell, or a diff applied from one, can plant
+//! anything in it), so the walk and every read go through `warren-fsx` handles: directories
+//! are listed and entered beneath the workspace's handle without following a link, only
+//! regular files are opened (a FIFO, socket, device or symlink is counted and never opened —
+//! a FIFO would block the reader), sizes are checked on the open file before reading and
+//! capped while reading, and the ignore files themselves (`.gitignore`, `.ignore`,
+//! `.git/info/exclude`) are read the same way.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use warren_fsx::{Dir, Kind};
 
 use crate::chunk::chunk;
 use crate::db::{MemoryDb, MemoryError, db, to_blob};
@@ -15,6 +25,9 @@ use crate::embed::Embedder;
 
 /// Files larger than this are not indexed.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Ignore files larger than this are not read.
+const MAX_IGNORE_BYTES: u64 = 1 << 20;
 
 /// What indexing did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -31,6 +44,9 @@ pub struct Report {
     pub skipped_binary: u64,
     /// Files skipped as larger than [`MAX_FILE_BYTES`].
     pub skipped_large: u64,
+    /// Entries skipped as neither a regular file nor a directory (symlinks, FIFOs, sockets,
+    /// devices): never opened.
+    pub skipped_special: u64,
     /// Chunks written.
     pub chunks: u64,
     /// Lines in the files (re)indexed.
@@ -84,36 +100,33 @@ pub fn index(
         embedder: ename.clone(),
         ..Report::default()
     };
-    let files: Vec<std::path::PathBuf> = ignore::WalkBuilder::new(&root)
-        .follow_links(false)
-        // .gitignore applies whether or not the project is a git checkout.
-        .require_git(false)
-        .build()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
-        .map(|e| e.into_path())
-        .collect();
+    let top = Dir::open(&root).map_err(|e| MemoryError::Io(e.to_string()))?;
+    let (files, special) = walk(&top, &root);
+    report.skipped_special = special;
     let total = files.len() as u64;
     let mut seen = HashSet::new();
     let mut batch: Vec<Pending> = Vec::new();
     let mut batch_chunks = 0;
-    for (n, file) in files.iter().enumerate() {
+    for (n, (rel, size)) in files.iter().enumerate() {
         report.files_seen += 1;
-        let rel = file
-            .strip_prefix(&root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
+        let rel = rel.clone();
         seen.insert(rel.clone());
-        let Ok(meta) = std::fs::metadata(file) else {
-            continue;
-        };
-        if meta.len() > MAX_FILE_BYTES {
+        if *size > MAX_FILE_BYTES {
             report.skipped_large += 1;
             continue;
         }
-        let Ok(bytes) = std::fs::read(file) else {
-            continue;
+        let bytes = match top.read(&rel, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(warren_fsx::Error::TooLarge { .. }) => {
+                report.skipped_large += 1;
+                continue;
+            }
+            // Replaced by a link or a special file since it was listed.
+            Err(warren_fsx::Error::WrongKind { .. } | warren_fsx::Error::Symlink { .. }) => {
+                report.skipped_special += 1;
+                continue;
+            }
+            Err(_) => continue,
         };
         if bytes[..bytes.len().min(8192)].contains(&0) {
             report.skipped_binary += 1;
@@ -190,6 +203,78 @@ pub fn index(
     tx.commit().map_err(db)?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The regular files of the tree beneath `top` (relative paths, sorted, with their sizes) and
+/// how many entries were neither file nor directory. Hidden entries (a leading `.`) and what
+/// the ignore files exclude are left out, as `git` and the `ignore` crate's walker would.
+/// Iterative (no recursion however deep the tree), one directory handle open at a time
+/// besides `top`; names that are not UTF-8 are left out.
+fn walk(top: &Dir, root: &Path) -> (Vec<(String, u64)>, u64) {
+    let mut files = Vec::new();
+    let mut special = 0;
+    let mut base: Vec<Gitignore> = Vec::new();
+    if let Ok(b) = top.read(".git/info/exclude", MAX_IGNORE_BYTES) {
+        base.extend(matcher(root, &b));
+    }
+    let mut stack: Vec<(PathBuf, std::rc::Rc<Vec<Gitignore>>)> =
+        vec![(PathBuf::new(), std::rc::Rc::new(base))];
+    while let Some((rel, outer)) = stack.pop() {
+        let Ok(dir) = top.sub(&rel) else { continue };
+        let abs = root.join(&rel);
+        let mut rules = (*outer).clone();
+        // `.ignore` after `.gitignore`: checked first, so it wins (as in the `ignore` crate).
+        for name in [".gitignore", ".ignore"] {
+            if let Ok(b) = dir.read(name, MAX_IGNORE_BYTES) {
+                rules.extend(matcher(&abs, &b));
+            }
+        }
+        let rules = std::rc::Rc::new(rules);
+        let Ok(entries) = dir.entries() else { continue };
+        for e in entries {
+            let Some(name) = e.name.to_str() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let is_dir = e.stat.kind == Kind::Dir;
+            if ignored(&rules, &abs.join(name), is_dir) {
+                continue;
+            }
+            let child = rel.join(name);
+            match e.stat.kind {
+                Kind::Dir => stack.push((child, std::rc::Rc::clone(&rules))),
+                Kind::File => files.push((child.display().to_string(), e.stat.size)),
+                _ => special += 1,
+            }
+        }
+    }
+    files.sort();
+    (files, special)
+}
+
+/// The rules of one ignore file, rooted at `dir`.
+fn matcher(dir: &Path, text: &[u8]) -> Option<Gitignore> {
+    let mut b = GitignoreBuilder::new(dir);
+    for line in String::from_utf8_lossy(text).lines() {
+        let _ = b.add_line(None, line);
+    }
+    b.build().ok()
+}
+
+/// Whether the innermost rule that says anything about `path` ignores it.
+fn ignored(rules: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+    for r in rules.iter().rev() {
+        let m = r.matched(path, is_dir);
+        if m.is_ignore() {
+            return true;
+        }
+        if m.is_whitelist() {
+            return false;
+        }
+    }
+    false
 }
 
 fn flush(

@@ -1,7 +1,8 @@
 //! Hybrid retrieval: vector similarity and BM25 full text, fused.
 //!
-//! Both sides apply the filter (workspace, path prefix for code; kind, agent, workspace, task
-//! for notes) *before* ranking, never to a ranked list afterwards:
+//! Both sides apply the filter (workspace, path prefix and a list of the paths the asking task
+//! may read for code; kind, agent, workspace, task for notes) *before* ranking, never to a
+//! ranked list afterwards:
 //!
 //! - full text: in the same SQL statement as the match (or, equivalently and faster, on
 //!   FTS5's own rank order, read until k kept rows are found);
@@ -14,7 +15,8 @@
 //! Fusion is weighted (min-max normalized scores, default 0.7 vector / 0.3 text) or
 //! reciprocal rank fusion. Without an embedder, retrieval is full-text only, and says so.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rusqlite::params;
 
@@ -29,12 +31,15 @@ pub struct Filter {
     pub workspace: Option<String>,
     /// Only paths starting with this (relative to the workspace).
     pub path_prefix: Option<String>,
+    /// Only these paths (relative to the workspace): what the asking task may read. Applied
+    /// like the others, in SQL and before either ranking.
+    pub paths: Option<Arc<BTreeSet<String>>>,
 }
 
 impl Filter {
     /// Whether it keeps everything.
     pub fn is_empty(&self) -> bool {
-        self.workspace.is_none() && self.path_prefix.is_none()
+        self.workspace.is_none() && self.path_prefix.is_none() && self.paths.is_none()
     }
 
     /// Whether a chunk of `workspace` at `path` is kept.
@@ -44,6 +49,15 @@ impl Filter {
                 .path_prefix
                 .as_deref()
                 .is_none_or(|p| path.starts_with(p))
+            && self.paths.as_ref().is_none_or(|ps| ps.contains(path))
+    }
+
+    /// [`Filter::paths`] as one SQL parameter: a JSON array (`path IN (SELECT value FROM
+    /// json_each(?))`), or NULL for no such restriction.
+    pub(crate) fn paths_json(&self) -> Option<String> {
+        self.paths
+            .as_ref()
+            .map(|ps| serde_json::Value::from(ps.iter().cloned().collect::<Vec<_>>()).to_string())
     }
 }
 
@@ -330,13 +344,15 @@ impl<'a> CodeIndex<'a> {
         }
         let ranges = keys.ranges(rows, filter);
         let kept: usize = ranges.iter().map(|r| r.len()).sum();
+        // The ranges narrow by workspace and prefix; a path list is checked row by row.
         let subset = || {
             rows.vectors.exact_in(
                 q,
                 k,
                 ranges
                     .iter()
-                    .flat_map(|r| keys.by_key[r.clone()].iter().map(|&i| i as usize)),
+                    .flat_map(|r| keys.by_key[r.clone()].iter().map(|&i| i as usize))
+                    .filter(|&i| keep(i)),
             )
         };
         let probed = rows.vectors.len() * self.nprobe / ivf.nlist().max(1);
@@ -492,12 +508,19 @@ impl<'a> CodeIndex<'a> {
             .prepare_cached(
                 "SELECT c.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid \
                  WHERE chunks_fts MATCH ?1 AND (?2 IS NULL OR c.workspace = ?2) \
-                 AND (?3 IS NULL OR substr(c.path, 1, length(?3)) = ?3) ORDER BY 2, 1 LIMIT ?4",
+                 AND (?3 IS NULL OR substr(c.path, 1, length(?3)) = ?3) \
+                 AND (?5 IS NULL OR c.path IN (SELECT value FROM json_each(?5))) ORDER BY 2, 1 LIMIT ?4",
             )
             .map_err(db)?;
         let rows = st
             .query_map(
-                params![q, filter.workspace, filter.path_prefix, k as i64],
+                params![
+                    q,
+                    filter.workspace,
+                    filter.path_prefix,
+                    k as i64,
+                    filter.paths_json()
+                ],
                 |r| Ok((r.get::<_, i64>(0)?, -(r.get::<_, f64>(1)? as f32))),
             )
             .map_err(db)?;

@@ -204,6 +204,7 @@ fn approximate_index_answers_filtered_queries_like_exact_search() {
     let filter = |w: Option<&str>, p: Option<&str>| Filter {
         workspace: w.map(str::to_owned),
         path_prefix: p.map(str::to_owned),
+        ..Filter::default()
     };
     let queries = [
         "parse socket",
@@ -411,4 +412,71 @@ fn an_openai_compatible_endpoint_embeds_in_batches_and_retries_429() {
     // Wrong dimensions are an error, not a silent mix.
     let bad = warren_memory::OpenAiEmbedder::new(&url, None, "m", 8).unwrap();
     assert!(bad.embed(&["x"]).is_err());
+}
+
+/// A workspace is hostile input: what a cell planted there must neither hang the indexer nor
+/// end up in the index.
+#[test]
+fn planted_fifos_links_and_sockets_neither_hang_nor_leak_into_the_index() {
+    use std::os::unix::fs::symlink;
+    let d = dir("hostile");
+    let root = d.0.join("p");
+    std::fs::create_dir_all(root.join("src/deep")).unwrap();
+    std::fs::create_dir_all(root.join(".git/info")).unwrap();
+    std::fs::write(root.join("src/ok.rs"), "pub fn honest_function() {}\n").unwrap();
+    let secret = d.0.join("outside-secret.txt");
+    std::fs::write(&secret, "root:sekrit-hash-outside:19000:0:99999:7:::\n").unwrap();
+    let fifo = |p: &Path| {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfifo {}", p.display());
+    };
+    // A FIFO where a source file, and where every ignore file, would be: a blocking open
+    // waits for a writer forever.
+    fifo(&root.join("src/pipe.rs"));
+    fifo(&root.join(".gitignore"));
+    fifo(&root.join("src/.gitignore"));
+    fifo(&root.join(".git/info/exclude"));
+    // Links to a file outside (and to /etc/shadow), to a directory outside, to a device.
+    symlink(&secret, root.join("src/leak.rs")).unwrap();
+    symlink("/etc/shadow", root.join("src/shadow.rs")).unwrap();
+    symlink(&d.0, root.join("src/deep/up")).unwrap();
+    symlink("/dev/zero", root.join("zero.txt")).unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(root.join("src/sock.rs")).unwrap();
+    let mem = std::sync::Arc::new(MemoryDb::open(&d.0.join("m.db")).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (m, r) = (std::sync::Arc::clone(&mem), root.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(index(&m, &r, Some(&HashEmbedder::new(64)), &mut |_| {}));
+    });
+    let report = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("indexing a workspace with FIFOs in it hung")
+        .unwrap();
+    assert_eq!(report.files_indexed, 1, "{report:?}");
+    assert!(report.skipped_special >= 6, "{report:?}");
+    let ix = CodeIndex::new(&mem, None).unwrap();
+    for q in ["sekrit hash outside", "root", "honest_function"] {
+        for h in ix
+            .search(q, 20, &Filter::default(), Fusion::default())
+            .unwrap()
+            .hits
+        {
+            assert_eq!(h.path, "src/ok.rs", "{q}: {h:?}");
+            assert!(!h.text.contains("sekrit"), "{h:?}");
+        }
+    }
+    // A regular file swapped for a link to a secret after it was indexed: dropped, not read.
+    std::fs::remove_file(root.join("src/ok.rs")).unwrap();
+    symlink(&secret, root.join("src/ok.rs")).unwrap();
+    let again = index(&mem, &root, None, &mut |_| {}).unwrap();
+    assert_eq!(
+        (again.files_indexed, again.files_removed),
+        (0, 1),
+        "{again:?}"
+    );
+    assert_eq!(mem.chunk_count(None).unwrap(), 0);
 }

@@ -133,3 +133,105 @@ fn agents_search_code_remember_recall_and_reflect() {
     assert_eq!(r["mode"], "hybrid");
     assert_eq!(r["hits"][0]["path"], "src/units.rs");
 }
+
+const SCOPED: &str = "name: scoped-searcher
+description: may read src/ only
+provider: openai
+model: mock-model
+tools: [code_search, finish]
+capabilities:
+  paths:
+    - {glob: \"src/**\", access: read}
+";
+
+/// The index is built by the daemon over the whole workspace; a task's `code_search` answers
+/// only from files its manifest lets it read and its cell's identity could read on the host.
+#[test]
+fn code_search_answers_only_from_what_the_task_and_its_cell_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_process_tier() {
+        return;
+    }
+    let t = TempDir::new("memory-scope-e2e");
+    let state = t.path().join("state");
+    let ws = t.path().join("project");
+    for (rel, text) in [
+        ("src/units.rs", "pub fn tokenizer_units() {}\n"),
+        ("src/private.rs", "pub fn tokenizer_private_key() {}\n"),
+        ("secrets/key.rs", "pub fn tokenizer_secret_key() {}\n"),
+    ] {
+        std::fs::create_dir_all(ws.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(ws.join(rel), text).unwrap();
+    }
+    // As root: the project belongs to nobody (so the cell runs as nobody, no idmap) except
+    // one root-owned 0600 file the cell cannot read.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        for rel in ["", "src", "secrets", "src/units.rs", "secrets/key.rs"] {
+            std::os::unix::fs::chown(ws.join(rel), Some(65534), Some(65534)).unwrap();
+        }
+        std::fs::set_permissions(
+            ws.join("src/private.rs"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    } else {
+        warren_testkit::skip("owning a file as another user needs root (the 0600 case)");
+    }
+    deploy(&state, SCOPED);
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![(
+            "c1",
+            "code_search",
+            json!({"query": "tokenizer key", "k": 20}),
+        )]),
+        _ => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--embedder", "hash"]);
+    let (code, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "scoped-searcher", "goal": "find", "workspace": ws.display().to_string()})),
+    );
+    assert_eq!(code, 201, "{task}");
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(
+        d.wait_done(id, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let found = mock
+        .requests()
+        .iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == "c1")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(found.contains("src/units.rs:"), "{found}");
+    assert!(
+        !found.contains("secrets/"),
+        "outside the read grant: {found}"
+    );
+    if root {
+        assert!(
+            !found.contains("private"),
+            "unreadable by the cell: {found}"
+        );
+    }
+    // The index itself has all of it (people searching it directly see everything).
+    let o = warren_at(
+        &state,
+        &[
+            "memory",
+            "search",
+            "tokenizer secret key",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--embedder",
+            "hash",
+            "--json",
+        ],
+    );
+    assert!(stdout(&o).contains("secrets/key.rs"), "{}", stdout(&o));
+}
