@@ -256,6 +256,7 @@ struct Ran {
     code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    disk_exceeded: bool,
     stdout: String,
     stderr: String,
     failure: Option<String>,
@@ -303,6 +304,7 @@ impl Tools {
                 code: o.exit.code,
                 signal: o.exit.signal,
                 timed_out: o.exit.timed_out,
+                disk_exceeded: o.disk_exceeded,
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
                 failure: o.failure.map(|(_, m)| m),
@@ -311,6 +313,7 @@ impl Tools {
                 code: None,
                 signal: None,
                 timed_out: false,
+                disk_exceeded: false,
                 stdout: String::new(),
                 stderr: String::new(),
                 failure: Some(e.to_string()),
@@ -388,6 +391,9 @@ impl Tools {
         }
         let status = if r.timed_out {
             "killed: timed out".to_owned()
+        } else if r.disk_exceeded {
+            "killed: the workspace's changes reached their disk limit; remove files to free space"
+                .to_owned()
         } else if let Some(s) = r.signal {
             format!("killed by signal {s}")
         } else {

@@ -279,14 +279,21 @@ fn walk(
     Ok(())
 }
 
-/// Bytes the layer's upper directory takes on disk (allocated blocks, links not followed).
+/// Bytes the layer's upper directory holds (links not followed): each file's size — its
+/// apparent size, so a sparse file counts in full and the figure does not move while the
+/// kernel allocates blocks for writes already made — plus 512 bytes per entry.
 pub fn usage(layer: &CowLayer) -> Result<u64, CellError> {
     fn du(d: &warren_fsx::Dir) -> u64 {
         let Ok(entries) = d.entries() else { return 0 };
         entries
             .iter()
             .map(|e| {
-                let own = e.stat.blocks * 512;
+                let own = 512
+                    + if e.stat.kind == warren_fsx::Kind::File {
+                        e.stat.size
+                    } else {
+                        0
+                    };
                 if e.stat.kind == warren_fsx::Kind::Dir {
                     own + d.sub(&e.name).map(|s| du(&s)).unwrap_or(0)
                 } else {

@@ -16,6 +16,7 @@
 pub mod cgroup;
 pub mod check;
 pub mod cow;
+pub mod disk;
 pub mod error;
 pub mod forkserver;
 pub mod hostpaths;
@@ -69,6 +70,8 @@ pub struct ExecOutcome {
     pub exit: ExitInfo,
     /// Killed by the out-of-memory killer of the cell's memory cgroup.
     pub oom_killed: bool,
+    /// Killed because the copy-on-write layer grew past its disk limit ([`disk`]).
+    pub disk_exceeded: bool,
     /// stdout exceeded the cap and was cut.
     pub stdout_truncated: bool,
     /// stderr exceeded the cap and was cut.

@@ -76,6 +76,8 @@ pub struct ProcessCell {
     supervisor: Option<Supervisor>,
     cgroups: Option<CellCgroups>,
     cow: Option<CowLayer>,
+    /// The disk bound's watcher of a copy-on-write workspace.
+    disk: Option<crate::disk::DiskWatch>,
     /// The empty `.warren` made in the layer to mask it ([`crate::spec::prepare_cow_mountpoint`]),
     /// removed once the cell is gone.
     cow_mountpoint: bool,
@@ -228,7 +230,13 @@ impl ProcessCell {
             },
             rlimits: Rlimits {
                 nofile: spec.limits.nofile,
-                fsize: spec.limits.fsize,
+                // No one file may outgrow the disk bound of a copy-on-write workspace.
+                fsize: match (&spec.workspace, spec.limits.disk_bytes) {
+                    (Some(ws), Some(d)) if ws.mode == WorkspaceMode::Cow => {
+                        spec.limits.fsize.min(d)
+                    }
+                    _ => spec.limits.fsize,
+                },
             },
             cgroups: cgroups
                 .as_ref()
@@ -253,6 +261,7 @@ impl ProcessCell {
             supervisor: None,
             cgroups,
             cow,
+            disk: None,
             cow_mountpoint,
             info: StartInfo {
                 init_pid: 0,
@@ -266,7 +275,16 @@ impl ProcessCell {
         };
         cell.info.cgroup = cell.cgroups.as_ref().map(|c| c.hierarchy().name());
         match cell.spawn_supervisor(jail, &config) {
-            Ok(()) => Ok(cell),
+            Ok(()) => {
+                if let (Some(layer), Some(limit)) = (cell.cow.clone(), spec.limits.disk_bytes) {
+                    cell.disk = Some(crate::disk::DiskWatch::start(
+                        layer,
+                        limit,
+                        cell.info.init_pid,
+                    ));
+                }
+                Ok(cell)
+            }
             Err(e) => {
                 // Drop tears down whatever was created; a refused new cow layer is discarded.
                 if let Some(c) = cell.cow.take().filter(|_| fresh_layer) {
@@ -491,6 +509,9 @@ impl ProcessCell {
     }
 
     fn kill_now(&mut self) {
+        if let Some(mut d) = self.disk.take() {
+            d.stop();
+        }
         // SIGTERM asks the supervisor to kill the init (taking the whole pid namespace with it)
         // and remove the cgroups; it exits promptly. Wait on a pidfd, not a sleep loop.
         match self.supervisor.take() {
@@ -594,6 +615,7 @@ impl Cell for ProcessCell {
         sink: &mut dyn OutputSink,
     ) -> Result<ExecOutcome, CellError> {
         let oom_before = self.cgroups.as_ref().map_or(0, |c| c.oom_kills());
+        let disk_before = self.disk.as_ref().map_or(0, |d| d.kills());
         let cap = spec.max_output_bytes;
         let mut spec = spec.clone();
         spec.stdin = stdin.is_some();
@@ -656,7 +678,10 @@ impl Cell for ProcessCell {
                 // The victim may be any process of the command (a pipeline's `tail`, say), so the
                 // cgroup's counter decides, not the top process's signal.
                 let oom_killed = oom_after > oom_before && exit.code != Some(0);
+                let disk_exceeded = self.disk.as_ref().map_or(0, |d| d.kills()) > disk_before
+                    && exit.code != Some(0);
                 Ok(ExecOutcome {
+                    disk_exceeded,
                     stdout_truncated: exit.stdout_truncated(cap),
                     stderr_truncated: exit.stderr_truncated(cap),
                     exit,
@@ -667,6 +692,7 @@ impl Cell for ProcessCell {
             Response::Failed { code, message } => Ok(ExecOutcome {
                 exit: ExitInfo::default(),
                 oom_killed: false,
+                disk_exceeded: false,
                 stdout_truncated: false,
                 stderr_truncated: false,
                 failure: Some((code, message)),

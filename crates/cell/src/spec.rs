@@ -46,7 +46,13 @@ pub struct Limits {
     pub fsize: u64,
     /// Bytes of each of stdout/stderr forwarded per command.
     pub max_output_bytes: u64,
+    /// Bytes a copy-on-write workspace's upper layer may hold ([`crate::disk`]); `None`:
+    /// unbounded.
+    pub disk_bytes: Option<u64>,
 }
+
+/// The default disk bound of a copy-on-write workspace.
+pub const DEFAULT_DISK_BYTES: u64 = 4 << 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -56,6 +62,7 @@ impl Default for Limits {
             nofile: 1024,
             fsize: 1 << 30,
             max_output_bytes: 1 << 20,
+            disk_bytes: Some(DEFAULT_DISK_BYTES),
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct ExecArgs {
     /// Size of the cell's /tmp (default 256M).
     #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
     tmp_size: Option<u64>,
+    /// Disk bound of a copy-on-write workspace's changes (default 4G): past it, the cell's
+    /// commands are killed (exit 122).
+    #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
+    disk: Option<u64>,
     /// Bytes of stdout and of stderr passed through (default 1M each); the rest is dropped
     /// and the truncation reported.
     #[arg(long, value_name = "SIZE", value_parser = policy::parse_size)]
@@ -120,6 +124,7 @@ fn settings(a: &ExecArgs, state: &Path) -> Result<Policy, String> {
     }
     p.timeout = a.timeout.or(p.timeout);
     p.tmp_size = a.tmp_size.or(p.tmp_size);
+    p.disk = a.disk.or(p.disk);
     p.output_limit = a.output_limit.or(p.output_limit);
     p.env.extend(a.env.iter().cloned());
     Ok(p)
@@ -150,6 +155,9 @@ fn cell_spec(p: &Policy, state: &Path) -> Result<CellSpec, String> {
     if let Some(o) = p.output_limit {
         spec.limits.max_output_bytes = o;
     }
+    if let Some(d) = p.disk {
+        spec.limits.disk_bytes = Some(d);
+    }
     spec.env = p.env.clone();
     spec.extra_mounts.extend(
         p.read_only_paths
@@ -172,6 +180,8 @@ pub fn exit_code(o: &warren_cell::ExecOutcome) -> i32 {
         exit::TIMEOUT
     } else if o.oom_killed {
         exit::OUT_OF_MEMORY
+    } else if o.disk_exceeded {
+        exit::DISK_LIMIT
     } else if let Some(sig) = o.exit.signal {
         exit::for_signal(sig)
     } else {
@@ -253,6 +263,7 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
             "signal": outcome.exit.signal,
             "timed_out": outcome.exit.timed_out,
             "oom_killed": outcome.oom_killed,
+            "disk_exceeded": outcome.disk_exceeded,
             "failure": outcome.failure.as_ref().map(|(c, m)| serde_json::json!({"code": c, "message": m})),
             "duration_us": outcome.exit.duration_us,
             "stdout": String::from_utf8_lossy(&collected.stdout),
@@ -282,6 +293,12 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         eprintln!(
             "warren: killed after the {:?} timeout",
             p.timeout.unwrap_or_default()
+        );
+    }
+    if outcome.disk_exceeded {
+        eprintln!(
+            "warren: killed at the workspace's disk limit ({} bytes of changes)",
+            spec.limits.disk_bytes.unwrap_or(0)
         );
     }
     if outcome.oom_killed {

@@ -22,6 +22,7 @@ pub struct RawPolicy {
     cpus: Option<Spanned<f64>>,
     timeout: Option<Spanned<String>>,
     tmp_size: Option<Spanned<String>>,
+    disk: Option<Spanned<String>>,
     output_limit: Option<Spanned<String>>,
     #[serde(default)]
     read_only_paths: Vec<Spanned<String>>,
@@ -46,6 +47,8 @@ pub struct Policy {
     pub timeout: Option<Duration>,
     /// `/tmp` size.
     pub tmp_size: Option<u64>,
+    /// Disk bound of a copy-on-write workspace's changes.
+    pub disk: Option<u64>,
     /// Output cap per stream.
     pub output_limit: Option<u64>,
     /// Extra environment.
@@ -155,6 +158,11 @@ pub fn parse(file: &Path, text: &str, state_dir: &Path) -> Result<Policy, Policy
             .timeout
             .as_ref()
             .map(|t| parse_duration(t.get_ref()).map_err(|m| at(t.span().start, &m)))
+            .transpose()?,
+        disk: raw
+            .disk
+            .as_ref()
+            .map(|v| value(v, parse_size))
             .transpose()?,
         tmp_size: raw
             .tmp_size

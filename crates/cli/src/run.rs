@@ -346,10 +346,8 @@ fn review(
         eprintln!("warren: no changes to the workspace");
         return;
     }
-    eprintln!("changes ({}):", changes.len());
-    for c in &changes {
-        eprintln!("  {} {}", c.marker(), c.path().display());
-    }
+    // Summarized: a task that touched 20 000 files prints a count and the first few.
+    eprint!("{}", crate::exec::change_summary(&changes, id));
     let apply = if a.apply {
         true
     } else if a.no_apply || a.json || interrupted || !std::io::stdin().is_terminal() {
@@ -361,7 +359,7 @@ fn review(
         matches!(line.trim(), "y" | "Y" | "yes")
     };
     if apply {
-        match cow::apply(layer, host) {
+        match crate::exec::apply_layer(layer, host) {
             Ok(r) => {
                 let _ = cow::discard(layer);
                 eprintln!(

@@ -13,7 +13,7 @@
 //!   mounts:
 //!     - {target: /data, source: /srv/datasets, mode: ro}
 //! tier: process
-//! limits: {memory: 2G, pids: 256, cpus: 1.5, timeout: 30m}
+//! limits: {memory: 2G, disk: 4G, pids: 256, cpus: 1.5, timeout: 30m}
 //! budget: {tokens: 500000, usd: 5.0}
 //! approval_required: [shell]
 //! capabilities:                 # what the agent asks for; the operator's policy bounds it
@@ -58,6 +58,8 @@ pub struct Manifest {
     pub tier: String,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+    /// Disk bound of a copy-on-write workspace's changes, in bytes (`limits.disk`).
+    pub disk: Option<u64>,
     /// Process limit.
     pub pids: Option<u64>,
     /// CPU quota in cores.
@@ -157,6 +159,7 @@ struct RawMount {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     memory: Option<Spanned<String>>,
+    disk: Option<Spanned<String>>,
     pids: Option<Spanned<u64>>,
     cpus: Option<Spanned<f64>>,
     timeout: Option<Spanned<String>>,
@@ -376,6 +379,12 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         .as_ref()
         .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e)))
         .transpose()?;
+    let disk = raw
+        .limits
+        .disk
+        .as_ref()
+        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e)))
+        .transpose()?;
     let timeout = raw
         .limits
         .timeout
@@ -408,6 +417,7 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         mounts,
         tier,
         memory,
+        disk,
         pids: raw.limits.pids.map(|p| p.value),
         cpus: raw.limits.cpus.map(|c| c.value),
         timeout,

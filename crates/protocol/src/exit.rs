@@ -17,6 +17,9 @@ pub const NOT_FOUND: i32 = 127;
 /// The command was killed by the kernel's out-of-memory killer inside the cell's memory limit.
 pub const OUT_OF_MEMORY: i32 = 123;
 
+/// The command was killed because the copy-on-write workspace grew past its disk limit.
+pub const DISK_LIMIT: i32 = 122;
+
 /// The exit code for a process killed by `signal`.
 pub fn for_signal(signal: i32) -> i32 {
     128 + signal

@@ -1,4 +1,5 @@
 mod escape;
+mod host;
 mod lifecycle;
 
 pub const PROBE: &str = env!("CARGO_BIN_EXE_warren-probe");
