@@ -162,20 +162,30 @@ fn a_cell_cannot_create_the_project_warren_dir() {
 fn as_user(bin: &Path, home: &Path, args: &[&str]) -> Output {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let mut c = if root {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    c.args(args)
-        .env("HOME", home)
-        .env_remove("WARREN_STATE_DIR")
-        .env_remove("XDG_STATE_HOME")
-        .output()
-        .unwrap()
+    // The copied binary may still be open for writing in a child another test forked in the
+    // meantime (ETXTBSY until that child execs): try again.
+    for _ in 0..50 {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        c.args(args)
+            .env("HOME", home)
+            .env_remove("WARREN_STATE_DIR")
+            .env_remove("XDG_STATE_HOME");
+        match c.output() {
+            Ok(o) if !stderr(&o).contains("Text file busy") => return o,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {}
+            Err(e) => panic!("{}: {e}", bin.display()),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} stayed busy", bin.display());
 }
 
 #[test]
