@@ -147,6 +147,11 @@ pub const MAX_DIFF_BYTES: usize = 16 << 20;
 /// configuration (a cell that wrote `.warren/config.toml` would redirect the next run).
 pub const RESERVED: &[&str] = &[".warren"];
 
+/// Directory levels a layer may nest. A cell can nest directories without end (`cd` into
+/// each); the host walks them recursively, holding a descriptor per level, so a deeper layer is
+/// refused with an error instead of exhausting the host's stack or descriptors.
+pub const MAX_DEPTH: usize = 256;
+
 fn fsx_err(base: &Path) -> impl FnOnce(warren_fsx::Error) -> CellError + '_ {
     move |e| CellError::Spec(format!("{}: {}", base.display(), e))
 }
@@ -217,6 +222,12 @@ fn walk(
     rel: &Path,
     out: &mut Vec<Detail>,
 ) -> Result<(), CellError> {
+    if rel.components().count() >= MAX_DEPTH {
+        return Err(CellError::Spec(format!(
+            "{}: the layer nests directories deeper than {MAX_DEPTH} levels; it is not listed, shown or applied (discard it)",
+            rel.display()
+        )));
+    }
     for e in upper.entries().map_err(fsx_err(upper.label()))? {
         let rel_path = rel.join(&e.name);
         let below = match lower {
@@ -283,7 +294,11 @@ fn walk(
 /// apparent size, so a sparse file counts in full and the figure does not move while the
 /// kernel allocates blocks for writes already made — plus 512 bytes per entry.
 pub fn usage(layer: &CowLayer) -> Result<u64, CellError> {
-    fn du(d: &warren_fsx::Dir) -> u64 {
+    fn du(d: &warren_fsx::Dir, depth: usize) -> u64 {
+        if depth >= MAX_DEPTH {
+            // Deeper than any listing goes: count it as over every bound.
+            return u64::MAX / 2;
+        }
         let Ok(entries) = d.entries() else { return 0 };
         entries
             .iter()
@@ -295,15 +310,15 @@ pub fn usage(layer: &CowLayer) -> Result<u64, CellError> {
                         0
                     };
                 if e.stat.kind == warren_fsx::Kind::Dir {
-                    own + d.sub(&e.name).map(|s| du(&s)).unwrap_or(0)
+                    own.saturating_add(d.sub(&e.name).map(|s| du(&s, depth + 1)).unwrap_or(0))
                 } else {
                     own
                 }
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
     let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
-    Ok(du(&upper))
+    Ok(du(&upper, 0))
 }
 
 /// Limits of one [`diff_with`].
@@ -421,7 +436,7 @@ fn render(
     max: u64,
 ) {
     let rel = d.change.path();
-    let name = rel.display();
+    let name = display_path(rel);
     out.push_str(&format!("diff --warren a/{name} b/{name}\n"));
     if let Some(why) = d.refusal() {
         out.push_str(&format!("refused b/{name}: {why}; not applied\n"));
@@ -507,7 +522,7 @@ fn render(
             let _ = o;
             let n = lower
                 .sub(rel)
-                .map(|s| count_entries(&s, 100_000))
+                .map(|s| count_entries(&s, 100_000, 0))
                 .unwrap_or(0);
             out.push_str(&format!(
                 "deleted directory a/{name}/ ({n} entries below)\n"
@@ -534,7 +549,46 @@ fn render(
     }
 }
 
-fn count_entries(d: &warren_fsx::Dir, budget: usize) -> usize {
+/// A path as diffs and change lists print it: as is when it is printable, else quoted C-style
+/// like git (`"a\nb"`, octal for other control and invalid bytes), so a name the cell chose
+/// cannot forge diff headers or terminal escapes in what a reviewer reads.
+pub fn display_path(p: &Path) -> String {
+    let bytes = p.as_os_str().as_encoded_bytes();
+    let plain = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| !s.chars().any(|c| c.is_control() || c == '"' || c == '\\'));
+    if let Some(s) = plain {
+        return s.to_owned();
+    }
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut b = [0u8; 4];
+                    for byte in c.encode_utf8(&mut b).bytes() {
+                        out.push_str(&format!("\\{byte:03o}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\{byte:03o}"));
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn count_entries(d: &warren_fsx::Dir, budget: usize, depth: usize) -> usize {
+    if depth >= MAX_DEPTH {
+        return 0;
+    }
     let Ok(entries) = d.entries() else { return 0 };
     let mut n = 0;
     for e in entries {
@@ -545,7 +599,7 @@ fn count_entries(d: &warren_fsx::Dir, budget: usize) -> usize {
         if e.stat.kind == warren_fsx::Kind::Dir
             && let Ok(s) = d.sub(&e.name)
         {
-            n += count_entries(&s, budget - n);
+            n += count_entries(&s, budget - n, depth + 1);
         }
     }
     n
@@ -1230,6 +1284,30 @@ mod tests {
         };
         let d = diff_with(&layer, &ws, &small).unwrap();
         assert!(d.contains("reached its size limit"), "{d}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn attack_names_cannot_forge_diff_headers_and_deep_nesting_is_refused() {
+        let (root, ws, layer, _) = hostile("names");
+        let evil = "x\n+++ innocent\n@@ -0,0 +1 @@\n+\x1b[2Jhidden";
+        std::fs::write(layer.upper.join(evil), "payload\n").unwrap();
+        let d = diff(&layer, &ws).unwrap();
+        assert!(
+            d.contains("\"x\\n+++ innocent\\n@@ -0,0 +1 @@\\n+\\033[2Jhidden\""),
+            "{d}"
+        );
+        assert!(!d.contains('\x1b'), "{d}");
+        assert_eq!(display_path(Path::new("plain/name.rs")), "plain/name.rs");
+        // Nesting deeper than MAX_DEPTH is an error, not a stack or descriptor exhaustion.
+        let mut p = layer.upper.clone();
+        for _ in 0..(MAX_DEPTH + 5) {
+            p.push("d");
+            std::fs::create_dir(&p).unwrap();
+        }
+        let e = changes(&layer, &ws).unwrap_err().to_string();
+        assert!(e.contains("deeper than"), "{e}");
+        assert!(usage(&layer).unwrap() > 1 << 40);
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -338,7 +338,11 @@ pub fn change_summary(changes: &[cow::Change], id: &str) -> String {
         changes.len()
     );
     for c in changes.iter().take(LISTED_CHANGES) {
-        out.push_str(&format!("  {} {}\n", c.marker(), c.path().display()));
+        out.push_str(&format!(
+            "  {} {}\n",
+            c.marker(),
+            cow::display_path(c.path())
+        ));
     }
     if changes.len() > LISTED_CHANGES {
         out.push_str(&format!(
@@ -365,7 +369,7 @@ pub fn diff(state: &Path, id: &str, stat: bool) -> i32 {
     let r = if stat {
         cow::changes(&l.layer, &l.meta.workspace).map(|cs| {
             cs.iter()
-                .map(|c| format!("{} {}\n", c.marker(), c.path().display()))
+                .map(|c| format!("{} {}\n", c.marker(), cow::display_path(c.path())))
                 .collect()
         })
     } else {

@@ -89,6 +89,9 @@ impl Error {
     }
 }
 
+/// Directory levels the recursive operations ([`Dir::remove_all`]) descend at most.
+pub const MAX_DEPTH: usize = 256;
+
 /// Results of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -694,8 +697,22 @@ impl Dir {
 
     /// Remove `name` here and, if it is a directory, everything below it — without following
     /// any link (each level is opened beneath the last). Missing is fine.
+    ///
+    /// A tree nested deeper than [`MAX_DEPTH`] levels is an error (one descriptor is held per
+    /// level; a cell can nest without end).
     pub fn remove_all(&self, name: impl AsRef<OsStr>) -> Result<()> {
-        let name = single(name.as_ref())?;
+        self.remove_all_at(name.as_ref(), 0)
+    }
+
+    fn remove_all_at(&self, name: &OsStr, depth: usize) -> Result<()> {
+        let name = single(name)?;
+        if depth >= MAX_DEPTH {
+            return Err(Error::Io {
+                op: "remove",
+                path: name.into(),
+                source: std::io::Error::other(format!("nested deeper than {MAX_DEPTH} levels")),
+            });
+        }
         match self.stat(name)? {
             None => Ok(()),
             Some(s) if s.kind == Kind::Dir => {
@@ -703,7 +720,7 @@ impl Dir {
                 // A directory of mode 000 (overlayfs' work/work) must be listable to empty it.
                 let _ = rustix::fs::fchmod(&sub.fd, Mode::from_raw_mode(0o700));
                 for e in sub.entries()? {
-                    sub.remove_all(&e.name)?;
+                    sub.remove_all_at(&e.name, depth + 1)?;
                 }
                 self.remove_dir(name)
             }
