@@ -46,6 +46,7 @@ impl DiskWatch {
             // One per cell (a daemon runs a thousand): a small stack is plenty.
             .stack_size(128 << 10)
             .spawn(move || {
+                block_signals();
                 let mut killed_at: Option<u64> = None;
                 while !s.load(Ordering::Relaxed) {
                     let t = Instant::now();
@@ -108,6 +109,18 @@ impl DiskWatch {
 impl Drop for DiskWatch {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Signals are for the threads that handle them (`warren exec` and `warren run` wait for
+/// SIGINT/SIGTERM with `sigwait`): a thread started before they blocked them would take the
+/// signal's default action and kill the process.
+fn block_signals() {
+    // SAFETY: a zeroed sigset filled by sigfillset; pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

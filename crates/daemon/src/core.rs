@@ -1168,6 +1168,9 @@ impl Daemon {
             None => None,
         };
         spec.limits.cgroup.memory_bytes = m.memory;
+        if let Some(d) = m.disk {
+            spec.limits.disk_bytes = Some(d);
+        }
         spec.limits.cgroup.pids = m.pids;
         spec.limits.cgroup.cpus = m.cpus;
         for mount in &m.mounts {

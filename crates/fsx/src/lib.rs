@@ -190,6 +190,7 @@ pub struct Stat {
 impl Stat {
     fn from_raw(s: &rustix::fs::Stat) -> Stat {
         let secs = u128::try_from(s.st_mtime).unwrap_or(0);
+        #[allow(clippy::unnecessary_fallible_conversions)]
         let nanos = u128::try_from(s.st_mtime_nsec).unwrap_or(0);
         #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
         Stat {
@@ -544,9 +545,9 @@ impl Dir {
             Mode::empty(),
         )
         .map_err(io_err("open", here))?;
-        let mut d = rustix::fs::Dir::new(dup).map_err(io_err("read", here))?;
+        let d = rustix::fs::Dir::new(dup).map_err(io_err("read", here))?;
         let mut out = Vec::new();
-        while let Some(e) = d.next() {
+        for e in d {
             let e = e.map_err(io_err("read", here))?;
             let name = e.file_name().to_bytes();
             if name == b"." || name == b".." {

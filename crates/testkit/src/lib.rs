@@ -98,6 +98,18 @@ impl Drop for TempDir {
     }
 }
 
+/// As root, give `dir` to `nobody` (65534), as an ordinary checkout is someone's: a root-owned
+/// read-write workspace is refused (the cell could leave root-owned files behind). Does nothing
+/// for an ordinary user, who owns it already.
+pub fn give_to_nobody(dir: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0
+        && let Err(e) = std::os::unix::fs::chown(dir, Some(65534), Some(65534))
+    {
+        panic!("chown {}: {e}", dir.display());
+    }
+}
+
 /// A spec with the probe binary mounted read-only at [`PROBE_IN_CELL`].
 pub fn spec_with_probe(state: &Path, probe: &str) -> CellSpec {
     let mut spec = CellSpec::new(state);

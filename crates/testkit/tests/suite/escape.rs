@@ -81,6 +81,7 @@ fn host_file_outside_mounts() {
 fn dotdot_traversal_out_of_workspace() {
     let Some(mut e) = env() else { return };
     let ws = TempDir::new("ws");
+    warren_testkit::give_to_nobody(ws.path());
     e.spec.workspace = Some(Workspace {
         host: ws.path().to_path_buf(),
         mode: WorkspaceMode::ReadWrite,
@@ -677,10 +678,10 @@ fn idmapped_root_workspace_widens_nothing() {
         "a read-write root-owned workspace started: {:?}",
         refused.err()
     );
-    for mode in [WorkspaceMode::Cow] {
+    {
         e.spec.workspace = Some(Workspace {
             host: ws.path().to_path_buf(),
-            mode,
+            mode: WorkspaceMode::Cow,
         });
         let cell = start(&e.spec, JAIL);
         // Still an unprivileged host uid, never host root.

@@ -185,6 +185,7 @@ fn killing_the_cell_leaves_nothing_behind() {
     }
     let state = TempDir::new("state");
     let ws = TempDir::new("ws");
+    warren_testkit::give_to_nobody(ws.path());
     let mut spec = spec_with_probe(state.path(), PROBE);
     spec.workspace = Some(Workspace {
         host: ws.path().to_path_buf(),
