@@ -32,16 +32,38 @@ pub struct JailProgram {
     pub fork_server: bool,
 }
 
+/// The dedicated jail binary's name, looked for next to the current executable.
+pub const JAIL_BINARY: &str = "warren-jail";
+
 impl JailProgram {
-    /// This executable with the hidden `__jail` subcommand (what the `warren` CLI uses).
+    /// What the `warren` CLI executes for a cell: the small [`JAIL_BINARY`] next to it when
+    /// it is there (built and installed with `warren`), so a cold start loads a few hundred
+    /// kilobytes instead of the whole CLI; otherwise this executable with the hidden `__jail`
+    /// subcommand.
     pub fn current_exe() -> Result<Self, CellError> {
         let program =
             std::env::current_exe().map_err(CellError::io("locate", "current executable"))?;
-        Ok(JailProgram {
+        Ok(Self::next_to(program))
+    }
+
+    /// [`JailProgram::current_exe`] for the executable `program`.
+    pub fn next_to(program: PathBuf) -> Self {
+        let jail = program.with_file_name(JAIL_BINARY);
+        // SAFETY: access(2) with a valid C string; it only checks permissions.
+        let runnable = std::ffi::CString::new(jail.as_os_str().as_encoded_bytes())
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0);
+        if runnable && jail.is_file() {
+            return JailProgram {
+                program: jail,
+                args: Vec::new(),
+                fork_server: false,
+            };
+        }
+        JailProgram {
             program,
             args: vec!["__jail".into()],
             fork_server: false,
-        })
+        }
     }
 }
 
@@ -62,10 +84,27 @@ pub struct StartInfo {
     pub host_identity: (u32, u32),
 }
 
-/// The cell's supervisor: our child (direct exec) or a fork server's child (held by pidfd).
+/// The cell's supervisor: our child (direct exec), a fork server's child (held by pidfd),
+/// or our own fork running the jail in process ([`ProcessCell::start_in_process`]).
 enum Supervisor {
     Child(Child),
     Forked { pidfd: OwnedFd },
+    Own { pid: i32, pidfd: OwnedFd },
+}
+
+/// The jail's entry for a supervisor forked in process (`warren_jail::main_in_process`):
+/// runs the supervisor to completion with the status pipe at fd 3 and returns its exit code.
+/// The host crate passes it in; this crate never links the jail.
+pub type InProcessJail = fn(JailConfig) -> i32;
+
+/// Whether this process has exactly one thread (`/proc/self/stat` field 20).
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat").is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(17).map(|n| n == "1"))
+            .unwrap_or(false)
+    })
 }
 
 /// A running process-tier cell. Dropping it kills the cell.
@@ -112,6 +151,27 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 impl ProcessCell {
     /// Start a cell. Fails closed: any missing mechanism refuses the start with its name.
     pub fn start(spec: &CellSpec, jail: &JailProgram) -> Result<Self, CellError> {
+        Self::start_with(spec, jail, None)
+    }
+
+    /// Start a cell whose supervisor is this process's own fork running `entry`, with no
+    /// `execve` at all (the one-shot cold start of `warren exec`: no second program to load).
+    /// Only while this process is single-threaded — then the child is exactly the fresh
+    /// single-threaded process the jail needs — and never with a fork server; otherwise (or
+    /// if the fork fails) it starts the cell as [`ProcessCell::start`] does.
+    pub fn start_in_process(
+        spec: &CellSpec,
+        jail: &JailProgram,
+        entry: InProcessJail,
+    ) -> Result<Self, CellError> {
+        Self::start_with(spec, jail, Some(entry))
+    }
+
+    fn start_with(
+        spec: &CellSpec,
+        jail: &JailProgram,
+        entry: Option<InProcessJail>,
+    ) -> Result<Self, CellError> {
         let id = match &spec.id {
             Some(id)
                 if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
@@ -274,7 +334,7 @@ impl ProcessCell {
             max_output: spec.limits.max_output_bytes,
         };
         cell.info.cgroup = cell.cgroups.as_ref().map(|c| c.hierarchy().name());
-        match cell.spawn_supervisor(jail, &config) {
+        match cell.spawn_supervisor(jail, &config, entry) {
             Ok(()) => {
                 if let (Some(layer), Some(limit)) = (cell.cow.clone(), spec.limits.disk_bytes) {
                     cell.disk = Some(crate::disk::DiskWatch::start(
@@ -299,7 +359,11 @@ impl ProcessCell {
         &mut self,
         jail: &JailProgram,
         config: &JailConfig,
+        entry: Option<InProcessJail>,
     ) -> Result<(), CellError> {
+        if let Some(entry) = entry.filter(|_| !jail.fork_server && single_threaded()) {
+            return self.fork_supervisor(entry, config);
+        }
         if jail.fork_server {
             let (status_r, status_w) = pipe()?;
             let json = serde_json::to_vec(config).map_err(|e| CellError::Spec(e.to_string()))?;
@@ -351,6 +415,67 @@ impl ProcessCell {
             let _ = stdin.write_all(&json);
         }
         self.supervisor = Some(Supervisor::Child(child));
+        self.read_report(status_r)
+    }
+
+    /// Fork this (single-threaded) process; the child puts the status pipe at fd 3 and
+    /// `/dev/null` on stdin and stdout (and stderr unless `WARREN_JAIL_DEBUG` is set), then
+    /// runs the jail's `entry` and exits with its code, never returning here. The jail closes
+    /// every other descriptor and scrubs the command line and environment first.
+    fn fork_supervisor(
+        &mut self,
+        entry: InProcessJail,
+        config: &JailConfig,
+    ) -> Result<(), CellError> {
+        let (status_r, status_w) = pipe()?;
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(CellError::io("open", "/dev/null"))?;
+        let debug = std::env::var_os("WARREN_JAIL_DEBUG").is_some();
+        let config = config.clone();
+        // SAFETY: this process is single-threaded (checked by the caller), so the child is a
+        // complete copy that may run any code; it leaves only through `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(CellError::io("fork", "supervisor")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if pid == 0 {
+            let (s, n) = (status_w.as_raw_fd(), null.as_raw_fd());
+            // SAFETY: dup2 onto the standard descriptors and the status slot (dup2 clears
+            // close-on-exec on the copies); the originals are closed by the jail.
+            unsafe {
+                libc::dup2(s, warren_protocol::jail::STATUS_FD);
+                libc::dup2(n, 0);
+                libc::dup2(n, 1);
+                if !debug {
+                    libc::dup2(n, 2);
+                }
+            }
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(config)))
+                .unwrap_or(101);
+            // SAFETY: leave the child without running the host's destructors or atexit.
+            unsafe { libc::_exit(code) };
+        }
+        drop(status_w);
+        // SAFETY: pidfd_open on our own, not yet reaped, child.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: killing and reaping the child we just forked.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(CellError::io("pidfd_open", "supervisor")(e));
+        }
+        // SAFETY: a fresh descriptor we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        self.info.supervisor_pid = pid;
+        self.supervisor = Some(Supervisor::Own { pid, pidfd });
         self.read_report(status_r)
     }
 
@@ -495,7 +620,7 @@ impl ProcessCell {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             },
             // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
-            Some(Supervisor::Forked { pidfd }) => unsafe {
+            Some(Supervisor::Forked { pidfd } | Supervisor::Own { pidfd, .. }) => unsafe {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
                     pidfd.as_raw_fd(),
@@ -530,6 +655,24 @@ impl ProcessCell {
                     let _ = child.kill();
                 }
                 let _ = child.wait();
+            }
+            Some(Supervisor::Own { pid, pidfd }) => {
+                // SAFETY: pidfd_send_signal on our own child's pidfd, no siginfo.
+                let signal = |sig: i32| unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        sig,
+                        0usize,
+                        0u32,
+                    )
+                };
+                signal(libc::SIGTERM);
+                if !wait_readable(&pidfd, Duration::from_secs(5)) {
+                    signal(libc::SIGKILL);
+                }
+                // SAFETY: reaping our own child (it has exited or been SIGKILLed).
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             }
             Some(Supervisor::Forked { pidfd }) => {
                 let signal = |sig: i32| {
@@ -730,5 +873,47 @@ impl ProcessCell {
     /// Liveness check through the authenticated channel.
     pub fn ping(&self) -> Result<(), CellError> {
         self.simple(Request::Ping)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_dedicated_jail_binary_is_used_when_it_sits_next_to_warren() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("warren-jailbin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let warren = dir.join("warren");
+        let fallback = JailProgram::next_to(warren.clone());
+        assert_eq!(
+            (fallback.program.clone(), fallback.args),
+            (warren.clone(), vec!["__jail".to_owned()])
+        );
+        // Present but not executable: still the fallback.
+        let jail = dir.join(JAIL_BINARY);
+        std::fs::write(&jail, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // SAFETY: geteuid has no preconditions (root may "execute" a 0644 file per access(2)).
+        if unsafe { libc::geteuid() } != 0 {
+            assert_eq!(JailProgram::next_to(warren.clone()).program, warren);
+        }
+        std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = JailProgram::next_to(warren);
+        assert_eq!(
+            (p.program, p.args, p.fork_server),
+            (jail, Vec::<String>::new(), false)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_test_process_is_not_single_threaded() {
+        // The harness runs tests on threads: the in-process start must fall back here.
+        let _t = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
+        assert!(!single_threaded());
     }
 }

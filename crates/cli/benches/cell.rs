@@ -4,8 +4,12 @@
 //! 1. cold start of a cell running `/bin/true` end to end (namespaces, mounts, Landlock,
 //!    seccomp, cgroup, exec, teardown) beside `bwrap --unshare-all --die-with-parent` with
 //!    read-only binds of the same system directories, and the ratio of medians — both with
-//!    the fork server a long-lived host (the daemon) uses, and with one `execve` of the
-//!    supervisor per cell as `warren exec` does;
+//!    the fork server a long-lived host (the daemon) uses; with the supervisor forked in
+//!    process as `warren exec` does (`ProcessCell::start_in_process`: no second program); with
+//!    one `execve` of the small `warren-jail` binary per cell (a threaded host), and of the
+//!    whole CLI (`warren __jail`, as before `warren-jail` existed); and the one-shot command
+//!    itself, `warren exec -- /bin/true`, process to process like `bwrap`. bwrap is measured
+//!    before and after the warren rows; ratios use the mean of its two medians;
 //! 2. exec into a warm cell: latency p50/p99 and throughput, sequential and concurrent;
 //! 3. resident memory of an idle cell (supervisor + init) and the host-side bookkeeping per
 //!    cell.
@@ -60,12 +64,45 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The supervisor `warren exec` executes: the dedicated `warren-jail` binary.
 fn jail() -> JailProgram {
+    JailProgram {
+        program: env!("CARGO_BIN_EXE_warren-jail").into(),
+        args: vec![],
+        fork_server: false,
+    }
+}
+
+/// The same through the whole CLI (`warren __jail`), as before the dedicated binary.
+fn jail_in_cli() -> JailProgram {
     JailProgram {
         program: env!("CARGO_BIN_EXE_warren").into(),
         args: vec!["__jail".into()],
         fork_server: false,
     }
+}
+
+/// `warren exec -- /bin/true` as a user runs it: a process, end to end.
+fn cold_cli(state: &std::path::Path, n: usize) -> Stats {
+    let run = || {
+        let s = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["exec", "--", "/bin/true"])
+            .env("WARREN_STATE_DIR", state)
+            .stdin(Stdio::null())
+            .status()
+            .expect("warren exec");
+        assert!(s.success());
+    };
+    for _ in 0..5 {
+        run();
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        run();
+        samples.push(t.elapsed());
+    }
+    Stats::new(samples)
 }
 
 fn true_spec() -> ExecSpec {
@@ -84,12 +121,26 @@ fn run_true(cell: &ProcessCell) {
 }
 
 /// Whole-cycle samples, plus per-phase samples (start-to-ready, first exec, teardown).
-fn cold_warren(spec: &CellSpec, jail: &JailProgram, n: usize) -> (Stats, [Stats; 3]) {
+/// `in_process`: fork the supervisor here (`warren exec`'s path) instead of executing `jail`.
+fn cold_warren(
+    spec: &CellSpec,
+    jail: &JailProgram,
+    in_process: bool,
+    n: usize,
+) -> (Stats, [Stats; 3]) {
     let mut samples = Vec::with_capacity(n);
     let mut phases: [Vec<Duration>; 3] = Default::default();
+    if in_process && !warren_cell::process::single_threaded() {
+        println!("  (this process has threads: the in-process rows fall back to exec)");
+    }
     for _ in 0..n {
         let t = Instant::now();
-        let mut cell = ProcessCell::start(spec, jail).expect("cell start");
+        let mut cell = if in_process {
+            ProcessCell::start_in_process(spec, jail, warren_jail::main_in_process)
+        } else {
+            ProcessCell::start(spec, jail)
+        }
+        .expect("cell start");
         let t1 = Instant::now();
         run_true(&cell);
         let t2 = Instant::now();
@@ -206,8 +257,8 @@ fn main() {
         fork_server: true,
         ..jail()
     };
-    let _ = cold_warren(&with_cgroup, &direct, 5);
-    let _ = cold_warren(&with_cgroup, &server, 5);
+    // Each row warms up on its own; the in-process rows come first, while this process is
+    // still single-threaded (the fork server's client starts a thread).
     let _ = cold_bwrap(5);
     let b = cold_bwrap(n);
     let cg = if root {
@@ -215,26 +266,48 @@ fn main() {
     } else {
         "no cgroup: not root"
     };
+    let in_cli = jail_in_cli();
     let mut rows = Vec::new();
-    for (label, jail, spec) in [
-        (format!("warren, fork server ({cg})"), &server, &with_cgroup),
+    for (label, jail, in_process, spec) in [
         (
-            "warren, fork server (no cgroup limits)".to_owned(),
-            &server,
-            &spec,
-        ),
-        (
-            format!("warren, exec per cell ({cg})"),
+            format!("warren, one-shot: supervisor forked in process ({cg})"),
             &direct,
+            true,
             &with_cgroup,
         ),
         (
-            "warren, exec per cell (no cgroup limits)".to_owned(),
+            "warren, one-shot: supervisor forked in process (no cgroup)".to_owned(),
             &direct,
+            true,
+            &spec,
+        ),
+        (
+            "warren, exec of warren-jail per cell (no cgroup)".to_owned(),
+            &direct,
+            false,
+            &spec,
+        ),
+        (
+            "warren, exec of `warren __jail` per cell (no cgroup)".to_owned(),
+            &in_cli,
+            false,
+            &spec,
+        ),
+        (
+            format!("warren, fork server ({cg})"),
+            &server,
+            false,
+            &with_cgroup,
+        ),
+        (
+            "warren, fork server (no cgroup limits)".to_owned(),
+            &server,
+            false,
             &spec,
         ),
     ] {
-        let (total, phases) = cold_warren(spec, jail, n);
+        let _ = cold_warren(spec, jail, in_process, 5);
+        let (total, phases) = cold_warren(spec, jail, in_process, n);
         println!("{}", total.line(&label));
         println!("{}", phases[0].line("  of which: start to ready"));
         println!("{}", phases[1].line("  of which: first exec of /bin/true"));
@@ -244,17 +317,25 @@ fn main() {
         );
         rows.push((label, total));
     }
-    match &b {
-        Some(b) => {
+    // The one-shot path as a user runs it, measured like bwrap: process start to exit.
+    let cli = cold_cli(&state, n);
+    let cli_label = "`warren exec -- /bin/true` (the CLI, end to end)".to_owned();
+    println!("{}", cli.line(&cli_label));
+    rows.push((cli_label, cli));
+    let after = cold_bwrap(n);
+    match (&b, &after) {
+        (Some(b), Some(after)) => {
             println!("{}", b.line("bwrap --unshare-all --die-with-parent"));
+            println!("{}", after.line("bwrap, again after the warren rows"));
+            let peer = (ms(b.p50()) + ms(after.p50())) / 2.0;
             for (label, total) in &rows {
                 println!(
                     "ratio {label} / bwrap (p50): {:.2} (target <= 1.0)",
-                    ms(total.p50()) / ms(b.p50())
+                    ms(total.p50()) / peer
                 );
             }
         }
-        None => println!("bwrap: not available (install bubblewrap) — no ratio"),
+        _ => println!("bwrap: not available (install bubblewrap) — no ratio"),
     }
 
     println!();

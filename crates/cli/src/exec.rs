@@ -207,7 +207,9 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         Ok(j) => j,
         Err(e) => return refuse(e.to_string()),
     };
-    let cell = match ProcessCell::start(&spec, &jail) {
+    // One cell, from a single-threaded process: fork the supervisor here rather than execute
+    // a second program (see `ProcessCell::start_in_process`).
+    let cell = match ProcessCell::start_in_process(&spec, &jail, warren_jail::main_in_process) {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()),
     };

@@ -1,7 +1,7 @@
 //! The jail: the only Warren code that runs inside (or right at the edge of) a cell.
 //!
-//! `warren __jail` (or the test binary `warren-test-jail`) starts here as the cell's
-//! **supervisor**: a fresh, single-threaded process spawned by the host with the cell's
+//! `warren-jail` (or `warren __jail`, or the test binary `warren-test-jail`) starts here as the
+//! cell's **supervisor**: a fresh, single-threaded process spawned by the host with the cell's
 //! [`JailConfig`] on stdin and a status pipe on fd 3. It
 //!
 //! 1. binds the cell's abstract control socket in the *host's* network namespace,
@@ -18,8 +18,9 @@
 //! [`StartReport::Ready`], and serves exec requests ([`serve`]).
 //!
 //! A host that starts many cells (a daemon, a benchmark) can instead run one long-lived
-//! `warren __jail --fork-server` ([`forkserver`]), which forks a supervisor per cell rather
-//! than paying for an `execve` of the whole binary each time.
+//! `warren-jail --fork-server` ([`forkserver`]), which forks a supervisor per cell rather
+//! than paying for an `execve` each time; and a single-threaded host that links this crate
+//! (`warren exec`) forks the supervisor itself and enters it through [`main_in_process`].
 //!
 //! This crate depends on `libc`, `landlock`, `seccompiler` and `serde_json` only: no async
 //! runtime, no HTTP, nothing the cell does not need.
@@ -72,6 +73,24 @@ where
             return 2;
         }
     };
+    let owner = config.owner_pid;
+    supervisor::supervise(config, status, owner)
+}
+
+/// Entry point of a supervisor that a single-threaded host *forked* rather than executed
+/// (no `execve`, no dynamic loading: the one-shot cold start). The host has put the status
+/// pipe at [`STATUS_FD`] and `/dev/null` on stdin and stdout. What the host process leaves
+/// behind is removed before anything else, so the process is what an executed supervisor
+/// would be: every descriptor above the status pipe closed; the command line and the
+/// environment overwritten with zeros and the environment cleared (`/proc/PID/cmdline` is
+/// readable without ptrace rights, even inside the cell once this process's child is its
+/// pid 1); the name set to `warren-jail`. The rest of the host's memory stays in the
+/// supervisor (host side) and its init, which is non-dumpable: no command can read it.
+/// Returns the exit code; the caller must `_exit` with it, never return into the host.
+pub fn main_in_process(config: JailConfig) -> i32 {
+    sys::close_from(STATUS_FD as u32 + 1);
+    sys::scrub_command_line_and_environment();
+    let status = supervisor::StatusPipe::from_fd(STATUS_FD);
     let owner = config.owner_pid;
     supervisor::supervise(config, status, owner)
 }

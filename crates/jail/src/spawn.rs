@@ -165,6 +165,11 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
         )
     };
     drop(stack);
+    // The child's PR_SET_DUMPABLE(1) above acted on the memory it shared with us until its
+    // exec: the init's own. Make the init non-dumpable again (its /proc entries back to the
+    // unmapped root), whether or not the exec succeeded.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if pid < 0 {
         return Err(sys::errno("clone"));
     }

@@ -365,6 +365,41 @@ pub fn close_from(first: u32) {
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
 }
 
+/// Overwrite this process's command line and environment strings with zeros, clear the
+/// environment, and name the process `warren-jail` (see [`crate::main_in_process`]).
+///
+/// The kernel shows `/proc/PID/cmdline` and `/proc/PID/environ` from the memory between the
+/// addresses it recorded at `execve` (`/proc/self/stat` fields 48–51), so zeroing that
+/// memory is what removes them; `clearenv` alone only forgets the pointers.
+pub fn scrub_command_line_and_environment() {
+    // SAFETY: clearenv in a single-threaded process (nothing else reads the environment).
+    unsafe { libc::clearenv() };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces) start at field 3.
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<usize> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // Field N (1-based) is f[N - 3].
+        if let (Some(&a0), Some(&a1), Some(&e0), Some(&e1)) =
+            (f.get(45), f.get(46), f.get(47), f.get(48))
+        {
+            for (start, end) in [(a0, a1), (e0, e1)] {
+                if start != 0 && end > start && end - start < (1 << 24) {
+                    // SAFETY: the kernel's record of where execve placed argv and envp
+                    // strings on this process's (writable, private) stack; nothing borrows
+                    // them (std only reads argv when asked, and we never ask again).
+                    unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+                }
+            }
+        }
+    }
+    let name = b"warren-jail\0";
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
 /// Mark every descriptor from `first` up close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`).
 /// Used between fork and exec, where `std::process` still needs its own error pipe open.
 pub fn cloexec_from(first: u32) {

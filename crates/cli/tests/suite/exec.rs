@@ -661,3 +661,91 @@ fn a_long_change_list_is_summarized_and_json_keeps_it_all() {
     assert_eq!(v["changes"].as_array().unwrap().len(), 47, "{v}");
     assert_eq!(v["changes_kept"], true);
 }
+
+#[test]
+fn a_one_shot_cell_is_forked_from_warren_and_inherits_nothing_of_it() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    // An open descriptor warren inherits without close-on-exec, a secret in its environment
+    // and one on its command line: none may reach the supervisor, the cell's init or a command.
+    let marker = s.path().join("inherited-marker");
+    std::fs::write(&marker, "x").unwrap();
+    let file = std::fs::File::open(&marker).unwrap();
+    let fd = file.as_raw_fd();
+    let mut cmd = std::process::Command::new(WARREN);
+    cmd.args([
+        "exec",
+        "--env",
+        "GIVEN=sk-on-the-command-line",
+        "--",
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' </proc/1/cmdline | grep -c sk-; cat /proc/1/comm; ls -l /proc/self/fd; sleep 3",
+    ])
+    .env("WARREN_STATE_DIR", s.path())
+    .env("HOST_SECRET", "sk-in-the-environment")
+    .stdout(std::process::Stdio::piped());
+    // SAFETY: dup2 between fork and exec, onto a descriptor number the child does not use.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    // The supervisor: warren's child, forked (its executable is warren itself, no second
+    // program was loaded), holding nothing of warren's.
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let supervisor = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no supervisor appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let exe = std::fs::read_link(format!("/proc/{supervisor}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        std::fs::canonicalize(WARREN).unwrap(),
+        "forked, not executed"
+    );
+    for f in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{supervisor}/{f}")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("sk-"),
+            "the supervisor's {f} holds warren's: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    for e in std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        assert_ne!(target, marker, "the supervisor holds warren's descriptor");
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0"),
+        "secrets on the init's command line: {out}"
+    );
+    assert_eq!(lines.next(), Some("warren-jail"), "{out}");
+    assert!(!out.contains("inherited-marker"), "{out}");
+    drop(file);
+}

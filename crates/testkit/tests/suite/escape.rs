@@ -642,6 +642,32 @@ fn other_commands_and_init_memory_unreadable() {
 }
 
 #[test]
+fn the_init_stays_non_dumpable_while_commands_run() {
+    let Some(e) = env() else { return };
+    let cell = start(&e.spec, JAIL);
+    // Each command raises its own dumpable flag between clone and exec, while it still shares
+    // the init's memory; the init must be non-dumpable again afterwards: its /proc entries
+    // belong to the unmapped root (the overflow id here), never to the cell's user.
+    for _ in 0..3 {
+        let (o, out) = run(
+            &cell,
+            &[
+                "/bin/sh",
+                "-c",
+                "stat -c %u /proc/1/mem /proc/1/environ /proc/1/fd",
+            ],
+            None,
+        );
+        assert_eq!(o.exit.code, Some(0), "{o:?}");
+        let owners = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            owners.lines().count() == 3 && owners.lines().all(|u| u != "1000"),
+            "the init is dumpable: its /proc entries belong to the cell user: {owners}"
+        );
+    }
+}
+
+#[test]
 fn idmapped_root_workspace_widens_nothing() {
     let Some(mut e) = env() else { return };
     // SAFETY: geteuid has no preconditions.
