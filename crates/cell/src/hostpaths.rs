@@ -20,7 +20,7 @@
 //! visible (allowlisted) but not walked: its few hundred links (~0.6 ms to resolve on every
 //! start) point into the toolchain homes, and those are walked instead.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use warren_protocol::mount::{Mount, MountKind, check_path};
 
@@ -164,7 +164,8 @@ pub const READ_ONLY_REFUSED: &[(&str, &str)] = &[
 /// Check a read-only path a policy adds (mounted at the same path in the cell): absolute and
 /// normalized, existing, free of symlinks (the cell sees it where the policy says), not at or
 /// below [`READ_ONLY_REFUSED`] nor one of the system directories, and neither holding nor
-/// inside the state directory `state_dir`. Returns the path as a string.
+/// inside the state directory `state_dir` or Warren's configuration
+/// ([`crate::spec::default_private_dirs`]: keys, trust decisions). Returns the path as a string.
 pub fn check_read_only_path(path: &Path, state_dir: &Path) -> Result<String, String> {
     let s = path
         .to_str()
@@ -191,14 +192,18 @@ pub fn check_read_only_path(path: &Path, state_dir: &Path) -> Result<String, Str
             canonical.display()
         ));
     }
-    let state = std::fs::canonicalize(state_dir)
-        .or_else(|_| std::path::absolute(state_dir))
-        .unwrap_or_else(|_| PathBuf::from(state_dir));
-    if state.starts_with(&canonical) || canonical.starts_with(&state) {
-        return Err(format!(
-            "{s} holds or lies inside Warren's state directory {}",
-            state.display()
-        ));
+    let own = std::iter::once((state_dir.to_path_buf(), "Warren's state directory")).chain(
+        crate::spec::default_private_dirs()
+            .into_iter()
+            .map(|d| (d, "Warren's configuration")),
+    );
+    for (dir, what) in own {
+        let dir = std::fs::canonicalize(&dir)
+            .or_else(|_| std::path::absolute(&dir))
+            .unwrap_or(dir);
+        if dir.starts_with(&canonical) || canonical.starts_with(&dir) {
+            return Err(format!("{s} holds or lies inside {what} {}", dir.display()));
+        }
     }
     Ok(s.to_owned())
 }
@@ -218,6 +223,7 @@ pub fn read_only_bind(path: &str) -> Mount {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn patterns_and_links_name_only_plain_etc_entries() {
@@ -303,6 +309,9 @@ mod tests {
             let e = ok(&holds_or_inside).unwrap_err();
             assert!(e.contains("state directory"), "{e}");
         }
+        // Warren's configuration (keys) likewise, wherever HOME points.
+        let e = ok(Path::new("/etc")).unwrap_err();
+        assert!(e.contains("Warren's configuration /etc/warren"), "{e}");
         let link = base.join("link");
         std::os::unix::fs::symlink("/usr/share", &link).unwrap();
         let e = ok(&link).unwrap_err();
