@@ -532,14 +532,17 @@ fn render(
     }
     match (text(&old), text(&new)) {
         (Some(o), Some(n)) => {
-            out.push_str(
-                &similar::TextDiff::from_lines(&o, &n)
-                    .unified_diff()
-                    .context_radius(3)
-                    .missing_newline_hint(true)
-                    .header(&a, &b)
-                    .to_string(),
-            );
+            let text = similar::TextDiff::from_lines(&o, &n)
+                .unified_diff()
+                .context_radius(3)
+                .header(&a, &b)
+                .to_string();
+            out.push_str(&text);
+            // A last line without a newline (a symlink's target, say) is marked as git marks
+            // it, so the next header starts on a line of its own.
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.push_str("\n\\ No newline at end of file\n");
+            }
         }
         _ => {
             let o = describe(&old).unwrap_or_else(|| "text".into());
@@ -1162,6 +1165,16 @@ mod tests {
         assert!(d.contains("+/dev/zero"), "{d}");
         // A link to a directory is listed too (the old diff skipped it, apply made it).
         assert!(d.contains("b/dirlink\nnew file mode 120000"), "{d}");
+        // A target has no newline: marked, so every header starts a line.
+        assert!(
+            d.contains("+/dev/zero\n\\ No newline at end of file\n"),
+            "{d}"
+        );
+        assert!(
+            d.lines()
+                .filter(|l| l.contains("diff --warren"))
+                .all(|l| l.starts_with("diff"))
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 
