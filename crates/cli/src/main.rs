@@ -14,6 +14,7 @@ mod memory;
 mod policy;
 mod run;
 mod tasks;
+mod term;
 mod trust;
 
 use std::ffi::OsStr;

@@ -116,11 +116,15 @@ impl View {
                 self.at_line_start = true;
             }
             AgentEvent::Text { delta } => {
-                let _ = write!(err, "{delta}");
+                let _ = write!(err, "{}", crate::term::printable(delta));
                 self.at_line_start = delta.ends_with('\n');
             }
             AgentEvent::Restart { reason } => {
-                let _ = writeln!(err, "\n   (retrying the model call: {reason})");
+                let _ = writeln!(
+                    err,
+                    "\n   (retrying the model call: {})",
+                    crate::term::printable(reason)
+                );
                 self.at_line_start = true;
             }
             AgentEvent::ToolCall {
@@ -130,7 +134,12 @@ impl View {
                     let _ = writeln!(err);
                 }
                 let args: String = arguments.chars().take(100).collect();
-                let _ = writeln!(err, "  → {name} {args}");
+                let _ = writeln!(
+                    err,
+                    "  → {} {}",
+                    crate::term::printable(name),
+                    crate::term::printable(&args)
+                );
                 self.at_line_start = true;
             }
             AgentEvent::ToolResult {
@@ -144,7 +153,11 @@ impl View {
                 let log = log
                     .as_ref()
                     .map_or(String::new(), |l| format!(" (full output: {l})"));
-                let _ = writeln!(err, "    {mark} {summary} [{chars} chars]{log}");
+                let _ = writeln!(
+                    err,
+                    "    {mark} {} [{chars} chars]{log}",
+                    crate::term::printable(summary)
+                );
             }
             AgentEvent::Usage { total, .. } => {
                 let _ = writeln!(
@@ -292,7 +305,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
                 if !a.json {
                     eprintln!(
                         "\nresult: {}",
-                        result["summary"].as_str().unwrap_or_default()
+                        crate::term::printable(result["summary"].as_str().unwrap_or_default())
                     );
                 }
                 (
@@ -301,7 +314,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
                 )
             }
             Outcome::Stopped(reason) => {
-                eprintln!("\nwarren: stopped: {reason}");
+                eprintln!("\nwarren: stopped: {}", crate::term::printable(reason));
                 (1, "stopped")
             }
         },

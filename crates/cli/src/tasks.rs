@@ -186,7 +186,7 @@ fn show_task(t: &Value) {
     );
     println!("state    {}", t["state"].as_str().unwrap_or_default());
     if let Some(r) = t["reason"].as_str() {
-        println!("reason   {r}");
+        println!("reason   {}", crate::term::printable(r));
     }
     println!("goal     {}", t["goal"].as_str().unwrap_or_default());
     println!("priority {} · attempts {}", t["priority"], t["attempts"]);
@@ -213,7 +213,7 @@ fn render(e: &Value, at_line_start: &mut bool) {
     match e["kind"].as_str().unwrap_or_default() {
         "agent.text" => {
             let t = p["text"].as_str().unwrap_or_default();
-            let _ = write!(out, "{t}");
+            let _ = write!(out, "{}", crate::term::printable(t));
             *at_line_start = t.ends_with('\n');
         }
         "agent.turn" => {
@@ -228,7 +228,12 @@ fn render(e: &Value, at_line_start: &mut bool) {
                 .chars()
                 .take(100)
                 .collect();
-            let _ = writeln!(out, "  → {} {args}", p["name"].as_str().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "  → {} {}",
+                crate::term::printable(p["name"].as_str().unwrap_or_default()),
+                crate::term::printable(&args)
+            );
         }
         "agent.tool_result" => {
             let mark = if p["is_error"].as_bool() == Some(true) {
@@ -239,7 +244,7 @@ fn render(e: &Value, at_line_start: &mut bool) {
             let _ = writeln!(
                 out,
                 "    {mark} {} [{} chars]",
-                p["summary"].as_str().unwrap_or_default(),
+                crate::term::printable(p["summary"].as_str().unwrap_or_default()),
                 p["chars"]
             );
         }
@@ -256,7 +261,7 @@ fn render(e: &Value, at_line_start: &mut bool) {
             let _ = writeln!(
                 out,
                 "   (retrying the model call: {})",
-                p["reason"].as_str().unwrap_or_default()
+                crate::term::printable(p["reason"].as_str().unwrap_or_default())
             );
         }
         "agent.finished" => {
@@ -264,18 +269,22 @@ fn render(e: &Value, at_line_start: &mut bool) {
             let _ = writeln!(
                 out,
                 "result: {}",
-                p["result"]["summary"].as_str().unwrap_or_default()
+                crate::term::printable(p["result"]["summary"].as_str().unwrap_or_default())
             );
         }
         "agent.stopped" => {
             nl(&mut out, at_line_start);
-            let _ = writeln!(out, "stopped: {}", p["reason"].as_str().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "stopped: {}",
+                crate::term::printable(p["reason"].as_str().unwrap_or_default())
+            );
         }
         "task.state" => {
             nl(&mut out, at_line_start);
             let reason = p["reason"]
                 .as_str()
-                .map(|r| format!(" ({r})"))
+                .map(|r| format!(" ({})", crate::term::printable(r)))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
@@ -489,7 +498,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
                 eprintln!(
                     "warren: task {id} {} ({})",
                     v["state"].as_str().unwrap_or_default(),
-                    v["reason"].as_str().unwrap_or_default()
+                    crate::term::printable(v["reason"].as_str().unwrap_or_default())
                 );
             })
             .await
@@ -501,7 +510,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
                 println!(
                     "{}: {}",
                     if ok { "succeeded" } else { "failed" },
-                    v["summary"].as_str().unwrap_or_default()
+                    crate::term::printable(v["summary"].as_str().unwrap_or_default())
                 );
                 println!(
                     "turns {} · tokens {} in, {} out",

@@ -651,3 +651,53 @@ fn interrupt_stops_the_agent_kills_the_cell_and_keeps_the_changes() {
     );
     assert!(!ws.path().join("partial.txt").exists());
 }
+
+/// What a model says and what a cell prints reach the person's terminal without a single
+/// control character: an escape in them cannot clear the screen, retitle the window, set the
+/// clipboard or overwrite the line that showed the command.
+#[test]
+fn model_and_cell_output_cannot_drive_the_terminal() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let mock = MockLlm::start(vec![
+        Turn::Reply(Reply {
+            text: "thinking\x1b[2J\x1b]0;owned\x07\n".into(),
+            tool_calls: vec![call(
+                "c1",
+                "shell",
+                serde_json::json!({"command": "printf 'out\\033]52;c;ZXZpbA==\\007\\rfake: ok'"}),
+            )],
+            ..Default::default()
+        }),
+        turn(vec![call(
+            "c2",
+            "finish",
+            serde_json::json!({"summary": "done\u{1b}[1A\u{1b}[2K hidden"}),
+        )]),
+    ])
+    .unwrap();
+    let o = run_with_mock(
+        &mock,
+        s.path(),
+        &[
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--provider",
+            "openai",
+            "--no-apply",
+            "look around",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        !err.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "a control character reached the terminal: {err:?}"
+    );
+    assert!(err.contains("thinking\\x1b[2J"), "{err}");
+    assert!(err.contains("done\\x1b[1A"), "{err}");
+}
