@@ -619,16 +619,9 @@ impl ProcessCell {
             Some(Supervisor::Child(child)) => unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             },
-            // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
-            Some(Supervisor::Forked { pidfd } | Supervisor::Own { pidfd, .. }) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGTERM,
-                    0usize,
-                    0u32,
-                );
-            },
+            Some(Supervisor::Forked { pidfd } | Supervisor::Own { pidfd, .. }) => {
+                pidfd_signal(pidfd, libc::SIGTERM);
+            }
             None => {}
         }
     }
@@ -657,39 +650,17 @@ impl ProcessCell {
                 let _ = child.wait();
             }
             Some(Supervisor::Own { pid, pidfd }) => {
-                // SAFETY: pidfd_send_signal on our own child's pidfd, no siginfo.
-                let signal = |sig: i32| unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        sig,
-                        0usize,
-                        0u32,
-                    )
-                };
-                signal(libc::SIGTERM);
+                pidfd_signal(&pidfd, libc::SIGTERM);
                 if !wait_readable(&pidfd, Duration::from_secs(5)) {
-                    signal(libc::SIGKILL);
+                    pidfd_signal(&pidfd, libc::SIGKILL);
                 }
                 // SAFETY: reaping our own child (it has exited or been SIGKILLed).
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             }
             Some(Supervisor::Forked { pidfd }) => {
-                let signal = |sig: i32| {
-                    // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo.
-                    unsafe {
-                        libc::syscall(
-                            libc::SYS_pidfd_send_signal,
-                            pidfd.as_raw_fd(),
-                            sig,
-                            0usize,
-                            0u32,
-                        )
-                    };
-                };
-                signal(libc::SIGTERM);
+                pidfd_signal(&pidfd, libc::SIGTERM);
                 if !wait_readable(&pidfd, Duration::from_secs(5)) {
-                    signal(libc::SIGKILL);
+                    pidfd_signal(&pidfd, libc::SIGKILL);
                     wait_readable(&pidfd, Duration::from_secs(5));
                 }
             }
@@ -723,6 +694,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), CellError> {
     }
     // SAFETY: fresh descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Send `sig` to the process a pidfd we hold refers to (no siginfo); at worst it is gone.
+fn pidfd_signal(pidfd: &OwnedFd, sig: i32) {
+    // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            0usize,
+            0u32,
+        );
+    }
 }
 
 fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
