@@ -208,10 +208,24 @@ pub fn changes(layer: &CowLayer, workspace: &Path) -> Result<Vec<Change>, CellEr
 
 /// [`changes`] with each path's upper and lower `lstat`.
 pub fn details(layer: &CowLayer, workspace: &Path) -> Result<Vec<Detail>, CellError> {
+    let (upper, lower) = open_pair(layer, workspace)?;
+    details_in(&upper, &lower)
+}
+
+/// Handles on a layer's upper directory and on the workspace it overlays, opened once per
+/// operation and shared by its listing, diffing, conflict check and apply.
+fn open_pair(
+    layer: &CowLayer,
+    workspace: &Path,
+) -> Result<(warren_fsx::Dir, warren_fsx::Dir), CellError> {
     let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
     let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
+    Ok((upper, lower))
+}
+
+fn details_in(upper: &warren_fsx::Dir, lower: &warren_fsx::Dir) -> Result<Vec<Detail>, CellError> {
     let mut out = Vec::new();
-    walk(&upper, Some(&lower), Path::new(""), &mut out)?;
+    walk(upper, Some(lower), Path::new(""), &mut out)?;
     out.sort_by(|a, b| a.change.path().cmp(b.change.path()));
     Ok(out)
 }
@@ -400,9 +414,8 @@ pub fn diff_with(
     workspace: &Path,
     opts: &DiffOptions,
 ) -> Result<String, CellError> {
-    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
-    let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
-    let all = details(layer, workspace)?;
+    let (upper, lower) = open_pair(layer, workspace)?;
+    let all = details_in(&upper, &lower)?;
     let total = all.len();
     let mut out = String::new();
     for (i, d) in all.into_iter().enumerate() {
@@ -516,10 +529,7 @@ fn render(
         }
     };
     if matches!(old, Side::Dir) || matches!(new, Side::Dir) {
-        if let (Side::Dir, Some(o)) = (&old, old_st)
-            && new_st.is_none()
-        {
-            let _ = o;
+        if matches!(old, Side::Dir) && new_st.is_none() {
             let n = lower
                 .sub(rel)
                 .map(|s| count_entries(&s, 100_000, 0))
@@ -655,15 +665,15 @@ pub fn conflicts(
     workspace: &Path,
     since_ns: u128,
 ) -> Result<Vec<PathBuf>, CellError> {
-    conflicts_in(&details(layer, workspace)?, workspace, since_ns)
+    let (upper, lower) = open_pair(layer, workspace)?;
+    conflicts_in(&details_in(&upper, &lower)?, &lower, since_ns)
 }
 
 fn conflicts_in(
     all: &[Detail],
-    workspace: &Path,
+    lower: &warren_fsx::Dir,
     since_ns: u128,
 ) -> Result<Vec<PathBuf>, CellError> {
-    let lower = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
     let mut out = Vec::new();
     // A path both deleted and added was replaced (a link by a directory, say): the project
     // had it, so only a change since the layer was created is a conflict.
@@ -722,9 +732,10 @@ pub fn apply_with(
                 u128::from(m.created) * 1_000_000_000
             }
         });
-    let all = details(layer, workspace)?;
+    let (upper, lower) = open_pair(layer, workspace)?;
+    let all = details_in(&upper, &lower)?;
     if since > 0 {
-        let clash = conflicts_in(&all, workspace, since)?;
+        let clash = conflicts_in(&all, &lower, since)?;
         if !clash.is_empty() {
             let list: Vec<String> = clash.iter().map(|p| p.display().to_string()).collect();
             return Err(CellError::Spec(format!(
@@ -733,7 +744,7 @@ pub fn apply_with(
             )));
         }
     }
-    apply_plan(layer, workspace, all, None, progress)
+    apply_plan(&upper, &lower, all, None, progress)
 }
 
 fn parent_and_name(rel: &Path) -> (PathBuf, OsString) {
@@ -770,21 +781,18 @@ impl Parents<'_> {
     }
 }
 
-// SAFETY-free: geteuid has no preconditions; wrapped once.
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 fn apply_plan(
-    layer: &CowLayer,
-    workspace: &Path,
+    upper: &warren_fsx::Dir,
+    root: &warren_fsx::Dir,
     all: Vec<Detail>,
     fail_after: Option<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ApplyReport, CellError> {
-    let upper = warren_fsx::Dir::open(&layer.upper).map_err(fsx_err(&layer.upper))?;
-    let root = warren_fsx::Dir::open(workspace).map_err(fsx_err(workspace))?;
     let mut report = ApplyReport::default();
     let mut plan = Vec::new();
     for d in all {
@@ -798,12 +806,12 @@ fn apply_plan(
             (_, Some(st)) => match st.kind {
                 warren_fsx::Kind::Dir => plan.push(Op::MkDir(rel, st.mode & 0o777)),
                 warren_fsx::Kind::Symlink => {
-                    let target = upper.read_link(&rel).map_err(fsx_err(&layer.upper))?;
+                    let target = upper.read_link(&rel).map_err(fsx_err(upper.label()))?;
                     plan.push(Op::Symlink(rel, target));
                 }
                 warren_fsx::Kind::File => {
                     // Checked now, so a plan that cannot be applied changes nothing.
-                    upper.open_file(&rel).map_err(fsx_err(&layer.upper))?;
+                    upper.open_file(&rel).map_err(fsx_err(upper.label()))?;
                     plan.push(Op::Copy(rel, st.mode & 0o777));
                 }
                 k => {
@@ -817,10 +825,7 @@ fn apply_plan(
     }
     let total = plan.len();
     let mut undo: Vec<Undo> = Vec::new();
-    let mut parents = Parents {
-        root: &root,
-        last: None,
-    };
+    let mut parents = Parents { root, last: None };
     let root_caller = is_root();
     let mut result = Ok(());
     for (i, op) in plan.into_iter().enumerate() {
@@ -828,14 +833,7 @@ fn apply_plan(
             result = Err(CellError::Spec("injected failure".into()));
             break;
         }
-        if let Err(e) = step(
-            op,
-            &upper,
-            &mut parents,
-            root_caller,
-            &mut undo,
-            &mut report,
-        ) {
+        if let Err(e) = step(op, upper, &mut parents, root_caller, &mut undo, &mut report) {
             result = Err(e);
             break;
         }
@@ -1094,10 +1092,11 @@ mod tests {
     #[test]
     fn a_failure_mid_apply_leaves_the_project_as_it_was() {
         let (root, ws, layer) = setup("rollback");
+        let (upper, lower) = open_pair(&layer, &ws).unwrap();
         let err = apply_plan(
-            &layer,
-            &ws,
-            details(&layer, &ws).unwrap(),
+            &upper,
+            &lower,
+            details_in(&upper, &lower).unwrap(),
             Some(2),
             &mut |_| {},
         )
