@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use warren_agent::{Agent, AgentConfig, Journal, Outcome, Step};
 use warren_cell::{Cell, CellError, ExecOutcome, ExecSpec, OutputSink, Tier};
-use warren_daemon::journal::StoreJournal;
+use warren_runtime::journal::StoreJournal;
 use warren_llm::{
     ChatRequest, ChatResponse, EventSink, LlmError, Provider, StopReason, ToolCall, Usage,
 };

@@ -86,7 +86,7 @@ fn run_remote(cmd: AgentCommand, url: &str, state: &Path) -> i32 {
                 }
             };
             // Validate here first, so errors name the real file.
-            if let Err(e) = warren_daemon::core::parse_manifest(file, &text) {
+            if let Err(e) = warren_runtime::engine::parse_manifest(file, &text) {
                 eprintln!("warren: {e}");
                 return 1;
             }
@@ -161,7 +161,7 @@ fn run_local(cmd: AgentCommand, state: &Path) -> i32 {
                 Ok(t) => t,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
-            let m = match warren_daemon::core::parse_manifest(&file, &text) {
+            let m = match warren_runtime::engine::parse_manifest(&file, &text) {
                 Ok(m) => m,
                 Err(e) => return fail(e),
             };

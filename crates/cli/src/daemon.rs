@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use warren_daemon::core::Options;
-use warren_daemon::scheduler::Limits;
+use warren_runtime::engine::Options;
+use warren_runtime::scheduler::Limits;
 use warren_daemon::server::{Listen, Paths};
 
 /// Settings of a daemon.
@@ -37,7 +37,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_queued: u64,
     /// Task lease; a task whose daemon stops renewing it is resumed by another (e.g. 30s).
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = crate::policy::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = crate::exec_policy::parse_duration)]
     lease: Duration,
     /// A task claimed this many times without finishing is interrupted instead of resumed.
     #[arg(long, value_name = "N", default_value_t = 50)]
@@ -48,7 +48,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// A task waiting for approval longer than this is denied.
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::policy::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = crate::exec_policy::parse_duration)]
     approval_timeout: Duration,
     /// Embedder for the memory tools' code index and notes: none (full text only; the
     /// default), openai, local, hash; or $WARREN_EMBEDDER.
@@ -117,10 +117,10 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
     };
     jail.fork_server = true;
     let policy = match &a.policy {
-        None => warren_daemon::policy::PolicyFile::default(),
+        None => warren_runtime::capabilities::PolicyFile::default(),
         Some(f) => match std::fs::read_to_string(f)
             .map_err(|e| format!("{}: {e}", f.display()))
-            .and_then(|t| warren_daemon::policy::PolicyFile::parse(f, &t))
+            .and_then(|t| warren_runtime::capabilities::PolicyFile::parse(f, &t))
         {
             Ok(p) => p,
             Err(e) => {
@@ -133,7 +133,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         std::fs::create_dir_all(state).map_err(|x| x.to_string())?;
         let db =
             warren_memory::MemoryDb::open(&state.join("memory.db")).map_err(|x| x.to_string())?;
-        Ok(warren_daemon::memory::Memory {
+        Ok(warren_runtime::memory_tools::Memory {
             db: std::sync::Arc::new(db),
             embedder: e,
         })

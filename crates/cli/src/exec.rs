@@ -12,7 +12,7 @@ use warren_cell::{
 };
 use warren_protocol::exit;
 
-use crate::policy::{self, Mode, Policy};
+use crate::exec_policy::{self as policy, Mode, Policy};
 
 /// Arguments of `warren exec`.
 #[derive(Args, Debug)]

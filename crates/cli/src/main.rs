@@ -11,7 +11,7 @@ mod client;
 mod daemon;
 mod exec;
 mod memory;
-mod policy;
+mod exec_policy;
 mod run;
 mod tasks;
 mod term;

@@ -199,7 +199,7 @@ pub fn history(state: &Path, limit: u32, json: bool) -> i32 {
     let mut out = Vec::new();
     for t in tasks {
         let steps = store.checkpoints(&t.id).unwrap_or_default();
-        let commands = warren_daemon::memory::tool_calls(&steps);
+        let commands = warren_runtime::memory_tools::tool_calls(&steps);
         let result = store
             .get_artifact(&t.id, "result")
             .ok()

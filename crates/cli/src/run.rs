@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use warren_agent::{Agent, AgentConfig, AgentEvent, Outcome};
 use warren_cell::{Cell, CellSpec, JailProgram, ProcessCell, Workspace, WorkspaceMode, cow};
-use warren_daemon::provider;
-use warren_daemon::taskdir::TaskDirs;
+use warren_runtime::provider;
+use warren_runtime::taskdir::TaskDirs;
 use warren_llm::Provider;
 use warren_protocol::exit;
 
@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     budget_tokens: Option<u64>,
     /// Stop after this long (e.g. 10m; default 30m, or `agent.timeout`).
-    #[arg(long, value_name = "DUR", value_parser = crate::policy::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = crate::exec_policy::parse_duration)]
     timeout: Option<Duration>,
     /// Apply the changes without asking.
     #[arg(long, conflicts_with = "no_apply")]
@@ -234,7 +234,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
     let max_turns = a.max_turns.or(cfg.agent.max_turns).unwrap_or(30);
     let timeout = match (a.timeout, cfg.agent.timeout.as_deref()) {
         (Some(t), _) => t,
-        (None, Some(t)) => match crate::policy::parse_duration(t) {
+        (None, Some(t)) => match crate::exec_policy::parse_duration(t) {
             Ok(t) => t,
             Err(e) => return refuse(format!("agent.timeout: {e}")),
         },
@@ -260,20 +260,20 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Ok(store) => {
             let store: Arc<dyn warren_store::Store> = Arc::new(store);
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let audit = warren_daemon::gate::Auditor::new(
+            let audit = warren_runtime::gate::Auditor::new(
                 store,
-                Arc::new(warren_daemon::gate::Redactor::from_env(&env)),
+                Arc::new(warren_runtime::gate::Redactor::from_env(&env)),
             );
             audit.record(
                 Some(&id),
                 "task.started",
                 &serde_json::json!({"goal": a.goal, "via": "warren run", "workspace": host.display().to_string()}),
             );
-            let caps = warren_daemon::policy::Capabilities::new(
-                warren_daemon::policy::Layer::unrestricted("warren run"),
-                warren_daemon::policy::Layer::unrestricted("the person running warren"),
+            let caps = warren_runtime::capabilities::Capabilities::new(
+                warren_runtime::capabilities::Layer::unrestricted("warren run"),
+                warren_runtime::capabilities::Layer::unrestricted("the person running warren"),
             );
-            agent = agent.with_gate(Arc::new(warren_daemon::gate::TaskGate::new(
+            agent = agent.with_gate(Arc::new(warren_runtime::gate::TaskGate::new(
                 id.clone(),
                 caps,
                 audit,

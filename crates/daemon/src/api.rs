@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use utoipa::{OpenApi, ToSchema};
 use warren_store::{EventRecord, TaskFilter, TaskRecord, TaskState};
 
-use crate::core::{Daemon, DaemonError, Submission};
+use warren_runtime::engine::{Daemon, DaemonError, Submission};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -257,8 +257,8 @@ pub struct ApprovalView {
     pub reason: String,
 }
 
-impl From<crate::gate::PendingView> for ApprovalView {
-    fn from(p: crate::gate::PendingView) -> Self {
+impl From<warren_runtime::gate::PendingView> for ApprovalView {
+    fn from(p: warren_runtime::gate::PendingView) -> Self {
         ApprovalView {
             call_id: p.call_id,
             tool: p.tool,
@@ -1014,7 +1014,7 @@ async fn approve_task(
     let b: ApproveTask = optional_body(&body)?;
     let v = d.decide(
         &id,
-        crate::gate::Decision {
+        warren_runtime::gate::Decision {
             approve: true,
             remember: b.remember,
             reason: String::new(),
@@ -1037,7 +1037,7 @@ async fn deny_task(
     let reason = b.reason.unwrap_or_else(|| "denied by the operator".into());
     let v = d.decide(
         &id,
-        crate::gate::Decision {
+        warren_runtime::gate::Decision {
             approve: false,
             remember: false,
             reason,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 
-use crate::core::{Daemon, Options};
+use warren_runtime::engine::{Daemon, Options};
 
 /// Where things live in a state directory.
 pub struct Paths {

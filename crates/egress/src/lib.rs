@@ -47,7 +47,7 @@
 mod addr;
 mod fetch;
 mod head;
-mod policy;
+mod allowlist;
 mod proxy;
 
 use std::collections::HashMap;
@@ -60,7 +60,7 @@ use tokio::net::TcpStream;
 
 pub use addr::forbidden;
 pub use fetch::{FetchRequest, FetchResponse, fetch};
-pub use policy::{DEFAULT_PORTS, Denied, IP_LITERAL_REASON, Policy, PolicyError, Rule};
+pub use allowlist::{DEFAULT_PORTS, Denied, IP_LITERAL_REASON, Policy, PolicyError, Rule};
 pub use proxy::{serve_tcp, serve_unix};
 
 /// Everything the proxy needs to decide and dial. Shared read-only by all connections.
@@ -291,7 +291,7 @@ pub(crate) async fn open(
 ) -> Result<TcpStream, Refusal> {
     attempt.host = host.to_string();
     attempt.port = port;
-    let name = policy::normalize_host(host).map_err(|d| Refusal::Denied(d.reason))?;
+    let name = allowlist::normalize_host(host).map_err(|d| Refusal::Denied(d.reason))?;
     attempt.host.clone_from(&name);
     config
         .policy

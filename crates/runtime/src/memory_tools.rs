@@ -20,7 +20,7 @@ use warren_memory::embed::Embedder;
 use warren_memory::search::{Filter, Fusion, NoteFilter, search_notes};
 use warren_memory::{CodeIndex, MemoryDb};
 
-use crate::policy::{Capabilities, workspace_relative};
+use crate::capabilities::{Capabilities, workspace_relative};
 
 /// The tool calls a task made, from its checkpoints: `name main-argument` each, in order.
 pub fn tool_calls(checkpoints: &[warren_store::Checkpoint]) -> Vec<String> {
@@ -330,8 +330,8 @@ mod tests {
 
     fn unrestricted() -> Capabilities {
         Capabilities::new(
-            crate::policy::Layer::unrestricted("m"),
-            crate::policy::Layer::unrestricted("p"),
+            crate::capabilities::Layer::unrestricted("m"),
+            crate::capabilities::Layer::unrestricted("p"),
         )
     }
 
@@ -377,7 +377,7 @@ mod tests {
             65534,
             "the test's files need an owner other than the cell"
         );
-        let src_only = crate::policy::PolicyFile::parse(
+        let src_only = crate::capabilities::PolicyFile::parse(
             Path::new("p.toml"),
             "[capabilities]\npaths = [{ glob = \"src/**\", access = \"read\" }]\n",
         )
@@ -402,7 +402,7 @@ mod tests {
             assert!(all.contains(&format!("{f}:")), "{f} missing: {all}");
         }
         // Read granted on src/** only: no secrets/.
-        let scoped = Capabilities::new(crate::policy::Layer::unrestricted("m"), src_only);
+        let scoped = Capabilities::new(crate::capabilities::Layer::unrestricted("m"), src_only);
         let got = search(scoped.clone(), Some((me.uid(), me.gid())), q.clone()).unwrap();
         assert!(
             got.contains("src/lib.rs:") && !got.contains("secrets/"),

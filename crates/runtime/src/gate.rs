@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use warren_agent::{Gate, ModelCallRecord, ToolCallRecord};
 use warren_store::{Store, TaskState};
 
-use crate::policy::Capabilities;
+use crate::capabilities::Capabilities;
 
 /// Replaces secrets in text before it is stored: the values of the process's secret-looking
 /// variables (keys, tokens, passwords) and well-known key shapes (`sk-…`, `ghp_…`, `AKIA…`,
@@ -268,7 +268,7 @@ fn argument_forms(tool: &str, args: &Value, arg: &str) -> Vec<String> {
     {
         forms.push(path.to_owned());
         forms.push(warren_agent::tools::resolve_path(path));
-        forms.extend(crate::policy::workspace_relative(path));
+        forms.extend(crate::capabilities::workspace_relative(path));
     }
     forms.dedup();
     forms
@@ -622,8 +622,8 @@ mod tests {
         let gate = TaskGate::new(
             "t-none",
             Capabilities::new(
-                crate::policy::Layer::unrestricted("m"),
-                crate::policy::Layer::unrestricted("p"),
+                crate::capabilities::Layer::unrestricted("m"),
+                crate::capabilities::Layer::unrestricted("p"),
             ),
             Auditor::new(Arc::clone(&store), Arc::new(Redactor::default())),
         )

@@ -34,7 +34,7 @@ use warren_store::{NewTask, Store, StoreError, TaskFilter, TaskRecord, TaskState
 
 use crate::gate::{Approvals, Auditor, Decision, Desk, PendingView, Redactor, TaskGate};
 use crate::journal::StoreJournal;
-use crate::policy::{Capabilities, Layer};
+use crate::capabilities::{Capabilities, Layer};
 use crate::scheduler::{Limits, SchedError, Scheduler};
 use crate::taskdir::TaskDirs;
 
@@ -57,11 +57,11 @@ pub struct Options {
     /// A task claimed this many times without finishing is interrupted instead of resumed.
     pub max_attempts: u32,
     /// The operator's bound on every agent's capabilities.
-    pub policy: crate::policy::PolicyFile,
+    pub policy: crate::capabilities::PolicyFile,
     /// A paused task with no decision this long is denied.
     pub approval_timeout: Duration,
     /// Memory for agents that list memory tools (none: those tools are refused).
-    pub memory: Option<crate::memory::Memory>,
+    pub memory: Option<crate::memory_tools::Memory>,
     /// Keep model prompts in the audit log (off: model, tokens and latency only).
     pub audit_prompts: bool,
     /// Test hook of the egress proxy: answer these names from here, not DNS.
@@ -867,7 +867,7 @@ impl Daemon {
                 }),
         ));
         let agent = match &memory {
-            Some(m) => agent.with_host_tools(Arc::new(crate::memory::MemoryTools {
+            Some(m) => agent.with_host_tools(Arc::new(crate::memory_tools::MemoryTools {
                 memory: m.clone(),
                 agent: task.agent.clone(),
                 workspace: task.workspace.clone(),
@@ -996,7 +996,7 @@ impl Daemon {
     /// Store what the task did (an episode) and what it learned (a reflection by the model).
     async fn remember(
         &self,
-        m: &crate::memory::Memory,
+        m: &crate::memory_tools::Memory,
         task: &TaskRecord,
         report: &Report,
         provider: &Arc<dyn Provider>,
@@ -1015,7 +1015,7 @@ impl Daemon {
             Outcome::Stopped(r) => format!("stopped: {r}"),
         };
         let commands =
-            crate::memory::tool_calls(&self.store.checkpoints(&task.id).unwrap_or_default());
+            crate::memory_tools::tool_calls(&self.store.checkpoints(&task.id).unwrap_or_default());
         let episode = format!(
             "Task {} by {}: {}\nOutcome: {outcome}\nSteps: {}",
             task.id,

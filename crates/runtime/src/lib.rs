@@ -1,0 +1,23 @@
+//! Warren's task runtime: the one engine behind `warren run` and the daemon.
+//!
+//! - [`engine`]: the [`engine::Engine`]: tasks from the store, through the [`scheduler`], into
+//!   cells, with the store's checkpoints as each agent's journal ([`journal`]) so a killed
+//!   daemon loses no task and repeats no step;
+//! - [`capabilities`]: capabilities (manifest request ∩ operator policy), checked by the
+//!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
+//! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
+//! - [`memory_tools`]: memory tools (code search, notes, recall), reflections and episodes;
+//! - [`shellcmd`]: the simple commands a shell command line runs (approval rules match each);
+//! - [`provider`]: model providers from configuration;
+//! - [`taskdir`]: a task's `/task` and `/logs` on the host.
+
+pub mod capabilities;
+pub mod caphttp;
+pub mod engine;
+pub mod gate;
+pub mod journal;
+pub mod memory_tools;
+pub mod provider;
+pub mod scheduler;
+pub mod shellcmd;
+pub mod taskdir;
