@@ -41,6 +41,7 @@ impl Cell for FakeCell {
     fn id(&self) -> &str {
         "fake"
     }
+    fn terminate(&self) {}
     fn tier(&self) -> Tier {
         Tier::Process
     }

@@ -101,4 +101,12 @@ pub trait Cell: Send + Sync {
     fn max_output_bytes(&self) -> u64;
     /// Kill every process of the cell and release its resources (idempotent).
     fn kill(&mut self);
+    /// Stop every command running in the cell now, from any thread, even while `exec` blocks
+    /// on one (idempotent). Later commands fail; resources go when the cell is dropped.
+    fn terminate(&self);
+    /// Where the cell keeps its copy-on-write workspace changes (none for a read-only or
+    /// read-write workspace, or none at all).
+    fn cow_layer(&self) -> Option<&spec::CowLayer> {
+        None
+    }
 }

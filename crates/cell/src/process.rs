@@ -732,6 +732,14 @@ impl Cell for ProcessCell {
         &self.id
     }
 
+    fn terminate(&self) {
+        ProcessCell::terminate(self);
+    }
+
+    fn cow_layer(&self) -> Option<&CowLayer> {
+        ProcessCell::cow_layer(self)
+    }
+
     fn tier(&self) -> Tier {
         Tier::Process
     }

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use warren_daemon::server::{Listen, Paths};
 use warren_runtime::engine::Options;
 use warren_runtime::scheduler::Limits;
-use warren_daemon::server::{Listen, Paths};
 
 /// Settings of a daemon.
 #[derive(Args, Debug, Clone)]
@@ -101,6 +102,12 @@ fn hostname() -> String {
 
 /// `warren daemon` in the foreground.
 pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
+    // The daemon's own log (library crates report through `tracing`, never print).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
     let loaded = match crate::load_config() {
         Ok(l) => l,
         Err(e) => {
@@ -144,6 +151,36 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
             return 2;
         }
     };
+    // Test hooks, but a malformed one is an error, never silently ignored.
+    let mut egress_resolve = HashMap::new();
+    for e in &a.egress_test_resolve {
+        match e
+            .split_once('=')
+            .map(|(n, ip)| (n, ip.parse::<std::net::IpAddr>()))
+        {
+            Some((n, Ok(ip))) => egress_resolve.insert(n.to_owned(), vec![ip]),
+            _ => {
+                eprintln!("warren daemon: --egress-test-resolve {e:?}: expected NAME=IP");
+                return 2;
+            }
+        };
+    }
+    let mut egress_dial = HashMap::new();
+    for e in &a.egress_test_dial {
+        let parsed = e.split_once('=').and_then(|(ip, addr)| {
+            Some((
+                ip.parse::<std::net::IpAddr>().ok()?,
+                addr.parse::<std::net::SocketAddr>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((ip, addr)) => egress_dial.insert(ip, addr),
+            None => {
+                eprintln!("warren daemon: --egress-test-dial {e:?}: expected IP=ADDRESS:PORT");
+                return 2;
+            }
+        };
+    }
     let opts = Options {
         memory,
         state_dir: state.to_owned(),
@@ -155,29 +192,17 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
             max_queued: a.max_queued,
         },
         lease: a.lease.max(Duration::from_secs(1)),
-        jail,
+        cells: Arc::new(warren_runtime::cells::ProcessCells { jail }),
+        provider: None,
+        max_turns: None,
         loaded,
         env: std::env::vars().collect(),
         max_attempts: a.max_attempts.max(1),
-        policy,
+        policy: policy.layer(),
         approval_timeout: a.approval_timeout,
         audit_prompts: a.audit_prompts,
-        egress_resolve: a
-            .egress_test_resolve
-            .iter()
-            .filter_map(|e| {
-                let (n, ip) = e.split_once('=')?;
-                Some((n.to_owned(), vec![ip.parse().ok()?]))
-            })
-            .collect(),
-        egress_dial: a
-            .egress_test_dial
-            .iter()
-            .filter_map(|e| {
-                let (ip, addr) = e.split_once('=')?;
-                Some((ip.parse().ok()?, addr.parse().ok()?))
-            })
-            .collect(),
+        egress_resolve,
+        egress_dial,
     };
     let listen = Listen {
         socket_group: a.socket_group,

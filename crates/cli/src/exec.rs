@@ -486,9 +486,12 @@ pub fn list_changes(state: &Path, json: bool) -> i32 {
     0
 }
 
-/// On SIGINT, SIGTERM or SIGHUP, stop the cell (its supervisor kills everything in it) so
-/// `run` can still report the changes it kept. Returns the signal number once one arrived.
-pub fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+/// Block SIGINT, SIGTERM and SIGHUP in this thread (call it before any other thread
+/// exists, so every later thread inherits the mask) and call `on` from a dedicated thread
+/// with the first one that arrives. Returns the signal's number once one came (0 before).
+pub fn on_signal(
+    on: impl FnOnce(i32) + Send + 'static,
+) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
     let got = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let flag = std::sync::Arc::clone(&got);
     // SAFETY: building a signal set and blocking it in this thread before any other thread
@@ -509,9 +512,16 @@ pub fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic:
             // SAFETY: sigwait on the set blocked above.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 flag.store(sig, std::sync::atomic::Ordering::SeqCst);
-                // SAFETY: signalling the cell's supervisor, our child.
-                unsafe { libc::kill(supervisor, libc::SIGTERM) };
+                on(sig);
             }
         });
     got
+}
+
+/// Stop the cell whose supervisor is `supervisor` when a signal arrives ([`on_signal`]).
+pub fn stop_cell_on_signal(supervisor: i32) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+    on_signal(move |_| {
+        // SAFETY: signalling the cell's supervisor, our child.
+        unsafe { libc::kill(supervisor, libc::SIGTERM) };
+    })
 }

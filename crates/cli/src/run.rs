@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use warren_agent::{Agent, AgentConfig, AgentEvent, Outcome};
-use warren_cell::{Cell, CellSpec, JailProgram, ProcessCell, Workspace, WorkspaceMode, cow};
-use warren_runtime::provider;
-use warren_runtime::taskdir::TaskDirs;
+use warren_agent::{AgentEvent, Outcome};
+use warren_cell::{JailProgram, cow};
 use warren_llm::Provider;
 use warren_protocol::exit;
+use warren_runtime::capabilities::Layer;
+use warren_runtime::cells::ProcessCells;
+use warren_runtime::engine::{Engine, LocalTask, Options, Stop};
+use warren_runtime::provider;
+use warren_store::TaskState;
 
 /// Arguments of `warren run`.
 #[derive(Args, Debug)]
@@ -181,12 +184,40 @@ impl View {
     }
 }
 
-/// `warren run`.
+/// The manifest `warren run` runs: the agent's standard tools (no memory tools), a
+/// copy-on-write workspace, the flags' limits. Everything else (provider, model, budgets,
+/// prices) resolves exactly as for a deployed agent.
+fn manifest(a: &RunArgs, model: &str) -> warren_config::manifest::Manifest {
+    warren_config::manifest::Manifest {
+        name: "warren-run".into(),
+        description: "a task started by `warren run`".into(),
+        provider: a.provider.clone(),
+        model: Some(model.to_owned()),
+        tools: warren_agent::tools::specs()
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
+        workspace: "cow".into(),
+        tier: "process".into(),
+        timeout: a.timeout,
+        budget_tokens: a.budget_tokens,
+        ..Default::default()
+    }
+}
+
+/// `warren run`: one task, run in this process by the same runner as the daemon's tasks
+/// (recorded in the state directory's store, journalled, audited, with the same events).
 pub fn run(a: RunArgs, state: &Path) -> i32 {
     let refuse = |msg: String| {
         eprintln!("warren: {msg}");
         exit::REFUSED
     };
+    // Before any thread exists: a signal stops the task (its cell killed, changes kept).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let stopper = stop_tx.clone();
+    let interrupted = crate::exec::on_signal(move |sig| {
+        let _ = stopper.send(Some(Stop::Signal(sig)));
+    });
     let ws = a.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
     let host = match std::fs::canonicalize(&ws) {
         Ok(h) => h,
@@ -200,86 +231,45 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
-    let id = warren_cell::process::new_cell_id();
-    let mut spec = CellSpec::new(state);
-    spec.id = Some(id.clone());
-    spec.workspace = Some(Workspace {
-        host: host.clone(),
-        mode: WorkspaceMode::Cow,
-    });
-    let identity = warren_cell::spec::resolve_identity(&spec);
-    let task_spec = serde_json::json!({"id": id, "goal": a.goal, "model": model});
-    let dirs = match TaskDirs::create(state, &id, &task_spec, identity) {
-        Ok(d) => d,
-        Err(e) => return refuse(format!("task directory: {e}")),
-    };
-    spec.extra_mounts = dirs.mounts();
     let jail = match JailProgram::current_exe() {
         Ok(j) => j,
         Err(e) => return refuse(e.to_string()),
     };
-    let cell = match ProcessCell::start(&spec, &jail) {
-        Ok(c) => Arc::new(c),
-        Err(e) => return refuse(e.to_string()),
+    if let Err(e) = std::fs::create_dir_all(state) {
+        return refuse(format!("{}: {e}", state.display()));
+    }
+    let store = match warren_store::sqlite::SqliteStore::open(&state.join("warren.db")) {
+        Ok(s) => Arc::new(s) as Arc<dyn warren_store::Store>,
+        Err(e) => return refuse(format!("the task store: {e}")),
     };
-    let interrupted = crate::exec::stop_cell_on_signal(cell.info().supervisor_pid);
+    let m = manifest(&a, &model);
+    let opts = Options {
+        state_dir: state.to_owned(),
+        worker: format!("warren-run:{}", std::process::id()),
+        limits: warren_runtime::scheduler::Limits::default(),
+        lease: Duration::from_secs(30),
+        cells: Arc::new(ProcessCells { jail }),
+        provider: Some((provider, model.clone())),
+        loaded,
+        env: std::env::vars().collect(),
+        max_attempts: 1,
+        // The person at the terminal is the operator: every capability, but audited like
+        // the daemon's tasks.
+        policy: Layer::unrestricted("the person running warren"),
+        max_turns: a.max_turns,
+        approval_timeout: Duration::from_secs(3600),
+        memory: None,
+        audit_prompts: false,
+        egress_resolve: Default::default(),
+        egress_dial: Default::default(),
+    };
+    let engine = Engine::local(store, opts);
+    let id = warren_runtime::engine::new_task_id();
     if !a.json {
         eprintln!(
             "warren: task {id} · model {model} · workspace {}",
             host.display()
         );
-    }
-    let cfg = &loaded.config;
-    let context_window = provider::context_window(&loaded, &model);
-    let max_turns = a.max_turns.or(cfg.agent.max_turns).unwrap_or(30);
-    let timeout = match (a.timeout, cfg.agent.timeout.as_deref()) {
-        (Some(t), _) => t,
-        (None, Some(t)) => match crate::exec_policy::parse_duration(t) {
-            Ok(t) => t,
-            Err(e) => return refuse(format!("agent.timeout: {e}")),
-        },
-        (None, None) => Duration::from_secs(30 * 60),
-    };
-    let config = AgentConfig {
-        model,
-        context_window,
-        max_turns,
-        max_wall: timeout,
-        budget_tokens: a.budget_tokens.or(cfg.agent.budget_tokens),
-        ..AgentConfig::default()
-    };
-    let mut agent = Agent::new(
-        provider,
-        Arc::clone(&cell) as Arc<dyn Cell>,
-        config,
-        Some(dirs.logs.clone()),
-    );
-    // The person at the terminal is the operator: every capability, but audited like the
-    // daemon's tasks.
-    match warren_store::sqlite::SqliteStore::open(&state.join("warren.db")) {
-        Ok(store) => {
-            let store: Arc<dyn warren_store::Store> = Arc::new(store);
-            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let audit = warren_runtime::gate::Auditor::new(
-                store,
-                Arc::new(warren_runtime::gate::Redactor::from_env(&env)),
-            );
-            audit.record(
-                Some(&id),
-                "task.started",
-                &serde_json::json!({"goal": a.goal, "via": "warren run", "workspace": host.display().to_string()}),
-            );
-            let caps = warren_runtime::capabilities::Capabilities::new(
-                warren_runtime::capabilities::Layer::unrestricted("warren run"),
-                warren_runtime::capabilities::Layer::unrestricted("the person running warren"),
-            );
-            agent = agent.with_gate(Arc::new(warren_runtime::gate::TaskGate::new(
-                id.clone(),
-                caps,
-                audit,
-            )));
-        }
-        Err(e) => eprintln!("warren: audit log unavailable ({e}); continuing without it"),
     }
     let mut view = View {
         json: a.json,
@@ -293,54 +283,65 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Ok(rt) => rt,
         Err(e) => return refuse(e.to_string()),
     };
-    let report = rt.block_on(agent.run(&a.goal, &mut |e| view.show(e)));
-    drop(agent);
-    let layer = cell.cow_layer().cloned();
-    drop(cell); // kills the cell (last reference)
+    let task = LocalTask {
+        id: id.clone(),
+        goal: a.goal.clone(),
+        workspace: Some(host.display().to_string()),
+        manifest: m,
+        by: "warren run".into(),
+    };
+    let ended = rt.block_on(engine.run_local(task, (stop_tx, stop_rx), &mut |e| view.show(e)));
+    let (task, report) = match ended {
+        Ok(r) => r,
+        Err(e) => return refuse(e.to_string()),
+    };
     let signal = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    let (code, status) = match &report {
-        Ok(r) => match &r.outcome {
-            Outcome::Finished(result) => {
-                let ok = result["success"].as_bool().unwrap_or(true);
-                if !a.json {
-                    eprintln!(
-                        "\nresult: {}",
-                        crate::term::printable(result["summary"].as_str().unwrap_or_default())
-                    );
-                }
-                (
-                    if ok { 0 } else { 1 },
-                    if ok { "succeeded" } else { "failed" },
-                )
+    let reason = task.reason.clone().unwrap_or_default();
+    let code = match (&task.state, report.as_ref().map(|r| &r.outcome)) {
+        (_, Some(Outcome::Finished(result))) => {
+            if !a.json {
+                eprintln!(
+                    "\nresult: {}",
+                    crate::term::printable(result["summary"].as_str().unwrap_or_default())
+                );
             }
-            Outcome::Stopped(reason) => {
-                eprintln!("\nwarren: stopped: {}", crate::term::printable(reason));
-                (1, "stopped")
+            if task.state == TaskState::Succeeded {
+                0
+            } else {
+                1
             }
-        },
-        Err(_) if signal != 0 => {
-            eprintln!("\nwarren: interrupted by signal {signal}; the cell was stopped");
-            (exit::for_signal(signal), "interrupted")
         }
-        Err(e) => {
-            eprintln!("\nwarren: {e}");
-            (1, "failed")
+        (_, Some(Outcome::Stopped(why))) => {
+            eprintln!("\nwarren: stopped: {}", crate::term::printable(why));
+            1
+        }
+        (TaskState::Interrupted, None) if signal != 0 => {
+            eprintln!("\nwarren: interrupted by signal {signal}; the cell was stopped");
+            exit::for_signal(signal)
+        }
+        (_, None) => {
+            eprintln!("\nwarren: {}", crate::term::printable(&reason));
+            1
         }
     };
-    dirs.set_status(status);
-    if let (Ok(r), false) = (&report, a.json) {
-        {
-            eprintln!(
-                "turns: {} · tokens: {} in ({} cached), {} out · {:.1}s",
-                r.turns,
-                r.usage.input_tokens,
-                r.usage.cached_input_tokens,
-                r.usage.output_tokens,
-                view.started.elapsed().as_secs_f64()
-            );
-        }
+    if let (Some(r), false) = (&report, a.json) {
+        eprintln!(
+            "turns: {} · tokens: {} in ({} cached), {} out · {:.1}s",
+            r.turns,
+            r.usage.input_tokens,
+            r.usage.cached_input_tokens,
+            r.usage.output_tokens,
+            view.started.elapsed().as_secs_f64()
+        );
     }
-    review(&a, &id, layer.as_ref(), &host, signal != 0);
+    let layer = warren_cell::spec::CowLayer::at(state, &id);
+    review(
+        &a,
+        &id,
+        layer.upper.exists().then_some(&layer),
+        &host,
+        signal != 0,
+    );
     code
 }
 

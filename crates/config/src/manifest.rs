@@ -36,7 +36,7 @@ use serde_saphyr::Spanned;
 use crate::units::{parse_duration, parse_size};
 
 /// A validated manifest.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Manifest {
     /// `[a-z0-9-]`, 1–64 characters.
     pub name: String,

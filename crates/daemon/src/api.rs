@@ -19,7 +19,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -35,63 +34,51 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use utoipa::{OpenApi, ToSchema};
-use warren_store::{EventRecord, TaskFilter, TaskRecord, TaskState};
-
-use warren_runtime::engine::{Daemon, DaemonError, Submission};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::OpenApi;
+use warren_protocol::api::{
+    AgentView, ApprovalView, ApproveTask, CancelTask, DenyTask, DeployAgent, ErrorBody, ErrorCode,
+    EventView, Health, RetryTask, RuleView, SubmitTask, TaskState, TaskView,
+};
+use warren_runtime::action::{Action, ActionError, Answer, Caller, Op, Query as Q};
+use warren_runtime::engine::Engine;
+use warren_store::EventRecord;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The error body of every failed request.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// Stable, machine-readable: `invalid_request`, `unauthorized`, `not_found`, `conflict`,
-    /// `payload_too_large`, `queue_full`, `unavailable`, `internal`.
-    pub code: String,
-    /// For people.
-    pub message: String,
-}
-
-/// An API error: a status and an [`ErrorBody`].
+/// An API error: an [`ErrorCode`] (which fixes the status) and a message.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(ErrorCode, String);
 
 impl ApiError {
     fn invalid(msg: impl Into<String>) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, "invalid_request", msg.into())
+        ApiError(ErrorCode::InvalidRequest, msg.into())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
-            code: self.1.into(),
-            message: self.2,
+            code: self.0,
+            message: self.1,
         };
-        (self.0, axum::Json(body)).into_response()
+        (status, axum::Json(body)).into_response()
     }
 }
 
-impl From<DaemonError> for ApiError {
-    fn from(e: DaemonError) -> Self {
-        let (status, code) = match &e {
-            DaemonError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            DaemonError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            DaemonError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            DaemonError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            DaemonError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            DaemonError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        ApiError(status, code, e.to_string())
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        ApiError(e.code, e.message)
     }
 }
 
 impl From<warren_store::StoreError> for ApiError {
     fn from(e: warren_store::StoreError) -> Self {
-        DaemonError::from(e).into()
+        ActionError::from(e).into()
     }
 }
 
@@ -117,8 +104,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!("the request body is larger than {MAX_BODY} bytes"),
                 )
             } else {
@@ -132,219 +118,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-type Shared = State<Arc<Daemon>>;
+type Shared = State<Arc<Engine>>;
 
-/// A task as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TaskView {
-    /// Id (`t` + 12 hex digits).
-    pub id: String,
-    /// Agent name.
-    pub agent: String,
-    /// Agent manifest version it runs.
-    pub agent_version: u32,
-    /// The goal.
-    pub goal: String,
-    /// Higher runs first.
-    pub priority: i32,
-    /// `queued`, `running`, `awaiting_approval`, `succeeded`, `failed`, `cancelled`,
-    /// `interrupted`.
-    pub state: String,
-    /// Times it was claimed by a worker.
-    pub attempts: u32,
-    /// Why it last changed state.
-    pub reason: Option<String>,
-    /// Host project directory.
-    pub workspace: Option<String>,
-    /// Worker running it.
-    pub worker: Option<String>,
-    /// Unix ms.
-    pub created_ms: i64,
-    /// Unix ms.
-    pub updated_ms: i64,
+/// Every request through the API acts as this caller (the listener authenticated it).
+fn caller() -> Caller {
+    Caller::operator("api")
 }
 
-impl From<TaskRecord> for TaskView {
-    fn from(t: TaskRecord) -> Self {
-        TaskView {
-            id: t.id,
-            agent: t.agent,
-            agent_version: t.agent_version,
-            goal: t.goal,
-            priority: t.priority,
-            state: t.state.as_str().into(),
-            attempts: t.attempts,
-            reason: t.reason,
-            workspace: t.workspace,
-            worker: t.lease_owner,
-            created_ms: t.created_ms,
-            updated_ms: t.updated_ms,
-        }
-    }
-}
-
-/// `POST /v1/tasks`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitTask {
-    /// A deployed agent.
-    pub agent: String,
-    /// What to achieve (at most 64 KiB).
-    pub goal: String,
-    /// Higher runs first (default 0).
-    #[serde(default)]
-    pub priority: i32,
-    /// Absolute host path of the project; the agent sees it copy-on-write.
-    #[serde(default)]
-    pub workspace: Option<String>,
-}
-
-/// `POST /v1/agents`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeployAgent {
-    /// The manifest (YAML).
-    pub manifest: String,
-}
-
-/// `POST /v1/tasks/{id}/retry`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryTask {
-    /// Start over (drop checkpoints and changes) instead of resuming.
-    #[serde(default)]
-    pub fresh: bool,
-}
-
-/// `POST /v1/tasks/{id}/cancel`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CancelTask {
-    /// Recorded with the cancellation.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// `POST /v1/tasks/{id}/approve`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApproveTask {
-    /// Remember as a rule: this agent's calls of this tool with this exact argument run
-    /// without asking again.
-    #[serde(default)]
-    pub remember: bool,
-}
-
-/// `POST /v1/tasks/{id}/deny`.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DenyTask {
-    /// Told to the model.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// What a paused task waits for.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ApprovalView {
-    /// The tool call (empty for a budget).
-    pub call_id: String,
-    /// Tool, or `budget`.
-    pub tool: String,
-    /// The call's main argument (command, path).
-    pub argument: String,
-    /// Why it needs a person.
-    pub reason: String,
-}
-
-impl From<warren_runtime::gate::PendingView> for ApprovalView {
-    fn from(p: warren_runtime::gate::PendingView) -> Self {
-        ApprovalView {
-            call_id: p.call_id,
-            tool: p.tool,
-            argument: p.argument,
-            reason: p.reason,
-        }
-    }
-}
-
-/// A remembered approval.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RuleView {
-    /// Id (to remove it).
-    pub id: i64,
-    /// Agent.
-    pub agent: String,
-    /// Tool.
-    pub tool: String,
-    /// Glob over the call's main argument.
-    pub pattern: String,
-    /// Unix ms.
-    pub created_ms: i64,
-}
-
-/// A deployed agent.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AgentView {
-    /// Name.
-    pub name: String,
-    /// Latest (or requested) version.
-    pub version: u32,
-    /// Unix ms.
-    pub created_ms: i64,
-    /// The manifest text (on `GET /v1/agents/{name}` and deploy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<String>,
-}
-
-/// One event.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EventView {
-    /// Global, increasing: resume a stream after it.
-    pub id: i64,
-    /// Task it concerns.
-    pub task: Option<String>,
-    /// `task.state`, `task.resumed`, `task.cancelled`, `agent.turn`, `agent.text`,
-    /// `agent.tool_call`, `agent.tool_result`, `agent.usage`, `agent.finished`, …
-    pub kind: String,
-    /// Data.
-    #[schema(value_type = Object)]
-    pub payload: Value,
-    /// Unix ms.
-    pub at_ms: i64,
-}
-
-impl From<EventRecord> for EventView {
-    fn from(e: EventRecord) -> Self {
-        EventView {
-            id: e.id,
-            task: e.task,
-            kind: e.kind,
-            payload: e.payload,
-            at_ms: e.at_ms,
-        }
-    }
-}
-
-/// `GET /health`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    /// `ok`, or `stopping` during shutdown.
-    pub status: String,
-    /// Warren's version.
-    pub version: String,
-    /// Seconds since the daemon started.
-    pub uptime_s: u64,
-    /// This daemon's lease name.
-    pub worker: String,
-    /// Tasks running in this daemon.
-    pub running: u64,
-    /// Tasks queued (all workers).
-    pub queued: u64,
-    /// Tasks allowed to run at once.
-    pub max_running: u64,
-    /// Cell tiers this host can run.
-    pub tiers: Vec<String>,
+/// Handle `op` through the engine; the answer must be the variant `pick` takes.
+async fn ask<T>(d: &Arc<Engine>, op: impl Into<Op>, pick: fn(Answer) -> Option<T>) -> ApiResult<T> {
+    let a = d.handle(&caller(), op.into()).await?;
+    pick(a).ok_or_else(|| ApiError(ErrorCode::Internal, "unexpected answer".into()))
 }
 
 /// Query of `GET /v1/tasks`.
@@ -424,7 +208,7 @@ pub fn openapi_json() -> String {
 
 /// The router. `token`: when given, every request must carry `Authorization: Bearer TOKEN`
 /// (the TCP listener); the unix socket's router has none (its file mode is the access check).
-pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
+pub fn router(daemon: Arc<Engine>, token: Option<Arc<str>>) -> Router {
     let r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -451,15 +235,13 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
         .route("/v1/events/stream", get(all_event_stream))
         .fallback(|| async {
             ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "no such endpoint (see /openapi.json)".into(),
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method (see /openapi.json)".into(),
             )
         })
@@ -491,8 +273,7 @@ async fn authorize(token: &str, req: Request, next: Next) -> Response {
         Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
         _ => {
             let mut r = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "this listener requires `Authorization: Bearer <token>` (the token is in the daemon's state directory, file `token`)".into(),
             )
             .into_response();
@@ -641,34 +422,27 @@ pub fn rss_bytes() -> u64 {
 #[utoipa::path(post, path = "/v1/agents", request_body = DeployAgent,
     responses((status = 201, body = AgentView), (status = 400, body = ErrorBody, description = "invalid manifest; the message names line and column")))]
 async fn deploy_agent(State(d): Shared, JsonBody(b): JsonBody<DeployAgent>) -> ApiResult<Response> {
-    let (rec, _) = d.deploy(Path::new("manifest"), &b.manifest)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(AgentView {
-            name: rec.name,
-            version: rec.version,
-            created_ms: rec.created_ms,
-            manifest: Some(rec.manifest),
-        }),
-    )
-        .into_response())
+    let op = Action::Deploy {
+        origin: "manifest".into(),
+        manifest: b.manifest,
+    };
+    let a = ask(&d, op, |a| match a {
+        Answer::Agent(a) => Some(a),
+        _ => None,
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(a)).into_response())
 }
 
 /// Deployed agents (latest versions).
 #[utoipa::path(get, path = "/v1/agents", responses((status = 200, body = Vec<AgentView>)))]
 async fn list_agents(State(d): Shared) -> ApiResult<axum::Json<Vec<AgentView>>> {
-    Ok(axum::Json(
-        d.store()
-            .list_agents()?
-            .into_iter()
-            .map(|a| AgentView {
-                name: a.name,
-                version: a.version,
-                created_ms: a.created_ms,
-                manifest: None,
-            })
-            .collect(),
-    ))
+    let list = ask(&d, Q::Agents, |a| match a {
+        Answer::Agents(v) => Some(v),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(list))
 }
 
 /// One agent (latest version) with its manifest.
@@ -679,13 +453,16 @@ async fn get_agent(
     name: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<axum::Json<AgentView>> {
     let UrlPath(name) = name?;
-    let a = d.store().get_agent(&name, None)?;
-    Ok(axum::Json(AgentView {
-        name: a.name,
-        version: a.version,
-        created_ms: a.created_ms,
-        manifest: Some(a.manifest),
-    }))
+    let op = Q::Agent {
+        name,
+        version: None,
+    };
+    let a = ask(&d, op, |a| match a {
+        Answer::Agent(a) => Some(a),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(a))
 }
 
 /// Remove every version of an agent.
@@ -696,8 +473,26 @@ async fn delete_agent(
     name: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let UrlPath(name) = name?;
-    d.store().delete_agent(&name)?;
+    ask(&d, Action::RemoveAgent { name }, done).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn done(a: Answer) -> Option<()> {
+    matches!(a, Answer::Done).then_some(())
+}
+
+fn task(a: Answer) -> Option<TaskView> {
+    match a {
+        Answer::Task(t) => Some(t),
+        _ => None,
+    }
+}
+
+fn approval(a: Answer) -> Option<ApprovalView> {
+    match a {
+        Answer::Approval(v) => Some(v),
+        _ => None,
+    }
 }
 
 /// Queue a task.
@@ -705,18 +500,8 @@ async fn delete_agent(
     responses((status = 201, body = TaskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown agent"),
         (status = 429, body = ErrorBody, description = "the queue is full")))]
 async fn submit_task(State(d): Shared, JsonBody(b): JsonBody<SubmitTask>) -> ApiResult<Response> {
-    let d2 = Arc::clone(&d);
-    let rec = tokio::task::spawn_blocking(move || {
-        d2.submit(Submission {
-            agent: b.agent,
-            goal: b.goal,
-            priority: b.priority,
-            workspace: b.workspace,
-        })
-    })
-    .await
-    .map_err(|e| DaemonError::Internal(e.to_string()))??;
-    Ok((StatusCode::CREATED, axum::Json(TaskView::from(rec))).into_response())
+    let t = ask(&d, Action::Submit(b), task).await?;
+    Ok((StatusCode::CREATED, axum::Json(t)).into_response())
 }
 
 /// Tasks, newest first.
@@ -734,16 +519,17 @@ async fn list_tasks(
             ))
         })?),
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::invalid("limit: must be 1 to 10000"));
-    }
-    let list = d.list(&TaskFilter {
+    let op = Q::Tasks {
         state,
         agent: q.agent,
-        limit: Some(limit),
-    })?;
-    Ok(axum::Json(list.into_iter().map(TaskView::from).collect()))
+        limit: q.limit,
+    };
+    let list = ask(&d, op, |a| match a {
+        Answer::Tasks(v) => Some(v),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(list))
 }
 
 fn task_id(id: Result<UrlPath<String>, PathRejection>) -> ApiResult<String> {
@@ -762,7 +548,8 @@ async fn get_task(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<axum::Json<TaskView>> {
-    Ok(axum::Json(d.store().get_task(&task_id(id)?)?.into()))
+    let UrlPath(id) = id?;
+    Ok(axum::Json(ask(&d, Q::Task { id }, task).await?))
 }
 
 /// Cancel a queued or running task (a running task's cell is killed).
@@ -773,10 +560,13 @@ async fn cancel_task(
     id: Result<UrlPath<String>, PathRejection>,
     body: Bytes,
 ) -> ApiResult<axum::Json<TaskView>> {
-    let id = task_id(id)?;
+    let UrlPath(id) = id?;
     let b: CancelTask = optional_body(&body)?;
-    let reason = b.reason.unwrap_or_else(|| "cancelled by request".into());
-    Ok(axum::Json(d.cancel(&id, &reason).await?.into()))
+    let op = Action::Cancel {
+        id,
+        reason: b.reason,
+    };
+    Ok(axum::Json(ask(&d, op, task).await?))
 }
 
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
@@ -794,9 +584,10 @@ async fn retry_task(
     id: Result<UrlPath<String>, PathRejection>,
     body: Bytes,
 ) -> ApiResult<axum::Json<TaskView>> {
-    let id = task_id(id)?;
+    let UrlPath(id) = id?;
     let b: RetryTask = optional_body(&body)?;
-    Ok(axum::Json(d.retry(&id, b.fresh)?.into()))
+    let op = Action::Retry { id, fresh: b.fresh };
+    Ok(axum::Json(ask(&d, op, task).await?))
 }
 
 /// The task's result (what the agent reported with `finish`, turns, tokens).
@@ -805,21 +596,14 @@ async fn retry_task(
 async fn task_result(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
-) -> ApiResult<Response> {
-    let id = task_id(id)?;
-    let t = d.store().get_task(&id)?;
-    match d.store().get_artifact(&id, "result") {
-        Ok(data) => Ok(([(header::CONTENT_TYPE, "application/json")], data).into_response()),
-        Err(_) => Err(ApiError(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "task {id} is {} and has no result{}",
-                t.state.as_str(),
-                t.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-            ),
-        )),
-    }
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let UrlPath(id) = id?;
+    let r = ask(&d, Q::Result { id }, |a| match a {
+        Answer::Result(v) => Some(v),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(r))
 }
 
 /// The task's changes to its workspace as a unified diff (empty when none).
@@ -829,11 +613,12 @@ async fn task_diff(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let id = task_id(id)?;
-    let d2 = Arc::clone(&d);
-    let diff = tokio::task::spawn_blocking(move || d2.diff(&id))
-        .await
-        .map_err(|e| DaemonError::Internal(e.to_string()))??;
+    let UrlPath(id) = id?;
+    let diff = ask(&d, Q::Diff { id }, |a| match a {
+        Answer::Diff(t) => Some(t),
+        _ => None,
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
 }
 
@@ -845,13 +630,18 @@ async fn task_events(
     id: Result<UrlPath<String>, PathRejection>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<axum::Json<Vec<EventView>>> {
-    let id = task_id(id)?;
+    let UrlPath(id) = id?;
     let Query(q) = q?;
-    d.store().get_task(&id)?;
-    let ev = d
-        .store()
-        .events_since(Some(&id), q.after.unwrap_or(0), 1000)?;
-    Ok(axum::Json(ev.into_iter().map(EventView::from).collect()))
+    let op = Q::Events {
+        id,
+        after: q.after.unwrap_or(0),
+    };
+    let ev = ask(&d, op, |a| match a {
+        Answer::Events(v) => Some(v),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(ev))
 }
 
 /// Where a stream starts: `Last-Event-ID` (a reconnecting SSE client) beats `after`.
@@ -869,12 +659,12 @@ fn start_after(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<i64> {
 /// Events in order from `after`; for a task, ends once the task is over and every event was
 /// sent; for all tasks, never ends.
 fn event_feed(
-    d: Arc<Daemon>,
+    d: Arc<Engine>,
     task: Option<String>,
     after: i64,
 ) -> impl Stream<Item = EventRecord> + Send {
     struct Feed {
-        d: Arc<Daemon>,
+        d: Arc<Engine>,
         task: Option<String>,
         after: i64,
         buf: VecDeque<EventRecord>,
@@ -937,7 +727,8 @@ fn sse(
     let events = feed.map(|e| {
         let id = e.id;
         let kind = e.kind.clone();
-        let data = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+        let data =
+            serde_json::to_string(&warren_runtime::action::event_view(e)).unwrap_or_default();
         Ok(Event::default().id(id.to_string()).event(kind).data(data))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
@@ -994,7 +785,8 @@ async fn pump_ws(mut socket: WebSocket, feed: impl Stream<Item = EventRecord> + 
     use futures_util::StreamExt;
     let mut feed = std::pin::pin!(feed);
     while let Some(e) = feed.next().await {
-        let text = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+        let text =
+            serde_json::to_string(&warren_runtime::action::event_view(e)).unwrap_or_default();
         if socket.send(Message::Text(text.into())).await.is_err() {
             return;
         }
@@ -1010,18 +802,15 @@ async fn approve_task(
     id: Result<UrlPath<String>, PathRejection>,
     body: Bytes,
 ) -> ApiResult<axum::Json<ApprovalView>> {
-    let id = task_id(id)?;
+    let UrlPath(id) = id?;
     let b: ApproveTask = optional_body(&body)?;
-    let v = d.decide(
-        &id,
-        warren_runtime::gate::Decision {
-            approve: true,
-            remember: b.remember,
-            reason: String::new(),
-            by: "api".into(),
-        },
-    )?;
-    Ok(axum::Json(v.into()))
+    let op = Action::Decide {
+        id,
+        approve: true,
+        remember: b.remember,
+        reason: None,
+    };
+    Ok(axum::Json(ask(&d, op, approval).await?))
 }
 
 /// Deny the call a task waits for (the model is told why).
@@ -1032,19 +821,15 @@ async fn deny_task(
     id: Result<UrlPath<String>, PathRejection>,
     body: Bytes,
 ) -> ApiResult<axum::Json<ApprovalView>> {
-    let id = task_id(id)?;
+    let UrlPath(id) = id?;
     let b: DenyTask = optional_body(&body)?;
-    let reason = b.reason.unwrap_or_else(|| "denied by the operator".into());
-    let v = d.decide(
-        &id,
-        warren_runtime::gate::Decision {
-            approve: false,
-            remember: false,
-            reason,
-            by: "api".into(),
-        },
-    )?;
-    Ok(axum::Json(v.into()))
+    let op = Action::Decide {
+        id,
+        approve: false,
+        remember: false,
+        reason: b.reason,
+    };
+    Ok(axum::Json(ask(&d, op, approval).await?))
 }
 
 /// What a task waits for.
@@ -1054,17 +839,8 @@ async fn task_approval(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<axum::Json<ApprovalView>> {
-    let id = task_id(id)?;
-    d.store().get_task(&id)?;
-    d.pending_approval(&id)
-        .map(|p| axum::Json(p.into()))
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("task {id} is not waiting for approval"),
-            )
-        })
+    let UrlPath(id) = id?;
+    Ok(axum::Json(ask(&d, Q::Approval { id }, approval).await?))
 }
 
 /// Query of `GET /v1/approvals`.
@@ -1082,19 +858,12 @@ async fn list_rules(
     q: Result<Query<RulesQuery>, QueryRejection>,
 ) -> ApiResult<axum::Json<Vec<RuleView>>> {
     let Query(q) = q?;
-    let rules = d.store().approval_rules(q.agent.as_deref())?;
-    Ok(axum::Json(
-        rules
-            .into_iter()
-            .map(|r| RuleView {
-                id: r.id,
-                agent: r.agent,
-                tool: r.tool,
-                pattern: r.pattern,
-                created_ms: r.created_ms,
-            })
-            .collect(),
-    ))
+    let rules = ask(&d, Q::Rules { agent: q.agent }, |a| match a {
+        Answer::Rules(v) => Some(v),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(rules))
 }
 
 /// Forget a remembered approval.
@@ -1105,8 +874,6 @@ async fn delete_rule(
     rule: Result<UrlPath<i64>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let UrlPath(rule) = rule?;
-    d.store().remove_approval_rule(rule)?;
-    d.auditor()
-        .record(None, "approval.rule_removed", &json!({"rule": rule}));
+    ask(&d, Action::RemoveRule { id: rule }, done).await?;
     Ok(StatusCode::NO_CONTENT)
 }

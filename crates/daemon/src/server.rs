@@ -14,7 +14,7 @@ use std::sync::Arc;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 
-use warren_runtime::engine::{Daemon, Options};
+use warren_runtime::engine::{Engine, Options};
 
 /// Where things live in a state directory.
 pub struct Paths {
@@ -176,7 +176,7 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let socket = paths.socket.clone();
     let result = rt.block_on(async move {
-        let daemon = Daemon::new(store, opts).map_err(|e| e.to_string())?;
+        let daemon = Engine::new(store, opts).map_err(|e| e.to_string())?;
         let unix = bind_socket(&paths.socket, listen.socket_group.as_deref())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

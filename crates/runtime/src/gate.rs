@@ -113,7 +113,7 @@ impl Auditor {
         let text = self.redactor.redact(&data.to_string());
         let data: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if let Err(e) = self.store.audit_append(task, kind, &data) {
-            eprintln!("warren: audit: {kind}: {e}");
+            tracing::warn!("audit: {kind}: {e}");
         }
     }
 }
@@ -131,18 +131,8 @@ pub struct Decision {
     pub by: String,
 }
 
-/// What a paused task waits for.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PendingView {
-    /// The call (or `budget`).
-    pub call_id: String,
-    /// Tool (or `budget`).
-    pub tool: String,
-    /// The call's main argument.
-    pub argument: String,
-    /// Why it needs a person.
-    pub reason: String,
-}
+/// What a paused task waits for (the API's view of it).
+pub type PendingView = warren_protocol::api::ApprovalView;
 
 struct Pending {
     view: PendingView,

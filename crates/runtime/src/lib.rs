@@ -1,8 +1,13 @@
 //! Warren's task runtime: the one engine behind `warren run` and the daemon.
 //!
+//! - [`action`]: every operation as a value ([`action::Action`], [`action::Query`]), handled
+//!   in one place that authorizes, audits and maps errors to one error code;
 //! - [`engine`]: the [`engine::Engine`]: tasks from the store, through the [`scheduler`], into
 //!   cells, with the store's checkpoints as each agent's journal ([`journal`]) so a killed
 //!   daemon loses no task and repeats no step;
+//! - [`runner`]: one claimed task from its manifest to its end (for the daemon and `warren run`);
+//! - [`cells`]: the tier-agnostic source of cells ([`cells::Cells`]); [`fake`] is a recording
+//!   fake tier for tests without root;
 //! - [`capabilities`]: capabilities (manifest request ∩ operator policy), checked by the
 //!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
 //! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
@@ -11,13 +16,17 @@
 //! - [`provider`]: model providers from configuration;
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
 
+pub mod action;
 pub mod capabilities;
 pub mod caphttp;
+pub mod cells;
 pub mod engine;
+pub mod fake;
 pub mod gate;
 pub mod journal;
 pub mod memory_tools;
 pub mod provider;
+pub mod runner;
 pub mod scheduler;
 pub mod shellcmd;
 pub mod taskdir;

@@ -20,89 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A task's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    /// Waiting for a worker.
-    Queued,
-    /// Claimed by a worker (under a lease).
-    Running,
-    /// Paused until a person approves or denies.
-    AwaitingApproval,
-    /// Finished successfully.
-    Succeeded,
-    /// Finished unsuccessfully.
-    Failed,
-    /// Cancelled by a person or the scheduler.
-    Cancelled,
-    /// Could not be resumed after a crash; can be retried.
-    Interrupted,
-}
-
-impl TaskState {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Running => "running",
-            TaskState::AwaitingApproval => "awaiting_approval",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-            TaskState::Interrupted => "interrupted",
-        }
-    }
-
-    /// Parse a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => TaskState::Queued,
-            "running" => TaskState::Running,
-            "awaiting_approval" => TaskState::AwaitingApproval,
-            "succeeded" => TaskState::Succeeded,
-            "failed" => TaskState::Failed,
-            "cancelled" => TaskState::Cancelled,
-            "interrupted" => TaskState::Interrupted,
-            _ => return None,
-        })
-    }
-
-    /// Whether the task is over.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded
-                | TaskState::Failed
-                | TaskState::Cancelled
-                | TaskState::Interrupted
-        )
-    }
-
-    /// The lifecycle's allowed moves. Retry (`interrupted|failed|cancelled → queued`) is a
-    /// move like any other, recorded with its reason.
-    pub fn can_move_to(self, to: TaskState) -> bool {
-        use TaskState::*;
-        matches!(
-            (self, to),
-            (Queued, Running)
-                | (Queued, Cancelled)
-                | (Running, AwaitingApproval)
-                | (Running, Succeeded)
-                | (Running, Failed)
-                | (Running, Cancelled)
-                | (Running, Interrupted)
-                | (Running, Queued)
-                | (AwaitingApproval, Running)
-                | (AwaitingApproval, Cancelled)
-                | (AwaitingApproval, Failed)
-                | (AwaitingApproval, Queued)
-                | (Interrupted, Queued)
-                | (Failed, Queued)
-                | (Cancelled, Queued)
-        )
-    }
-}
+pub use warren_protocol::api::TaskState;
 
 /// A deployed agent manifest version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +221,14 @@ pub trait Store: Send + Sync {
 
     /// Queue a task.
     fn submit(&self, task: NewTask) -> Result<TaskRecord, StoreError>;
+    /// Queue a task and claim it for `worker` at once (one transaction: no other worker can
+    /// take it in between). `warren run` runs its task this way.
+    fn submit_claimed(
+        &self,
+        task: NewTask,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<TaskRecord, StoreError>;
     /// One task.
     fn get_task(&self, id: &str) -> Result<TaskRecord, StoreError>;
     /// Tasks, newest first.

@@ -214,26 +214,7 @@ impl SqliteStore {
                 .optional()
                 .map_err(db)?;
             let Some(id) = next else { return Ok(None) };
-            let now = now_ms();
-            tx.execute(
-                "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, worker, now + lease.as_millis() as i64, now],
-            )
-            .map_err(db)?;
-            event_tx(
-                tx,
-                Some(&id),
-                "task.state",
-                &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
-            )?;
-            let rec = tx
-                .query_row(
-                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                    [&id],
-                    task_row,
-                )
-                .map_err(db)?;
-            Ok(Some(rec))
+            claim_tx(tx, &id, worker, lease).map(Some)
         })
     }
 
@@ -317,12 +298,76 @@ fn event_tx(
     Ok(tx.last_insert_rowid())
 }
 
+/// Move queued task `id` to running under `worker`'s lease, with its `task.state` event.
+fn claim_tx(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    worker: &str,
+    lease: Duration,
+) -> Result<TaskRecord, StoreError> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, lease_until_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+        params![id, worker, now + lease.as_millis() as i64, now],
+    )
+    .map_err(db)?;
+    event_tx(
+        tx,
+        Some(id),
+        "task.state",
+        &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
+    )?;
+    tx.query_row(
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+        [id],
+        task_row,
+    )
+    .map_err(db)
+}
+
+/// Insert a queued task, with its `task.state` event.
+fn insert_tx(tx: &rusqlite::Transaction<'_>, t: &NewTask) -> Result<TaskRecord, StoreError> {
+    let now = now_ms();
+    let inserted = tx.execute(
+        "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms, workspace) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7)",
+        params![t.id, t.agent, t.agent_version, t.goal, t.priority, now, t.workspace],
+    );
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(StoreError::Exists {
+                what: "task",
+                id: t.id.clone(),
+            });
+        }
+        r => r.map_err(db)?,
+    };
+    event_tx(
+        tx,
+        Some(&t.id),
+        "task.state",
+        &serde_json::json!({"to": "queued"}),
+    )?;
+    tx.query_row(
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+        [&t.id],
+        task_row,
+    )
+    .map_err(db)
+}
+
 impl Store for SqliteStore {
     fn put_agent(&self, name: &str, manifest: &str) -> Result<AgentRecord, StoreError> {
         self.write(|tx| {
+            // Past every version a task still names, even of a removed agent: a retried task
+            // pinned to "v1" must never run a different manifest deployed later as v1.
             let version: u32 = tx
                 .query_row(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM agents WHERE name = ?1",
+                    "SELECT COALESCE(MAX(v), 0) + 1 FROM ( \
+                       SELECT MAX(version) AS v FROM agents WHERE name = ?1 \
+                       UNION ALL SELECT MAX(agent_version) FROM tasks WHERE agent = ?1)",
                     [name],
                     |r| r.get(0),
                 )
@@ -413,38 +458,18 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, t: NewTask) -> Result<TaskRecord, StoreError> {
+        self.write(|tx| insert_tx(tx, &t))
+    }
+
+    fn submit_claimed(
+        &self,
+        t: NewTask,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<TaskRecord, StoreError> {
         self.write(|tx| {
-            let now = now_ms();
-            let inserted = tx.execute(
-                "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms, workspace) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7)",
-                params![t.id, t.agent, t.agent_version, t.goal, t.priority, now, t.workspace],
-            );
-            match inserted {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    return Err(StoreError::Exists {
-                        what: "task",
-                        id: t.id,
-                    });
-                }
-                r => r.map_err(db)?,
-            };
-            event_tx(
-                tx,
-                Some(&t.id),
-                "task.state",
-                &serde_json::json!({"to": "queued"}),
-            )?;
-            let rec = tx
-                .query_row(
-                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                    [&t.id],
-                    task_row,
-                )
-                .map_err(db)?;
-            Ok(rec)
+            insert_tx(tx, &t)?;
+            claim_tx(tx, &t.id, worker, lease)
         })
     }
 
@@ -560,11 +585,15 @@ impl Store for SqliteStore {
                 });
             }
             let keep_lease = to == TaskState::Running || to == TaskState::AwaitingApproval;
+            // A retry (a finished task queued again) starts a new count of attempts: the
+            // bound on attempts is per run, or an interrupted task could never run again.
+            let retry = from.is_terminal() && to == TaskState::Queued;
             tx.execute(
                 "UPDATE tasks SET state = ?2, reason = ?3, updated_ms = ?4, \
                  lease_owner = CASE WHEN ?5 THEN lease_owner ELSE NULL END, \
-                 lease_until_ms = CASE WHEN ?5 THEN lease_until_ms ELSE NULL END WHERE id = ?1",
-                params![id, to.as_str(), reason, now_ms(), keep_lease],
+                 lease_until_ms = CASE WHEN ?5 THEN lease_until_ms ELSE NULL END, \
+                 attempts = CASE WHEN ?6 THEN 0 ELSE attempts END WHERE id = ?1",
+                params![id, to.as_str(), reason, now_ms(), keep_lease, retry],
             )
             .map_err(db)?;
             event_tx(

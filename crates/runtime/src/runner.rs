@@ -1,0 +1,724 @@
+//! The task runner: one claimed task, from its manifest to its end.
+//!
+//! Both the daemon's scheduler and `warren run` call [`Engine::run_claimed`]
+//! (`engine.rs`), which calls [`Engine::drive`] here:
+//!
+//! 1. **load**: the manifest (the version the task was submitted with, or `warren run`'s);
+//!    refuse to resume past the attempt bound;
+//! 2. **prepare**: provider and model, capabilities (manifest ∩ policy), the cell spec with
+//!    Landlock scopes, the egress proxy and `/cap/http` when the task may reach the network,
+//!    the task directories (`/task`, `/logs`), the cell (through [`crate::cells::Cells`]);
+//! 3. **assemble**: the agent with the store's checkpoints as its journal, the gate (audit,
+//!    approvals, budgets), memory tools and reflections when granted;
+//! 4. **run** until the agent ends, a stop request (cancel, shutdown, lease lost, signal) or
+//!    the timeout — a stop terminates the cell so a command in flight ends too;
+//! 5. **finish**: the result and diff artifacts, the task directory's status, memory.
+//!
+//! Agent events become task events here ([`Engine::observe`]): streamed text coalesced per
+//! stretch, everything else one event each.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use warren_agent::{Agent, AgentConfig, AgentError, AgentEvent, Outcome, Report};
+use warren_cell::{Cell, CellSpec, Workspace, WorkspaceMode, cow};
+use warren_config::manifest::Manifest;
+use warren_llm::Provider;
+use warren_protocol::api::{AuditKind, EventKind};
+use warren_protocol::mount::{Mount, MountKind};
+use warren_store::{TaskRecord, TaskState};
+
+use crate::capabilities::{Capabilities, Layer};
+use crate::engine::{Engine, Running, Stop, lock, parse_manifest};
+use crate::gate::{Approvals, TaskGate};
+use crate::journal::StoreJournal;
+use crate::taskdir::TaskDirs;
+
+/// A task's running egress proxy; stopped when dropped.
+struct EgressProxy {
+    socket: PathBuf,
+    cap_dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    cap: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EgressProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cap.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// How a task's run ended, before it is recorded.
+pub(crate) enum End {
+    /// In a final state, for this reason.
+    Final(TaskState, String),
+    /// Back to the queue (the daemon stops; the task resumes from its checkpoints).
+    Requeue(String),
+    /// Another worker has it: record nothing.
+    Abandon,
+}
+
+/// What a prepared task runs with.
+struct Prepared {
+    provider: Arc<dyn Provider>,
+    model: String,
+    caps: Capabilities,
+    cell: Arc<dyn Cell>,
+    dirs: TaskDirs,
+    reader: warren_memory::access::Reader,
+    _proxy: Option<EgressProxy>,
+}
+
+impl Engine {
+    /// Run one claimed task to its end (or until stopped).
+    pub(crate) async fn drive(
+        &self,
+        task: &TaskRecord,
+        manifest: Option<Manifest>,
+        run: &Running,
+        mut stop: watch::Receiver<Option<Stop>>,
+        mut watch: Option<&mut (dyn FnMut(&AgentEvent) + Send)>,
+    ) -> (End, Option<Report>) {
+        let id = &task.id;
+        let manifest = match manifest {
+            Some(m) => m,
+            None => match self.load(task) {
+                Ok(m) => m,
+                Err(end) => return (end, None),
+            },
+        };
+        let p = match self.prepare(task, &manifest).await {
+            Ok(p) => p,
+            Err(end) => return (end, None),
+        };
+        *lock(&run.cell) = Some(Arc::clone(&p.cell));
+        // Stopped while the cell started?
+        let early = stop.borrow().clone();
+        if let Some(s) = early {
+            drop_cell(p.cell, &run.cell).await;
+            return (self.stopped(id, s, &p.dirs), None);
+        }
+        let config = match self.agent_config(&manifest, p.model.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                drop_cell(p.cell, &run.cell).await;
+                return (End::Final(TaskState::Failed, e), None);
+            }
+        };
+        let wall = config.max_wall;
+        let (agent, goal, memory) = self.assemble(task, &manifest, &p, config).await;
+        let mut text = String::new();
+        let mut observe = |e: &AgentEvent| {
+            if let Some(w) = watch.as_deref_mut() {
+                w(e);
+            }
+            self.observe(id, e, &mut text);
+        };
+        let outcome = tokio::select! {
+            r = agent.run(&goal, &mut observe) => Ok(r),
+            s = wait_stop(&mut stop) => Err(Some(s)),
+            () = tokio::time::sleep(wall) => Err(None),
+        };
+        self.flush_text(id, &mut text);
+        if outcome.is_err() {
+            // A command may still run in the cell (its blocking thread holds the cell): stop it.
+            p.cell.terminate();
+        }
+        drop(agent);
+        let layer = p.cell.cow_layer().cloned();
+        drop_cell(Arc::clone(&p.cell), &run.cell).await;
+        let dirs = &p.dirs;
+        match outcome {
+            Err(Some(s)) => (self.stopped(id, s, dirs), None),
+            Err(None) => {
+                dirs.set_status("failed");
+                (
+                    End::Final(
+                        TaskState::Failed,
+                        format!("timed out after {wall:?} (the agent's timeout)"),
+                    ),
+                    None,
+                )
+            }
+            Ok(Err(AgentError::Journal(e))) => {
+                dirs.set_status("interrupted");
+                (
+                    End::Final(TaskState::Interrupted, format!("its journal failed: {e}")),
+                    None,
+                )
+            }
+            Ok(Err(e)) => {
+                dirs.set_status("failed");
+                (End::Final(TaskState::Failed, e.to_string()), None)
+            }
+            Ok(Ok(report)) => {
+                let end = self.completed(task, &report, layer, dirs).await;
+                if let Some(m) = &memory {
+                    self.remember(m, task, &report, &p.provider, &p.model).await;
+                }
+                (end, Some(report))
+            }
+        }
+    }
+
+    /// The manifest version a queued task was submitted with; refuses to resume past the
+    /// attempt bound or without it.
+    fn load(&self, task: &TaskRecord) -> Result<Manifest, End> {
+        let interrupted = |why: String| End::Final(TaskState::Interrupted, why);
+        if task.attempts > self.opts.max_attempts {
+            return Err(interrupted(format!(
+                "claimed {} times without finishing (at most {}); retry it to try again",
+                task.attempts, self.opts.max_attempts
+            )));
+        }
+        if task.agent_version == 0 {
+            return Err(interrupted(format!(
+                "started by `warren run`, which stopped before it finished; its changes are kept (`warren diff {}`)",
+                task.id
+            )));
+        }
+        self.store
+            .get_agent(&task.agent, Some(task.agent_version))
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                parse_manifest(
+                    Path::new(&format!("agent {} v{}", a.name, a.version)),
+                    &a.manifest,
+                )
+            })
+            .map_err(|e| interrupted(format!("cannot load its agent: {e}")))
+    }
+
+    /// Everything the task runs with, up to a started cell.
+    async fn prepare(&self, task: &TaskRecord, manifest: &Manifest) -> Result<Prepared, End> {
+        let id = &task.id;
+        let steps = self.store.checkpoints(id).map(|c| c.len()).unwrap_or(0);
+        if steps > 0 {
+            self.metrics.resumed.fetch_add(1, Ordering::Relaxed);
+            self.event(
+                id,
+                EventKind::TaskResumed,
+                json!({"checkpoints": steps, "attempt": task.attempts}),
+            );
+        }
+        let (provider, model) = self
+            .provider(manifest)
+            .map_err(|e| End::Final(TaskState::Failed, format!("model provider: {e}")))?;
+        let caps = Capabilities::new(Layer::from_manifest(manifest), self.opts.policy.clone());
+        let mut spec = self
+            .cell_spec(task, manifest)
+            .map_err(|e| End::Final(TaskState::Interrupted, e))?;
+        if caps.restricts_paths() {
+            spec.scopes = caps.scopes();
+        }
+        // Network: only through this task's proxy, only to what both manifest and policy allow.
+        let proxy = self
+            .start_egress(id, &caps.network(), &spec)
+            .map_err(|e| End::Final(TaskState::Failed, format!("egress proxy: {e}")))?;
+        if let Some(p) = &proxy {
+            spec.egress = Some(p.socket.clone());
+            spec.extra_mounts.push(Mount {
+                target: "/cap/http".into(),
+                kind: MountKind::Bind {
+                    source: p.cap_dir.display().to_string(),
+                    readonly: false,
+                },
+            });
+        }
+        self.audit.record(
+            Some(id),
+            AuditKind::TaskStarted.as_str(),
+            &json!({"attempt": task.attempts, "worker": self.opts.worker, "checkpoints": steps,
+                    "capabilities": {"scopes": spec.scopes, "network": caps.network()}}),
+        );
+        let identity = warren_cell::spec::resolve_identity(&spec);
+        // What the cell's identity can read on the host (through its workspace's idmap, if
+        // any): host tools answer from nothing else.
+        let reader = warren_memory::access::Reader {
+            uid: identity.0,
+            gid: identity.1,
+            idmap: warren_cell::spec::workspace_idmap(&spec, identity.0)
+                .ok()
+                .flatten()
+                .map(|m| (m.disk_uid, m.disk_gid)),
+        };
+        let task_spec = json!({"id": id, "agent": task.agent, "goal": task.goal, "model": model});
+        let dirs = TaskDirs::create(&self.opts.state_dir, id, &task_spec, identity)
+            .map_err(|e| End::Final(TaskState::Failed, format!("task directory: {e}")))?;
+        spec.extra_mounts.splice(0..0, dirs.mounts());
+        // A resumed task's predecessor cell (same id, killed with its daemon) may hold its
+        // overlay or cgroup for a moment longer: retry its start a few times.
+        let tries = if task.attempts > 1 { 8 } else { 1 };
+        let cell = self
+            .start_cell(spec, tries)
+            .await
+            .map_err(|e| End::Final(TaskState::Failed, format!("cell: {e}")))?;
+        self.metrics.cells_started.fetch_add(1, Ordering::Relaxed);
+        Ok(Prepared {
+            provider,
+            model,
+            caps,
+            cell,
+            dirs,
+            reader,
+            _proxy: proxy,
+        })
+    }
+
+    /// The agent for a prepared task, its goal (with reflections), and the memory it may use.
+    async fn assemble(
+        &self,
+        task: &TaskRecord,
+        manifest: &Manifest,
+        p: &Prepared,
+        config: AgentConfig,
+    ) -> (Agent, String, Option<crate::memory_tools::Memory>) {
+        let id = &task.id;
+        let granted: Vec<String> = manifest
+            .tools
+            .iter()
+            .filter(|t| warren_agent::tools::MEMORY_TOOLS.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        let memory = self.opts.memory.clone().filter(|_| !granted.is_empty());
+        let mut goal = task.goal.clone();
+        if let Some(m) = &memory {
+            if let (Some(ws), true) = (&task.workspace, granted.iter().any(|g| g == "code_search"))
+            {
+                // Keep the index current (incremental: unchanged files cost a hash).
+                let (m2, ws2) = (m.clone(), ws.clone());
+                let indexed = tokio::task::spawn_blocking(move || {
+                    warren_memory::index::index(
+                        &m2.db,
+                        std::path::Path::new(&ws2),
+                        m2.embedder.as_deref(),
+                        &mut |_| {},
+                    )
+                })
+                .await;
+                match indexed {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("task {id}: indexing its workspace: {e}"),
+                    Err(e) => tracing::warn!("task {id}: indexing its workspace: {e}"),
+                }
+            }
+            if let Some(ws) = &task.workspace {
+                let notes = m.reflections(ws, &task.goal, 3);
+                if !notes.is_empty() {
+                    goal.push_str("\n\nReflections from earlier tasks on this workspace:\n");
+                    for n in notes {
+                        goal.push_str(&format!("- {n}\n"));
+                    }
+                }
+            }
+        }
+        let gate = TaskGate::new(id.clone(), p.caps.clone(), self.audit.clone())
+            .with_audit_prompts(self.opts.audit_prompts)
+            .with_approvals(Approvals {
+                desk: Arc::clone(&self.desk),
+                agent: task.agent.clone(),
+                required: Approvals::required_from(&manifest.approval_required),
+                pause_on_budget: manifest.pause_on_budget,
+                notify: {
+                    let changed = self.changed.clone();
+                    Arc::new(move || changed.send_modify(|n| *n += 1))
+                },
+            });
+        let agent = Agent::new(
+            Arc::clone(&p.provider),
+            Arc::clone(&p.cell),
+            config,
+            Some(p.dirs.logs.clone()),
+        )
+        .with_journal(Arc::new(StoreJournal::new(
+            Arc::clone(&self.store),
+            id.clone(),
+        )))
+        .with_gate(Arc::new(gate));
+        let agent = match &memory {
+            Some(m) => agent.with_host_tools(Arc::new(crate::memory_tools::MemoryTools {
+                memory: m.clone(),
+                agent: task.agent.clone(),
+                workspace: task.workspace.clone(),
+                task: id.clone(),
+                granted: granted.clone(),
+                caps: p.caps.clone(),
+                reader: p.reader,
+            })),
+            None => agent,
+        };
+        (agent, goal, memory)
+    }
+
+    /// Start the task's egress proxy on a unix socket in its task directory (owned by the
+    /// cell's identity, mode 0600), if its capabilities allow any destination.
+    fn start_egress(
+        &self,
+        id: &str,
+        network: &[String],
+        spec: &CellSpec,
+    ) -> Result<Option<EgressProxy>, String> {
+        if network.is_empty() {
+            return Ok(None);
+        }
+        let policy = warren_egress::Policy::parse(network).map_err(|e| e.to_string())?;
+        let mut config = warren_egress::Config::new(policy);
+        config.resolve_override = self.opts.egress_resolve.clone();
+        config.dial_override = self.opts.egress_dial.clone();
+        let dir = self.opts.state_dir.join("tasks").join(id).join("net");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("proxy.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = {
+            let _rt = tokio::runtime::Handle::current().enter();
+            tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("{}: {e}", socket.display()))?
+        };
+        let (uid, gid) = warren_cell::spec::resolve_identity(spec);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        let audit = Arc::new(crate::gate::EgressAudit {
+            task: id.to_owned(),
+            audit: self.audit.clone(),
+        });
+        let config = Arc::new(config);
+        let cap_dir = self.opts.state_dir.join("tasks").join(id).join("cap-http");
+        crate::caphttp::prepare(&cap_dir, (uid, gid))
+            .map_err(|e| format!("{}: {e}", cap_dir.display()))?;
+        let cap = crate::caphttp::serve(
+            cap_dir.clone(),
+            (uid, gid),
+            Arc::clone(&config),
+            Arc::clone(&audit) as Arc<dyn warren_egress::Audit>,
+        );
+        let task = tokio::spawn(warren_egress::serve_unix(listener, config, audit));
+        Ok(Some(EgressProxy {
+            socket,
+            cap_dir,
+            task,
+            cap,
+        }))
+    }
+
+    async fn start_cell(&self, spec: CellSpec, tries: u32) -> Result<Arc<dyn Cell>, String> {
+        let mut last = String::new();
+        for attempt in 0..tries {
+            if attempt > 0 {
+                let ms = (50u64 << attempt).min(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let (s, cells) = (spec.clone(), Arc::clone(&self.opts.cells));
+            match tokio::task::spawn_blocking(move || cells.start(&s)).await {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Store what the task did (an episode) and what it learned (a reflection by the model).
+    async fn remember(
+        &self,
+        m: &crate::memory_tools::Memory,
+        task: &TaskRecord,
+        report: &Report,
+        provider: &Arc<dyn Provider>,
+        model: &str,
+    ) {
+        let outcome = match &report.outcome {
+            Outcome::Finished(v) => format!(
+                "{}: {}",
+                if v["success"].as_bool().unwrap_or(true) {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                v["summary"].as_str().unwrap_or_default()
+            ),
+            Outcome::Stopped(r) => format!("stopped: {r}"),
+        };
+        let commands =
+            crate::memory_tools::tool_calls(&self.store.checkpoints(&task.id).unwrap_or_default());
+        let episode = format!(
+            "Task {} by {}: {}\nOutcome: {outcome}\nSteps: {}",
+            task.id,
+            task.agent,
+            task.goal,
+            commands.join("; ")
+        );
+        let episode = self.audit.redactor().redact(&episode);
+        m.note(
+            "episode",
+            &task.agent,
+            task.workspace.as_deref(),
+            &task.id,
+            &episode,
+        );
+        let request = warren_llm::ChatRequest {
+            model: model.to_owned(),
+            system: "You write short reflections for an engineering agent's memory.".into(),
+            messages: vec![warren_llm::Message::User {
+                content: format!(
+                    "{episode}\n\nIn at most three sentences: what worked, what failed, and what to remember next time on this project. Plain text."
+                ),
+            }],
+            tools: Vec::new(),
+            max_tokens: 300,
+            temperature: None,
+            stream: false,
+        };
+        let mut ignore = |_e: warren_llm::StreamEvent| {};
+        if let Ok(r) = provider.chat(&request, &mut ignore).await {
+            let text = self.audit.redactor().redact(r.text.trim());
+            if !text.is_empty() {
+                m.note(
+                    "reflection",
+                    &task.agent,
+                    task.workspace.as_deref(),
+                    &task.id,
+                    &text,
+                );
+                self.audit.record(
+                    Some(&task.id),
+                    "memory.reflection",
+                    &json!({"chars": text.len()}),
+                );
+            }
+        }
+    }
+
+    fn stopped(&self, id: &str, s: Stop, dirs: &TaskDirs) -> End {
+        match s {
+            Stop::Cancel(reason) => {
+                self.audit.record(
+                    Some(id),
+                    AuditKind::TaskCancelled.as_str(),
+                    &json!({"reason": reason}),
+                );
+                dirs.set_status("cancelled");
+                self.event(id, EventKind::TaskCancelled, json!({"reason": reason}));
+                End::Final(TaskState::Cancelled, reason)
+            }
+            Stop::Signal(sig) => {
+                dirs.set_status("interrupted");
+                End::Final(
+                    TaskState::Interrupted,
+                    format!("interrupted by signal {sig}; the cell was stopped"),
+                )
+            }
+            Stop::Shutdown => {
+                End::Requeue("the daemon shut down; resumes from its checkpoints".into())
+            }
+            Stop::LeaseLost => End::Abandon,
+        }
+    }
+
+    async fn completed(
+        &self,
+        task: &TaskRecord,
+        report: &Report,
+        layer: Option<warren_cell::spec::CowLayer>,
+        dirs: &TaskDirs,
+    ) -> End {
+        let (state, summary, value) = match &report.outcome {
+            Outcome::Finished(v) => {
+                let ok = v["success"].as_bool().unwrap_or(true);
+                let state = if ok {
+                    TaskState::Succeeded
+                } else {
+                    TaskState::Failed
+                };
+                let summary = v["summary"].as_str().unwrap_or_default().to_owned();
+                (state, summary, v.clone())
+            }
+            Outcome::Stopped(reason) => {
+                (TaskState::Failed, format!("stopped: {reason}"), Value::Null)
+            }
+        };
+        let result = json!({
+            "outcome": if matches!(report.outcome, Outcome::Finished(_)) { "finished" } else { "stopped" },
+            "success": state == TaskState::Succeeded,
+            "summary": summary,
+            "result": value,
+            "turns": report.turns,
+            "usage": report.usage,
+        });
+        let diff = match (layer, task.workspace.clone()) {
+            (Some(layer), Some(ws)) => {
+                // Bounded in time and size: the layer is the cell's work, and a task's slot
+                // is held until its diff is stored.
+                let limits = diff_limits(Duration::from_secs(30));
+                match tokio::task::spawn_blocking(move || {
+                    cow::diff_with(&layer, Path::new(&ws), &limits)
+                })
+                .await
+                {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => format!("warren: the diff could not be computed: {e}\n"),
+                    Err(e) => format!("warren: the diff could not be computed: {e}\n"),
+                }
+            }
+            _ => String::new(),
+        };
+        for (name, bytes) in [
+            ("diff", diff.into_bytes()),
+            ("result", result.to_string().into_bytes()),
+        ] {
+            if let Err(e) = self.store.put_artifact(&task.id, name, &bytes) {
+                // Not fatal to the task, but never silent.
+                self.event(
+                    &task.id,
+                    EventKind::TaskArtifactFailed,
+                    json!({"artifact": name, "error": e.to_string()}),
+                );
+            }
+        }
+        dirs.set_status(state.as_str());
+        let reason = if summary.is_empty() {
+            state.as_str().to_owned()
+        } else {
+            summary
+        };
+        End::Final(state, reason)
+    }
+
+    fn cell_spec(&self, task: &TaskRecord, m: &Manifest) -> Result<CellSpec, String> {
+        let mut spec = CellSpec::new(&self.opts.state_dir);
+        spec.id = Some(task.id.clone());
+        spec.workspace = match &task.workspace {
+            Some(ws) => {
+                let host = PathBuf::from(ws);
+                if !host.is_dir() {
+                    return Err(format!("its workspace {ws} no longer exists"));
+                }
+                let mode = match m.workspace.as_str() {
+                    "ro" => WorkspaceMode::ReadOnly,
+                    "rw" => WorkspaceMode::ReadWrite,
+                    _ => WorkspaceMode::Cow,
+                };
+                Some(Workspace { host, mode })
+            }
+            None => None,
+        };
+        spec.limits.cgroup.memory_bytes = m.memory;
+        if let Some(d) = m.disk {
+            spec.limits.disk_bytes = Some(d);
+        }
+        spec.limits.cgroup.pids = m.pids;
+        spec.limits.cgroup.cpus = m.cpus;
+        for mount in &m.mounts {
+            spec.extra_mounts.push(Mount {
+                target: mount.target.clone(),
+                kind: MountKind::Bind {
+                    source: mount.source.clone(),
+                    readonly: mount.mode != "rw",
+                },
+            });
+        }
+        Ok(spec)
+    }
+
+    /// The agent's configuration: the manifest's limits over the configuration's defaults,
+    /// catalog prices, the tool allowlist, the task's network destinations.
+    fn agent_config(&self, m: &Manifest, model: String) -> Result<AgentConfig, String> {
+        let prices = crate::provider::catalog(&self.opts.loaded).lookup(&model);
+        let cfg = &self.opts.loaded.config;
+        let context_window = crate::provider::context_window(&self.opts.loaded, &model);
+        let timeout = match (m.timeout, cfg.agent.timeout.as_deref()) {
+            (Some(t), _) => t,
+            (None, Some(t)) => warren_config::units::parse_duration(t)
+                .map_err(|e| format!("agent.timeout: {e}"))?,
+            (None, None) => Duration::from_secs(30 * 60),
+        };
+        let mut config = AgentConfig {
+            model,
+            context_window,
+            max_turns: self.opts.max_turns.or(cfg.agent.max_turns).unwrap_or(30),
+            max_wall: timeout,
+            budget_tokens: m.budget_tokens.or(cfg.agent.budget_tokens),
+            budget_usd: m.budget_usd,
+            prices: Some(prices),
+            tools: Some(m.tools.clone()),
+            // The same effective destinations the task's egress proxy gets (prepare).
+            network: Capabilities::new(Layer::from_manifest(m), self.opts.policy.clone()).network(),
+            ..AgentConfig::default()
+        };
+        config.system_prompt = match &m.system_prompt {
+            Some(p) => p.clone(),
+            None => warren_agent::system_prompt(&config.network),
+        };
+        Ok(config)
+    }
+
+    fn flush_text(&self, id: &str, text: &mut String) {
+        if !text.is_empty() {
+            self.event(
+                id,
+                EventKind::AgentText,
+                json!({"text": std::mem::take(text)}),
+            );
+        }
+    }
+
+    /// Agent events become task events; streamed text is coalesced into one event per stretch.
+    fn observe(&self, id: &str, e: &AgentEvent, text: &mut String) {
+        if let AgentEvent::Text { delta } = e {
+            text.push_str(delta);
+            return;
+        }
+        self.flush_text(id, text);
+        match e {
+            AgentEvent::Turn { .. } => {
+                self.metrics.model_turns.fetch_add(1, Ordering::Relaxed);
+            }
+            AgentEvent::ToolCall { .. } => {
+                self.metrics.tool_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        let payload = serde_json::to_value(e).unwrap_or_default();
+        let kind = EventKind::parse(&format!(
+            "agent.{}",
+            payload["event"].as_str().unwrap_or("event")
+        ));
+        self.event(id, kind, payload);
+    }
+}
+
+/// Limits for a diff the daemon computes: `within` from now, the default sizes.
+pub(crate) fn diff_limits(within: Duration) -> cow::DiffOptions {
+    cow::DiffOptions {
+        deadline: Some(Instant::now() + within),
+        ..cow::DiffOptions::default()
+    }
+}
+
+async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    loop {
+        if let Some(s) = rx.borrow_and_update().clone() {
+            return s;
+        }
+        if rx.changed().await.is_err() {
+            // The sender lives as long as the task: never reached while it runs.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Release a cell off the async threads (teardown waits for the supervisor).
+async fn drop_cell(cell: Arc<dyn Cell>, slot: &Mutex<Option<Arc<dyn Cell>>>) {
+    lock(slot).take();
+    let _ = tokio::task::spawn_blocking(move || drop(cell)).await;
+}
