@@ -2,6 +2,7 @@ mod agents;
 mod check;
 mod config;
 mod daemon;
+mod equivalence;
 mod exec;
 mod kill;
 mod memory;
