@@ -1,7 +1,7 @@
 //! The price of the choke point: the capability check plus the audit append that every tool
 //! call pays, and how fast the audit chain verifies.
 //!
-//! `cargo bench -p warren-daemon --bench policy [-- --calls N --records N]`
+//! `cargo bench -p warren-runtime --bench policy [-- --calls N --records N]`
 //!
 //! The peer, measured in the same run: the store's plain (unchained) event append, the write
 //! a tool call paid before the audit log existed.
