@@ -266,6 +266,10 @@ kinds! {
         AgentFinished = "agent.finished",
         /// The agent stopped without finishing (a limit).
         AgentStopped = "agent.stopped",
+        /// A call waits for a person (the task is `awaiting_approval`).
+        ApprovalRequested = "approval.requested",
+        /// A person (or the timeout) decided.
+        ApprovalDecided = "approval.decided",
     }
 }
 

@@ -96,11 +96,15 @@ fn responses(cap: &warren_fsx::Dir, owner: (u32, u32)) -> std::io::Result<warren
 }
 
 fn write_response(cap: &warren_fsx::Dir, name: &str, v: &Value, owner: (u32, u32)) {
-    let Ok(dir) = responses(cap, owner) else {
-        return;
-    };
-    let bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
-    let _ = dir.write(format!("{name}.json"), &bytes, 0o644, owner_if_root(owner));
+    let written = responses(cap, owner).and_then(|dir| {
+        let bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
+        dir.write(format!("{name}.json"), &bytes, 0o644, owner_if_root(owner))
+            .map_err(std::io::Error::other)
+    });
+    if let Err(e) = written {
+        // The cell waits for this file: say why it will not come.
+        tracing::warn!("/cap/http: writing response {name}: {e}");
+    }
 }
 
 /// What the poller found at `request`.

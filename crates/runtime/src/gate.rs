@@ -9,6 +9,7 @@ use globset::{Glob, GlobMatcher};
 
 use serde_json::{Value, json};
 use warren_agent::{Gate, ModelCallRecord, ToolCallRecord};
+use warren_protocol::api::EventKind;
 use warren_store::{Store, TaskState};
 
 use crate::capabilities::Capabilities;
@@ -346,11 +347,13 @@ impl TaskGate {
         self.audit
             .record(Some(&self.task), "approval.requested", &data);
         let text = self.audit.redactor().redact(&data.to_string());
-        let _ = self.store.append_event(
+        if let Err(e) = self.store.append_event(
             Some(&self.task),
-            "approval.requested",
+            EventKind::ApprovalRequested.as_str(),
             &serde_json::from_str(&text).unwrap_or_default(),
-        );
+        ) {
+            tracing::warn!("task {}: recording approval.requested: {e}", self.task);
+        }
         (a.notify)();
         let decision = if let Err(e) = paused {
             Decision {
@@ -382,9 +385,16 @@ impl TaskGate {
         } else {
             format!("denied by {}: {}", decision.by, decision.reason)
         };
-        let _ = self
+        if let Err(e) = self
             .store
-            .transition(&self.task, TaskState::Running, Some(&back));
+            .transition(&self.task, TaskState::Running, Some(&back))
+        {
+            // Cancelled (or taken over) while it waited: the runner's stop ends the task.
+            tracing::info!(
+                "task {}: back to running after the decision: {e}",
+                self.task
+            );
+        }
         self.audit.record(
             Some(&self.task),
             "approval.decided",
@@ -392,11 +402,13 @@ impl TaskGate {
                     "approved": decision.approve, "remember": decision.remember,
                     "by": decision.by, "reason": decision.reason}),
         );
-        let _ = self.store.append_event(
+        if let Err(e) = self.store.append_event(
             Some(&self.task),
-            "approval.decided",
+            EventKind::ApprovalDecided.as_str(),
             &json!({"approved": decision.approve, "by": decision.by, "reason": decision.reason}),
-        );
+        ) {
+            tracing::warn!("task {}: recording approval.decided: {e}", self.task);
+        }
         (a.notify)();
         if decision.approve && decision.remember && view.tool != "budget" {
             let pattern = remembered_pattern(&view.argument);

@@ -71,7 +71,7 @@ impl Memory {
     /// Store a note of `kind`.
     pub fn note(&self, kind: &str, agent: &str, workspace: Option<&str>, task: &str, text: &str) {
         let v = self.vector(text);
-        let _ = self.db.add_note(&NewNote {
+        let stored = self.db.add_note(&NewNote {
             kind,
             agent: Some(agent),
             workspace,
@@ -80,6 +80,9 @@ impl Memory {
             embedder: &self.ename(),
             vector: v.as_deref(),
         });
+        if let Err(e) = stored {
+            tracing::warn!("task {task}: storing its {kind} in memory: {e}");
+        }
     }
 
     /// Reflections of earlier tasks on `workspace` most relevant to `goal`.
