@@ -99,6 +99,10 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
             libc::write(fd, b"1000".as_ptr().cast(), 4);
             libc::close(fd);
         }
+        // The flag is the memory's, which is still the init's: clear it again now, so the
+        // init is non-dumpable before the command runs (the exec gives the command memory of
+        // its own, dumpable as usual). The init clears it once more when `clone` returns.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // From here on /proc is read-only too.
         if a.ruleset >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, a.ruleset, 0) != 0 {
             return fail(4);
