@@ -163,7 +163,7 @@ fn run_local(cmd: AgentCommand, state: &Path) -> i32 {
             };
             let m = match warren_runtime::engine::parse_manifest(&file, &text) {
                 Ok(m) => m,
-                Err(e) => return fail(e),
+                Err(e) => return fail(e.to_string()),
             };
             match store.put_agent(&m.name, &text) {
                 Ok(a) if json => {

@@ -378,8 +378,8 @@ impl Control {
     }
 
     fn deploy(&self, caller: &Caller, origin: &str, text: &str) -> Result<Answer, ActionError> {
-        let m =
-            crate::engine::parse_manifest(Path::new(origin), text).map_err(ActionError::invalid)?;
+        let m = crate::engine::parse_manifest(Path::new(origin), text)
+            .map_err(|e| ActionError::invalid(e.to_string()))?;
         let rec = self.store.put_agent(&m.name, text)?;
         self.audit.record(
             None,

@@ -156,10 +156,13 @@ pub fn tool_names() -> Vec<String> {
 }
 
 /// Parse a stored or submitted manifest (errors name the origin, line and column).
-pub fn parse_manifest(origin: &Path, text: &str) -> Result<Manifest, String> {
+pub fn parse_manifest(
+    origin: &Path,
+    text: &str,
+) -> Result<Manifest, warren_config::manifest::ManifestError> {
     let names = tool_names();
     let known: Vec<&str> = names.iter().map(String::as_str).collect();
-    warren_config::manifest::parse(origin, text, &known).map_err(|e| e.to_string())
+    warren_config::manifest::parse(origin, text, &known)
 }
 
 /// Idle this long (blocking threads linger 10 s), the daemon returns freed memory.
@@ -518,7 +521,9 @@ impl Engine {
             return Err(ActionError::invalid(format!("{id:?} is not a task id")));
         }
         self.store.get_task(id)?;
-        self.desk.decide(id, d).map_err(ActionError::conflict)
+        self.desk
+            .decide(id, d)
+            .map_err(|e| ActionError::conflict(e.to_string()))
     }
 
     /// What a task waits for, if anything.

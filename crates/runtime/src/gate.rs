@@ -132,6 +132,17 @@ pub struct Decision {
     pub by: String,
 }
 
+/// Why a decision could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The task waits for no decision.
+    #[error("task {0} is not waiting for approval")]
+    NotWaiting(String),
+    /// The task stopped waiting (it ended) before the decision arrived.
+    #[error("task {0} stopped waiting")]
+    Stopped(String),
+}
+
 /// What a paused task waits for (the API's view of it).
 pub type PendingView = warren_protocol::api::ApprovalView;
 
@@ -166,14 +177,14 @@ impl Desk {
     }
 
     /// Decide for a waiting task; `Err` when it waits for nothing.
-    pub fn decide(&self, task: &str, d: Decision) -> Result<PendingView, String> {
+    pub fn decide(&self, task: &str, d: Decision) -> Result<PendingView, DecideError> {
         let p = self
             .lock()
             .remove(task)
-            .ok_or_else(|| format!("task {task} is not waiting for approval"))?;
+            .ok_or_else(|| DecideError::NotWaiting(task.to_owned()))?;
         let view = p.view.clone();
         p.tx.send(d)
-            .map_err(|_| format!("task {task} stopped waiting"))?;
+            .map_err(|_| DecideError::Stopped(task.to_owned()))?;
         Ok(view)
     }
 

@@ -191,6 +191,7 @@ impl Engine {
                     Path::new(&format!("agent {} v{}", a.name, a.version)),
                     &a.manifest,
                 )
+                .map_err(|e| e.to_string())
             })
             .map_err(|e| interrupted(format!("cannot load its agent: {e}")))
     }
