@@ -10,8 +10,8 @@ mod audit;
 mod client;
 mod daemon;
 mod exec;
-mod memory;
 mod exec_policy;
+mod memory;
 mod run;
 mod tasks;
 mod term;
@@ -324,6 +324,22 @@ fn main() -> ExitCode {
         // SAFETY: restoring the default disposition before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    // The others (they hold sockets to the daemon, where SIGPIPE must stay ignored) end the
+    // same way when `println!` meets a closed pipe (`warren task list | head -1`): quietly,
+    // with the status a SIGPIPE death would give (128 + 13), not a panic (an abort, 134).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let state = state_dir(cli.state_dir);
     let code = match cli.command {
         Command::Check { json } => check(json),

@@ -65,3 +65,30 @@ fn an_invalid_manifest_is_refused_with_its_location() {
         "nothing was deployed"
     );
 }
+
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly_not_with_a_panic() {
+    let t = warren_testkit::TempDir::new("agents-epipe");
+    let state = t.path().join("state");
+    let f = t.path().join("a.yaml");
+    std::fs::write(&f, "name: coder\ndescription: d\ntools: [finish]\n").unwrap();
+    let o = super::warren(&state, &["agent", "deploy", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", super::stderr(&o));
+    let mut child = std::process::Command::new(super::WARREN)
+        .args(["agent", "list"])
+        .env("WARREN_STATE_DIR", &state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = super::stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(141)),
+        "{:?} {err}",
+        o.status
+    );
+}
