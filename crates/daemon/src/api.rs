@@ -101,16 +101,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the request body is larger than {MAX_BODY} bytes"),
-                )
-            } else {
-                ApiError::invalid(e.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
@@ -133,26 +124,88 @@ async fn ask<T>(d: &Arc<Engine>, op: impl Into<Op>, pick: fn(Answer) -> Option<T
 
 /// Query of `GET /v1/tasks`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>)]
     pub state: Option<String>,
     /// Only this agent's tasks.
     pub agent: Option<String>,
-    /// At most this many, newest first (default 100, at most 10000).
+    /// At most this many, newest first (default 100).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
 /// Query of event endpoints.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events after this id (default 0: from the start).
     pub after: Option<i64>,
 }
 
+/// Adds what every route shares: the bearer scheme of the TCP listener (the unix socket
+/// needs none: its file mode is the check) with its 401, and the 400 of a malformed request.
+struct Common;
+
+impl utoipa::Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+        let error = |what: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let r = &mut op.responses.responses;
+                r.entry("401".into())
+                    .or_insert_with(|| error("no or a wrong bearer token (TCP listener only)"));
+                r.entry("400".into())
+                    .or_insert_with(|| error("malformed request: id, query or body"));
+                r.entry("405".into())
+                    .or_insert_with(|| error("the path does not take this method"));
+                if op.request_body.is_some() {
+                    r.entry("413".into())
+                        .or_insert_with(|| error("the body is larger than 1 MiB"));
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&Common),
     info(
         title = "Warren daemon API",
         description = "Agents, tasks, events of a Warren daemon."
@@ -268,7 +321,11 @@ async fn authorize(token: &str, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        });
     match given {
         Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
         _ => {
@@ -542,7 +599,7 @@ fn task_id(id: Result<UrlPath<String>, PathRejection>) -> ApiResult<String> {
 }
 
 /// One task.
-#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path, description = "Task id")),
+#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
 async fn get_task(
     State(d): Shared,
@@ -553,20 +610,46 @@ async fn get_task(
 }
 
 /// Cancel a queued or running task (a running task's cell is killed).
-#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", params(("id" = String, Path, description = "Task id")), request_body(content = CancelTask, description = "optional"),
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")), request_body(content = CancelTask, description = "optional"),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")))]
 async fn cancel_task(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
-    body: Bytes,
+    OptionalBody(b): OptionalBody<CancelTask>,
 ) -> ApiResult<axum::Json<TaskView>> {
     let UrlPath(id) = id?;
-    let b: CancelTask = optional_body(&body)?;
     let op = Action::Cancel {
         id,
         reason: b.reason,
     };
     Ok(axum::Json(ask(&d, op, task).await?))
+}
+
+/// An optional JSON body: empty means the type's default; otherwise like [`JsonBody`]
+/// (size-limited with a JSON 413, unknown fields refused).
+pub struct OptionalBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        optional_body(&bytes).map(OptionalBody)
+    }
+}
+
+/// The request body, at most [`MAX_BODY`] bytes (a JSON 413 past it).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<Bytes> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::invalid(e.body_text())
+        }
+    })
 }
 
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
@@ -577,21 +660,20 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiRe
 }
 
 /// Queue a failed, cancelled or interrupted task again.
-#[utoipa::path(post, path = "/v1/tasks/{id}/retry", params(("id" = String, Path, description = "Task id")), request_body(content = RetryTask, description = "optional"),
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")), request_body(content = RetryTask, description = "optional"),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn retry_task(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
-    body: Bytes,
+    OptionalBody(b): OptionalBody<RetryTask>,
 ) -> ApiResult<axum::Json<TaskView>> {
     let UrlPath(id) = id?;
-    let b: RetryTask = optional_body(&body)?;
     let op = Action::Retry { id, fresh: b.fresh };
     Ok(axum::Json(ask(&d, op, task).await?))
 }
 
 /// The task's result (what the agent reported with `finish`, turns, tokens).
-#[utoipa::path(get, path = "/v1/tasks/{id}/result", params(("id" = String, Path, description = "Task id")),
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, description = "the result", content_type = "application/json"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "no result yet")))]
 async fn task_result(
     State(d): Shared,
@@ -607,7 +689,7 @@ async fn task_result(
 }
 
 /// The task's changes to its workspace as a unified diff (empty when none).
-#[utoipa::path(get, path = "/v1/tasks/{id}/diff", params(("id" = String, Path, description = "Task id")),
+#[utoipa::path(get, path = "/v1/tasks/{id}/diff", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, description = "unified diff", content_type = "text/x-diff"), (status = 404, body = ErrorBody)))]
 async fn task_diff(
     State(d): Shared,
@@ -623,7 +705,7 @@ async fn task_diff(
 }
 
 /// A task's events after an id, as a JSON array (at most 1000).
-#[utoipa::path(get, path = "/v1/tasks/{id}/events", params(("id" = String, Path, description = "Task id"), EventsQuery),
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$"), EventsQuery),
     responses((status = 200, body = Vec<EventView>), (status = 404, body = ErrorBody)))]
 async fn task_events(
     State(d): Shared,
@@ -736,7 +818,7 @@ fn sse(
 
 /// A task's events as server-sent events, from `after` or `Last-Event-ID`; the stream ends when
 /// the task is over.
-#[utoipa::path(get, path = "/v1/tasks/{id}/events/stream", params(("id" = String, Path, description = "Task id"), EventsQuery),
+#[utoipa::path(get, path = "/v1/tasks/{id}/events/stream", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$"), EventsQuery),
     responses((status = 200, description = "SSE: `id` is the event id, `event` its kind, `data` an EventView", content_type = "text/event-stream"), (status = 404, body = ErrorBody)))]
 async fn task_event_stream(
     State(d): Shared,
@@ -766,44 +848,67 @@ async fn all_event_stream(
 
 /// A task's events over a WebSocket: one text message (an EventView) per event; the server
 /// closes when the task is over.
-#[utoipa::path(get, path = "/v1/tasks/{id}/events/ws", params(("id" = String, Path, description = "Task id"), EventsQuery),
+#[utoipa::path(get, path = "/v1/tasks/{id}/events/ws", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$"), EventsQuery),
     responses((status = 101, description = "WebSocket upgrade"), (status = 404, body = ErrorBody)))]
 async fn task_event_ws(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let id = task_id(id)?;
     let Query(q) = q?;
     d.store().get_task(&id)?;
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!(
+            "this endpoint is a WebSocket: send an upgrade request ({})",
+            e.body_text()
+        ))
+    })?;
     let after = q.after.unwrap_or(0);
     Ok(ws.on_upgrade(move |socket| pump_ws(socket, event_feed(d, Some(id), after))))
 }
 
-async fn pump_ws(mut socket: WebSocket, feed: impl Stream<Item = EventRecord> + Send) {
-    use futures_util::StreamExt;
+/// Send the feed; stop as soon as the client goes away (EOF, an error, or its close frame,
+/// which is answered) instead of polling for a reader that is gone.
+async fn pump_ws(socket: WebSocket, feed: impl Stream<Item = EventRecord> + Send) {
+    use futures_util::{SinkExt, StreamExt};
+    let (mut tx, mut rx) = socket.split();
     let mut feed = std::pin::pin!(feed);
-    while let Some(e) = feed.next().await {
-        let text =
-            serde_json::to_string(&warren_runtime::action::event_view(e)).unwrap_or_default();
-        if socket.send(Message::Text(text.into())).await.is_err() {
-            return;
+    loop {
+        tokio::select! {
+            e = feed.next() => {
+                let Some(e) = e else { break };
+                let text = serde_json::to_string(&warren_runtime::action::event_view(e))
+                    .unwrap_or_default();
+                if tx.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            m = rx.next() => match m {
+                // The client closes: answer its close frame, and stop.
+                Some(Ok(Message::Close(frame))) => {
+                    let _ = tx.send(Message::Close(frame)).await;
+                    return;
+                }
+                None | Some(Err(_)) => return,
+                // Pings are answered by the library; other messages are ignored.
+                Some(Ok(_)) => {}
+            },
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = tx.send(Message::Close(None)).await;
 }
 
 /// Approve the call a task waits for (or more budget).
-#[utoipa::path(post, path = "/v1/tasks/{id}/approve", params(("id" = String, Path, description = "Task id")), request_body(content = ApproveTask, description = "optional"),
+#[utoipa::path(post, path = "/v1/tasks/{id}/approve", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")), request_body(content = ApproveTask, description = "optional"),
     responses((status = 200, body = ApprovalView, description = "what was approved"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not waiting for approval")))]
 async fn approve_task(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
-    body: Bytes,
+    OptionalBody(b): OptionalBody<ApproveTask>,
 ) -> ApiResult<axum::Json<ApprovalView>> {
     let UrlPath(id) = id?;
-    let b: ApproveTask = optional_body(&body)?;
     let op = Action::Decide {
         id,
         approve: true,
@@ -814,15 +919,14 @@ async fn approve_task(
 }
 
 /// Deny the call a task waits for (the model is told why).
-#[utoipa::path(post, path = "/v1/tasks/{id}/deny", params(("id" = String, Path, description = "Task id")), request_body(content = DenyTask, description = "optional"),
+#[utoipa::path(post, path = "/v1/tasks/{id}/deny", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")), request_body(content = DenyTask, description = "optional"),
     responses((status = 200, body = ApprovalView, description = "what was denied"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not waiting for approval")))]
 async fn deny_task(
     State(d): Shared,
     id: Result<UrlPath<String>, PathRejection>,
-    body: Bytes,
+    OptionalBody(b): OptionalBody<DenyTask>,
 ) -> ApiResult<axum::Json<ApprovalView>> {
     let UrlPath(id) = id?;
-    let b: DenyTask = optional_body(&body)?;
     let op = Action::Decide {
         id,
         approve: false,
@@ -833,7 +937,7 @@ async fn deny_task(
 }
 
 /// What a task waits for.
-#[utoipa::path(get, path = "/v1/tasks/{id}/approval", params(("id" = String, Path, description = "Task id")),
+#[utoipa::path(get, path = "/v1/tasks/{id}/approval", params(("id" = String, Path, description = "Task id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, body = ApprovalView), (status = 404, body = ErrorBody, description = "no such task, or not waiting")))]
 async fn task_approval(
     State(d): Shared,
@@ -845,6 +949,7 @@ async fn task_approval(
 
 /// Query of `GET /v1/approvals`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RulesQuery {
     /// Only this agent's rules.

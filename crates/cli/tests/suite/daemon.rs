@@ -334,6 +334,10 @@ fn the_api_checks_tokens_validates_input_and_describes_itself() {
     let health: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["worker"], "test-worker");
+    // The scheme is case-insensitive.
+    let lower = format!("bearer {token}");
+    let (code, body) = http(&tcp, "GET", "/health", &[("Authorization", &lower)], None);
+    assert_eq!(code, 200, "{body}");
 
     // Malformed input: 4xx with one error shape, nothing stored.
     let bad = |method: &str, path: &str, body: Option<&str>| {
@@ -391,6 +395,21 @@ fn the_api_checks_tokens_validates_input_and_describes_itself() {
     let big = format!(r#"{{"agent": "coder", "goal": "{}"}}"#, "x".repeat(2 << 20));
     let (code, _) = bad("POST", "/v1/tasks", Some(&big));
     assert_eq!(code, 413);
+    // Optional bodies too (they were plain text), and a WebSocket route without an upgrade.
+    for path in ["cancel", "retry", "approve", "deny"] {
+        let (code, _) = bad(
+            "POST",
+            &format!("/v1/tasks/t000000000000/{path}"),
+            Some(&big),
+        );
+        assert_eq!(code, 413, "{path}");
+    }
+    let (code, _) = bad(
+        "POST",
+        "/v1/tasks/t000000000000/cancel",
+        Some("{\"colour\": 1}"),
+    );
+    assert_eq!(code, 400);
     let (code, _) = bad("GET", "/v1/tasks?state=sleeping", None);
     assert_eq!(code, 400);
     let (code, _) = bad("GET", "/v1/tasks?limit=lots", None);
@@ -403,6 +422,20 @@ fn the_api_checks_tokens_validates_input_and_describes_itself() {
     assert_eq!(code, 405);
     let (_, list) = d.call("GET", "/v1/tasks", None);
     assert_eq!(list, json!([]), "no rejected submission was stored");
+    let (code, t) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "coder", "goal": "x"})),
+    );
+    assert_eq!(code, 201, "{t}");
+    let (code, msg) = bad(
+        "GET",
+        &format!("/v1/tasks/{}/events/ws", t["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("WebSocket"), "{msg}");
+    d.wait_done(t["id"].as_str().unwrap(), Duration::from_secs(30));
 
     // The OpenAPI document comes from the code and names every route.
     let (code, doc) = d.call("GET", "/openapi.json", None);
@@ -421,6 +454,24 @@ fn the_api_checks_tokens_validates_input_and_describes_itself() {
         );
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    // Query parameters are in the query and optional; the bearer scheme and its 401 are there.
+    for (p, name) in [
+        ("/v1/tasks", "state"),
+        ("/v1/tasks", "limit"),
+        ("/v1/tasks/{id}/events", "after"),
+        ("/v1/approvals", "agent"),
+    ] {
+        let params = doc["paths"][p]["get"]["parameters"].as_array().unwrap();
+        let param = params.iter().find(|q| q["name"] == name).unwrap();
+        assert_eq!(param["in"], "query", "{p} {name}: {param}");
+        assert_ne!(param["required"], true, "{p} {name}: {param}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["paths"]["/v1/tasks"]["post"]["responses"]["401"].is_object());
+    assert!(doc["paths"]["/v1/tasks/{id}/cancel"]["post"]["responses"]["413"].is_object());
 
     let (code, m) = http(&Conn::Unix(d.socket()), "GET", "/metrics", &[], None);
     assert_eq!(code, 200);
