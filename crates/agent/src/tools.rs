@@ -37,7 +37,7 @@ impl ToolOutput {
             finished: None,
         }
     }
-    fn err(content: impl Into<String>) -> Self {
+    pub(crate) fn err(content: impl Into<String>) -> Self {
         ToolOutput {
             content: content.into(),
             is_error: true,
@@ -45,6 +45,28 @@ impl ToolOutput {
             finished: None,
         }
     }
+}
+
+/// A file tool could not read or write a file in the cell. `path` is as the tool got it (the
+/// model's own spelling); `reason` is what the cell said (the command's error output).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Reading the file failed.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing the file (and creating its directories) failed.
+    #[error("cannot write {path}: {reason}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Tools that run on the host, not in the cell (memory, code search): offered next to the
@@ -413,43 +435,51 @@ impl Tools {
         out
     }
 
-    fn cat(&self, path: &str) -> Result<String, String> {
-        let path = cell_arg(path);
-        let r = self.run(&["/bin/cat", "--", &path], None, None, vec![], 60);
-        match (r.failure, r.code) {
-            (Some(f), _) => Err(f),
-            (None, Some(0)) => Ok(r.stdout),
-            _ => Err(r.stderr.trim().trim_start_matches("/bin/cat: ").to_owned()),
-        }
+    /// The content of `path` in the cell.
+    fn cat(&self, path: &str) -> Result<String, FileError> {
+        let r = self.run(&["/bin/cat", "--", &cell_arg(path)], None, None, vec![], 60);
+        let reason = match (r.failure, r.code) {
+            (Some(f), _) => f,
+            (None, Some(0)) => return Ok(r.stdout),
+            _ => r.stderr.trim().trim_start_matches("/bin/cat: ").to_owned(),
+        };
+        Err(FileError::Read {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
-    fn write(&self, path: &str, content: &str) -> Result<(), String> {
-        let path = cell_arg(path);
-        let path = path.as_str();
+    /// Replace `path` in the cell by `content`, creating its directories.
+    fn write(&self, path: &str, content: &str) -> Result<(), FileError> {
+        let arg = cell_arg(path);
         let r = self.run(
             &[
                 "/bin/sh",
                 "-c",
                 r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#,
                 "sh",
-                path,
+                &arg,
             ],
             Some(content.as_bytes().to_vec()),
             None,
             vec![],
             60,
         );
-        match (r.failure, r.code) {
-            (Some(f), _) => Err(f),
-            (None, Some(0)) => Ok(()),
-            _ => Err(r.stderr.trim().to_owned()),
-        }
+        let reason = match (r.failure, r.code) {
+            (Some(f), _) => f,
+            (None, Some(0)) => return Ok(()),
+            _ => r.stderr.trim().to_owned(),
+        };
+        Err(FileError::Write {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     fn read_file(&self, a: ReadFile) -> ToolOutput {
         let text = match self.cat(&a.path) {
             Ok(t) => t,
-            Err(e) => return ToolOutput::err(format!("cannot read {}: {e}", a.path)),
+            Err(e) => return ToolOutput::err(e.to_string()),
         };
         let lines: Vec<&str> = text.lines().collect();
         let start = a.offset.unwrap_or(1).max(1) - 1;
@@ -489,14 +519,14 @@ impl Tools {
     fn write_file(&self, a: WriteFile) -> ToolOutput {
         match self.write(&a.path, &a.content) {
             Ok(()) => ToolOutput::ok(format!("wrote {} ({} bytes)", a.path, a.content.len())),
-            Err(e) => ToolOutput::err(format!("cannot write {}: {e}", a.path)),
+            Err(e) => ToolOutput::err(e.to_string()),
         }
     }
 
     fn edit_file(&self, a: EditFile) -> ToolOutput {
         let text = match self.cat(&a.path) {
             Ok(t) => t,
-            Err(e) => return ToolOutput::err(format!("cannot read {}: {e}", a.path)),
+            Err(e) => return ToolOutput::err(e.to_string()),
         };
         let count = text.matches(&a.old).count();
         if count == 0 {
@@ -523,7 +553,7 @@ impl Tools {
                 count.min(if a.replace_all { count } else { 1 }),
                 if count > 1 && a.replace_all { "s" } else { "" }
             )),
-            Err(e) => ToolOutput::err(format!("cannot write {}: {e}", a.path)),
+            Err(e) => ToolOutput::err(e.to_string()),
         }
     }
 
@@ -619,7 +649,7 @@ impl Tools {
                 full: None,
                 finished: Some(result),
             },
-            Err(e) => ToolOutput::err(format!("cannot write /task/result.json: {e}")),
+            Err(e) => ToolOutput::err(e.to_string()),
         }
     }
 }

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use warren_agent::{Agent, AgentConfig, Journal, Outcome, Step};
+use warren_agent::{Agent, AgentConfig, Journal, Outcome, Step, Unrestricted};
 use warren_cell::{Cell, CellError, ExecOutcome, ExecSpec, OutputSink, Tier};
-use warren_runtime::journal::StoreJournal;
 use warren_llm::{
     ChatRequest, ChatResponse, EventSink, LlmError, Provider, StopReason, ToolCall, Usage,
 };
+use warren_runtime::journal::StoreJournal;
 use warren_store::sqlite::SqliteStore;
 use warren_store::{NewTask, Store};
 
@@ -192,7 +192,14 @@ fn a_task_resumed_after_a_crash_repeats_no_step() {
         crash_at: Some(1),
         requests: Mutex::default(),
     });
-    let a1 = Agent::new(p1.clone(), cell.clone(), config(), None).with_journal(journal.clone());
+    let a1 = Agent::new(
+        p1.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal.clone());
     assert!(run(&a1).is_err());
     assert_eq!(cell.count("echo one"), 1);
     // Second life: the model is only asked what was not recorded.
@@ -201,7 +208,14 @@ fn a_task_resumed_after_a_crash_repeats_no_step() {
         crash_at: None,
         requests: Mutex::default(),
     });
-    let a2 = Agent::new(p2.clone(), cell.clone(), config(), None).with_journal(journal.clone());
+    let a2 = Agent::new(
+        p2.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal.clone());
     let report = run(&a2).unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
     assert_eq!(
@@ -259,8 +273,15 @@ fn a_task_resumed_after_a_crash_repeats_no_step() {
         crash_at: None,
         requests: Mutex::default(),
     });
-    let report =
-        run(&Agent::new(p3.clone(), cell.clone(), config(), None).with_journal(journal)).unwrap();
+    let report = run(&Agent::new(
+        p3.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal))
+    .unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
     assert_eq!(
         (p3.requests.lock().unwrap().len(), cell.count("echo one")),
@@ -301,9 +322,15 @@ fn a_tool_interrupted_mid_run_is_reported_not_repeated() {
         crash_at: None,
         requests: Mutex::default(),
     });
-    let report =
-        run(&Agent::new(p.clone(), cell.clone(), config(), None).with_journal(journal.clone()))
-            .unwrap();
+    let report = run(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal.clone()))
+    .unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
     assert_eq!(
         cell.count("rm -rf build"),
@@ -337,7 +364,7 @@ fn a_manifest_tool_list_limits_what_is_offered_and_accepted() {
         tools: Some(vec!["read_file".into()]),
         ..config()
     };
-    let a = Agent::new(p.clone(), cell.clone(), cfg, None);
+    let a = Agent::new(p.clone(), cell.clone(), cfg, Arc::new(Unrestricted), None);
     let report = run(&a).unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
     assert_eq!(
@@ -372,7 +399,14 @@ fn a_cost_budget_stops_the_task_when_no_gate_approves_more() {
         ..config()
     };
     // Each turn costs (10 + 1) tokens at $1000/Mtok = $0.011.
-    let report = run(&Agent::new(p.clone(), cell.clone(), cfg, None)).unwrap();
+    let report = run(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        cfg,
+        Arc::new(Unrestricted),
+        None,
+    ))
+    .unwrap();
     match report.outcome {
         Outcome::Stopped(r) => assert!(r.contains("cost budget of $0.01"), "{r}"),
         other => panic!("{other:?}"),
@@ -389,7 +423,13 @@ fn the_prompt_and_the_shell_tool_say_which_network_the_task_has() {
             crash_at: None,
             requests: Mutex::default(),
         });
-        let a = Agent::new(p.clone(), Arc::new(FakeCell::default()), cfg, None);
+        let a = Agent::new(
+            p.clone(),
+            Arc::new(FakeCell::default()),
+            cfg,
+            Arc::new(Unrestricted),
+            None,
+        );
         run(&a).unwrap();
         let r = p.requests.lock().unwrap()[0].clone();
         let shell = r
@@ -425,4 +465,235 @@ fn the_prompt_and_the_shell_tool_say_which_network_the_task_has() {
         );
     }
     assert!(system.starts_with("You are Warren's coding agent.") && system.ends_with("summary."));
+}
+
+/// Refuses `write_file`, asks a person (who says no) before `shell`, and records what it is
+/// told.
+#[derive(Default)]
+struct StrictGate {
+    audit: Mutex<Vec<(String, Result<String, String>)>>,
+    models: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl warren_agent::Gate for StrictGate {
+    fn check(&self, tool: &str, _args: &serde_json::Value) -> Result<String, String> {
+        if tool == "write_file" {
+            Err("no writes here".into())
+        } else {
+            Ok(format!("cap:{tool}"))
+        }
+    }
+    fn needs_approval(&self, tool: &str, _args: &serde_json::Value) -> Option<String> {
+        (tool == "shell").then(|| "runs a command".into())
+    }
+    async fn ask(
+        &self,
+        _call_id: &str,
+        _tool: &str,
+        _args: &serde_json::Value,
+        _reason: &str,
+    ) -> Result<(), String> {
+        Err("not today".into())
+    }
+    fn tool_call(&self, call: &warren_agent::ToolCallRecord<'_>) {
+        self.audit.lock().unwrap().push((
+            call.call_id.to_owned(),
+            call.decision.map(str::to_owned).map_err(str::to_owned),
+        ));
+    }
+    fn model_call(&self, _call: &warren_agent::ModelCallRecord<'_>) {
+        *self.models.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn every_call_passes_the_gate_and_a_refused_call_runs_nothing() {
+    let cell = Arc::new(FakeCell::default());
+    let p = Arc::new(Scripted {
+        turns: vec![
+            vec![
+                call("w", "write_file", json!({"path": "a.txt", "content": "x"})),
+                call("s", "shell", json!({"command": "echo hi"})),
+                call("r", "read_file", json!({"path": "a.txt"})),
+                call("bad", "shell", json!({"command": 1})),
+            ],
+            vec![call("f", "finish", json!({"summary": "done"}))],
+        ],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let gate = Arc::new(StrictGate::default());
+    let report = run(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        config(),
+        gate.clone(),
+        None,
+    ))
+    .unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(cell.count("echo hi"), 0, "a call not approved never runs");
+    assert!(
+        !cell.files.lock().unwrap().contains_key("a.txt"),
+        "a refused call never runs"
+    );
+    let told = serde_json::to_string(&p.requests.lock().unwrap()[1].messages).unwrap();
+    for said in [
+        "refused by policy: no writes here",
+        "not approved: not today",
+        "cannot read a.txt",
+        "invalid arguments for shell: /command",
+    ] {
+        assert!(told.contains(said), "{said:?} in {told}");
+    }
+    // Every call is audited, with the capability that allowed it or why it did not run.
+    let audit = gate.audit.lock().unwrap().clone();
+    let ids: Vec<&str> = audit.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["w", "s", "r", "bad", "f"]);
+    assert_eq!(audit[0].1, Err("refused by policy: no writes here".into()));
+    assert_eq!(audit[1].1, Err("not approved: not today".into()));
+    assert_eq!(audit[2].1, Ok("cap:read_file".into()));
+    assert!(
+        audit[3]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.starts_with("invalid arguments"))
+    );
+    assert_eq!(
+        *gate.models.lock().unwrap(),
+        2,
+        "every model call is reported"
+    );
+}
+
+#[test]
+fn a_long_result_reaches_the_model_cut_and_the_logs_whole() {
+    let logs = std::env::temp_dir().join(format!("warren-agent-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let long = "y".repeat(20_000);
+    let p = Arc::new(Scripted {
+        turns: vec![
+            vec![call("l", "shell", json!({ "command": long }))],
+            vec![call("f", "finish", json!({"summary": "done"}))],
+        ],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let cell = Arc::new(FakeCell::default());
+    let mut results = Vec::new();
+    let agent = Agent::new(
+        p.clone(),
+        cell,
+        config(),
+        Arc::new(Unrestricted),
+        Some(logs.clone()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(agent.run("long output", &mut |e| {
+        if let warren_agent::AgentEvent::ToolResult { chars, log, .. } = e {
+            results.push((*chars, log.clone()));
+        }
+    }))
+    .unwrap();
+    assert_eq!(results[0].1.as_deref(), Some("/logs/tool-1-1.log"));
+    let full = std::fs::read_to_string(logs.join("tool-1-1.log")).unwrap();
+    assert_eq!(full.chars().count(), results[0].0);
+    assert!(full.ends_with(&format!("ran {long}\n")));
+    let told = serde_json::to_string(&p.requests.lock().unwrap()[1].messages).unwrap();
+    assert!(
+        told.contains("[output truncated at 16000 characters of")
+            && told.contains("full output in /logs/tool-1-1.log"),
+    );
+    let result = p.requests.lock().unwrap()[1]
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            warren_llm::Message::Tool { content, .. } => Some(content.chars().count()),
+            _ => None,
+        });
+    assert!(
+        result.is_some_and(|n| n < 16_200),
+        "the model got the cut result: {result:?}"
+    );
+    assert!(
+        std::fs::read_to_string(logs.join("events.jsonl"))
+            .unwrap()
+            .contains(r#""event":"finished""#)
+    );
+    let _ = std::fs::remove_dir_all(logs);
+}
+
+#[test]
+fn the_same_failing_call_is_tolerated_only_so_often() {
+    let again = || vec![call("x", "read_file", json!({"path": "nowhere"}))];
+    let p = Arc::new(Scripted {
+        turns: vec![again(), again(), again(), again()],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let report = run(&Agent::new(
+        p.clone(),
+        Arc::new(FakeCell::default()),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::Stopped("the same failing read_file call was repeated 3 times".into())
+    );
+    assert_eq!(report.turns, 3);
+}
+
+/// Loads nothing, and fails to record.
+struct FullDisk;
+
+impl Journal for FullDisk {
+    fn load(&self) -> Result<Vec<Step>, String> {
+        Ok(Vec::new())
+    }
+    fn record(&self, _seq: u64, _step: &Step) -> Result<(), String> {
+        Err("disk full".into())
+    }
+}
+
+#[test]
+fn errors_name_the_operation_that_failed() {
+    let finish = || Scripted {
+        turns: vec![vec![call("f", "finish", json!({"summary": "done"}))]],
+        crash_at: None,
+        requests: Mutex::default(),
+    };
+    let agent = |logs| {
+        Agent::new(
+            Arc::new(finish()),
+            Arc::new(FakeCell::default()),
+            config(),
+            Arc::new(Unrestricted),
+            logs,
+        )
+    };
+    let e = run(&agent(None).with_journal(Arc::new(FullDisk))).unwrap_err();
+    assert!(matches!(
+        e,
+        warren_agent::AgentError::Journal(warren_agent::JournalError::Record { seq: 0, .. })
+    ));
+    assert_eq!(
+        e.to_string(),
+        "task journal: cannot record step 0 (model): disk full"
+    );
+    let missing = std::env::temp_dir().join(format!("warren-agent-none-{}", std::process::id()));
+    let e = run(&agent(Some(missing.clone()))).unwrap_err();
+    assert!(matches!(
+        &e,
+        warren_agent::AgentError::Logs(warren_agent::LogsError::Open { path, .. })
+            if *path == missing.join("events.jsonl")
+    ));
+    assert!(e.to_string().starts_with("task logs: cannot open "), "{e}");
 }

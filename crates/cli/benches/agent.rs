@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use warren_agent::{Agent, AgentConfig, AgentEvent};
+use warren_agent::{Agent, AgentConfig, AgentEvent, Unrestricted};
 use warren_cell::{Cell, CellSpec, Collect, ExecSpec, JailProgram, ProcessCell};
 use warren_llm::{
     ChatRequest, ChatResponse, EventSink, LlmError, Provider, StopReason, ToolCall, Usage,
@@ -104,7 +104,7 @@ fn main() {
         max_turns: steps as u32 + 5,
         ..AgentConfig::default()
     };
-    let agent = Agent::new(provider, cell, config, None);
+    let agent = Agent::new(provider, cell, config, Arc::new(Unrestricted), None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

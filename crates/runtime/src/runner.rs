@@ -335,13 +335,13 @@ impl Engine {
             Arc::clone(&p.provider),
             Arc::clone(&p.cell),
             config,
+            Arc::new(gate),
             Some(p.dirs.logs.clone()),
         )
         .with_journal(Arc::new(StoreJournal::new(
             Arc::clone(&self.store),
             id.clone(),
-        )))
-        .with_gate(Arc::new(gate));
+        )));
         let agent = match &memory {
             Some(m) => agent.with_host_tools(Arc::new(crate::memory_tools::MemoryTools {
                 memory: m.clone(),
