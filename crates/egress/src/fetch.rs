@@ -172,7 +172,8 @@ async fn run(
         }
     }
     // The request is built (and so validated) before anything is dialed.
-    let host = crate::allowlist::normalize_host(&url.host).map_err(|d| Refusal::Denied(d.reason))?;
+    let host =
+        crate::allowlist::normalize_host(&url.host).map_err(|d| Refusal::Denied(d.reason))?;
     let default_port = if url.https { 443 } else { 80 };
     let host_header = if url.port == default_port {
         host.clone()

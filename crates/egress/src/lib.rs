@@ -45,9 +45,9 @@
 //! with `Connection: close`; chunked request bodies are refused (411).
 
 mod addr;
+mod allowlist;
 mod fetch;
 mod head;
-mod allowlist;
 mod proxy;
 
 use std::collections::HashMap;
@@ -59,8 +59,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 pub use addr::forbidden;
-pub use fetch::{FetchRequest, FetchResponse, fetch};
 pub use allowlist::{DEFAULT_PORTS, Denied, IP_LITERAL_REASON, Policy, PolicyError, Rule};
+pub use fetch::{FetchRequest, FetchResponse, fetch};
 pub use proxy::{serve_tcp, serve_unix};
 
 /// Everything the proxy needs to decide and dial. Shared read-only by all connections.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warren_agent::{Gate, ToolCallRecord};
-use warren_runtime::gate::{Auditor, Redactor, TaskGate};
 use warren_runtime::capabilities::{Capabilities, Layer, PolicyFile};
+use warren_runtime::gate::{Auditor, Redactor, TaskGate};
 use warren_store::sqlite::SqliteStore;
 use warren_store::{NewTask, Store};
 
