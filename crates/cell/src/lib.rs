@@ -20,7 +20,6 @@ pub mod disk;
 pub mod error;
 pub mod forkserver;
 pub mod hostpaths;
-pub mod mountinfo;
 pub mod process;
 pub mod spec;
 
