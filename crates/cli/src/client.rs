@@ -11,9 +11,7 @@ use http_body_util::{BodyExt, BodyStream, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use warren_protocol::api::{ErrorBody, EventView};
+use serde_json::Value;
 
 /// Where the daemon is.
 #[derive(Clone, Debug)]
@@ -31,73 +29,27 @@ pub enum Target {
 
 /// A failed call: the daemon's error body, or why it could not be reached.
 #[derive(Debug)]
-pub enum CallError {
-    /// No answer: the daemon could not be reached, broke off, or sent what is not JSON of the
-    /// expected shape.
-    Unreachable(String),
-    /// The daemon refused the request with its error body.
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// The body: a stable code and a message for people.
-        body: ErrorBody,
-    },
-    /// An error answer that is not an [`ErrorBody`] (something in front of the daemon, or a
-    /// code this version does not know): its status and text.
-    Unrecognized {
-        /// HTTP status.
-        status: u16,
-        /// `STATUS: body`.
-        message: String,
-    },
-}
-
-impl CallError {
+pub struct CallError {
     /// HTTP status, when the daemon answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            CallError::Unreachable(_) => None,
-            CallError::Api { status, .. } | CallError::Unrecognized { status, .. } => Some(*status),
-        }
-    }
-
-    /// The error's code as printed with `--json`: the body's
-    /// [`ErrorCode`](warren_protocol::api::ErrorCode), `unreachable` without an answer,
-    /// `error` for an answer that is not an error body.
-    pub fn code(&self) -> &'static str {
-        match self {
-            CallError::Unreachable(_) => "unreachable",
-            CallError::Api { body, .. } => body.code.as_str(),
-            CallError::Unrecognized { .. } => "error",
-        }
-    }
-
+    pub status: Option<u16>,
+    /// `code` of the error body.
+    pub code: String,
     /// For people.
-    pub fn message(&self) -> &str {
-        match self {
-            CallError::Unreachable(m) | CallError::Unrecognized { message: m, .. } => m,
-            CallError::Api { body, .. } => &body.message,
-        }
-    }
-
-    /// The CLI's exit status for it: 3 when no daemon answered (as `warren status` says
-    /// "not running"), 1 for a refusal, whatever its code.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CallError::Unreachable(_) => 3,
-            CallError::Api { .. } | CallError::Unrecognized { .. } => 1,
-        }
-    }
+    pub message: String,
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
+        write!(f, "{}", self.message)
     }
 }
 
 fn unreachable(msg: String) -> CallError {
-    CallError::Unreachable(msg)
+    CallError {
+        status: None,
+        code: "unreachable".into(),
+        message: msg,
+    }
 }
 
 /// The daemon's address from flags, environment and the state directory.
@@ -161,15 +113,7 @@ async fn connect(t: &Target) -> Result<Sender, CallError> {
     }
 }
 
-/// A request without a body, for [`call`] and [`call_as`].
-pub const NO_BODY: Option<&()> = None;
-
-fn request<B: Serialize + ?Sized>(
-    t: &Target,
-    method: Method,
-    path: &str,
-    body: Option<&B>,
-) -> Result<Request<Full<Bytes>>, CallError> {
+fn request(t: &Target, method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(path);
     b = match t {
         Target::Unix(_) => b.header("host", "warren"),
@@ -180,40 +124,35 @@ fn request<B: Serialize + ?Sized>(
     let bytes = match body {
         Some(v) => {
             b = b.header("content-type", "application/json");
-            Bytes::from(
-                serde_json::to_vec(v).map_err(|e| unreachable(format!("request body: {e}")))?,
-            )
+            Bytes::from(v.to_string())
         }
         None => Bytes::new(),
     };
-    b.body(Full::new(bytes))
-        .map_err(|e| unreachable(format!("request {path}: {e}")))
+    b.body(Full::new(bytes)).unwrap_or_default()
 }
 
 fn error_of(status: StatusCode, body: &[u8]) -> CallError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(body) => CallError::Api {
-            status: status.as_u16(),
-            body,
-        },
-        Err(_) => CallError::Unrecognized {
-            status: status.as_u16(),
-            message: format!("{status}: {}", String::from_utf8_lossy(body)),
-        },
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    CallError {
+        status: Some(status.as_u16()),
+        code: v["code"].as_str().unwrap_or("error").into(),
+        message: v["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(body))),
     }
 }
 
 /// One request; the body of a 2xx answer, or the error.
-pub async fn call<B: Serialize + ?Sized>(
+pub async fn call(
     t: &Target,
     method: Method,
     path: &str,
-    body: Option<&B>,
+    body: Option<&Value>,
 ) -> Result<Bytes, CallError> {
-    let req = request(t, method, path, body)?;
     let mut send = connect(t).await?;
     let resp = send
-        .send_request(req)
+        .send_request(request(t, method, path, body))
         .await
         .map_err(|e| unreachable(format!("daemon: {e}")))?;
     let status = resp.status();
@@ -230,48 +169,36 @@ pub async fn call<B: Serialize + ?Sized>(
     }
 }
 
-/// [`call`], deserializing the JSON answer (a `warren_protocol::api` type).
-pub async fn call_as<T: DeserializeOwned, B: Serialize + ?Sized>(
+/// [`call`], parsing a JSON answer.
+pub async fn call_json(
     t: &Target,
     method: Method,
     path: &str,
-    body: Option<&B>,
-) -> Result<T, CallError> {
+    body: Option<&Value>,
+) -> Result<Value, CallError> {
     let b = call(t, method, path, body).await?;
     serde_json::from_slice(&b).map_err(|e| unreachable(format!("daemon sent invalid JSON: {e}")))
 }
 
-/// One line of JSON for `--json`: an answer as a `serde_json::Value` prints it, keys sorted
-/// (what earlier versions printed, which re-printed the daemon's JSON), so the same view prints
-/// alike from the daemon and from the CLI's local mode.
-pub fn json_line<T: Serialize + ?Sized>(v: &T) -> String {
-    serde_json::to_value(v)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|e| {
-            serde_json::json!({"error": {"code": "internal", "message": e.to_string()}}).to_string()
-        })
-}
-
-/// Follow an SSE endpoint, calling `each` with every event, until the server ends
+/// Follow an SSE endpoint, calling `each` with every event's JSON data, until the server ends
 /// the stream. Reconnects (resuming after the last event id) if the connection breaks.
 pub async fn follow(
     t: &Target,
     path: &str,
     mut after: i64,
-    each: &mut dyn FnMut(&EventView),
+    each: &mut dyn FnMut(&Value),
 ) -> Result<(), CallError> {
     let mut failures = 0;
     loop {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut send = connect(t).await?;
-        let req = request(
-            t,
-            Method::GET,
-            &format!("{path}{sep}after={after}"),
-            NO_BODY,
-        )?;
         let resp = send
-            .send_request(req)
+            .send_request(request(
+                t,
+                Method::GET,
+                &format!("{path}{sep}after={after}"),
+                None,
+            ))
             .await
             .map_err(|e| unreachable(format!("daemon: {e}")))?;
         let status = resp.status();
@@ -298,7 +225,7 @@ pub async fn follow(
                     if let Ok(id) = ev.id.parse::<i64>() {
                         after = id;
                     }
-                    if let Ok(v) = serde_json::from_str::<EventView>(&ev.data) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
                         each(&v);
                     }
                     failures = 0;

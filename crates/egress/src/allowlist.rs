@@ -37,59 +37,7 @@ pub struct PolicyError {
     /// The entry as written.
     pub entry: String,
     /// What is wrong with it.
-    pub problem: RuleProblem,
-}
-
-/// What is wrong with an allowlist entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleProblem {
-    /// Blank.
-    #[error("empty entry")]
-    Empty,
-    /// `[::1]`, `::1:443`.
-    #[error("IPv6 literals are not allowed; use a name")]
-    Ipv6,
-    /// `10.0.0.1`.
-    #[error("IP literals are not allowed; use a name")]
-    IpLiteral,
-    /// Not a number in 1..=65535.
-    #[error("bad port {0:?} (want 1-65535)")]
-    Port(String),
-    /// `*.com`.
-    #[error("a wildcard must cover at least two labels (*.example.com)")]
-    WildcardTooWide,
-    /// A `*` other than a leading `*.`.
-    #[error("a wildcard is only allowed as a leading \"*.\"")]
-    WildcardPlacement,
-    /// Not a plausible DNS name.
-    #[error(transparent)]
-    Name(#[from] NameProblem),
-}
-
-/// Why a host name (of an entry, or one a cell asked for) is not a plausible DNS name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameProblem {
-    /// Nothing.
-    #[error("empty name")]
-    Empty,
-    /// More than 253 bytes.
-    #[error("name longer than 253 bytes")]
-    TooLong,
-    /// `a..b`.
-    #[error("empty label")]
-    EmptyLabel,
-    /// More than 63 bytes between dots.
-    #[error("label longer than 63 bytes")]
-    LabelTooLong,
-    /// Outside `a-z 0-9 - _`.
-    #[error("character {0:?} is not allowed in a name")]
-    Character(char),
-    /// `-a.com`, `a-.com`.
-    #[error("a label may not start or end with '-'")]
-    Hyphen,
-    /// `example.123`, `127.1`.
-    #[error("the last label must start with a letter (IP literals are not allowed)")]
-    LastLabel,
+    pub problem: String,
 }
 
 /// Why a request was refused, in words for the person reading the audit or the 403 page.
@@ -232,20 +180,20 @@ pub(crate) fn ip_literal_denied(ip: IpAddr) -> Denied {
     }
 }
 
-fn parse_rule(entry: &str) -> Result<Rule, RuleProblem> {
+fn parse_rule(entry: &str) -> Result<Rule, String> {
     let entry = entry.trim();
     if entry.is_empty() {
-        return Err(RuleProblem::Empty);
+        return Err("empty entry".into());
     }
     if entry.starts_with('[') || entry.matches(':').count() > 1 {
-        return Err(RuleProblem::Ipv6);
+        return Err("IPv6 literals are not allowed; use a name".into());
     }
     let (host, ports) = match entry.split_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
     if host.parse::<IpAddr>().is_ok() {
-        return Err(RuleProblem::IpLiteral);
+        return Err("IP literals are not allowed; use a name".into());
     }
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let ports = match ports {
@@ -253,7 +201,7 @@ fn parse_rule(entry: &str) -> Result<Rule, RuleProblem> {
         Some(list) => list
             .split(',')
             .map(|p| match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(RuleProblem::Port(p.to_owned())),
+                Ok(0) | Err(_) => Err(format!("bad port {p:?} (want 1-65535)")),
                 Ok(n) => Ok(n),
             })
             .collect::<Result<Vec<_>, _>>()?,
@@ -261,14 +209,14 @@ fn parse_rule(entry: &str) -> Result<Rule, RuleProblem> {
     let bare = match host.strip_prefix("*.") {
         Some(rest) => {
             if !rest.contains('.') {
-                return Err(RuleProblem::WildcardTooWide);
+                return Err("a wildcard must cover at least two labels (*.example.com)".into());
             }
             rest
         }
         None => &host,
     };
     if bare.contains('*') {
-        return Err(RuleProblem::WildcardPlacement);
+        return Err("a wildcard is only allowed as a leading \"*.\"".into());
     }
     check_name(bare)?;
     Ok(Rule {
@@ -281,34 +229,34 @@ fn parse_rule(entry: &str) -> Result<Rule, RuleProblem> {
 /// names have them) and stricter in one place: the last label must start with a letter, as
 /// every top-level domain does, which shuts out every numeric form a resolver might read as
 /// an address.
-fn check_name(name: &str) -> Result<(), NameProblem> {
+fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err(NameProblem::Empty);
+        return Err("empty name".into());
     }
     if name.len() > 253 {
-        return Err(NameProblem::TooLong);
+        return Err("name longer than 253 bytes".into());
     }
     let mut last = "";
     for label in name.split('.') {
         if label.is_empty() {
-            return Err(NameProblem::EmptyLabel);
+            return Err("empty label".into());
         }
         if label.len() > 63 {
-            return Err(NameProblem::LabelTooLong);
+            return Err("label longer than 63 bytes".into());
         }
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(NameProblem::Character(c));
+            return Err(format!("character {c:?} is not allowed in a name"));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(NameProblem::Hyphen);
+            return Err("a label may not start or end with '-'".into());
         }
         last = label;
     }
     if !last.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err(NameProblem::LastLabel);
+        return Err("the last label must start with a letter (IP literals are not allowed)".into());
     }
     Ok(())
 }

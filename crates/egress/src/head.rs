@@ -37,54 +37,6 @@ pub(crate) enum HeadError {
     Truncated(Vec<u8>),
 }
 
-/// Why a request head that was read is refused (answered 400, recorded as denied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum MalformedHead {
-    #[error("bare CR or LF in the request head")]
-    BareCrLf,
-    #[error("empty request")]
-    Empty,
-    #[error("the request line is not METHOD TARGET VERSION")]
-    RequestLine,
-    #[error("bad method")]
-    Method,
-    #[error("bad request target")]
-    Target,
-    #[error("only HTTP/1.0 and HTTP/1.1 are spoken here")]
-    Version,
-    #[error("folded header lines are not accepted")]
-    Folded,
-    #[error("a header line without a colon")]
-    NoColon,
-    #[error("bad header name")]
-    HeaderName,
-    #[error("control characters in a header value")]
-    HeaderValue,
-}
-
-/// Why a URL (a forwarded request's target) or an authority (a CONNECT target) is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BadTarget {
-    #[error("the URL must start with http:// or https://")]
-    Scheme,
-    #[error("user info in URLs (user@host) is not allowed")]
-    UserInfo,
-    #[error("spaces or control characters in the URL")]
-    Characters,
-    #[error("unclosed [ in the host")]
-    UnclosedBracket,
-    #[error("junk after ] in the host")]
-    AfterBracket,
-    #[error("IPv6 addresses must be in brackets")]
-    Ipv6Brackets,
-    #[error("no host")]
-    NoHost,
-    #[error("bad port {0:?}")]
-    Port(String),
-    #[error("a port is required (host:port)")]
-    NoPort,
-}
-
 /// Reads until the blank line ending a request head. Returns the head (without the blank
 /// line) and whatever the client sent after it (the start of a body or of tunneled data).
 pub(crate) async fn read_head<R: AsyncRead + Unpin>(
@@ -150,49 +102,49 @@ pub(crate) fn is_field_value(v: &[u8]) -> bool {
 }
 
 /// Parses a head (without its blank line). Strict: see the module docs.
-pub(crate) fn parse(raw: &[u8]) -> Result<Head, MalformedHead> {
+pub(crate) fn parse(raw: &[u8]) -> Result<Head, String> {
     // Every line ends with CRLF once the last one gets back the CRLF read_head cut off.
     let mut text = raw.to_vec();
     text.extend_from_slice(b"\r\n");
     let mut lines = text.split(|b| *b == b'\n');
     let _ = lines.next_back(); // the empty piece after the final "\n"
-    let mut next = move || -> Option<Result<&[u8], MalformedHead>> {
+    let mut next = move || -> Option<Result<&[u8], String>> {
         let line = lines.next()?;
         Some(match line.strip_suffix(b"\r") {
             Some(l) if !l.contains(&b'\r') => Ok(l),
-            _ => Err(MalformedHead::BareCrLf),
+            _ => Err("bare CR or LF in the request head".to_string()),
         })
     };
-    let request_line = next().ok_or(MalformedHead::Empty)??;
+    let request_line = next().ok_or("empty request")??;
     let parts: Vec<&[u8]> = request_line.split(|b| *b == b' ').collect();
     let [method, target, version] = parts.as_slice() else {
-        return Err(MalformedHead::RequestLine);
+        return Err("the request line is not METHOD TARGET VERSION".into());
     };
     if !is_token(method) {
-        return Err(MalformedHead::Method);
+        return Err("bad method".into());
     }
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
-        return Err(MalformedHead::Target);
+        return Err("bad request target".into());
     }
     if *version != b"HTTP/1.1" && *version != b"HTTP/1.0" {
-        return Err(MalformedHead::Version);
+        return Err("only HTTP/1.0 and HTTP/1.1 are spoken here".into());
     }
     let mut headers = Vec::new();
     while let Some(line) = next() {
         let line = line?;
         if line.starts_with(b" ") || line.starts_with(b"\t") {
-            return Err(MalformedHead::Folded);
+            return Err("folded header lines are not accepted".into());
         }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(MalformedHead::NoColon);
+            return Err("a header line without a colon".into());
         };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if !is_token(name) {
-            return Err(MalformedHead::HeaderName);
+            return Err("bad header name".into());
         }
         let value = value.trim_ascii();
         if !is_field_value(value) {
-            return Err(MalformedHead::HeaderValue);
+            return Err("control characters in a header value".into());
         }
         headers.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
     }
@@ -215,19 +167,19 @@ pub(crate) struct Url {
     pub path: String,
 }
 
-pub(crate) fn parse_url(url: &str) -> Result<Url, BadTarget> {
+pub(crate) fn parse_url(url: &str) -> Result<Url, String> {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let (https, rest) = if lower.starts_with("http://") {
         (false, &url[7..])
     } else if lower.starts_with("https://") {
         (true, &url[8..])
     } else {
-        return Err(BadTarget::Scheme);
+        return Err("the URL must start with http:// or https://".into());
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
-        return Err(BadTarget::UserInfo);
+        return Err("user info in URLs (user@host) is not allowed".into());
     }
     let (host, port) = parse_authority(authority, Some(if https { 443 } else { 80 }))?;
     let tail = tail.split('#').next().unwrap_or_default();
@@ -237,7 +189,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Url, BadTarget> {
         format!("/{tail}")
     };
     if !path.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(BadTarget::Characters);
+        return Err("spaces or control characters in the URL".into());
     }
     Ok(Url {
         https,
@@ -248,34 +200,34 @@ pub(crate) fn parse_url(url: &str) -> Result<Url, BadTarget> {
 }
 
 /// Splits `host:port` (or `[v6]:port`); without a port, `default` is used if given.
-pub(crate) fn parse_authority(s: &str, default: Option<u16>) -> Result<(String, u16), BadTarget> {
+pub(crate) fn parse_authority(s: &str, default: Option<u16>) -> Result<(String, u16), String> {
     let (host, port) = if s.starts_with('[') {
-        let close = s.find(']').ok_or(BadTarget::UnclosedBracket)?;
+        let close = s.find(']').ok_or("unclosed [ in the host")?;
         let (h, rest) = s.split_at(close + 1);
         match rest.strip_prefix(':') {
             Some(p) => (h, Some(p)),
             None if rest.is_empty() => (h, None),
-            None => return Err(BadTarget::AfterBracket),
+            None => return Err("junk after ] in the host".into()),
         }
     } else {
         match s.split_once(':') {
             Some((_, p)) if p.contains(':') => {
-                return Err(BadTarget::Ipv6Brackets);
+                return Err("IPv6 addresses must be in brackets".into());
             }
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         }
     };
     if host.is_empty() {
-        return Err(BadTarget::NoHost);
+        return Err("no host".into());
     }
     let port = match (port, default) {
         (Some(p), _) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(BadTarget::Port(p.to_owned())),
+            _ => return Err(format!("bad port {p:?}")),
         },
         (None, Some(d)) => d,
-        (None, None) => return Err(BadTarget::NoPort),
+        (None, None) => return Err("a port is required (host:port)".into()),
     };
     Ok((host.to_string(), port))
 }

@@ -5,31 +5,11 @@ use std::collections::BTreeMap;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::client::{AnswerError, Dialect, StreamState};
+use crate::client::{Dialect, StreamState};
 use crate::types::{ChatRequest, ChatResponse, Message, StopReason, StreamEvent, ToolCall, Usage};
 
 /// The OpenAI-compatible wire format.
 pub struct OpenAi;
-
-/// An OpenAI-format answer that is not in the documented shape.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenAiError {
-    /// A response without `choices[0]`.
-    #[error("no choices in the response")]
-    NoChoices,
-    /// A stream chunk that does not parse.
-    #[error("stream chunk is not JSON: {0}")]
-    ChunkNotJson(#[source] serde_json::Error),
-    /// The server reported an error inside the stream.
-    #[error("error in stream: {0}")]
-    InStream(String),
-    /// A tool call fragment that does not say which call it belongs to.
-    #[error("tool call fragment without an index")]
-    FragmentWithoutIndex,
-    /// `[DONE]` without a `finish_reason` before it.
-    #[error("stream ended without a finish reason")]
-    NoFinishReason,
-}
 
 fn message(m: &Message) -> Value {
     match m {
@@ -106,8 +86,8 @@ impl Dialect for OpenAi {
         body
     }
 
-    fn parse(&self, v: Value) -> Result<ChatResponse, AnswerError> {
-        let choice = v["choices"].get(0).ok_or(OpenAiError::NoChoices)?;
+    fn parse(&self, v: Value) -> Result<ChatResponse, String> {
+        let choice = v["choices"].get(0).ok_or("no choices in the response")?;
         let msg = &choice["message"];
         let tool_calls = msg["tool_calls"]
             .as_array()
@@ -156,16 +136,17 @@ impl StreamState for OpenAiStream {
         _event: &str,
         data: &str,
         sink: &mut dyn FnMut(StreamEvent),
-    ) -> Result<bool, AnswerError> {
+    ) -> Result<bool, String> {
         if data.trim() == "[DONE]" {
             return Ok(true);
         }
-        let v: Value = serde_json::from_str(data).map_err(OpenAiError::ChunkNotJson)?;
+        let v: Value =
+            serde_json::from_str(data).map_err(|e| format!("stream chunk is not JSON: {e}"))?;
         if let Some(e) = v.get("error") {
-            return Err(OpenAiError::InStream(
-                e["message"].as_str().unwrap_or("unknown").to_owned(),
-            )
-            .into());
+            return Err(format!(
+                "error in stream: {}",
+                e["message"].as_str().unwrap_or("unknown")
+            ));
         }
         if v["usage"].is_object() {
             self.usage = usage(&v["usage"]);
@@ -181,7 +162,7 @@ impl StreamState for OpenAiStream {
         for c in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = c["index"]
                 .as_u64()
-                .ok_or(OpenAiError::FragmentWithoutIndex)?;
+                .ok_or("tool call fragment without an index")?;
             let call = self.calls.entry(index).or_insert_with(|| ToolCall {
                 id: String::new(),
                 name: String::new(),
@@ -210,10 +191,10 @@ impl StreamState for OpenAiStream {
         Ok(false)
     }
 
-    fn finish(self: Box<Self>) -> Result<ChatResponse, AnswerError> {
+    fn finish(self: Box<Self>) -> Result<ChatResponse, String> {
         let s = *self;
         if s.finish.is_none() {
-            return Err(OpenAiError::NoFinishReason.into());
+            return Err("stream ended without a finish reason".into());
         }
         Ok(ChatResponse {
             stop_reason: stop(s.finish.as_deref()),

@@ -4,7 +4,6 @@ mod config;
 mod daemon;
 mod equivalence;
 mod exec;
-mod json_output;
 mod kill;
 mod memory;
 mod own_files;
