@@ -2,6 +2,7 @@
 //! agents.
 //!
 //! - [`api`]: the HTTP API (axum), its OpenAPI document, SSE and WebSocket event streams;
+//! - [`conn`]: serving a listener with connection limits and timeouts;
 //! - [`server`]: the daemon process (lock, unix socket, TCP with a bearer token, signals).
 //!
 //! Everything a request *does* happens in [`warren_runtime`]: the engine, the scheduler,
@@ -9,4 +10,5 @@
 //! talk to the API over the unix socket; see `docs/architecture.md` for the data flow.
 
 pub mod api;
+pub mod conn;
 pub mod server;

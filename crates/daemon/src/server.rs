@@ -1,7 +1,7 @@
 //! The daemon process: one per state directory (an exclusive lock), a unix socket for local
 //! clients (mode 0600, or 0660 for a chosen group), an optional TCP listener that requires the
-//! bearer token kept in `<state>/token` (0600), and a graceful shutdown on SIGTERM/SIGINT
-//! that requeues running tasks for resume.
+//! bearer token kept in `<state>/token` (0600), both served within [`ConnLimits`], and a
+//! graceful shutdown on SIGTERM/SIGINT that requeues running tasks for resume.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -15,6 +15,8 @@ use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 
 use warren_runtime::engine::{Engine, Options};
+
+use crate::conn::ConnLimits;
 
 /// Where things live in a state directory.
 pub struct Paths {
@@ -179,16 +181,16 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
         let daemon = Engine::new(store, opts).map_err(|e| e.to_string())?;
         let unix = bind_socket(&paths.socket, listen.socket_group.as_deref())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
+        // The host's cell tiers, for `/health`: probed once, now.
+        let _ = tokio::task::spawn_blocking(crate::api::health::host_tiers).await;
         let mut servers = Vec::new();
         let app = crate::api::router(Arc::clone(&daemon), None);
-        servers.push(tokio::spawn(
-            axum::serve(unix, app)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        ));
+        servers.push(tokio::spawn(crate::conn::serve(
+            unix,
+            app,
+            ConnLimits::default(),
+            stop_rx.clone(),
+        )));
         let mut where_ = format!("unix:{}", paths.socket.display());
         if let (Some(addr), Some(token)) = (listen.tcp, token) {
             let tcp = tokio::net::TcpListener::bind(addr)
@@ -200,11 +202,12 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
                 paths.token.display()
             ));
             let app = crate::api::router(Arc::clone(&daemon), Some(token.into()));
-            servers.push(tokio::spawn(
-                axum::serve(tcp, app)
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            ));
+            servers.push(tokio::spawn(crate::conn::serve(
+                tcp,
+                app,
+                ConnLimits::default(),
+                stop_rx.clone(),
+            )));
         }
         let sched = tokio::spawn(Arc::clone(&daemon).run());
         eprintln!(

@@ -799,6 +799,33 @@ impl Engine {
     pub fn limits(&self) -> &Limits {
         &self.opts.limits
     }
+
+    /// Tasks queued (all workers), for `/health` and `/metrics`.
+    pub fn queued_count(&self) -> Result<u64, ActionError> {
+        Ok(self.store.count(TaskState::Queued)?)
+    }
+
+    /// At most `n` events after event `after`, oldest first: one task's (`task`), or every
+    /// task's (`None`). What event streams read; unlike [`Query::Events`], a task that does not
+    /// exist is no error (its events are none).
+    pub fn events_since(
+        &self,
+        task: Option<&str>,
+        after: i64,
+        n: u32,
+    ) -> Result<Vec<warren_protocol::api::EventView>, ActionError> {
+        let events = self.store.events_since(task, after, n)?;
+        Ok(events.into_iter().map(crate::action::event_view).collect())
+    }
+
+    /// A task's lifecycle state (`not_found` for an unknown task, `invalid_request` for
+    /// something that cannot be a task id).
+    pub fn task_state(&self, id: &str) -> Result<TaskState, ActionError> {
+        if !warren_protocol::api::is_task_id(id) {
+            return Err(ActionError::invalid(format!("{id:?} is not a task id")));
+        }
+        Ok(self.store.get_task(id)?.state)
+    }
 }
 
 /// A task for [`Engine::run_local`].
