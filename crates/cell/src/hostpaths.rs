@@ -20,7 +20,7 @@
 //! visible (allowlisted) but not walked: its few hundred links (~0.6 ms to resolve on every
 //! start) point into the toolchain homes, and those are walked instead.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use warren_protocol::mount::{Mount, MountKind, check_path};
 
@@ -161,36 +161,108 @@ pub const READ_ONLY_REFUSED: &[(&str, &str)] = &[
     ("/run/egress", "the egress proxy's socket"),
 ];
 
+/// A read-only path a policy adds that is refused ([`check_read_only_path`]). Each names the
+/// path as given.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadOnlyPathError {
+    /// Mount paths are UTF-8.
+    #[error("{} is not UTF-8", path.display())]
+    NotUtf8 {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A relative path.
+    #[error("{path:?} is not an absolute path")]
+    NotAbsolute {
+        /// The path.
+        path: String,
+    },
+    /// `//`, `.`, `..` or a trailing `/`.
+    #[error("{path:?} is not a normalized path (no //, . or .., no trailing /)")]
+    NotNormalized {
+        /// The path.
+        path: String,
+    },
+    /// At or below one of [`READ_ONLY_REFUSED`].
+    #[error("{path} is at or below {base} ({why})")]
+    Reserved {
+        /// The path.
+        path: String,
+        /// The refused cell path it is at or below.
+        base: &'static str,
+        /// Why that is refused.
+        why: &'static str,
+    },
+    /// One of the system directories.
+    #[error("{path} is a system directory every cell already sees read-only")]
+    SystemDir {
+        /// The path.
+        path: String,
+    },
+    /// It cannot be looked at or resolved (it does not exist, say).
+    #[error("{path}: {source}")]
+    Inspect {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A symlink is on the way.
+    #[error("{path} is or passes through a symlink (to {}); name the real path", target.display())]
+    Symlink {
+        /// The path.
+        path: String,
+        /// Where it resolves.
+        target: PathBuf,
+    },
+    /// It holds or lies inside Warren's own state or configuration.
+    #[error("{path} holds or lies inside {what} {}", dir.display())]
+    Private {
+        /// The path.
+        path: String,
+        /// What the directory is.
+        what: &'static str,
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
 /// Check a read-only path a policy adds (mounted at the same path in the cell): absolute and
 /// normalized, existing, free of symlinks (the cell sees it where the policy says), not at or
 /// below [`READ_ONLY_REFUSED`] nor one of the system directories, and neither holding nor
 /// inside the state directory `state_dir` or Warren's configuration
 /// ([`crate::spec::default_private_dirs`]: keys, trust decisions). Returns the path as a string.
-pub fn check_read_only_path(path: &Path, state_dir: &Path) -> Result<String, String> {
-    let s = path
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
+pub fn check_read_only_path(path: &Path, state_dir: &Path) -> Result<String, ReadOnlyPathError> {
+    let s = path.to_str().ok_or_else(|| ReadOnlyPathError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
     if !s.starts_with('/') {
-        return Err(format!("{s:?} is not an absolute path"));
+        return Err(ReadOnlyPathError::NotAbsolute { path: s.to_owned() });
     }
-    check_path(s)
-        .map_err(|_| format!("{s:?} is not a normalized path (no //, . or .., no trailing /)"))?;
+    check_path(s).map_err(|_| ReadOnlyPathError::NotNormalized { path: s.to_owned() })?;
     let beneath = |base: &str| s == base || s.starts_with(&format!("{base}/"));
-    if let Some((base, why)) = READ_ONLY_REFUSED.iter().find(|(b, _)| beneath(b)) {
-        return Err(format!("{s} is at or below {base} ({why})"));
+    if let Some(&(base, why)) = READ_ONLY_REFUSED.iter().find(|(b, _)| beneath(b)) {
+        return Err(ReadOnlyPathError::Reserved {
+            path: s.to_owned(),
+            base,
+            why,
+        });
     }
     if crate::spec::SYSTEM_DIRS.contains(&s) {
-        return Err(format!(
-            "{s} is a system directory every cell already sees read-only"
-        ));
+        return Err(ReadOnlyPathError::SystemDir { path: s.to_owned() });
     }
-    std::fs::symlink_metadata(path).map_err(|e| format!("{s}: {e}"))?;
-    let canonical = std::fs::canonicalize(path).map_err(|e| format!("{s}: {e}"))?;
+    let inspect = |source| ReadOnlyPathError::Inspect {
+        path: s.to_owned(),
+        source,
+    };
+    std::fs::symlink_metadata(path).map_err(inspect)?;
+    let canonical = std::fs::canonicalize(path).map_err(inspect)?;
     if canonical != path {
-        return Err(format!(
-            "{s} is or passes through a symlink (to {}); name the real path",
-            canonical.display()
-        ));
+        return Err(ReadOnlyPathError::Symlink {
+            path: s.to_owned(),
+            target: canonical,
+        });
     }
     let own = std::iter::once((state_dir.to_path_buf(), "Warren's state directory")).chain(
         crate::spec::default_private_dirs()
@@ -202,7 +274,11 @@ pub fn check_read_only_path(path: &Path, state_dir: &Path) -> Result<String, Str
             .or_else(|_| std::path::absolute(&dir))
             .unwrap_or(dir);
         if dir.starts_with(&canonical) || canonical.starts_with(&dir) {
-            return Err(format!("{s} holds or lies inside {what} {}", dir.display()));
+            return Err(ReadOnlyPathError::Private {
+                path: s.to_owned(),
+                what,
+                dir,
+            });
         }
     }
     Ok(s.to_owned())
@@ -302,19 +378,21 @@ mod tests {
             ("/usr", "system directory"),
             ("/nonexistent-warren-path", "No such file"),
         ] {
-            let e = ok(Path::new(bad)).unwrap_err();
+            let e = ok(Path::new(bad)).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
         for holds_or_inside in [base.clone(), state.clone(), state.join("changes")] {
             let e = ok(&holds_or_inside).unwrap_err();
+            assert!(matches!(e, ReadOnlyPathError::Private { .. }), "{e:?}");
+            let e = e.to_string();
             assert!(e.contains("state directory"), "{e}");
         }
         // Warren's configuration (keys) likewise, wherever HOME points.
-        let e = ok(Path::new("/etc")).unwrap_err();
+        let e = ok(Path::new("/etc")).unwrap_err().to_string();
         assert!(e.contains("Warren's configuration /etc/warren"), "{e}");
         let link = base.join("link");
         std::os::unix::fs::symlink("/usr/share", &link).unwrap();
-        let e = ok(&link).unwrap_err();
+        let e = ok(&link).unwrap_err().to_string();
         assert!(e.contains("symlink (to /usr/share)"), "{e}");
         std::fs::remove_dir_all(&base).unwrap();
     }

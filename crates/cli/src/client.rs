@@ -11,7 +11,9 @@ use http_body_util::{BodyExt, BodyStream, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warren_protocol::api::{ErrorBody, EventView};
 
 /// Where the daemon is.
 #[derive(Clone, Debug)]
@@ -29,27 +31,73 @@ pub enum Target {
 
 /// A failed call: the daemon's error body, or why it could not be reached.
 #[derive(Debug)]
-pub struct CallError {
+pub enum CallError {
+    /// No answer: the daemon could not be reached, broke off, or sent what is not JSON of the
+    /// expected shape.
+    Unreachable(String),
+    /// The daemon refused the request with its error body.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The body: a stable code and a message for people.
+        body: ErrorBody,
+    },
+    /// An error answer that is not an [`ErrorBody`] (something in front of the daemon, or a
+    /// code this version does not know): its status and text.
+    Unrecognized {
+        /// HTTP status.
+        status: u16,
+        /// `STATUS: body`.
+        message: String,
+    },
+}
+
+impl CallError {
     /// HTTP status, when the daemon answered.
-    pub status: Option<u16>,
-    /// `code` of the error body.
-    pub code: String,
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Unreachable(_) => None,
+            CallError::Api { status, .. } | CallError::Unrecognized { status, .. } => Some(*status),
+        }
+    }
+
+    /// The error's code as printed with `--json`: the body's
+    /// [`ErrorCode`](warren_protocol::api::ErrorCode), `unreachable` without an answer,
+    /// `error` for an answer that is not an error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::Unreachable(_) => "unreachable",
+            CallError::Api { body, .. } => body.code.as_str(),
+            CallError::Unrecognized { .. } => "error",
+        }
+    }
+
     /// For people.
-    pub message: String,
+    pub fn message(&self) -> &str {
+        match self {
+            CallError::Unreachable(m) | CallError::Unrecognized { message: m, .. } => m,
+            CallError::Api { body, .. } => &body.message,
+        }
+    }
+
+    /// The CLI's exit status for it: 3 when no daemon answered (as `warren status` says
+    /// "not running"), 1 for a refusal, whatever its code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallError::Unreachable(_) => 3,
+            CallError::Api { .. } | CallError::Unrecognized { .. } => 1,
+        }
+    }
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.message)
+        f.write_str(self.message())
     }
 }
 
 fn unreachable(msg: String) -> CallError {
-    CallError {
-        status: None,
-        code: "unreachable".into(),
-        message: msg,
-    }
+    CallError::Unreachable(msg)
 }
 
 /// The daemon's address from flags, environment and the state directory.
@@ -113,7 +161,15 @@ async fn connect(t: &Target) -> Result<Sender, CallError> {
     }
 }
 
-fn request(t: &Target, method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
+/// A request without a body, for [`call`] and [`call_as`].
+pub const NO_BODY: Option<&()> = None;
+
+fn request<B: Serialize + ?Sized>(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Option<&B>,
+) -> Result<Request<Full<Bytes>>, CallError> {
     let mut b = Request::builder().method(method).uri(path);
     b = match t {
         Target::Unix(_) => b.header("host", "warren"),
@@ -124,35 +180,40 @@ fn request(t: &Target, method: Method, path: &str, body: Option<&Value>) -> Requ
     let bytes = match body {
         Some(v) => {
             b = b.header("content-type", "application/json");
-            Bytes::from(v.to_string())
+            Bytes::from(
+                serde_json::to_vec(v).map_err(|e| unreachable(format!("request body: {e}")))?,
+            )
         }
         None => Bytes::new(),
     };
-    b.body(Full::new(bytes)).unwrap_or_default()
+    b.body(Full::new(bytes))
+        .map_err(|e| unreachable(format!("request {path}: {e}")))
 }
 
 fn error_of(status: StatusCode, body: &[u8]) -> CallError {
-    let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    CallError {
-        status: Some(status.as_u16()),
-        code: v["code"].as_str().unwrap_or("error").into(),
-        message: v["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(body))),
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => CallError::Api {
+            status: status.as_u16(),
+            body,
+        },
+        Err(_) => CallError::Unrecognized {
+            status: status.as_u16(),
+            message: format!("{status}: {}", String::from_utf8_lossy(body)),
+        },
     }
 }
 
 /// One request; the body of a 2xx answer, or the error.
-pub async fn call(
+pub async fn call<B: Serialize + ?Sized>(
     t: &Target,
     method: Method,
     path: &str,
-    body: Option<&Value>,
+    body: Option<&B>,
 ) -> Result<Bytes, CallError> {
+    let req = request(t, method, path, body)?;
     let mut send = connect(t).await?;
     let resp = send
-        .send_request(request(t, method, path, body))
+        .send_request(req)
         .await
         .map_err(|e| unreachable(format!("daemon: {e}")))?;
     let status = resp.status();
@@ -169,36 +230,48 @@ pub async fn call(
     }
 }
 
-/// [`call`], parsing a JSON answer.
-pub async fn call_json(
+/// [`call`], deserializing the JSON answer (a `warren_protocol::api` type).
+pub async fn call_as<T: DeserializeOwned, B: Serialize + ?Sized>(
     t: &Target,
     method: Method,
     path: &str,
-    body: Option<&Value>,
-) -> Result<Value, CallError> {
+    body: Option<&B>,
+) -> Result<T, CallError> {
     let b = call(t, method, path, body).await?;
     serde_json::from_slice(&b).map_err(|e| unreachable(format!("daemon sent invalid JSON: {e}")))
 }
 
-/// Follow an SSE endpoint, calling `each` with every event's JSON data, until the server ends
+/// One line of JSON for `--json`: an answer as a `serde_json::Value` prints it, keys sorted
+/// (what earlier versions printed, which re-printed the daemon's JSON), so the same view prints
+/// alike from the daemon and from the CLI's local mode.
+pub fn json_line<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_value(v)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| {
+            serde_json::json!({"error": {"code": "internal", "message": e.to_string()}}).to_string()
+        })
+}
+
+/// Follow an SSE endpoint, calling `each` with every event, until the server ends
 /// the stream. Reconnects (resuming after the last event id) if the connection breaks.
 pub async fn follow(
     t: &Target,
     path: &str,
     mut after: i64,
-    each: &mut dyn FnMut(&Value),
+    each: &mut dyn FnMut(&EventView),
 ) -> Result<(), CallError> {
     let mut failures = 0;
     loop {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut send = connect(t).await?;
+        let req = request(
+            t,
+            Method::GET,
+            &format!("{path}{sep}after={after}"),
+            NO_BODY,
+        )?;
         let resp = send
-            .send_request(request(
-                t,
-                Method::GET,
-                &format!("{path}{sep}after={after}"),
-                None,
-            ))
+            .send_request(req)
             .await
             .map_err(|e| unreachable(format!("daemon: {e}")))?;
         let status = resp.status();
@@ -225,7 +298,7 @@ pub async fn follow(
                     if let Ok(id) = ev.id.parse::<i64>() {
                         after = id;
                     }
-                    if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                    if let Ok(v) = serde_json::from_str::<EventView>(&ev.data) {
                         each(&v);
                     }
                     failures = 0;

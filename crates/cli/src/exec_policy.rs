@@ -88,6 +88,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+use warren_config::units::UnitError;
 pub use warren_config::units::{parse_duration, parse_size};
 
 /// Parse policy text; `file` is only used in messages, `state_dir` is Warren's state directory
@@ -103,8 +104,8 @@ pub fn parse(file: &Path, text: &str, state_dir: &Path) -> Result<Policy, Policy
         let offset = e.span().map_or(0, |s| s.start);
         at(offset, e.message())
     })?;
-    let value = |v: &Spanned<String>, f: fn(&str) -> Result<u64, String>| {
-        f(v.get_ref()).map_err(|m| at(v.span().start, &m))
+    let value = |v: &Spanned<String>, f: fn(&str) -> Result<u64, UnitError>| {
+        f(v.get_ref()).map_err(|m| at(v.span().start, &m.to_string()))
     };
     let mode = match &raw.mode {
         None => None,
@@ -157,7 +158,7 @@ pub fn parse(file: &Path, text: &str, state_dir: &Path) -> Result<Policy, Policy
         timeout: raw
             .timeout
             .as_ref()
-            .map(|t| parse_duration(t.get_ref()).map_err(|m| at(t.span().start, &m)))
+            .map(|t| parse_duration(t.get_ref()).map_err(|m| at(t.span().start, &m.to_string())))
             .transpose()?,
         disk: raw
             .disk

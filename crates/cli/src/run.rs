@@ -72,7 +72,10 @@ fn provider_for(
             .unwrap_or_else(|| replay.first_model().unwrap_or_default());
         return Ok((Arc::new(replay), model));
     }
-    let chosen = a.provider.as_deref().or(cfg.agent.provider.as_deref());
+    let chosen = a
+        .provider
+        .as_deref()
+        .or(cfg.agent.provider.map(|p| p.as_str()));
     let kind = provider::kind(a.provider.as_deref(), loaded, &env)?;
     let (config, default_model) = provider::config(kind, loaded, &env)?;
     if config.api_key.is_none() && chosen.is_none() {

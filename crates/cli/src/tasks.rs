@@ -5,9 +5,15 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use hyper::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use warren_protocol::api::{
+    ApprovalView, ApproveTask, CancelTask, DenyTask, EventKind, EventView, Health, RetryTask,
+    RuleView, SubmitTask, TaskState, TaskView,
+};
 
-use crate::client::{self, CallError, Target};
+use crate::client::{self, CallError, NO_BODY, Target};
 
 /// `warren task …`.
 #[derive(Subcommand, Debug)]
@@ -142,15 +148,12 @@ fn fail(json: bool, e: &CallError) -> i32 {
     if json {
         println!(
             "{}",
-            json!({"error": {"code": e.code, "message": e.message, "status": e.status}})
+            json!({"error": {"code": e.code(), "message": e.message(), "status": e.status()}})
         );
     } else {
         eprintln!("warren: {e}");
     }
-    match e.status {
-        None => 3,
-        Some(_) => 1,
-    }
+    e.exit_code()
 }
 
 fn enc(s: &str) -> String {
@@ -177,32 +180,126 @@ fn ago(ms: i64) -> String {
     }
 }
 
-fn show_task(t: &Value) {
-    println!("task     {}", t["id"].as_str().unwrap_or_default());
-    println!(
-        "agent    {} v{}",
-        t["agent"].as_str().unwrap_or_default(),
-        t["agent_version"]
-    );
-    println!("state    {}", t["state"].as_str().unwrap_or_default());
-    if let Some(r) = t["reason"].as_str() {
+fn show_task(t: &TaskView) {
+    println!("task     {}", t.id);
+    println!("agent    {} v{}", t.agent, t.agent_version);
+    println!("state    {}", t.state.as_str());
+    if let Some(r) = &t.reason {
         println!("reason   {}", crate::term::printable(r));
     }
-    println!("goal     {}", t["goal"].as_str().unwrap_or_default());
-    println!("priority {} · attempts {}", t["priority"], t["attempts"]);
-    if let Some(w) = t["workspace"].as_str() {
+    println!("goal     {}", t.goal);
+    println!("priority {} · attempts {}", t.priority, t.attempts);
+    if let Some(w) = &t.workspace {
         println!("workspace {w}");
     }
     println!(
         "created  {} · updated {}",
-        ago(t["created_ms"].as_i64().unwrap_or(0)),
-        ago(t["updated_ms"].as_i64().unwrap_or(0))
+        ago(t.created_ms),
+        ago(t.updated_ms)
     );
 }
 
+/// The parts of event payloads that `warren task logs` shows. A payload is free-form JSON
+/// (the agent loop's own event, or the store's state move); one that does not have the
+/// expected shape shows as empty values.
+mod payload {
+    use serde::Deserialize;
+    use warren_llm::Usage;
+
+    /// `agent.text`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Text {
+        pub text: String,
+    }
+
+    /// `agent.turn`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Turn {
+        pub turn: u64,
+    }
+
+    /// `agent.tool_call`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct ToolCall {
+        pub name: String,
+        pub arguments: String,
+    }
+
+    /// `agent.tool_result`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct ToolResult {
+        pub is_error: bool,
+        pub summary: String,
+        pub chars: u64,
+    }
+
+    /// `agent.usage`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct UsageSoFar {
+        pub total: Usage,
+    }
+
+    /// `agent.restart`, `agent.stopped` and the reason of `task.state`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Reason {
+        pub reason: String,
+    }
+
+    /// `agent.finished`: what the model reported.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Finished {
+        pub result: Summary,
+    }
+
+    /// A summary, as `finish` reports and a task's result holds.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Summary {
+        pub summary: String,
+    }
+
+    /// `task.state`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct StateMove {
+        pub to: String,
+        pub reason: Option<String>,
+    }
+
+    /// `task.resumed`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Resumed {
+        pub checkpoints: u64,
+    }
+
+    /// `GET /v1/tasks/{id}/result` (stored by the runtime; `--json` prints it whole).
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct TaskResult {
+        pub success: bool,
+        pub summary: String,
+        pub turns: u64,
+        pub usage: Usage,
+    }
+
+    /// `value` as `T`, or `T`'s empty values when it has another shape.
+    pub fn of<T: Default + serde::de::DeserializeOwned>(value: &serde_json::Value) -> T {
+        T::deserialize(value).unwrap_or_default()
+    }
+}
+
 /// One event for people.
-fn render(e: &Value, at_line_start: &mut bool) {
-    let p = &e["payload"];
+fn render(e: &EventView, at_line_start: &mut bool) {
+    use payload::of;
+    let p = &e.payload;
     let mut out = std::io::stdout().lock();
     let nl = |out: &mut std::io::StdoutLock<'_>, at: &mut bool| {
         if !*at {
@@ -210,108 +307,96 @@ fn render(e: &Value, at_line_start: &mut bool) {
             *at = true;
         }
     };
-    match e["kind"].as_str().unwrap_or_default() {
-        "agent.text" => {
-            let t = p["text"].as_str().unwrap_or_default();
-            let _ = write!(out, "{}", crate::term::printable(t));
-            *at_line_start = t.ends_with('\n');
+    match &e.kind {
+        EventKind::AgentText => {
+            let t: payload::Text = of(p);
+            let _ = write!(out, "{}", crate::term::printable(&t.text));
+            *at_line_start = t.text.ends_with('\n');
         }
-        "agent.turn" => {
+        EventKind::AgentTurn => {
             nl(&mut out, at_line_start);
-            let _ = writeln!(out, "── turn {}", p["turn"]);
+            let t: payload::Turn = of(p);
+            let _ = writeln!(out, "── turn {}", t.turn);
         }
-        "agent.tool_call" => {
+        EventKind::AgentToolCall => {
             nl(&mut out, at_line_start);
-            let args: String = p["arguments"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(100)
-                .collect();
+            let c: payload::ToolCall = of(p);
+            let args: String = c.arguments.chars().take(100).collect();
             let _ = writeln!(
                 out,
                 "  → {} {}",
-                crate::term::printable(p["name"].as_str().unwrap_or_default()),
+                crate::term::printable(&c.name),
                 crate::term::printable(&args)
             );
         }
-        "agent.tool_result" => {
-            let mark = if p["is_error"].as_bool() == Some(true) {
-                "✗"
-            } else {
-                "✓"
-            };
+        EventKind::AgentToolResult => {
+            let r: payload::ToolResult = of(p);
+            let mark = if r.is_error { "✗" } else { "✓" };
             let _ = writeln!(
                 out,
                 "    {mark} {} [{} chars]",
-                crate::term::printable(p["summary"].as_str().unwrap_or_default()),
-                p["chars"]
+                crate::term::printable(&r.summary),
+                r.chars
             );
         }
-        "agent.usage" => {
-            let t = &p["total"];
+        EventKind::AgentUsage => {
+            let t = of::<payload::UsageSoFar>(p).total;
             let _ = writeln!(
                 out,
                 "    tokens: {} in ({} cached), {} out",
-                t["input_tokens"], t["cached_input_tokens"], t["output_tokens"]
+                t.input_tokens, t.cached_input_tokens, t.output_tokens
             );
         }
-        "agent.restart" => {
+        EventKind::AgentRestart => {
             nl(&mut out, at_line_start);
+            let r: payload::Reason = of(p);
             let _ = writeln!(
                 out,
                 "   (retrying the model call: {})",
-                crate::term::printable(p["reason"].as_str().unwrap_or_default())
+                crate::term::printable(&r.reason)
             );
         }
-        "agent.finished" => {
+        EventKind::AgentFinished => {
             nl(&mut out, at_line_start);
-            let _ = writeln!(
-                out,
-                "result: {}",
-                crate::term::printable(p["result"]["summary"].as_str().unwrap_or_default())
-            );
+            let f: payload::Finished = of(p);
+            let _ = writeln!(out, "result: {}", crate::term::printable(&f.result.summary));
         }
-        "agent.stopped" => {
+        EventKind::AgentStopped => {
             nl(&mut out, at_line_start);
-            let _ = writeln!(
-                out,
-                "stopped: {}",
-                crate::term::printable(p["reason"].as_str().unwrap_or_default())
-            );
+            let r: payload::Reason = of(p);
+            let _ = writeln!(out, "stopped: {}", crate::term::printable(&r.reason));
         }
-        "task.state" => {
+        EventKind::TaskState => {
             nl(&mut out, at_line_start);
-            let reason = p["reason"]
-                .as_str()
-                .map(|r| format!(" ({})", crate::term::printable(r)))
+            let m: payload::StateMove = of(p);
+            let reason = m
+                .reason
+                .map(|r| format!(" ({})", crate::term::printable(&r)))
                 .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "[task {}]{reason}",
-                p["to"].as_str().unwrap_or_default()
-            );
+            let _ = writeln!(out, "[task {}]{reason}", m.to);
         }
-        "task.resumed" => {
+        EventKind::TaskResumed => {
             nl(&mut out, at_line_start);
-            let _ = writeln!(out, "[task resumed from {} checkpoints]", p["checkpoints"]);
+            let r: payload::Resumed = of(p);
+            let _ = writeln!(out, "[task resumed from {} checkpoints]", r.checkpoints);
         }
         _ => {}
     }
 }
 
-/// One call whose JSON answer is printed as is with `--json`, or by `human`.
-async fn show(
+/// One call whose answer (a `warren_protocol::api` type) is printed as JSON with `--json`,
+/// or by `human`.
+async fn show<T: DeserializeOwned + Serialize, B: Serialize + ?Sized>(
     t: &Target,
     method: Method,
     path: &str,
-    body: Option<&Value>,
+    body: Option<&B>,
     json: bool,
-    human: impl FnOnce(&Value),
+    human: impl FnOnce(&T),
 ) -> i32 {
-    match client::call_json(t, method, path, body).await {
+    match client::call_as::<T, B>(t, method, path, body).await {
         Ok(v) if json => {
-            println!("{v}");
+            println!("{}", client::json_line(&v));
             0
         }
         Ok(v) => {
@@ -324,9 +409,9 @@ async fn show(
 
 async fn logs(t: &Target, id: &str, follow: bool, json: bool) -> Result<(), CallError> {
     let mut at = true;
-    let mut each = |e: &Value| {
+    let mut each = |e: &EventView| {
         if json {
-            println!("{e}");
+            println!("{}", client::json_line(e));
         } else {
             render(e, &mut at);
         }
@@ -342,17 +427,16 @@ async fn logs(t: &Target, id: &str, follow: bool, json: bool) -> Result<(), Call
     } else {
         let mut after = 0;
         loop {
-            let v = client::call_json(
+            let list: Vec<EventView> = client::call_as(
                 t,
                 Method::GET,
                 &format!("/v1/tasks/{}/events?after={after}", enc(id)),
-                None,
+                NO_BODY,
             )
             .await?;
-            let list = v.as_array().cloned().unwrap_or_default();
             for e in &list {
                 each(e);
-                after = e["id"].as_i64().unwrap_or(after);
+                after = e.id;
             }
             if list.len() < 1000 {
                 return Ok(());
@@ -403,14 +487,20 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
                     }
                 }
             };
-            let body = json!({"agent": agent, "goal": goal, "priority": priority, "workspace": ws});
-            let task = match client::call_json(t, Method::POST, "/v1/tasks", Some(&body)).await {
-                Ok(v) => v,
-                Err(e) => return fail(json, &e),
+            let body = SubmitTask {
+                agent,
+                goal,
+                priority,
+                workspace: ws,
             };
-            let id = task["id"].as_str().unwrap_or_default().to_owned();
+            let task: TaskView =
+                match client::call_as(t, Method::POST, "/v1/tasks", Some(&body)).await {
+                    Ok(v) => v,
+                    Err(e) => return fail(json, &e),
+                };
+            let id = task.id.clone();
             if json {
-                println!("{task}");
+                println!("{}", client::json_line(&task));
             } else if follow {
                 eprintln!("warren: task {id} queued");
             } else {
@@ -422,16 +512,16 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             if let Err(e) = logs(t, &id, true, json).await {
                 return fail(json, &e);
             }
-            match client::call_json(t, Method::GET, &format!("/v1/tasks/{}", enc(&id)), None).await
-            {
+            let path = format!("/v1/tasks/{}", enc(&id));
+            match client::call_as::<TaskView, _>(t, Method::GET, &path, NO_BODY).await {
                 Ok(v) => {
-                    let state = v["state"].as_str().unwrap_or_default();
                     if !json {
                         eprintln!(
-                            "warren: task {id} {state}; `warren task diff {id}` shows its changes"
+                            "warren: task {id} {}; `warren task diff {id}` shows its changes",
+                            v.state.as_str()
                         );
                     }
-                    i32::from(state != "succeeded")
+                    i32::from(v.state != TaskState::Succeeded)
                 }
                 Err(e) => fail(json, &e),
             }
@@ -449,24 +539,18 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             if let Some(a) = agent {
                 q.push_str(&format!("&agent={}", enc(&a)));
             }
-            show(t, Method::GET, &q, None, json, |v| {
-                let list = v.as_array().cloned().unwrap_or_default();
+            show(t, Method::GET, &q, NO_BODY, json, |list: &Vec<TaskView>| {
                 if list.is_empty() {
                     eprintln!("warren: no tasks");
                 }
                 for t in list {
-                    let goal: String = t["goal"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(60)
-                        .collect();
+                    let goal: String = t.goal.chars().take(60).collect();
                     println!(
                         "{}  {:<18} {:<12} {:>9}  {goal}",
-                        t["id"].as_str().unwrap_or_default(),
-                        t["state"].as_str().unwrap_or_default(),
-                        t["agent"].as_str().unwrap_or_default(),
-                        ago(t["created_ms"].as_i64().unwrap_or(0)),
+                        t.id,
+                        t.state.as_str(),
+                        t.agent,
+                        ago(t.created_ms),
                     );
                 }
             })
@@ -474,7 +558,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
         }
         TaskCommand::Status { id, json } => {
             let path = format!("/v1/tasks/{}", enc(&id));
-            show(t, Method::GET, &path, None, json, show_task).await
+            show(t, Method::GET, &path, NO_BODY, json, show_task).await
         }
         TaskCommand::Logs { id, follow, json } => match logs(t, &id, follow, json).await {
             Ok(()) => 0,
@@ -482,77 +566,80 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
         },
         TaskCommand::Cancel { id, reason, json } => {
             let path = format!("/v1/tasks/{}/cancel", enc(&id));
-            let body = json!({"reason": reason});
-            show(t, Method::POST, &path, Some(&body), json, |v| {
-                eprintln!(
-                    "warren: task {id} {}",
-                    v["state"].as_str().unwrap_or_default()
-                );
+            let body = CancelTask { reason };
+            show(t, Method::POST, &path, Some(&body), json, |v: &TaskView| {
+                eprintln!("warren: task {id} {}", v.state.as_str());
             })
             .await
         }
         TaskCommand::Retry { id, fresh, json } => {
             let path = format!("/v1/tasks/{}/retry", enc(&id));
-            let body = json!({"fresh": fresh});
-            show(t, Method::POST, &path, Some(&body), json, |v| {
+            let body = RetryTask { fresh };
+            show(t, Method::POST, &path, Some(&body), json, |v: &TaskView| {
                 eprintln!(
                     "warren: task {id} {} ({})",
-                    v["state"].as_str().unwrap_or_default(),
-                    crate::term::printable(v["reason"].as_str().unwrap_or_default())
+                    v.state.as_str(),
+                    crate::term::printable(v.reason.as_deref().unwrap_or_default())
                 );
             })
             .await
         }
         TaskCommand::Result { id, json } => {
             let path = format!("/v1/tasks/{}/result", enc(&id));
-            show(t, Method::GET, &path, None, json, |v| {
-                let ok = v["success"].as_bool() == Some(true);
+            // Free-form JSON (the runtime's outcome with the model's own report): printed
+            // whole with `--json`.
+            show(t, Method::GET, &path, NO_BODY, json, |v: &Value| {
+                let r: payload::TaskResult = payload::of(v);
                 println!(
                     "{}: {}",
-                    if ok { "succeeded" } else { "failed" },
-                    crate::term::printable(v["summary"].as_str().unwrap_or_default())
+                    if r.success { "succeeded" } else { "failed" },
+                    crate::term::printable(&r.summary)
                 );
                 println!(
                     "turns {} · tokens {} in, {} out",
-                    v["turns"], v["usage"]["input_tokens"], v["usage"]["output_tokens"]
+                    r.turns, r.usage.input_tokens, r.usage.output_tokens
                 );
             })
             .await
         }
         TaskCommand::Approve { id, remember, json } => {
             let path = format!("/v1/tasks/{}/approve", enc(&id));
-            let body = json!({"remember": remember});
-            show(t, Method::POST, &path, Some(&body), json, |v| {
-                eprintln!(
-                    "warren: approved {} {}{}",
-                    v["tool"].as_str().unwrap_or_default(),
-                    v["argument"].as_str().unwrap_or_default(),
-                    if remember { " (remembered)" } else { "" }
-                );
-            })
+            let body = ApproveTask { remember };
+            show(
+                t,
+                Method::POST,
+                &path,
+                Some(&body),
+                json,
+                |v: &ApprovalView| {
+                    eprintln!(
+                        "warren: approved {} {}{}",
+                        v.tool,
+                        v.argument,
+                        if remember { " (remembered)" } else { "" }
+                    );
+                },
+            )
             .await
         }
         TaskCommand::Deny { id, reason, json } => {
             let path = format!("/v1/tasks/{}/deny", enc(&id));
-            let body = json!({"reason": reason});
-            show(t, Method::POST, &path, Some(&body), json, |v| {
-                eprintln!(
-                    "warren: denied {} {}",
-                    v["tool"].as_str().unwrap_or_default(),
-                    v["argument"].as_str().unwrap_or_default()
-                );
-            })
+            let body = DenyTask { reason };
+            show(
+                t,
+                Method::POST,
+                &path,
+                Some(&body),
+                json,
+                |v: &ApprovalView| {
+                    eprintln!("warren: denied {} {}", v.tool, v.argument);
+                },
+            )
             .await
         }
         TaskCommand::Diff { id, json } => {
-            match client::call(
-                t,
-                Method::GET,
-                &format!("/v1/tasks/{}/diff", enc(&id)),
-                None,
-            )
-            .await
-            {
+            let path = format!("/v1/tasks/{}/diff", enc(&id));
+            match client::call(t, Method::GET, &path, NO_BODY).await {
                 Ok(b) if json => {
                     println!("{}", json!({"id": id, "diff": String::from_utf8_lossy(&b)}));
                     0
@@ -583,40 +670,38 @@ pub fn status(url: Option<&str>, state: &Path, json: bool) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(client::call_json(&target, Method::GET, "/health", None)) {
+    match rt.block_on(client::call_as::<Health, _>(
+        &target,
+        Method::GET,
+        "/health",
+        NO_BODY,
+    )) {
         Ok(v) if json => {
-            println!("{v}");
+            println!("{}", client::json_line(&v));
             0
         }
         Ok(v) => {
             println!(
                 "daemon   {} · version {} · worker {} · up {}s",
-                v["status"].as_str().unwrap_or_default(),
-                v["version"].as_str().unwrap_or_default(),
-                v["worker"].as_str().unwrap_or_default(),
-                v["uptime_s"]
+                v.status, v.version, v.worker, v.uptime_s
             );
             println!(
                 "tasks    {} running (at most {}), {} queued",
-                v["running"], v["max_running"], v["queued"]
+                v.running, v.max_running, v.queued
             );
-            let tiers: Vec<&str> = v["tiers"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
             println!(
                 "tiers    {}",
-                if tiers.is_empty() {
+                if v.tiers.is_empty() {
                     "none (see `warren check`)".to_owned()
                 } else {
-                    tiers.join(", ")
+                    v.tiers.join(", ")
                 }
             );
             0
         }
         Err(e) => {
             if json {
-                println!("{}", json!({"status": "not_running", "error": e.message}));
+                println!("{}", json!({"status": "not_running", "error": e.message()}));
             } else {
                 eprintln!("warren: daemon not running: {e}");
             }
@@ -670,21 +755,22 @@ pub fn approvals(cmd: ApprovalsCommand, url: Option<&str>, state: &Path) -> i32 
                     Some(a) => format!("/v1/approvals?agent={}", enc(&a)),
                     None => "/v1/approvals".into(),
                 };
-                show(&target, Method::GET, &path, None, json, |v| {
-                    let list = v.as_array().cloned().unwrap_or_default();
-                    if list.is_empty() {
-                        eprintln!("warren: no remembered approvals");
-                    }
-                    for r in list {
-                        println!(
-                            "{:>4}  {:<12} {:<10} {}",
-                            r["id"],
-                            r["agent"].as_str().unwrap_or_default(),
-                            r["tool"].as_str().unwrap_or_default(),
-                            r["pattern"].as_str().unwrap_or_default()
-                        );
-                    }
-                })
+                show(
+                    &target,
+                    Method::GET,
+                    &path,
+                    NO_BODY,
+                    json,
+                    |list: &Vec<RuleView>| {
+                        if list.is_empty() {
+                            eprintln!("warren: no remembered approvals");
+                        }
+                        for r in list {
+                            // The id unpadded, as earlier versions printed it.
+                            println!("{}  {:<12} {:<10} {}", r.id, r.agent, r.tool, r.pattern);
+                        }
+                    },
+                )
                 .await
             }
             ApprovalsCommand::Remove { id, json } => {
@@ -692,7 +778,7 @@ pub fn approvals(cmd: ApprovalsCommand, url: Option<&str>, state: &Path) -> i32 
                     &target,
                     Method::DELETE,
                     &format!("/v1/approvals/{id}"),
-                    None,
+                    NO_BODY,
                 )
                 .await
                 {

@@ -7,8 +7,12 @@
 //! Two stages, as in the house style: each layer is parsed and checked on its own (so an
 //! error names the file, line and column — or the variable — where it was written), then the
 //! layers are merged key by key, remembering where each effective value came from, and the
-//! result is resolved into the typed [`Config`]. `warren config show` prints that provenance
-//! with secrets redacted.
+//! result is resolved into the typed [`Config`]. Values are typed when a layer is read:
+//! durations are [`Duration`]s and the provider a [`ProviderName`], so `timeout = "10
+//! parsecs"` is refused when the configuration loads, naming the file, line and column (or the
+//! variable), for `warren run` and the daemon alike, never later by whoever reads the value.
+//! Keys are paths, not dotted strings, so a table named with dots (`[models."gpt-4.1"]`)
+//! merges like any other. `warren config show` prints that provenance with secrets redacted.
 //!
 //! The project layer is different: whoever can write the project wrote it. Settings that
 //! decide where requests and credentials go ([`project_key`]: the provider, base URLs, and
@@ -17,12 +21,15 @@
 //! [`Loaded::ignored`], shown by `warren config show` and summarized in one warning
 //! ([`Loaded::warning`]).
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod manifest;
 pub mod trust;
 pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -78,6 +85,66 @@ pub enum ConfigError {
         /// Why.
         message: String,
     },
+    /// The layers, each valid on its own, do not merge into a valid configuration.
+    #[error("the merged configuration: {message}")]
+    Merged {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A provider's wire format (`agent.provider`): `openai` (any OpenAI-compatible server) or
+/// `anthropic`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderName {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl ProviderName {
+    /// The name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderName::OpenAi => "openai",
+            ProviderName::Anthropic => "anthropic",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider name that is not `openai` or `anthropic`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider {name:?} (use openai or anthropic)")]
+pub struct UnknownProvider {
+    /// The name as written.
+    pub name: String,
+}
+
+impl std::str::FromStr for ProviderName {
+    type Err = UnknownProvider;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "openai" => Ok(ProviderName::OpenAi),
+            "anthropic" => Ok(ProviderName::Anthropic),
+            other => Err(UnknownProvider { name: other.into() }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[agent]`.
@@ -85,15 +152,16 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
     /// `openai` or `anthropic`.
-    pub provider: Option<String>,
+    pub provider: Option<ProviderName>,
     /// Model name.
     pub model: Option<String>,
     /// Turn limit.
     pub max_turns: Option<u32>,
     /// Token budget.
     pub budget_tokens: Option<u64>,
-    /// Wall-clock limit, e.g. "30m".
-    pub timeout: Option<String>,
+    /// Wall-clock limit, written e.g. "30m".
+    #[serde(default, deserialize_with = "units::de::duration")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[providers.NAME]`.
@@ -112,10 +180,12 @@ pub struct ProviderSection {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSection {
-    /// Abandon a silent stream after this long, e.g. "120s".
-    pub idle_timeout: Option<String>,
-    /// Backoff base, e.g. "500ms".
-    pub retry_base: Option<String>,
+    /// Abandon a silent stream after this long, written e.g. "120s".
+    #[serde(default, deserialize_with = "units::de::duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Backoff base, written e.g. "500ms".
+    #[serde(default, deserialize_with = "units::de::duration")]
+    pub retry_base: Option<Duration>,
     /// Attempts per request.
     pub max_attempts: Option<u32>,
     /// Override the catalog's context window for the configured model.
@@ -159,7 +229,7 @@ pub struct Config {
 pub struct Loaded {
     /// The typed result.
     pub config: Config,
-    /// Dotted key -> (value, source), for `config show`.
+    /// Dotted key ([`dotted`]) -> (value as written, source), for `config show`.
     pub values: BTreeMap<String, (toml::Value, Source)>,
     /// Settings of the project file that were not applied, and why.
     pub ignored: Vec<Ignored>,
@@ -181,7 +251,7 @@ pub struct ProjectFile {
 /// A project setting that was not applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ignored {
-    /// Dotted key.
+    /// Dotted key ([`dotted`]).
     pub key: String,
     /// Its value in the file.
     pub value: toml::Value,
@@ -333,25 +403,33 @@ pub fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     Ok(table)
 }
 
-fn flatten(
-    prefix: &str,
-    table: &toml::Table,
-    source: &Source,
-    out: &mut BTreeMap<String, (toml::Value, Source)>,
-) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => flatten(&key, t, source, out),
-            other => {
-                out.insert(key, (other.clone(), source.clone()));
+/// The merged values: key path (table names, then the key) -> (value, source).
+type Merged = BTreeMap<Vec<String>, (toml::Value, Source)>;
+
+/// A key path as TOML writes it: segments joined with dots, each quoted unless it is a bare
+/// key (`models."gpt-4.1".context_window`), so a name holding a dot stays one segment.
+pub fn dotted<S: AsRef<str>>(path: &[S]) -> String {
+    path.iter()
+        .map(|k| {
+            let k = k.as_ref();
+            if !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                k.to_owned()
+            } else {
+                toml::Value::String(k.to_owned()).to_string()
             }
-        }
-    }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Merge every leaf of `table` into `out`, over what is there.
+fn flatten(table: &toml::Table, source: &Source, out: &mut Merged) {
+    walk_leaves(table, &mut Vec::new(), &mut |path, v| {
+        out.insert(path.to_vec(), (v.clone(), source.clone()));
+    });
 }
 
 fn insert_path(t: &mut toml::Table, parts: &[&str], v: toml::Value) {
@@ -396,30 +474,28 @@ pub(crate) fn shown(key: &str, v: &toml::Value) -> String {
     }
 }
 
-fn unflatten(values: &BTreeMap<String, (toml::Value, Source)>) -> toml::Table {
+fn unflatten(values: &Merged) -> toml::Table {
     let mut root = toml::Table::new();
-    for (key, (v, _)) in values {
-        let parts: Vec<&str> = key.split('.').collect();
+    for (path, (v, _)) in values {
+        let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         insert_path(&mut root, &parts, v.clone());
     }
     root
 }
 
+/// A variable's key path, value and name.
+type EnvValue = (Vec<String>, toml::Value, String);
+
 /// `WARREN__AGENT__MODEL=x` -> `agent.model = "x"`. Values that parse as TOML numbers or
 /// booleans are taken as such; anything else is a string.
-fn env_layer(vars: &[(String, String)]) -> Result<Vec<(String, toml::Value, String)>, ConfigError> {
+fn env_layer(vars: &[(String, String)]) -> Result<Vec<EnvValue>, ConfigError> {
     let mut out = Vec::new();
     for (var, raw) in vars {
         let Some(rest) = var.strip_prefix("WARREN__") else {
             continue;
         };
-        let key = rest
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-            .join(".");
-        // Knobs read directly by the runtime, not part of the file schema.
-        if key.split('.').any(str::is_empty) {
+        let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if key.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
                 var: var.clone(),
                 message: "empty key segment".into(),
@@ -456,9 +532,9 @@ pub fn load(
     home: Option<&Path>,
     env: &[(String, String)],
 ) -> Result<Loaded, ConfigError> {
-    let mut values = BTreeMap::new();
+    let mut values = Merged::new();
     let defaults: toml::Table = toml::from_str(DEFAULTS).unwrap_or_default();
-    flatten("", &defaults, &Source::Default, &mut values);
+    flatten(&defaults, &Source::Default, &mut values);
     let mut layers = files(cwd, home);
     layers.pop(); // the project file, below
     for file in layers {
@@ -473,7 +549,7 @@ pub fn load(
             }
         };
         let table = parse_file(&file, &text)?;
-        flatten("", &table, &Source::File(file), &mut values);
+        flatten(&table, &Source::File(file), &mut values);
     }
     let mut ignored = Vec::new();
     let mut project = None;
@@ -516,14 +592,14 @@ pub fn load(
                     insert_path(&mut kept, &parts, v.clone());
                 }
                 Some(why) => ignored.push(Ignored {
-                    key: k.join("."),
+                    key: dotted(k),
                     value: v.clone(),
                     file: file.clone(),
                     why,
                 }),
             }
         });
-        flatten("", &kept, &Source::File(file.clone()), &mut values);
+        flatten(&kept, &Source::File(file.clone()), &mut values);
         project = Some(ProjectFile {
             path: file,
             sha256,
@@ -531,8 +607,8 @@ pub fn load(
         });
     }
     for (key, value, var) in env_layer(env)? {
-        // Check the single key against the schema, naming the variable on error.
-        let mut one = BTreeMap::new();
+        // Check (and type) the single key against the schema, naming the variable on error.
+        let mut one = Merged::new();
         one.insert(key.clone(), (value.clone(), Source::Env(var.clone())));
         toml::Value::Table(unflatten(&one))
             .try_into::<Config>()
@@ -544,13 +620,15 @@ pub fn load(
     }
     let config = toml::Value::Table(unflatten(&values))
         .try_into::<Config>()
-        .map_err(|e| ConfigError::Env {
-            var: "(merged configuration)".into(),
+        .map_err(|e| ConfigError::Merged {
             message: e.message().to_owned(),
         })?;
     Ok(Loaded {
         config,
-        values,
+        values: values
+            .into_iter()
+            .map(|(path, v)| (dotted(&path), v))
+            .collect(),
         ignored,
         project,
     })
@@ -665,7 +743,7 @@ mod tests {
         let l = load(&cwd, Some(&home), &env).unwrap();
         assert_eq!(l.config.agent.model.as_deref(), Some("from-project"));
         assert_eq!(l.config.agent.max_turns, Some(7));
-        assert_eq!(l.config.agent.timeout.as_deref(), Some("30m"));
+        assert_eq!(l.config.agent.timeout, Some(Duration::from_secs(30 * 60)));
         assert_eq!(
             l.values["agent.max_turns"].1,
             Source::Env("WARREN__AGENT__MAX_TURNS".into())
@@ -764,7 +842,7 @@ mod tests {
         );
         let l = load(&cwd, Some(&home), &[]).unwrap();
         assert!(l.project.as_ref().unwrap().trusted);
-        assert_eq!(l.config.agent.provider.as_deref(), Some("openai"));
+        assert_eq!(l.config.agent.provider, Some(ProviderName::OpenAi));
         assert_eq!(
             l.config.providers["openai"].base_url.as_deref(),
             Some("http://attacker.invalid/v1")
@@ -859,6 +937,136 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("WARREN__AGENT__MAX_TURNS"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_in_a_file_fails_at_load_naming_file_line_and_column() {
+        let cwd = dir("parsecs");
+        let f = cwd.join(".warren/config.toml");
+        std::fs::write(&f, "[agent]\nmodel = \"m\"\ntimeout = \"10 parsecs\"\n").unwrap();
+        let e = load(&cwd, None, &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::File { file, line: 3, column: 11, .. } if *file == f),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:3:11: unknown duration unit \"parsecs\" (use ms, s, m or h)",
+                f.display()
+            )
+        );
+        // Any layer, any duration: the user's file and [llm] alike.
+        std::fs::remove_file(&f).unwrap();
+        let home = dir("parsecs-home");
+        std::fs::create_dir_all(home.join(".config/warren")).unwrap();
+        let user = home.join(".config/warren/config.toml");
+        std::fs::write(&user, "[llm]\nidle_timeout = \"soon\"\n").unwrap();
+        let e = load(&cwd, Some(&home), &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:2:16:", user.display())) && e.contains("\"soon\""),
+            "{e}"
+        );
+        std::fs::write(&user, "[agent]\nprovider = \"openia\"\n").unwrap();
+        let e = load(&cwd, Some(&home), &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2:12: unknown provider \"openia\" (use openai or anthropic)",
+                user.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_in_a_variable_fails_at_load_naming_the_variable() {
+        let cwd = dir("parsecs-env");
+        let env = [(
+            "WARREN__AGENT__TIMEOUT".to_string(),
+            "10 parsecs".to_string(),
+        )];
+        let e = load(&cwd, None, &env).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Env { var, .. } if var == "WARREN__AGENT__TIMEOUT"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "environment variable WARREN__AGENT__TIMEOUT: unknown duration unit \"parsecs\" (use ms, s, m or h)"
+        );
+    }
+
+    #[test]
+    fn durations_and_the_provider_are_typed_when_the_config_loads() {
+        let cwd = dir("typed");
+        let l = load(&cwd, None, &[]).unwrap();
+        assert_eq!(l.config.agent.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(l.config.llm.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(l.config.llm.retry_base, Some(Duration::from_millis(500)));
+        assert_eq!(l.config.agent.provider, None);
+        std::fs::write(
+            cwd.join(".warren/config.toml"),
+            "[llm]\nretry_base = \"2s\"\n",
+        )
+        .unwrap();
+        let env = [
+            // A bare number is seconds; it reaches the layer as a TOML integer.
+            ("WARREN__AGENT__TIMEOUT".to_string(), "90".to_string()),
+            ("WARREN__AGENT__PROVIDER".into(), "anthropic".into()),
+        ];
+        let l = load(&cwd, None, &env).unwrap();
+        assert_eq!(l.config.agent.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(l.config.llm.retry_base, Some(Duration::from_secs(2)));
+        assert_eq!(l.config.agent.provider, Some(ProviderName::Anthropic));
+        // What was written is what `config show` prints.
+        assert!(
+            l.show().contains("llm.retry_base = \"2s\"  # "),
+            "{}",
+            l.show()
+        );
+        assert!(
+            l.show()
+                .contains("agent.timeout = 90  # env WARREN__AGENT__TIMEOUT")
+        );
+    }
+
+    #[test]
+    fn a_model_name_with_dots_is_one_key_in_every_layer() {
+        let home = dir("dots-home");
+        std::fs::create_dir_all(home.join(".config/warren")).unwrap();
+        std::fs::write(
+            home.join(".config/warren/config.toml"),
+            "[models.\"gpt-4.1\"]\ncontext_window = 1000\ninput_per_mtok = 2.0\n",
+        )
+        .unwrap();
+        let cwd = dir("dots-cwd");
+        std::fs::write(
+            cwd.join(".warren/config.toml"),
+            "[models.\"gpt-4.1\"]\ncontext_window = 2000\n[models.\"llama3.2:1b\"]\noutput_per_mtok = 0.0\n",
+        )
+        .unwrap();
+        let env = [(
+            "WARREN__MODELS__GPT-4.1__OUTPUT_PER_MTOK".to_string(),
+            "8".to_string(),
+        )];
+        let l = load(&cwd, Some(&home), &env).unwrap();
+        let m = &l.config.models["gpt-4.1"];
+        assert_eq!(m.context_window, Some(2000), "the project layer wins");
+        assert_eq!(m.input_per_mtok, Some(2.0), "the user layer stays");
+        assert_eq!(m.output_per_mtok, Some(8.0), "the variable wins");
+        assert_eq!(l.config.models["llama3.2:1b"].output_per_mtok, Some(0.0));
+        assert_eq!(l.config.models.len(), 2, "{:?}", l.config.models);
+        assert_eq!(
+            l.values["models.\"gpt-4.1\".context_window"].1,
+            Source::File(cwd.join(".warren/config.toml"))
+        );
+        let shown = l.show();
+        assert!(
+            shown.contains("models.\"llama3.2:1b\".output_per_mtok = 0.0  # "),
+            "{shown}"
+        );
+        assert_eq!(dotted(&["agent", "timeout"]), "agent.timeout");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::units::{parse_duration, parse_size};
+use crate::units::{UnitError, parse_duration, parse_size};
 
 /// A validated manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -175,7 +175,7 @@ struct RawBudget {
 
 /// A manifest error, located in its file.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{}:{line}:{column}: {problem}", file.display())]
 pub struct ManifestError {
     /// The file.
     pub file: PathBuf,
@@ -184,7 +184,118 @@ pub struct ManifestError {
     /// 1-based column.
     pub column: u64,
     /// What is wrong.
-    pub message: String,
+    pub problem: Problem,
+}
+
+/// What is wrong with a manifest, at the location its [`ManifestError`] names.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// Not YAML, a wrong type, an unknown or missing key (the parser's message).
+    #[error("{0}")]
+    Syntax(String),
+    /// `name` is not 1-64 characters of a-z, 0-9 and -.
+    #[error("name {0:?} must be 1-64 characters of a-z, 0-9 and -")]
+    Name(String),
+    /// `provider` is not openai or anthropic.
+    #[error(transparent)]
+    Provider(#[from] crate::UnknownProvider),
+    /// `tools` is empty.
+    #[error("an agent needs at least one tool (finish, at least)")]
+    NoTools,
+    /// `tool:GLOB` with a bad glob.
+    #[error("{entry:?}: {source}")]
+    ToolGlob {
+        /// The entry as written.
+        entry: String,
+        /// Why the glob is bad.
+        #[source]
+        source: globset::Error,
+    },
+    /// A tool the agent does not offer.
+    #[error("unknown tool {tool:?} (known: {known})")]
+    UnknownTool {
+        /// The tool.
+        tool: String,
+        /// The tools offered, comma-separated.
+        known: String,
+    },
+    /// `approval_required` names a tool that is not in `tools`.
+    #[error("{0:?} requires approval but is not in tools")]
+    ApprovalNotInTools(String),
+    /// `budget.on_exceed` is not pause or stop.
+    #[error("on_exceed must be pause or stop, not {0:?}")]
+    OnExceed(String),
+    /// A path capability's glob is absolute, climbs or does not parse.
+    #[error(transparent)]
+    PathGlob(#[from] GlobError),
+    /// A path capability's access is not read or write.
+    #[error("access must be read or write, not {0:?}")]
+    Access(String),
+    /// A network capability that is not `host` or `*.domain` with optional ports.
+    #[error(transparent)]
+    Network(#[from] DestinationError),
+    /// `namespace.workspace` is not cow, ro or rw.
+    #[error("workspace must be cow, ro or rw, not {0:?}")]
+    Workspace(String),
+    /// A mount's target or source is not an absolute normalized path.
+    #[error("{0:?} must be an absolute path without '.', '..' or '//'")]
+    NotAbsolute(String),
+    /// A mount over a directory Warren manages.
+    #[error("{0} is managed by Warren and cannot be mounted over")]
+    Managed(String),
+    /// A mount's mode is not ro or rw.
+    #[error("mode must be ro or rw, not {0:?}")]
+    MountMode(String),
+    /// A tier this version does not have.
+    #[error("tier {0:?} is not available in this version (only process)")]
+    Tier(String),
+    /// A size (`limits.memory`, `limits.disk`) or duration (`limits.timeout`).
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    /// `limits.pids: 0`.
+    #[error("pids must be at least 1")]
+    Pids,
+    /// `limits.cpus` is not a positive number.
+    #[error("cpus must be a positive number")]
+    Cpus,
+    /// `budget.usd` is not a positive number.
+    #[error("budget.usd must be a positive number")]
+    BudgetUsd,
+}
+
+/// A path capability's glob that is not a relative workspace glob.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobError {
+    /// Empty, absolute, with `..` or an empty component.
+    #[error("path glob {0:?} must be relative to the workspace, without '..' or empty components")]
+    NotRelative(String),
+    /// Not a glob.
+    #[error("path glob {glob:?}: {source}")]
+    Invalid {
+        /// The glob as written.
+        glob: String,
+        /// Why.
+        #[source]
+        source: globset::Error,
+    },
+}
+
+/// A network capability that is not `host` or `*.domain` with optional `:port[,port]`.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// Not a host name (an IP literal, an empty or bad label).
+    #[error(
+        "network entry {0:?} must be a host name or *.domain (no IP literals), with optional :port[,port]"
+    )]
+    Host(String),
+    /// A port that is not 1-65535.
+    #[error("network entry {entry:?}: bad port list {ports:?}")]
+    Ports {
+        /// The entry as written.
+        entry: String,
+        /// Its port list.
+        ports: String,
+    },
 }
 
 fn absolute_normal(p: &str) -> bool {
@@ -211,14 +322,14 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             file: file.into(),
             line,
             column,
-            message,
+            problem: Problem::Syntax(message),
         }
     })?;
-    let at = |loc: serde_saphyr::Location, message: String| ManifestError {
+    let at = |loc: serde_saphyr::Location, problem: Problem| ManifestError {
         file: file.into(),
         line: loc.line(),
         column: loc.column(),
-        message,
+        problem,
     };
     let name = &raw.name;
     if name.value.is_empty()
@@ -228,75 +339,62 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
-        return Err(at(
-            name.defined,
-            format!(
-                "name {:?} must be 1-64 characters of a-z, 0-9 and -",
-                name.value
-            ),
-        ));
+        return Err(at(name.defined, Problem::Name(name.value.clone())));
     }
-    if let Some(p) = &raw.provider
-        && !["openai", "anthropic"].contains(&p.value.as_str())
-    {
-        return Err(at(
-            p.defined,
-            format!("unknown provider {:?} (use openai or anthropic)", p.value),
-        ));
+    if let Some(p) = &raw.provider {
+        p.value
+            .parse::<crate::ProviderName>()
+            .map_err(|e| at(p.defined, e.into()))?;
     }
     if raw.tools.is_empty() {
-        return Err(at(
-            name.defined,
-            "an agent needs at least one tool (finish, at least)".into(),
-        ));
+        return Err(at(name.defined, Problem::NoTools));
     }
     let tool_of = |entry: &str| entry.split_once(':').map_or(entry, |(t, _)| t).to_owned();
     for t in raw.tools.iter().chain(&raw.approval_required) {
         let name = tool_of(&t.value);
         if let Some((_, pattern)) = t.value.split_once(':') {
-            globset::Glob::new(pattern)
-                .map_err(|e| at(t.defined, format!("{:?}: {e}", t.value)))?;
+            globset::Glob::new(pattern).map_err(|source| {
+                at(
+                    t.defined,
+                    Problem::ToolGlob {
+                        entry: t.value.clone(),
+                        source,
+                    },
+                )
+            })?;
         }
         if !known_tools.contains(&name.as_str()) {
             return Err(at(
                 t.defined,
-                format!("unknown tool {name:?} (known: {})", known_tools.join(", ")),
+                Problem::UnknownTool {
+                    tool: name,
+                    known: known_tools.join(", "),
+                },
             ));
         }
     }
     for t in &raw.approval_required {
         if !raw.tools.iter().any(|x| x.value == tool_of(&t.value)) {
-            return Err(at(
-                t.defined,
-                format!("{:?} requires approval but is not in tools", t.value),
-            ));
+            return Err(at(t.defined, Problem::ApprovalNotInTools(t.value.clone())));
         }
     }
     let pause_on_budget = match &raw.budget.on_exceed {
         None => true,
         Some(v) if v.value == "pause" => true,
         Some(v) if v.value == "stop" => false,
-        Some(v) => {
-            return Err(at(
-                v.defined,
-                format!("on_exceed must be pause or stop, not {:?}", v.value),
-            ));
-        }
+        Some(v) => return Err(at(v.defined, Problem::OnExceed(v.value.clone()))),
     };
     let paths = match &raw.capabilities.paths {
         None => None,
         Some(list) => {
             let mut out = Vec::new();
             for p in list {
-                valid_glob(&p.glob.value).map_err(|m| at(p.glob.defined, m))?;
+                valid_glob(&p.glob.value).map_err(|e| at(p.glob.defined, e.into()))?;
                 let write = match p.access.value.as_str() {
                     "read" => false,
                     "write" => true,
                     other => {
-                        return Err(at(
-                            p.access.defined,
-                            format!("access must be read or write, not {other:?}"),
-                        ));
+                        return Err(at(p.access.defined, Problem::Access(other.to_owned())));
                     }
                 };
                 out.push(PathGrant {
@@ -308,29 +406,18 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         }
     };
     for n in &raw.capabilities.network {
-        valid_destination(&n.value).map_err(|m| at(n.defined, m))?;
+        valid_destination(&n.value).map_err(|e| at(n.defined, e.into()))?;
     }
     let workspace = match &raw.namespace.workspace {
         None => "cow".to_owned(),
         Some(w) if ["cow", "ro", "rw"].contains(&w.value.as_str()) => w.value.clone(),
-        Some(w) => {
-            return Err(at(
-                w.defined,
-                format!("workspace must be cow, ro or rw, not {:?}", w.value),
-            ));
-        }
+        Some(w) => return Err(at(w.defined, Problem::Workspace(w.value.clone()))),
     };
     let mut mounts = Vec::new();
     for m in &raw.namespace.mounts {
         for p in [&m.target, &m.source] {
             if !absolute_normal(&p.value) {
-                return Err(at(
-                    p.defined,
-                    format!(
-                        "{:?} must be an absolute path without '.', '..' or '//'",
-                        p.value
-                    ),
-                ));
+                return Err(at(p.defined, Problem::NotAbsolute(p.value.clone())));
             }
         }
         if ["/", "/proc", "/workspace", "/task", "/logs", "/tmp", "/dev"]
@@ -338,21 +425,13 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         {
             return Err(at(
                 m.target.defined,
-                format!(
-                    "{} is managed by Warren and cannot be mounted over",
-                    m.target.value
-                ),
+                Problem::Managed(m.target.value.clone()),
             ));
         }
         let mode = match &m.mode {
             None => "ro".to_owned(),
             Some(x) if x.value == "ro" || x.value == "rw" => x.value.clone(),
-            Some(x) => {
-                return Err(at(
-                    x.defined,
-                    format!("mode must be ro or rw, not {:?}", x.value),
-                ));
-            }
+            Some(x) => return Err(at(x.defined, Problem::MountMode(x.value.clone()))),
         };
         mounts.push(MountDecl {
             target: m.target.value.clone(),
@@ -363,48 +442,40 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
     let tier = match &raw.tier {
         None => "process".to_owned(),
         Some(t) if t.value == "process" => t.value.clone(),
-        Some(t) => {
-            return Err(at(
-                t.defined,
-                format!(
-                    "tier {:?} is not available in this version (only process)",
-                    t.value
-                ),
-            ));
-        }
+        Some(t) => return Err(at(t.defined, Problem::Tier(t.value.clone()))),
     };
     let memory = raw
         .limits
         .memory
         .as_ref()
-        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e)))
+        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e.into())))
         .transpose()?;
     let disk = raw
         .limits
         .disk
         .as_ref()
-        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e)))
+        .map(|m| parse_size(&m.value).map_err(|e| at(m.defined, e.into())))
         .transpose()?;
     let timeout = raw
         .limits
         .timeout
         .as_ref()
-        .map(|t| parse_duration(&t.value).map_err(|e| at(t.defined, e)))
+        .map(|t| parse_duration(&t.value).map_err(|e| at(t.defined, e.into())))
         .transpose()?;
     if let Some(p) = &raw.limits.pids
         && p.value == 0
     {
-        return Err(at(p.defined, "pids must be at least 1".into()));
+        return Err(at(p.defined, Problem::Pids));
     }
     if let Some(c) = &raw.limits.cpus
         && !(c.value.is_finite() && c.value > 0.0)
     {
-        return Err(at(c.defined, "cpus must be a positive number".into()));
+        return Err(at(c.defined, Problem::Cpus));
     }
     if let Some(u) = &raw.budget.usd
         && !(u.value.is_finite() && u.value > 0.0)
     {
-        return Err(at(u.defined, "budget.usd must be a positive number".into()));
+        return Err(at(u.defined, Problem::BudgetUsd));
     }
     Ok(Manifest {
         name: raw.name.value,
@@ -436,19 +507,20 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
 }
 
 /// A glob relative to the workspace: no leading `/`, no `..` component, not empty.
-fn valid_glob(g: &str) -> Result<(), String> {
+fn valid_glob(g: &str) -> Result<(), GlobError> {
     if g.is_empty() || g.starts_with('/') || g.split('/').any(|c| c == ".." || c.is_empty()) {
-        return Err(format!(
-            "path glob {g:?} must be relative to the workspace, without '..' or empty components"
-        ));
+        return Err(GlobError::NotRelative(g.to_owned()));
     }
     globset::Glob::new(g)
         .map(drop)
-        .map_err(|e| format!("path glob {g:?}: {e}"))
+        .map_err(|source| GlobError::Invalid {
+            glob: g.to_owned(),
+            source,
+        })
 }
 
 /// A network entry: `host`, `*.domain`, optionally `:port[,port…]`.
-fn valid_destination(d: &str) -> Result<(), String> {
+fn valid_destination(d: &str) -> Result<(), DestinationError> {
     let (host, ports) = d.split_once(':').unwrap_or((d, ""));
     let name = host.strip_prefix("*.").unwrap_or(host);
     let label_ok = |l: &str| {
@@ -459,16 +531,17 @@ fn valid_destination(d: &str) -> Result<(), String> {
         || name.parse::<std::net::IpAddr>().is_ok()
         || name.chars().all(|c| c.is_ascii_digit() || c == '.')
     {
-        return Err(format!(
-            "network entry {d:?} must be a host name or *.domain (no IP literals), with optional :port[,port]"
-        ));
+        return Err(DestinationError::Host(d.to_owned()));
     }
     if !ports.is_empty()
         && !ports
             .split(',')
             .all(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
     {
-        return Err(format!("network entry {d:?}: bad port list {ports:?}"));
+        return Err(DestinationError::Ports {
+            entry: d.to_owned(),
+            ports: ports.to_owned(),
+        });
     }
     Ok(())
 }

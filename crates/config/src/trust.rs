@@ -26,6 +26,59 @@ pub const PROJECT_FILE: &str = ".warren/config.toml";
 /// Larger project files are refused.
 pub const MAX_PROJECT_FILE: u64 = 1 << 20;
 
+/// A trust decision that cannot be read, made or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The project directory cannot be resolved to its canonical path.
+    #[error("{}: {source}", dir.display())]
+    Resolve {
+        /// The directory as given.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A project directory the store (TOML) cannot hold.
+    #[error("{}: not a UTF-8 path", path.display())]
+    NotUtf8Path {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `warren trust` in a project without a configuration file.
+    #[error("{}: no such file; nothing to trust", file.display())]
+    NoProjectFile {
+        /// The file that is not there.
+        file: PathBuf,
+    },
+    /// The project file is not UTF-8.
+    #[error("{}: not UTF-8", file.display())]
+    NotUtf8 {
+        /// The project file.
+        file: PathBuf,
+    },
+    /// The project file or the store cannot be read, or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store cannot be encoded.
+    #[error("recording the trust in {}: {source}", file.display())]
+    Encode {
+        /// The store.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::ser::Error,
+    },
+    /// The store cannot be written.
+    #[error("recording the trust in {}: {source}", file.display())]
+    Write {
+        /// The store.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: warren_fsx::Error,
+    },
+}
+
 /// Where the user's trust decisions are kept.
 pub fn store_path(home: &Path) -> PathBuf {
     home.join(".config/warren/trusted.toml")
@@ -97,12 +150,15 @@ pub fn read_project_file(dir: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
 }
 
 /// The project directory as trust records it: canonical, and UTF-8 (the store is TOML).
-pub fn project_id(dir: &Path) -> Result<String, String> {
-    let canonical = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    canonical
-        .to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{}: not a UTF-8 path", canonical.display()))
+pub fn project_id(dir: &Path) -> Result<String, TrustError> {
+    let canonical = std::fs::canonicalize(dir).map_err(|source| TrustError::Resolve {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    match canonical.to_str() {
+        Some(s) => Ok(s.to_owned()),
+        None => Err(TrustError::NotUtf8Path { path: canonical }),
+    }
 }
 
 /// The trusted projects (none when the store does not exist).
@@ -147,24 +203,25 @@ pub fn load_store(home: &Path) -> Result<Vec<Entry>, ConfigError> {
         })
 }
 
-fn save_store(home: &Path, entries: &[Entry]) -> Result<(), String> {
+fn save_store(home: &Path, entries: &[Entry]) -> Result<(), TrustError> {
     let file = store_path(home);
-    let dir = file
-        .parent()
-        .ok_or_else(|| format!("{}: no directory", file.display()))?;
-    let text = toml::to_string(&StoreFile {
+    let text = match toml::to_string(&StoreFile {
         project: entries.to_vec(),
-    })
-    .map_err(|e| e.to_string())?;
-    let handle = warren_fsx::Dir::create_trusted(dir, 0o700).map_err(|e| e.to_string())?;
-    handle
-        .write(
+    }) {
+        Ok(t) => t,
+        Err(source) => return Err(TrustError::Encode { file, source }),
+    };
+    // The store's directory (`~/.config/warren`) is always there to take.
+    let dir = file.parent().unwrap_or(home);
+    let written = warren_fsx::Dir::create_trusted(dir, 0o700).and_then(|handle| {
+        handle.write(
             "trusted.toml",
             format!("{STORE_HEADER}{text}").as_bytes(),
             0o600,
             None,
         )
-        .map_err(|e| format!("{}: {e}", file.display()))
+    });
+    written.map_err(|source| TrustError::Write { file, source })
 }
 
 /// Whether the project at `key` (see [`project_id`]) is trusted with content hash `sha256`.
@@ -186,15 +243,16 @@ pub struct Trusted {
 }
 
 /// Trust `dir`'s `.warren/config.toml` as it is now. The file must exist and be valid.
-pub fn trust(home: &Path, dir: &Path) -> Result<Trusted, String> {
+pub fn trust(home: &Path, dir: &Path) -> Result<Trusted, TrustError> {
     let key = project_id(dir)?;
     let file = Path::new(&key).join(PROJECT_FILE);
-    let bytes = read_project_file(Path::new(&key))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{}: no such file; nothing to trust", file.display()))?;
-    let text =
-        String::from_utf8(bytes.clone()).map_err(|_| format!("{}: not UTF-8", file.display()))?;
-    let table = crate::parse_file(&file, &text).map_err(|e| e.to_string())?;
+    let Some(bytes) = read_project_file(Path::new(&key))? else {
+        return Err(TrustError::NoProjectFile { file });
+    };
+    let Ok(text) = String::from_utf8(bytes.clone()) else {
+        return Err(TrustError::NotUtf8 { file });
+    };
+    let table = crate::parse_file(&file, &text)?;
     let mut now_applied = Vec::new();
     let mut never = Vec::new();
     crate::walk_leaves(
@@ -204,14 +262,14 @@ pub fn trust(home: &Path, dir: &Path) -> Result<Trusted, String> {
             crate::ProjectKey::Applies => {}
             crate::ProjectKey::NeedsTrust => now_applied.push(format!(
                 "{} = {}",
-                key.join("."),
-                crate::shown(&key.join("."), v)
+                crate::dotted(key),
+                crate::shown(&crate::dotted(key), v)
             )),
-            crate::ProjectKey::Never => never.push(key.join(".")),
+            crate::ProjectKey::Never => never.push(crate::dotted(key)),
         },
     );
     let sha256 = sha256_hex(&bytes);
-    let mut entries = load_store(home).map_err(|e| e.to_string())?;
+    let mut entries = load_store(home)?;
     entries.retain(|e| e.path != key);
     entries.push(Entry {
         path: key.clone(),
@@ -228,14 +286,15 @@ pub fn trust(home: &Path, dir: &Path) -> Result<Trusted, String> {
 }
 
 /// Stop trusting `dir` (also when the directory is gone). `Ok(false)`: it was not trusted.
-pub fn revoke(home: &Path, dir: &Path) -> Result<bool, String> {
+pub fn revoke(home: &Path, dir: &Path) -> Result<bool, TrustError> {
     let key = project_id(dir).or_else(|e| {
         let abs = std::path::absolute(dir).map_err(|_| e)?;
-        abs.to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{}: not a UTF-8 path", abs.display()))
+        match abs.to_str() {
+            Some(s) => Ok(s.to_owned()),
+            None => Err(TrustError::NotUtf8Path { path: abs }),
+        }
     })?;
-    let mut entries = load_store(home).map_err(|e| e.to_string())?;
+    let mut entries = load_store(home)?;
     let before = entries.len();
     entries.retain(|e| e.path != key);
     if entries.len() == before {
@@ -268,8 +327,8 @@ impl Status {
 }
 
 /// Every recorded trust and whether it still holds.
-pub fn list(home: &Path) -> Result<Vec<(Entry, Status)>, String> {
-    let entries = load_store(home).map_err(|e| e.to_string())?;
+pub fn list(home: &Path) -> Result<Vec<(Entry, Status)>, TrustError> {
+    let entries = load_store(home)?;
     Ok(entries
         .into_iter()
         .map(|e| {

@@ -37,7 +37,59 @@ pub struct PolicyError {
     /// The entry as written.
     pub entry: String,
     /// What is wrong with it.
-    pub problem: String,
+    pub problem: RuleProblem,
+}
+
+/// What is wrong with an allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleProblem {
+    /// Blank.
+    #[error("empty entry")]
+    Empty,
+    /// `[::1]`, `::1:443`.
+    #[error("IPv6 literals are not allowed; use a name")]
+    Ipv6,
+    /// `10.0.0.1`.
+    #[error("IP literals are not allowed; use a name")]
+    IpLiteral,
+    /// Not a number in 1..=65535.
+    #[error("bad port {0:?} (want 1-65535)")]
+    Port(String),
+    /// `*.com`.
+    #[error("a wildcard must cover at least two labels (*.example.com)")]
+    WildcardTooWide,
+    /// A `*` other than a leading `*.`.
+    #[error("a wildcard is only allowed as a leading \"*.\"")]
+    WildcardPlacement,
+    /// Not a plausible DNS name.
+    #[error(transparent)]
+    Name(#[from] NameProblem),
+}
+
+/// Why a host name (of an entry, or one a cell asked for) is not a plausible DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    /// Nothing.
+    #[error("empty name")]
+    Empty,
+    /// More than 253 bytes.
+    #[error("name longer than 253 bytes")]
+    TooLong,
+    /// `a..b`.
+    #[error("empty label")]
+    EmptyLabel,
+    /// More than 63 bytes between dots.
+    #[error("label longer than 63 bytes")]
+    LabelTooLong,
+    /// Outside `a-z 0-9 - _`.
+    #[error("character {0:?} is not allowed in a name")]
+    Character(char),
+    /// `-a.com`, `a-.com`.
+    #[error("a label may not start or end with '-'")]
+    Hyphen,
+    /// `example.123`, `127.1`.
+    #[error("the last label must start with a letter (IP literals are not allowed)")]
+    LastLabel,
 }
 
 /// Why a request was refused, in words for the person reading the audit or the 403 page.
@@ -180,20 +232,20 @@ pub(crate) fn ip_literal_denied(ip: IpAddr) -> Denied {
     }
 }
 
-fn parse_rule(entry: &str) -> Result<Rule, String> {
+fn parse_rule(entry: &str) -> Result<Rule, RuleProblem> {
     let entry = entry.trim();
     if entry.is_empty() {
-        return Err("empty entry".into());
+        return Err(RuleProblem::Empty);
     }
     if entry.starts_with('[') || entry.matches(':').count() > 1 {
-        return Err("IPv6 literals are not allowed; use a name".into());
+        return Err(RuleProblem::Ipv6);
     }
     let (host, ports) = match entry.split_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
     if host.parse::<IpAddr>().is_ok() {
-        return Err("IP literals are not allowed; use a name".into());
+        return Err(RuleProblem::IpLiteral);
     }
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let ports = match ports {
@@ -201,7 +253,7 @@ fn parse_rule(entry: &str) -> Result<Rule, String> {
         Some(list) => list
             .split(',')
             .map(|p| match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("bad port {p:?} (want 1-65535)")),
+                Ok(0) | Err(_) => Err(RuleProblem::Port(p.to_owned())),
                 Ok(n) => Ok(n),
             })
             .collect::<Result<Vec<_>, _>>()?,
@@ -209,14 +261,14 @@ fn parse_rule(entry: &str) -> Result<Rule, String> {
     let bare = match host.strip_prefix("*.") {
         Some(rest) => {
             if !rest.contains('.') {
-                return Err("a wildcard must cover at least two labels (*.example.com)".into());
+                return Err(RuleProblem::WildcardTooWide);
             }
             rest
         }
         None => &host,
     };
     if bare.contains('*') {
-        return Err("a wildcard is only allowed as a leading \"*.\"".into());
+        return Err(RuleProblem::WildcardPlacement);
     }
     check_name(bare)?;
     Ok(Rule {
@@ -229,34 +281,34 @@ fn parse_rule(entry: &str) -> Result<Rule, String> {
 /// names have them) and stricter in one place: the last label must start with a letter, as
 /// every top-level domain does, which shuts out every numeric form a resolver might read as
 /// an address.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), NameProblem> {
     if name.is_empty() {
-        return Err("empty name".into());
+        return Err(NameProblem::Empty);
     }
     if name.len() > 253 {
-        return Err("name longer than 253 bytes".into());
+        return Err(NameProblem::TooLong);
     }
     let mut last = "";
     for label in name.split('.') {
         if label.is_empty() {
-            return Err("empty label".into());
+            return Err(NameProblem::EmptyLabel);
         }
         if label.len() > 63 {
-            return Err("label longer than 63 bytes".into());
+            return Err(NameProblem::LabelTooLong);
         }
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(format!("character {c:?} is not allowed in a name"));
+            return Err(NameProblem::Character(c));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err("a label may not start or end with '-'".into());
+            return Err(NameProblem::Hyphen);
         }
         last = label;
     }
     if !last.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err("the last label must start with a letter (IP literals are not allowed)".into());
+        return Err(NameProblem::LastLabel);
     }
     Ok(())
 }

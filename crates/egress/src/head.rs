@@ -37,6 +37,54 @@ pub(crate) enum HeadError {
     Truncated(Vec<u8>),
 }
 
+/// Why a request head that was read is refused (answered 400, recorded as denied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MalformedHead {
+    #[error("bare CR or LF in the request head")]
+    BareCrLf,
+    #[error("empty request")]
+    Empty,
+    #[error("the request line is not METHOD TARGET VERSION")]
+    RequestLine,
+    #[error("bad method")]
+    Method,
+    #[error("bad request target")]
+    Target,
+    #[error("only HTTP/1.0 and HTTP/1.1 are spoken here")]
+    Version,
+    #[error("folded header lines are not accepted")]
+    Folded,
+    #[error("a header line without a colon")]
+    NoColon,
+    #[error("bad header name")]
+    HeaderName,
+    #[error("control characters in a header value")]
+    HeaderValue,
+}
+
+/// Why a URL (a forwarded request's target) or an authority (a CONNECT target) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadTarget {
+    #[error("the URL must start with http:// or https://")]
+    Scheme,
+    #[error("user info in URLs (user@host) is not allowed")]
+    UserInfo,
+    #[error("spaces or control characters in the URL")]
+    Characters,
+    #[error("unclosed [ in the host")]
+    UnclosedBracket,
+    #[error("junk after ] in the host")]
+    AfterBracket,
+    #[error("IPv6 addresses must be in brackets")]
+    Ipv6Brackets,
+    #[error("no host")]
+    NoHost,
+    #[error("bad port {0:?}")]
+    Port(String),
+    #[error("a port is required (host:port)")]
+    NoPort,
+}
+
 /// Reads until the blank line ending a request head. Returns the head (without the blank
 /// line) and whatever the client sent after it (the start of a body or of tunneled data).
 pub(crate) async fn read_head<R: AsyncRead + Unpin>(
@@ -102,49 +150,49 @@ pub(crate) fn is_field_value(v: &[u8]) -> bool {
 }
 
 /// Parses a head (without its blank line). Strict: see the module docs.
-pub(crate) fn parse(raw: &[u8]) -> Result<Head, String> {
+pub(crate) fn parse(raw: &[u8]) -> Result<Head, MalformedHead> {
     // Every line ends with CRLF once the last one gets back the CRLF read_head cut off.
     let mut text = raw.to_vec();
     text.extend_from_slice(b"\r\n");
     let mut lines = text.split(|b| *b == b'\n');
     let _ = lines.next_back(); // the empty piece after the final "\n"
-    let mut next = move || -> Option<Result<&[u8], String>> {
+    let mut next = move || -> Option<Result<&[u8], MalformedHead>> {
         let line = lines.next()?;
         Some(match line.strip_suffix(b"\r") {
             Some(l) if !l.contains(&b'\r') => Ok(l),
-            _ => Err("bare CR or LF in the request head".to_string()),
+            _ => Err(MalformedHead::BareCrLf),
         })
     };
-    let request_line = next().ok_or("empty request")??;
+    let request_line = next().ok_or(MalformedHead::Empty)??;
     let parts: Vec<&[u8]> = request_line.split(|b| *b == b' ').collect();
     let [method, target, version] = parts.as_slice() else {
-        return Err("the request line is not METHOD TARGET VERSION".into());
+        return Err(MalformedHead::RequestLine);
     };
     if !is_token(method) {
-        return Err("bad method".into());
+        return Err(MalformedHead::Method);
     }
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
-        return Err("bad request target".into());
+        return Err(MalformedHead::Target);
     }
     if *version != b"HTTP/1.1" && *version != b"HTTP/1.0" {
-        return Err("only HTTP/1.0 and HTTP/1.1 are spoken here".into());
+        return Err(MalformedHead::Version);
     }
     let mut headers = Vec::new();
     while let Some(line) = next() {
         let line = line?;
         if line.starts_with(b" ") || line.starts_with(b"\t") {
-            return Err("folded header lines are not accepted".into());
+            return Err(MalformedHead::Folded);
         }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err("a header line without a colon".into());
+            return Err(MalformedHead::NoColon);
         };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if !is_token(name) {
-            return Err("bad header name".into());
+            return Err(MalformedHead::HeaderName);
         }
         let value = value.trim_ascii();
         if !is_field_value(value) {
-            return Err("control characters in a header value".into());
+            return Err(MalformedHead::HeaderValue);
         }
         headers.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
     }
@@ -167,19 +215,19 @@ pub(crate) struct Url {
     pub path: String,
 }
 
-pub(crate) fn parse_url(url: &str) -> Result<Url, String> {
+pub(crate) fn parse_url(url: &str) -> Result<Url, BadTarget> {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let (https, rest) = if lower.starts_with("http://") {
         (false, &url[7..])
     } else if lower.starts_with("https://") {
         (true, &url[8..])
     } else {
-        return Err("the URL must start with http:// or https://".into());
+        return Err(BadTarget::Scheme);
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
-        return Err("user info in URLs (user@host) is not allowed".into());
+        return Err(BadTarget::UserInfo);
     }
     let (host, port) = parse_authority(authority, Some(if https { 443 } else { 80 }))?;
     let tail = tail.split('#').next().unwrap_or_default();
@@ -189,7 +237,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Url, String> {
         format!("/{tail}")
     };
     if !path.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err("spaces or control characters in the URL".into());
+        return Err(BadTarget::Characters);
     }
     Ok(Url {
         https,
@@ -200,34 +248,34 @@ pub(crate) fn parse_url(url: &str) -> Result<Url, String> {
 }
 
 /// Splits `host:port` (or `[v6]:port`); without a port, `default` is used if given.
-pub(crate) fn parse_authority(s: &str, default: Option<u16>) -> Result<(String, u16), String> {
+pub(crate) fn parse_authority(s: &str, default: Option<u16>) -> Result<(String, u16), BadTarget> {
     let (host, port) = if s.starts_with('[') {
-        let close = s.find(']').ok_or("unclosed [ in the host")?;
+        let close = s.find(']').ok_or(BadTarget::UnclosedBracket)?;
         let (h, rest) = s.split_at(close + 1);
         match rest.strip_prefix(':') {
             Some(p) => (h, Some(p)),
             None if rest.is_empty() => (h, None),
-            None => return Err("junk after ] in the host".into()),
+            None => return Err(BadTarget::AfterBracket),
         }
     } else {
         match s.split_once(':') {
             Some((_, p)) if p.contains(':') => {
-                return Err("IPv6 addresses must be in brackets".into());
+                return Err(BadTarget::Ipv6Brackets);
             }
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         }
     };
     if host.is_empty() {
-        return Err("no host".into());
+        return Err(BadTarget::NoHost);
     }
     let port = match (port, default) {
         (Some(p), _) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(format!("bad port {p:?}")),
+            _ => return Err(BadTarget::Port(p.to_owned())),
         },
         (None, Some(d)) => d,
-        (None, None) => return Err("a port is required (host:port)".into()),
+        (None, None) => return Err(BadTarget::NoPort),
     };
     Ok((host.to_string(), port))
 }

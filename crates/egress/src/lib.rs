@@ -44,6 +44,8 @@
 //! The proxy speaks just enough HTTP/1.1 to route: one request per client connection, answered
 //! with `Connection: close`; chunked request bodies are refused (411).
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod addr;
 mod allowlist;
 mod fetch;
@@ -59,7 +61,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 pub use addr::forbidden;
-pub use allowlist::{DEFAULT_PORTS, Denied, IP_LITERAL_REASON, Policy, PolicyError, Rule};
+pub use allowlist::{
+    DEFAULT_PORTS, Denied, IP_LITERAL_REASON, NameProblem, Policy, PolicyError, Rule, RuleProblem,
+};
 pub use fetch::{FetchRequest, FetchResponse, fetch};
 pub use proxy::{serve_tcp, serve_unix};
 

@@ -323,6 +323,21 @@ enum Mode {
     Request { body_left: u64 },
 }
 
+/// Why copying between the client and the destination stopped early (recorded as failed).
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    #[error("the client closed before sending the whole body")]
+    ShortBody,
+    #[error("reading from the client: {0}")]
+    ReadClient(#[source] std::io::Error),
+    #[error("writing to the destination: {0}")]
+    WriteDestination(#[source] std::io::Error),
+    #[error("reading from the destination: {0}")]
+    ReadDestination(#[source] std::io::Error),
+    #[error("writing to the client: {0}")]
+    WriteClient(#[source] std::io::Error),
+}
+
 /// Copies bytes both ways until done or idle for `idle`, counting them. Returns an error
 /// only for a socket error; idleness and closes are normal ends.
 async fn pump<C, U>(
@@ -332,7 +347,7 @@ async fn pump<C, U>(
     mode: Mode,
     up: &mut u64,
     down: &mut u64,
-) -> Result<(), String>
+) -> Result<(), PumpError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -355,7 +370,7 @@ where
                 Ok(0) => {
                     if let Mode::Request { .. } = mode {
                         // The destination would wait for the rest of the body forever.
-                        return Err("the client closed before sending the whole body".into());
+                        return Err(PumpError::ShortBody);
                     }
                     client_open = false;
                     let _ = upstream.shutdown().await;
@@ -363,7 +378,7 @@ where
                 Ok(n) => {
                     match tokio::time::timeout(idle, upstream.write_all(&a[..n])).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(format!("writing to the destination: {e}")),
+                        Ok(Err(e)) => return Err(PumpError::WriteDestination(e)),
                         Err(_) => return Ok(()),
                     }
                     *up += n as u64;
@@ -372,7 +387,7 @@ where
                         client_open = body_left > 0;
                     }
                 }
-                Err(e) => return Err(format!("reading from the client: {e}")),
+                Err(e) => return Err(PumpError::ReadClient(e)),
             },
             r = upstream.read(&mut b), if upstream_open => match r {
                 Ok(0) => {
@@ -385,12 +400,12 @@ where
                 Ok(n) => {
                     match tokio::time::timeout(idle, client.write_all(&b[..n])).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(format!("writing to the client: {e}")),
+                        Ok(Err(e)) => return Err(PumpError::WriteClient(e)),
                         Err(_) => return Ok(()),
                     }
                     *down += n as u64;
                 }
-                Err(e) => return Err(format!("reading from the destination: {e}")),
+                Err(e) => return Err(PumpError::ReadDestination(e)),
             },
             _ = tokio::time::sleep(idle) => return Ok(()),
         }

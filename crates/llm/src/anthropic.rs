@@ -5,11 +5,46 @@ use std::collections::BTreeMap;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::client::{Dialect, StreamState};
+use crate::client::{AnswerError, Dialect, StreamState};
 use crate::types::{ChatRequest, ChatResponse, Message, StopReason, StreamEvent, ToolCall, Usage};
 
 /// The Anthropic Messages wire format.
 pub struct Anthropic;
+
+/// An Anthropic-format answer that is not in the documented shape.
+#[derive(Debug, thiserror::Error)]
+pub enum AnthropicError {
+    /// A response whose `type` is not `message`.
+    #[error("expected a message, got type {0}")]
+    NotAMessage(String),
+    /// A message without a `content` array.
+    #[error("message without content")]
+    NoContent,
+    /// A stream event that does not parse.
+    #[error("{event} event is not JSON: {source}")]
+    EventNotJson {
+        /// The event's name.
+        event: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A content block start without its index.
+    #[error("content block without an index")]
+    BlockWithoutIndex,
+    /// A delta without its block's index.
+    #[error("delta without an index")]
+    DeltaWithoutIndex,
+    /// Input for a block that was never started.
+    #[error("input delta for an unknown block ({index})")]
+    UnknownBlock {
+        /// The block's index.
+        index: u64,
+    },
+    /// The server reported an error inside the stream.
+    #[error("error in stream: {0}")]
+    InStream(String),
+}
 
 const VERSION: &str = "2023-06-01";
 
@@ -117,13 +152,13 @@ impl Dialect for Anthropic {
         body
     }
 
-    fn parse(&self, v: Value) -> Result<ChatResponse, String> {
+    fn parse(&self, v: Value) -> Result<ChatResponse, AnswerError> {
         if v["type"] != "message" {
-            return Err(format!("expected a message, got type {}", v["type"]));
+            return Err(AnthropicError::NotAMessage(v["type"].to_string()).into());
         }
         let mut text = String::new();
         let mut tool_calls = Vec::new();
-        for b in v["content"].as_array().ok_or("message without content")? {
+        for b in v["content"].as_array().ok_or(AnthropicError::NoContent)? {
             match b["type"].as_str() {
                 Some("text") => text.push_str(b["text"].as_str().unwrap_or_default()),
                 Some("tool_use") => tool_calls.push(ToolCall {
@@ -165,9 +200,12 @@ impl StreamState for AnthropicStream {
         event: &str,
         data: &str,
         sink: &mut dyn FnMut(StreamEvent),
-    ) -> Result<bool, String> {
+    ) -> Result<bool, AnswerError> {
         let v: Value =
-            serde_json::from_str(data).map_err(|e| format!("{event} event is not JSON: {e}"))?;
+            serde_json::from_str(data).map_err(|source| AnthropicError::EventNotJson {
+                event: event.to_owned(),
+                source,
+            })?;
         match v["type"].as_str().unwrap_or(event) {
             "message_start" => self.usage = usage(&v["message"]["usage"]),
             "content_block_start" => {
@@ -175,7 +213,7 @@ impl StreamState for AnthropicStream {
                 if b["type"] == "tool_use" {
                     let index = v["index"]
                         .as_u64()
-                        .ok_or("content block without an index")?;
+                        .ok_or(AnthropicError::BlockWithoutIndex)?;
                     let call = ToolCall {
                         id: b["id"].as_str().unwrap_or_default().to_owned(),
                         name: b["name"].as_str().unwrap_or_default().to_owned(),
@@ -197,11 +235,13 @@ impl StreamState for AnthropicStream {
                         sink(StreamEvent::TextDelta(t.to_owned()));
                     }
                     Some("input_json_delta") => {
-                        let index = v["index"].as_u64().ok_or("delta without an index")?;
+                        let index = v["index"]
+                            .as_u64()
+                            .ok_or(AnthropicError::DeltaWithoutIndex)?;
                         let call = self
                             .calls
                             .get_mut(&index)
-                            .ok_or("input delta for an unknown block")?;
+                            .ok_or(AnthropicError::UnknownBlock { index })?;
                         call.arguments
                             .push_str(d["partial_json"].as_str().unwrap_or_default());
                     }
@@ -218,17 +258,20 @@ impl StreamState for AnthropicStream {
             }
             "message_stop" => return Ok(true),
             "error" => {
-                return Err(format!(
-                    "error in stream: {}",
-                    v["error"]["message"].as_str().unwrap_or("unknown")
-                ));
+                return Err(AnthropicError::InStream(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                )
+                .into());
             }
             _ => {} // ping, content_block_stop, future event types
         }
         Ok(false)
     }
 
-    fn finish(self: Box<Self>) -> Result<ChatResponse, String> {
+    fn finish(self: Box<Self>) -> Result<ChatResponse, AnswerError> {
         let s = *self;
         Ok(ChatResponse {
             stop_reason: stop(s.stop.as_deref()),

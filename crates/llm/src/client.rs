@@ -13,6 +13,18 @@ use crate::provider::{EventSink, Provider, ProviderConfig};
 use crate::retry::parse_retry_after;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
+/// An answer (a response body or a stream event) that is not in its wire format's documented
+/// shape; [`LlmError::Protocol`] carries its message, naming the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// From the OpenAI wire format.
+    #[error(transparent)]
+    OpenAi(#[from] crate::openai::OpenAiError),
+    /// From the Anthropic wire format.
+    #[error(transparent)]
+    Anthropic(#[from] crate::anthropic::AnthropicError),
+}
+
 /// Incremental assembly of one streamed answer.
 pub trait StreamState: Send {
     /// Handle one server-sent event. Returns `Ok(true)` once the answer is complete.
@@ -21,9 +33,9 @@ pub trait StreamState: Send {
         event: &str,
         data: &str,
         sink: &mut dyn FnMut(StreamEvent),
-    ) -> Result<bool, String>;
+    ) -> Result<bool, AnswerError>;
     /// The assembled answer (called after `on_event` returned `true`).
-    fn finish(self: Box<Self>) -> Result<ChatResponse, String>;
+    fn finish(self: Box<Self>) -> Result<ChatResponse, AnswerError>;
 }
 
 /// What differs between wire formats.
@@ -35,7 +47,7 @@ pub trait Dialect: Send + Sync + 'static {
     /// The request body.
     fn body(&self, req: &ChatRequest) -> serde_json::Value;
     /// Parse a non-streaming answer.
-    fn parse(&self, body: serde_json::Value) -> Result<ChatResponse, String>;
+    fn parse(&self, body: serde_json::Value) -> Result<ChatResponse, AnswerError>;
     /// State for a streaming answer.
     fn stream_state(&self) -> Box<dyn StreamState>;
     /// The human message inside an error body. Both wire formats put it at `error.message`;
@@ -160,7 +172,10 @@ impl<D: Dialect> HttpProvider<D> {
             };
             let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| self.protocol(format!("body is not JSON: {e}")))?;
-            return self.dialect.parse(v).map_err(|m| self.protocol(m));
+            return self
+                .dialect
+                .parse(v)
+                .map_err(|e| self.protocol(e.to_string()));
         }
         let mut state = self.dialect.stream_state();
         let mut events = resp.bytes_stream().eventsource();
@@ -180,9 +195,9 @@ impl<D: Dialect> HttpProvider<D> {
                 Some(Ok(ev)) => {
                     if state
                         .on_event(&ev.event, &ev.data, sink)
-                        .map_err(|m| self.protocol(m))?
+                        .map_err(|e| self.protocol(e.to_string()))?
                     {
-                        return state.finish().map_err(|m| self.protocol(m));
+                        return state.finish().map_err(|e| self.protocol(e.to_string()));
                     }
                 }
             }

@@ -19,6 +19,8 @@
 //! Design choice: tool-call arguments stay raw JSON text here; validating them against the
 //! tool's schema is the agent's job, which must be able to tell the model what was wrong.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod anthropic;
 pub mod catalog;
 pub mod client;

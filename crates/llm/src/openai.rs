@@ -5,11 +5,31 @@ use std::collections::BTreeMap;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::client::{Dialect, StreamState};
+use crate::client::{AnswerError, Dialect, StreamState};
 use crate::types::{ChatRequest, ChatResponse, Message, StopReason, StreamEvent, ToolCall, Usage};
 
 /// The OpenAI-compatible wire format.
 pub struct OpenAi;
+
+/// An OpenAI-format answer that is not in the documented shape.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiError {
+    /// A response without `choices[0]`.
+    #[error("no choices in the response")]
+    NoChoices,
+    /// A stream chunk that does not parse.
+    #[error("stream chunk is not JSON: {0}")]
+    ChunkNotJson(#[source] serde_json::Error),
+    /// The server reported an error inside the stream.
+    #[error("error in stream: {0}")]
+    InStream(String),
+    /// A tool call fragment that does not say which call it belongs to.
+    #[error("tool call fragment without an index")]
+    FragmentWithoutIndex,
+    /// `[DONE]` without a `finish_reason` before it.
+    #[error("stream ended without a finish reason")]
+    NoFinishReason,
+}
 
 fn message(m: &Message) -> Value {
     match m {
@@ -86,8 +106,8 @@ impl Dialect for OpenAi {
         body
     }
 
-    fn parse(&self, v: Value) -> Result<ChatResponse, String> {
-        let choice = v["choices"].get(0).ok_or("no choices in the response")?;
+    fn parse(&self, v: Value) -> Result<ChatResponse, AnswerError> {
+        let choice = v["choices"].get(0).ok_or(OpenAiError::NoChoices)?;
         let msg = &choice["message"];
         let tool_calls = msg["tool_calls"]
             .as_array()
@@ -136,17 +156,16 @@ impl StreamState for OpenAiStream {
         _event: &str,
         data: &str,
         sink: &mut dyn FnMut(StreamEvent),
-    ) -> Result<bool, String> {
+    ) -> Result<bool, AnswerError> {
         if data.trim() == "[DONE]" {
             return Ok(true);
         }
-        let v: Value =
-            serde_json::from_str(data).map_err(|e| format!("stream chunk is not JSON: {e}"))?;
+        let v: Value = serde_json::from_str(data).map_err(OpenAiError::ChunkNotJson)?;
         if let Some(e) = v.get("error") {
-            return Err(format!(
-                "error in stream: {}",
-                e["message"].as_str().unwrap_or("unknown")
-            ));
+            return Err(OpenAiError::InStream(
+                e["message"].as_str().unwrap_or("unknown").to_owned(),
+            )
+            .into());
         }
         if v["usage"].is_object() {
             self.usage = usage(&v["usage"]);
@@ -162,7 +181,7 @@ impl StreamState for OpenAiStream {
         for c in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = c["index"]
                 .as_u64()
-                .ok_or("tool call fragment without an index")?;
+                .ok_or(OpenAiError::FragmentWithoutIndex)?;
             let call = self.calls.entry(index).or_insert_with(|| ToolCall {
                 id: String::new(),
                 name: String::new(),
@@ -191,10 +210,10 @@ impl StreamState for OpenAiStream {
         Ok(false)
     }
 
-    fn finish(self: Box<Self>) -> Result<ChatResponse, String> {
+    fn finish(self: Box<Self>) -> Result<ChatResponse, AnswerError> {
         let s = *self;
         if s.finish.is_none() {
-            return Err("stream ended without a finish reason".into());
+            return Err(OpenAiError::NoFinishReason.into());
         }
         Ok(ChatResponse {
             stop_reason: stop(s.finish.as_deref()),

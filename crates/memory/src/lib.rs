@@ -15,6 +15,8 @@
 //!
 //! With no embedder configured everything still works, full-text only, and says so.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod access;
 pub mod ann;
 pub mod chunk;

@@ -3,8 +3,6 @@
 //! Shared by `warren run` (one task) and the daemon (many tasks, one provider per kind, shared
 //! so that its concurrency limit holds across tasks).
 
-use std::time::Duration;
-
 use warren_config::{Loaded, Source};
 use warren_llm::ProviderConfig;
 use warren_llm::catalog::{Catalog, ModelInfo};
@@ -25,7 +23,7 @@ pub fn kind(
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<&'static str, String> {
-    match chosen.or(loaded.config.agent.provider.as_deref()) {
+    match chosen.or(loaded.config.agent.provider.map(|p| p.as_str())) {
         Some("openai") => Ok("openai"),
         Some("anthropic") => Ok("anthropic"),
         Some(other) => Err(format!(
@@ -73,28 +71,23 @@ pub fn config(
     {
         config.max_concurrency = n.clamp(1, 1024) as usize;
     }
-    tune(&mut config, &loaded.config.llm)?;
+    tune(&mut config, &loaded.config.llm);
     Ok((config, default_model))
 }
 
-/// Reliability settings of the `[llm]` section (also `WARREN__LLM__*`).
-fn tune(config: &mut ProviderConfig, llm: &warren_config::LlmSection) -> Result<(), String> {
-    let dur = |k: &str, v: &Option<String>| -> Result<Option<Duration>, String> {
-        v.as_deref()
-            .map(|v| warren_config::units::parse_duration(v).map_err(|e| format!("llm.{k}: {e}")))
-            .transpose()
-    };
-    if let Some(d) = dur("idle_timeout", &llm.idle_timeout)? {
+/// Reliability settings of the `[llm]` section (also `WARREN__LLM__*`), typed when the
+/// configuration loaded.
+fn tune(config: &mut ProviderConfig, llm: &warren_config::LlmSection) {
+    if let Some(d) = llm.idle_timeout {
         config.idle_timeout = d;
     }
-    if let Some(d) = dur("retry_base", &llm.retry_base)? {
+    if let Some(d) = llm.retry_base {
         config.retry.base = d;
         config.retry.max_delay = config.retry.max_delay.max(d);
     }
     if let Some(n) = llm.max_attempts {
         config.retry.max_attempts = n.clamp(1, 100);
     }
-    Ok(())
 }
 
 /// The model catalog with the `[models.*]` overrides applied.

@@ -637,12 +637,10 @@ impl Engine {
         let prices = crate::provider::catalog(&self.opts.loaded).lookup(&model);
         let cfg = &self.opts.loaded.config;
         let context_window = crate::provider::context_window(&self.opts.loaded, &model);
-        let timeout = match (m.timeout, cfg.agent.timeout.as_deref()) {
-            (Some(t), _) => t,
-            (None, Some(t)) => warren_config::units::parse_duration(t)
-                .map_err(|e| format!("agent.timeout: {e}"))?,
-            (None, None) => Duration::from_secs(30 * 60),
-        };
+        let timeout = m
+            .timeout
+            .or(cfg.agent.timeout)
+            .unwrap_or(Duration::from_secs(30 * 60));
         let mut config = AgentConfig {
             model,
             context_window,

@@ -13,6 +13,8 @@
 //! Everything is behind [`Store`]; [`sqlite::SqliteStore`] is the embedded default (WAL mode,
 //! versioned migrations). A PostgreSQL implementation for several nodes comes later.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod audit;
 pub mod sqlite;
 

@@ -123,6 +123,72 @@ fn a_bad_config_names_file_line_and_column_everywhere() {
     );
 }
 
+/// `warren ARGS` in `dir`, killed if still running after 30 s (a daemon that did not refuse
+/// its configuration would run on): the exit code, or `None` when it had to be killed.
+fn refused_in(
+    dir: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut c = std::process::Command::new(WARREN);
+    c.args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("WARREN_STATE_DIR", dir.join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WARREN__") || k.ends_with("_API_KEY") || k.ends_with("_BASE_URL") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c.envs(env.iter().copied()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let code = if killed { None } else { o.status.code() };
+    (code, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_duration_is_refused_when_the_config_loads_by_run_and_the_daemon_alike() {
+    let dir = TempDir::new("parsecs");
+    let home = TempDir::new("home");
+    std::fs::create_dir_all(dir.path().join(".warren")).unwrap();
+    let file = dir.path().join(".warren/config.toml");
+    std::fs::write(&file, "[agent]\ntimeout = \"10 parsecs\"\n").unwrap();
+    let at = format!("{}:2:11: unknown duration unit \"parsecs\"", file.display());
+    for (args, code) in [
+        (&["config", "show"][..], 1),
+        (&["run", "--replay", "/nonexistent", "goal"][..], 125),
+        (&["daemon"][..], 2),
+    ] {
+        let (got, err) = refused_in(dir.path(), home.path(), args, &[]);
+        assert_eq!(got, Some(code), "{args:?}: {err}");
+        assert!(err.contains(&at), "{args:?}: {err}");
+    }
+    std::fs::write(&file, "").unwrap();
+    let env = [("WARREN__AGENT__TIMEOUT", "10 parsecs")];
+    for (args, code) in [
+        (&["run", "--replay", "/nonexistent", "goal"][..], 125),
+        (&["daemon"][..], 2),
+    ] {
+        let (got, err) = refused_in(dir.path(), home.path(), args, &env);
+        assert_eq!(got, Some(code), "{args:?}: {err}");
+        assert!(
+            err.contains("environment variable WARREN__AGENT__TIMEOUT: unknown duration unit"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 fn finish_turn() -> Turn {
     Turn::Reply(Reply {
         tool_calls: vec![ToolCall {

@@ -4,6 +4,7 @@ mod config;
 mod daemon;
 mod equivalence;
 mod exec;
+mod json_output;
 mod kill;
 mod memory;
 mod own_files;
