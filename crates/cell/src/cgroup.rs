@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::check::{CgroupLayout, cgroup_layout};
 use crate::error::CellError;
+use crate::mountinfo::{CgroupLayout, cgroup_layout};
 
 /// Limits enforced by cgroups. `None` means "not limited".
 #[derive(Clone, Debug, Default, PartialEq)]

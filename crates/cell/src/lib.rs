@@ -20,6 +20,7 @@ pub mod disk;
 pub mod error;
 pub mod forkserver;
 pub mod hostpaths;
+pub mod mountinfo;
 pub mod process;
 pub mod spec;
 
