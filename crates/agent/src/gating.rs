@@ -17,8 +17,11 @@
 //!    in parallel; otherwise one after the other, each call that changes things leaving a
 //!    [`Step::ToolStarted`] mark in the journal first.
 //!
-//! The results come back in the model's order, as [`Done`]; the loop then truncates them
-//! ([`crate::context`]), reports them to the gate ([`Gate::tool_call`]) and records them.
+//! As soon as a call of this life has its result, the result is truncated for the model
+//! ([`crate::context`]), reported to the gate ([`Gate::tool_call`]) and recorded
+//! ([`Step::Tool`]), before the next call of the turn starts: a crash in the middle of a turn
+//! loses no result that was already known. The results come back in the model's order, as
+//! [`Done`].
 //!
 //! A gate is mandatory. Code whose policy is enforced elsewhere, and tests, pass
 //! [`Unrestricted`] explicitly.
@@ -290,25 +293,22 @@ async fn admit(gate: &dyn Gate, call: &ToolCall, args: &Value) -> Result<String,
 pub(crate) struct Done {
     /// The call as the model made it.
     pub(crate) call: ToolCall,
-    /// Its result (not yet truncated for the model).
+    /// Its result, truncated for the model (the full text is in [`Done::log`]).
     pub(crate) output: ToolOutput,
     /// The capability the gate allowed it with; `None`: it never ran (invalid, refused, or
     /// replayed).
     pub(crate) capability: Option<String>,
     /// How long it ran.
     pub(crate) duration: Duration,
-    /// It happened in this life (not replayed from the journal): it is audited and recorded.
-    pub(crate) live: bool,
+    /// Characters of the full result.
+    pub(crate) chars: usize,
+    /// Where the full result is, when it was truncated (`/logs/tool-T-N.log`).
+    pub(crate) log: Option<String>,
 }
 
 impl Done {
     /// What the gate's audit is told about this call, once its result is final.
-    pub(crate) fn record<'a>(
-        &'a self,
-        turn: u32,
-        bytes: usize,
-        cell: &'a str,
-    ) -> ToolCallRecord<'a> {
+    pub(crate) fn record<'a>(&'a self, turn: u32, cell: &'a str) -> ToolCallRecord<'a> {
         ToolCallRecord {
             turn,
             call_id: &self.call.id,
@@ -321,7 +321,7 @@ impl Done {
                 .ok_or(self.output.content.as_str()),
             duration: self.duration,
             is_error: self.output.is_error,
-            bytes,
+            bytes: self.chars,
             cell,
         }
     }
@@ -353,15 +353,14 @@ impl Agent {
             });
         }
         // Results recorded before a restart are reused; only the rest run now.
-        let mut outputs: Vec<Option<ToolOutput>> = Vec::with_capacity(calls.len());
+        let mut replayed: Vec<Option<ToolOutput>> = Vec::with_capacity(calls.len());
         for c in calls {
-            outputs.push(journal.tool(&c.id)?);
+            replayed.push(journal.tool(&c.id)?);
         }
-        let live: Vec<bool> = outputs.iter().map(Option::is_none).collect();
         // The choke point: every call about to run is checked; a refusal runs nothing.
         let mut capability: Vec<Option<String>> = vec![None; calls.len()];
         for (i, c) in calls.iter().enumerate() {
-            if !live[i] {
+            if replayed[i].is_some() {
                 continue;
             }
             let verdict = match &checked[i] {
@@ -373,12 +372,32 @@ impl Agent {
                 Err(e) => checked[i] = Err(e),
             }
         }
-        let mut durations = vec![Duration::ZERO; calls.len()];
-        let pending: Vec<usize> = (0..calls.len()).filter(|&i| live[i]).collect();
+        // Each call's result, in the model's order. Replayed ones were audited and recorded
+        // in the life that produced them.
+        let mut done: Vec<Option<Done>> = Vec::with_capacity(calls.len());
+        for (i, (call, output)) in calls.iter().zip(replayed).enumerate() {
+            done.push(match output {
+                Some(mut output) => {
+                    let (chars, log) = self.fit_output(turn, i + 1, &mut output)?;
+                    Some(Done {
+                        call: call.clone(),
+                        output,
+                        capability: None,
+                        duration: Duration::ZERO,
+                        chars,
+                        log,
+                    })
+                }
+                None => None,
+            });
+        }
+        let pending: Vec<usize> = (0..calls.len()).filter(|&i| done[i].is_none()).collect();
         let all_read_only = pending
             .iter()
             .all(|&i| checked[i].is_ok() && tools::read_only(&calls[i].name));
         if all_read_only && pending.len() > 1 {
+            // Reads change nothing: a crash before their results are recorded only means
+            // they run again.
             let handles: Vec<_> = pending
                 .iter()
                 .map(|&i| {
@@ -398,19 +417,22 @@ impl Agent {
                 })
                 .collect();
             for (i, h) in handles {
-                outputs[i] = Some(match h.await {
-                    Ok((out, took)) => {
-                        durations[i] = took;
-                        out
-                    }
-                    Err(e) => panicked(e),
-                });
+                let (output, took) = h.await.unwrap_or_else(|e| (panicked(e), Duration::ZERO));
+                done[i] = Some(self.settle(
+                    turn,
+                    i,
+                    &calls[i],
+                    output,
+                    capability[i].take(),
+                    took,
+                    journal,
+                )?);
             }
         } else {
             for &i in &pending {
                 let c = &calls[i];
-                outputs[i] = Some(match &checked[i] {
-                    Err(e) => ToolOutput::err(e.to_string()),
+                let (output, took) = match &checked[i] {
+                    Err(e) => (ToolOutput::err(e.to_string()), Duration::ZERO),
                     Ok(args) => {
                         // A tool that changes things leaves a mark first: after a crash, its
                         // effect is reported as unknown instead of being repeated.
@@ -425,26 +447,51 @@ impl Agent {
                         let out = tokio::task::spawn_blocking(move || tools.call(&name, &args))
                             .await
                             .unwrap_or_else(panicked);
-                        durations[i] = t.elapsed();
-                        out
+                        (out, t.elapsed())
                     }
-                });
+                };
+                // Durable as soon as it is known, before the next call starts: a crash
+                // during a later call of this turn must not lose this result, nor leave its
+                // mark looking interrupted.
+                done[i] =
+                    Some(self.settle(turn, i, c, output, capability[i].take(), took, journal)?);
             }
         }
-        Ok(calls
-            .iter()
-            .zip(outputs)
-            .zip(capability)
-            .zip(durations)
-            .zip(live)
-            .map(|((((call, output), capability), duration), live)| Done {
-                call: call.clone(),
-                output: output.unwrap_or_else(|| ToolOutput::err("internal error: no result")),
-                capability,
-                duration,
-                live,
-            })
-            .collect())
+        Ok(done.into_iter().flatten().collect())
+    }
+
+    /// A call of this life has its final result: truncate it for the model (the full text
+    /// goes to `/logs`), report it to the gate's audit, and make it durable in the journal,
+    /// all before the model sees it (and before the next call of the turn starts).
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        turn: u32,
+        i: usize,
+        call: &ToolCall,
+        mut output: ToolOutput,
+        capability: Option<String>,
+        duration: Duration,
+        journal: &mut Replayer,
+    ) -> Result<Done, AgentError> {
+        let (chars, log) = self.fit_output(turn, i + 1, &mut output)?;
+        let done = Done {
+            call: call.clone(),
+            output,
+            capability,
+            duration,
+            chars,
+            log,
+        };
+        self.gate
+            .tool_call(&done.record(turn, self.tools.cell_id()));
+        journal.record(Step::Tool {
+            call_id: call.id.clone(),
+            content: done.output.content.clone(),
+            is_error: done.output.is_error,
+            finished: done.output.finished.clone(),
+        })?;
+        Ok(done)
     }
 }
 

@@ -8,7 +8,12 @@
 //!    [`crate::context`]);
 //! 2. [`Step::Model`]: the model's response, before any of its tool calls runs;
 //! 3. [`Step::ToolStarted`] for each call that changes things, just before it runs;
-//! 4. [`Step::Tool`] for each call's result, before the model sees it.
+//! 4. [`Step::Tool`] for each call's result, as soon as the call ends (before the next call
+//!    of the turn starts, and before the model sees it).
+//!
+//! So a turn of two calls that change things is `model, tool_started, tool, tool_started,
+//! tool`: whichever step a crash interrupts, every result that was known is kept and at most
+//! one call's effect is unknown.
 //!
 //! On resume, the [`Replayer`] hands these back in the same order: a recorded model turn is
 //! not paid for again, a recorded result is reused instead of running the call again, and a
@@ -116,6 +121,8 @@ pub(crate) struct Replayer {
     recorded: VecDeque<Step>,
     journal: Option<Arc<dyn Journal>>,
     seq: u64,
+    /// Results of interrupted calls, recorded once the replay has ended.
+    interrupted: Vec<Step>,
 }
 
 /// What the model is told about a call that was started but has no recorded result.
@@ -132,6 +139,7 @@ impl Replayer {
             recorded: recorded.into(),
             journal,
             seq: 0,
+            interrupted: Vec::new(),
         })
     }
 
@@ -153,8 +161,14 @@ impl Replayer {
         self.recorded.is_empty()
     }
 
-    /// Make `step` durable as the next step (a no-op without a journal).
+    /// Make `step` durable as the next step (a no-op without a journal). Results of
+    /// interrupted calls still waiting for the replay to end are recorded first.
     pub(crate) fn record(&mut self, step: Step) -> Result<(), JournalError> {
+        self.flush()?;
+        self.write(step)
+    }
+
+    fn write(&mut self, step: Step) -> Result<(), JournalError> {
         if let Some(j) = &self.journal {
             j.record(self.seq, &step)
                 .map_err(|reason| JournalError::Record {
@@ -199,23 +213,32 @@ impl Replayer {
     }
 
     /// The recorded result of `call_id`, if this call was recorded (consuming it). A call that
-    /// was started but has no result was interrupted: its effect is unknown.
+    /// was started but has no result was interrupted: its effect is unknown, and that is
+    /// what the model is told (and what is recorded for it).
+    ///
+    /// Journals written before results were recorded one by one hold a turn's marks first
+    /// and its results after (`tool_started, tool_started, tool, tool`): the result is looked
+    /// for among the rest of the turn's steps, and an interrupted call's result is recorded
+    /// only once every recorded step was replayed (its number is the next free one).
     pub(crate) fn tool(&mut self, call_id: &str) -> Result<Option<ToolOutput>, JournalError> {
         match self.peek() {
             Some(Step::ToolStarted { call_id: c }) if c == call_id => {
                 self.pop();
-                if let Some(Step::Tool { call_id: c, .. }) = self.peek()
-                    && c == call_id
-                {
-                    return Ok(self.pop().and_then(step_output));
+                if let Some(at) = self.result_in_turn(call_id) {
+                    let step = self.recorded.remove(at);
+                    self.seq += 1;
+                    return Ok(step.and_then(step_output));
                 }
                 let out = ToolOutput::err(INTERRUPTED);
-                self.record(Step::Tool {
+                self.interrupted.push(Step::Tool {
                     call_id: call_id.into(),
                     content: out.content.clone(),
                     is_error: true,
                     finished: None,
-                })?;
+                });
+                if self.live() {
+                    self.flush()?;
+                }
                 Ok(Some(out))
             }
             Some(Step::Tool { call_id: c, .. }) if c == call_id => {
@@ -223,6 +246,22 @@ impl Replayer {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Where the recorded result of `call_id` is among the steps of the current turn.
+    fn result_in_turn(&self, call_id: &str) -> Option<usize> {
+        self.recorded
+            .iter()
+            .take_while(|s| !matches!(s, Step::Model { .. } | Step::Summary { .. }))
+            .position(|s| matches!(s, Step::Tool { call_id: c, .. } if c == call_id))
+    }
+
+    /// Record the results of interrupted calls that wait for the replay to end.
+    fn flush(&mut self) -> Result<(), JournalError> {
+        for step in std::mem::take(&mut self.interrupted) {
+            self.write(step)?;
+        }
+        Ok(())
     }
 }
 

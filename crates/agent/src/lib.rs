@@ -163,15 +163,15 @@ impl Agent {
                 .act(turn, &response.tool_calls, &mut journal, &mut events)
                 .await?;
             let mut finished = None;
-            for (i, mut d) in done.into_iter().enumerate() {
-                let (chars, log) = self.fit_output(turn, i + 1, &mut d.output)?;
+            // Each result is already audited and durable (see `act`).
+            for d in done {
                 events.emit(AgentEvent::ToolResult {
                     turn,
                     name: d.call.name.clone(),
                     is_error: d.output.is_error,
                     summary: first_line(&d.output.content),
-                    chars,
-                    log,
+                    chars: d.chars,
+                    log: d.log.clone(),
                 });
                 if d.output.is_error
                     && let Some(reason) = repeats.failed(&d.call)
@@ -180,17 +180,6 @@ impl Agent {
                 }
                 if d.output.finished.is_some() {
                     finished = d.output.finished.clone();
-                }
-                if d.live {
-                    self.gate
-                        .tool_call(&d.record(turn, chars, self.tools.cell_id()));
-                    // Durable before the model sees it.
-                    journal.record(Step::Tool {
-                        call_id: d.call.id.clone(),
-                        content: d.output.content.clone(),
-                        is_error: d.output.is_error,
-                        finished: d.output.finished.clone(),
-                    })?;
                 }
                 context.push_result(d.call.id, d.output);
             }

@@ -697,3 +697,169 @@ fn errors_name_the_operation_that_failed() {
     ));
     assert!(e.to_string().starts_with("task logs: cannot open "), "{e}");
 }
+
+/// The store's journal, except that recording step `at` fails: the daemon died there.
+struct CrashAt {
+    inner: Arc<StoreJournal>,
+    at: u64,
+}
+
+impl Journal for CrashAt {
+    fn load(&self) -> Result<Vec<Step>, String> {
+        self.inner.load()
+    }
+    fn record(&self, seq: u64, step: &Step) -> Result<(), String> {
+        if seq == self.at {
+            return Err("killed".into());
+        }
+        self.inner.record(seq, step)
+    }
+}
+
+fn kinds(journal: &dyn Journal) -> Vec<String> {
+    journal
+        .load()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s).unwrap()["step"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_turn_of_two_changes_repeats_nothing_and_keeps_every_known_result() {
+    let turns = vec![
+        vec![
+            call("c1", "shell", json!({"command": "echo one"})),
+            call("c2", "shell", json!({"command": "echo two"})),
+        ],
+        vec![call("c3", "finish", json!({"summary": "done"}))],
+    ];
+    // Steps of turn 1: model (0), tool_started c1 (1), tool c1 (2), tool_started c2 (3),
+    // tool c2 (4). Each is where the first life dies, in turn.
+    for at in 1..=4u64 {
+        let (s, dir) = store(&format!("crash-{at}"));
+        let journal = Arc::new(StoreJournal::new(s, "t"));
+        let cell = Arc::new(FakeCell::default());
+        let first = Agent::new(
+            Arc::new(Scripted {
+                turns: turns.clone(),
+                crash_at: None,
+                requests: Mutex::default(),
+            }),
+            cell.clone(),
+            config(),
+            Arc::new(Unrestricted),
+            None,
+        )
+        .with_journal(Arc::new(CrashAt {
+            inner: journal.clone(),
+            at,
+        }));
+        assert!(run(&first).is_err(), "crash at step {at}");
+        let p = Arc::new(Scripted {
+            turns: turns[1..].to_vec(),
+            crash_at: None,
+            requests: Mutex::default(),
+        });
+        let report = run(&Agent::new(
+            p.clone(),
+            cell.clone(),
+            config(),
+            Arc::new(Unrestricted),
+            None,
+        )
+        .with_journal(journal.clone()))
+        .unwrap_or_else(|e| panic!("resume after a crash at step {at}: {e}"));
+        assert!(matches!(report.outcome, Outcome::Finished(_)), "at {at}");
+        assert_eq!(
+            (cell.count("echo one"), cell.count("echo two")),
+            (1, 1),
+            "crash at step {at}: every call ran exactly once"
+        );
+        let told = serde_json::to_string(&p.requests.lock().unwrap()[0].messages).unwrap();
+        // c1's result reaches the model unless Warren died while c1 ran (at 2): from step 3
+        // on it was durable, and at 1 c1 had not started yet (it runs in the second life).
+        assert_eq!(told.contains("ran echo one"), at != 2, "at {at}: {told}");
+        assert_eq!(
+            told.matches("interrupted by a restart").count(),
+            usize::from(at == 2 || at == 4),
+            "at {at}: only the call that was running when Warren died has an unknown effect"
+        );
+        assert_eq!(
+            kinds(&*journal)[..5],
+            ["model", "tool_started", "tool", "tool_started", "tool"],
+            "at {at}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn a_journal_with_a_turns_marks_before_its_results_still_resumes() {
+    // The order an earlier Warren wrote: both marks, then the results; it died before c2's.
+    let (s, dir) = store("legacy-order");
+    let journal = Arc::new(StoreJournal::new(s, "t"));
+    let steps = [
+        Step::Model {
+            response: ChatResponse {
+                text: String::new(),
+                tool_calls: vec![
+                    call("c1", "shell", json!({"command": "echo one"})),
+                    call("c2", "shell", json!({"command": "echo two"})),
+                ],
+                usage: Usage::default(),
+                stop_reason: StopReason::ToolUse,
+            },
+        },
+        Step::ToolStarted {
+            call_id: "c1".into(),
+        },
+        Step::ToolStarted {
+            call_id: "c2".into(),
+        },
+        Step::Tool {
+            call_id: "c1".into(),
+            content: "ran echo one".into(),
+            is_error: false,
+            finished: None,
+        },
+    ];
+    for (seq, step) in steps.iter().enumerate() {
+        journal.record(seq as u64, step).unwrap();
+    }
+    let cell = Arc::new(FakeCell::default());
+    let p = Arc::new(Scripted {
+        turns: vec![vec![call("c3", "finish", json!({"summary": "done"}))]],
+        crash_at: None,
+        requests: Mutex::default(),
+    });
+    let report = run(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal.clone()))
+    .unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!((cell.count("echo one"), cell.count("echo two")), (0, 0));
+    let told = serde_json::to_string(&p.requests.lock().unwrap()[0].messages).unwrap();
+    assert!(told.contains("ran echo one"), "{told}");
+    assert_eq!(
+        told.matches("interrupted by a restart").count(),
+        1,
+        "{told}"
+    );
+    // c2's unknown effect took the next free number.
+    assert_eq!(
+        kinds(&*journal)[..5],
+        ["model", "tool_started", "tool_started", "tool", "tool"]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
