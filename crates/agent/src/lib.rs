@@ -27,6 +27,7 @@
 //! before it continues live (`journal.rs`). Everything that happens is reported as an
 //! [`AgentEvent`] (`events.rs`); the limits come from the task's [`AgentConfig`]
 //! (`config.rs`).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod budget;
 mod config;

@@ -12,6 +12,7 @@
 //! (`warren_jail`), which builds the cell and reports `Ready` or `Refused` — fail closed, with
 //! the missing mechanism named. Commands then travel over an authenticated channel; anything
 //! the cell sends back is treated as hostile input (the host re-enforces output caps).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cgroup;
 pub mod check;

@@ -127,8 +127,9 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         None => warren_runtime::capabilities::PolicyFile::default(),
         Some(f) => match std::fs::read_to_string(f)
             .map_err(|e| format!("{}: {e}", f.display()))
-            .and_then(|t| warren_runtime::capabilities::PolicyFile::parse(f, &t))
-        {
+            .and_then(|t| {
+                warren_runtime::capabilities::PolicyFile::parse(f, &t).map_err(|e| e.to_string())
+            }) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("warren: {e}");
@@ -208,7 +209,16 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         socket_group: a.socket_group,
         tcp: a.listen,
     };
-    match warren_daemon::server::run(opts, listen) {
+    let notify = |n: warren_daemon::server::Notice| match n {
+        warren_daemon::server::Notice::Ready { worker, listening } => eprintln!(
+            "warren daemon: worker {worker} ready on {listening} (pid {})",
+            std::process::id()
+        ),
+        warren_daemon::server::Notice::ShuttingDown => {
+            eprintln!("warren daemon: shutting down; running tasks are requeued for resume")
+        }
+    };
+    match warren_daemon::server::run(opts, listen, &notify) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("warren daemon: {e}");

@@ -81,13 +81,7 @@ impl std::fmt::Display for PolicyError {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
+use warren_config::line_col;
 use warren_config::units::UnitError;
 pub use warren_config::units::{parse_duration, parse_size};
 

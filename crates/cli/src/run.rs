@@ -76,8 +76,8 @@ fn provider_for(
         .provider
         .as_deref()
         .or(cfg.agent.provider.map(|p| p.as_str()));
-    let kind = provider::kind(a.provider.as_deref(), loaded, &env)?;
-    let (config, default_model) = provider::config(kind, loaded, &env)?;
+    let kind = provider::kind(a.provider.as_deref(), loaded, &env).map_err(|e| e.to_string())?;
+    let (config, default_model) = provider::config(kind, loaded, &env);
     if config.api_key.is_none() && chosen.is_none() {
         return Err("no model configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible server), configure providers in ~/.config/warren/config.toml, or use --replay FILE".to_owned());
     }

@@ -95,7 +95,7 @@ pub enum ConfigError {
 
 /// A provider's wire format (`agent.provider`): `openai` (any OpenAI-compatible server) or
 /// `anthropic`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProviderName {
     /// OpenAI Chat Completions.
     OpenAi,
@@ -378,7 +378,9 @@ pub const TEMPLATE: &str = r#"# Warren configuration for this project. Layers, l
 # output_per_mtok = 0.0
 "#;
 
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// The 1-based line and column (in characters) of byte `offset` in `text`: where an error
+/// report points (`file:line:column`).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     (
         before.matches('\n').count() + 1,

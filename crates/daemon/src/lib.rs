@@ -8,6 +8,7 @@
 //! Everything a request *does* happens in [`warren_runtime`]: the engine, the scheduler,
 //! the task runner, capabilities, the gate, audit. Clients (the `warren task …` commands)
 //! talk to the API over the unix socket; see `docs/architecture.md` for the data flow.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
 pub mod conn;

@@ -18,6 +18,60 @@ use warren_runtime::engine::{Engine, Options};
 
 use crate::conn::ConnLimits;
 
+/// The daemon could not start, or its runtime failed. Each names what it was doing and the
+/// path or address involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A file or directory of the state directory.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon holds the state directory's lock.
+    #[error("another daemon is running on this state directory (pid {pid})")]
+    Locked {
+        /// Its pid, as its pid file says.
+        pid: String,
+    },
+    /// The socket's group.
+    #[error("group {name:?}: {problem}")]
+    Group {
+        /// The group as given.
+        name: String,
+        /// `does not exist` or `invalid name`.
+        problem: &'static str,
+    },
+    /// The TCP listener.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] warren_store::StoreError),
+    /// The async runtime or the signal handlers.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was being set up.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |source| ServeError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Where things live in a state directory.
 pub struct Paths {
     /// The database.
@@ -79,26 +133,25 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
-fn lock_exclusive(path: &Path) -> Result<std::fs::File, String> {
+fn lock_exclusive(path: &Path) -> Result<std::fs::File, ServeError> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(file_error(path))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let pid = std::fs::read_to_string(path.with_file_name("daemon.pid")).unwrap_or_default();
-        return Err(format!(
-            "another daemon is running on this state directory (pid {})",
-            pid.trim()
-        ));
+        return Err(ServeError::Locked {
+            pid: pid.trim().to_owned(),
+        });
     }
     Ok(f)
 }
 
-fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, String> {
+fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, ServeError> {
     // We hold the lock, so a socket file left here is stale.
     let _ = std::fs::remove_file(path);
     // SAFETY: umask has no preconditions; restored right after bind.
@@ -106,19 +159,23 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListe
     let l = tokio::net::UnixListener::bind(path);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
-    let l = l.map_err(|e| format!("{}: {e}", path.display()))?;
+    let l = l.map_err(file_error(path))?;
     if let Some(g) = group {
-        let name = CString::new(g).map_err(|_| format!("group {g:?}: invalid name"))?;
+        let group = |problem| ServeError::Group {
+            name: g.to_owned(),
+            problem,
+        };
+        let name = CString::new(g).map_err(|_| group("invalid name"))?;
         // SAFETY: getgrnam with a valid C string; the result is read at once.
         let gr = unsafe { libc::getgrnam(name.as_ptr()) };
         if gr.is_null() {
-            return Err(format!("group {g:?} does not exist"));
+            return Err(group("does not exist"));
         }
         // SAFETY: gr is non-null, pointing at libc's static group entry.
         let gid = unsafe { (*gr).gr_gid };
         std::os::unix::fs::chown(path, None, Some(gid))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(file_error(path))?;
     }
     Ok(l)
 }
@@ -139,23 +196,42 @@ fn raise_nofile() {
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT. Blocks; builds its own runtime.
-pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
+/// What the daemon tells its operator as it runs (the binary prints it; this library does
+/// not print).
+#[derive(Debug)]
+pub enum Notice {
+    /// Serving: the worker's name and where (the unix socket, and the TCP address with the
+    /// token's file).
+    Ready {
+        /// The engine's worker name.
+        worker: String,
+        /// `unix:PATH` and, with TCP, ` and http://ADDR (bearer token in FILE)`.
+        listening: String,
+    },
+    /// SIGTERM or SIGINT arrived: running tasks are being requeued for resume.
+    ShuttingDown,
+}
+
+/// Run the daemon until SIGTERM or SIGINT. Blocks; builds its own runtime. `notify` hears
+/// when it is ready and when it shuts down.
+pub fn run(
+    opts: Options,
+    listen: Listen,
+    notify: &(dyn Fn(Notice) + Send + Sync),
+) -> Result<(), ServeError> {
     let state = opts.state_dir.clone();
-    std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+    std::fs::create_dir_all(&state).map_err(file_error(&state))?;
     let paths = Paths::of(&state);
     let _lock = lock_exclusive(&paths.lock)?;
     std::fs::write(&paths.pid, format!("{}\n", std::process::id()))
-        .map_err(|e| format!("{}: {e}", paths.pid.display()))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(|e| e.to_string())?);
+        .map_err(file_error(&paths.pid))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db)?);
     // Tasks and transcripts are the operator's business only (SQLite gives its -wal and -shm
     // files the database file's mode). The state directory itself stays traversable: cells
     // reach their task directories through it.
     let _ = std::fs::set_permissions(&paths.db, std::fs::Permissions::from_mode(0o600));
     let token = match listen.tcp {
-        Some(_) => Some(
-            ensure_token(&paths.token).map_err(|e| format!("{}: {e}", paths.token.display()))?,
-        ),
+        Some(_) => Some(ensure_token(&paths.token).map_err(file_error(&paths.token))?),
         None => None,
     };
     raise_nofile();
@@ -175,10 +251,13 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
         .enable_all()
         .thread_name("warren-daemon")
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ServeError::Runtime {
+            what: "start the async runtime",
+            source,
+        })?;
     let socket = paths.socket.clone();
     let result = rt.block_on(async move {
-        let daemon = Engine::new(store, opts).map_err(|e| e.to_string())?;
+        let daemon = Engine::new(store, opts)?;
         let unix = bind_socket(&paths.socket, listen.socket_group.as_deref())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // The host's cell tiers, for `/health`: probed once, now.
@@ -195,8 +274,10 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
         if let (Some(addr), Some(token)) = (listen.tcp, token) {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("listen on {addr}: {e}"))?;
-            let bound = tcp.local_addr().map_err(|e| e.to_string())?;
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            let bound = tcp
+                .local_addr()
+                .map_err(|source| ServeError::Listen { addr, source })?;
             where_.push_str(&format!(
                 " and http://{bound} (bearer token in {})",
                 paths.token.display()
@@ -210,20 +291,23 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
             )));
         }
         let sched = tokio::spawn(Arc::clone(&daemon).run());
-        eprintln!(
-            "warren daemon: worker {} ready on {where_} (pid {})",
-            daemon.worker(),
-            std::process::id()
-        );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| e.to_string())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| e.to_string())?;
+        let signal = |kind| {
+            tokio::signal::unix::signal(kind).map_err(|source| ServeError::Runtime {
+                what: "handle signals",
+                source,
+            })
+        };
+        let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+        notify(Notice::Ready {
+            worker: daemon.worker().to_owned(),
+            listening: where_,
+        });
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("warren daemon: shutting down; running tasks are requeued for resume");
+        notify(Notice::ShuttingDown);
         daemon.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = sched.await;
@@ -231,7 +315,7 @@ pub fn run(opts: Options, listen: Listen) -> Result<(), String> {
             // Open streams would hold the graceful shutdown forever: give them a moment.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s).await;
         }
-        Ok::<(), String>(())
+        Ok::<(), ServeError>(())
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let _ = std::fs::remove_file(&socket);

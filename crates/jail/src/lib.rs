@@ -24,6 +24,7 @@
 //!
 //! This crate depends on `libc`, `landlock`, `seccompiler` and `serde_json` only: no async
 //! runtime, no HTTP, nothing the cell does not need.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod landlock_rules;
 pub mod mounts;

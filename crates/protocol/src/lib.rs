@@ -13,6 +13,7 @@
 //! Design choice: the guest protocol is a length-prefixed binary framing with JSON only for
 //! control messages. Output bytes travel raw (no base64), and the decoder is a pure state
 //! machine over byte slices, so a hostile peer can at worst make it return an error.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
 pub mod exit;

@@ -16,6 +16,7 @@
 //! write `docs/x.txt`; the host check does not).
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
@@ -75,22 +76,65 @@ pub struct PolicyPath {
     pub access: String,
 }
 
+/// An operator policy file that cannot be used; each names the file (and, for syntax, the
+/// line and column).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    /// Not TOML, or an unknown or mistyped key.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// A path grant's access is neither `read` nor `write`.
+    #[error("{}: access must be read or write, not {access:?}", file.display())]
+    Access {
+        /// The file.
+        file: PathBuf,
+        /// The access as written.
+        access: String,
+    },
+    /// A path grant's glob does not parse.
+    #[error("{}: {source}", file.display())]
+    Glob {
+        /// The file.
+        file: PathBuf,
+        /// The glob's problem.
+        source: globset::Error,
+    },
+}
+
 impl PolicyFile {
     /// Parse a policy file; errors name the file, line and column.
-    pub fn parse(file: &std::path::Path, text: &str) -> Result<PolicyFile, String> {
+    pub fn parse(file: &Path, text: &str) -> Result<PolicyFile, PolicyFileError> {
         let p: PolicyFile = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            format!("{}:{line}:{col}: {}", file.display(), e.message())
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |s| warren_config::line_col(text, s.start));
+            PolicyFileError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
         })?;
         for path in p.capabilities.paths.iter().flatten() {
             if !["read", "write"].contains(&path.access.as_str()) {
-                return Err(format!(
-                    "{}: access must be read or write, not {:?}",
-                    file.display(),
-                    path.access
-                ));
+                return Err(PolicyFileError::Access {
+                    file: file.to_owned(),
+                    access: path.access.clone(),
+                });
             }
-            Glob::new(&path.glob).map_err(|e| format!("{}: {e}", file.display()))?;
+            Glob::new(&path.glob).map_err(|source| PolicyFileError::Glob {
+                file: file.to_owned(),
+                source,
+            })?;
         }
         Ok(p)
     }
@@ -110,13 +154,6 @@ impl PolicyFile {
             network: Some(c.network.clone().unwrap_or_default()),
         }
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 fn rule(glob: &str, write: bool) -> Option<PathRule> {
@@ -597,7 +634,7 @@ mod tests {
             "[capabilities]\ntols = []\n",
         )
         .unwrap_err();
-        assert!(e.starts_with("p.toml:2:1:"), "{e}");
+        assert!(e.to_string().starts_with("p.toml:2:1:"), "{e}");
         assert!(
             PolicyFile::parse(
                 std::path::Path::new("p.toml"),

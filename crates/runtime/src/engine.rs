@@ -121,7 +121,7 @@ pub struct Engine {
     sched: Mutex<Scheduler<dyn Store>>,
     wake: Notify,
     pub(crate) running: Mutex<HashMap<String, Arc<Running>>>,
-    providers: Mutex<HashMap<&'static str, Arc<dyn Provider>>>,
+    providers: Mutex<HashMap<warren_config::ProviderName, Arc<dyn Provider>>>,
     pub(crate) changed: watch::Sender<u64>,
     pub(crate) audit: Auditor,
     pub(crate) desk: Arc<Desk>,
@@ -543,24 +543,25 @@ impl Engine {
     pub(crate) fn provider(
         &self,
         manifest: &Manifest,
-    ) -> Result<(Arc<dyn Provider>, String), String> {
+    ) -> Result<(Arc<dyn Provider>, String), crate::provider::ProviderError> {
         if let Some((p, model)) = &self.opts.provider {
             return Ok((Arc::clone(p), model.clone()));
         }
         let env = |k: &str| self.opts.env.get(k).filter(|v| !v.is_empty()).cloned();
         let loaded = &self.opts.loaded;
         let kind = crate::provider::kind(manifest.provider.as_deref(), loaded, &env)?;
-        let (config, default_model) = crate::provider::config(kind, loaded, &env)?;
+        let (config, default_model) = crate::provider::config(kind, loaded, &env);
         let model = manifest
             .model
             .clone()
             .or_else(|| loaded.config.agent.model.clone())
             .unwrap_or_else(|| default_model.to_owned());
         let mut cache = lock(&self.providers);
-        if let Some(p) = cache.get(kind) {
+        if let Some(p) = cache.get(&kind) {
             return Ok((Arc::clone(p), model));
         }
-        let p = warren_llm::build(config).map_err(|e| e.to_string())?;
+        let p = warren_llm::build(config)
+            .map_err(|source| crate::provider::ProviderError::Build { kind, source })?;
         cache.insert(kind, Arc::clone(&p));
         Ok((p, model))
     }

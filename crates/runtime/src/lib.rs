@@ -15,6 +15,7 @@
 //! - [`shellcmd`]: the simple commands a shell command line runs (approval rules match each);
 //! - [`provider`]: model providers from configuration;
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod action;
 pub mod capabilities;

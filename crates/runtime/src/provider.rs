@@ -3,7 +3,7 @@
 //! Shared by `warren run` (one task) and the daemon (many tasks, one provider per kind, shared
 //! so that its concurrency limit holds across tasks).
 
-use warren_config::{Loaded, Source};
+use warren_config::{Loaded, ProviderName, Source, UnknownProvider};
 use warren_llm::ProviderConfig;
 use warren_llm::catalog::{Catalog, ModelInfo};
 
@@ -16,41 +16,56 @@ pub fn configured<'a>(loaded: &'a Loaded, key: &str) -> Option<&'a toml::Value> 
         .map(|(v, _)| v)
 }
 
+/// A model provider could not be set up for a task.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// A flag or manifest names a provider that does not exist.
+    #[error(transparent)]
+    Unknown(#[from] UnknownProvider),
+    /// The provider's client could not be built from its configuration.
+    #[error("cannot set up the {kind} provider: {source}")]
+    Build {
+        /// Which provider.
+        kind: ProviderName,
+        /// Why.
+        source: warren_llm::LlmError,
+    },
+}
+
 /// The provider kind to use: `chosen` (a flag or a manifest), else `agent.provider`, else
 /// anthropic when its key is set, else openai.
 pub fn kind(
     chosen: Option<&str>,
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<&'static str, String> {
-    match chosen.or(loaded.config.agent.provider.map(|p| p.as_str())) {
-        Some("openai") => Ok("openai"),
-        Some("anthropic") => Ok("anthropic"),
-        Some(other) => Err(format!(
-            "unknown provider {other:?} (use openai or anthropic)"
-        )),
+) -> Result<ProviderName, UnknownProvider> {
+    if let Some(name) = chosen {
+        return name.parse();
+    }
+    Ok(match loaded.config.agent.provider {
+        Some(p) => p,
         None if env("ANTHROPIC_API_KEY").is_some()
             || configured(loaded, "providers.anthropic.api_key").is_some() =>
         {
-            Ok("anthropic")
+            ProviderName::Anthropic
         }
-        None => Ok("openai"),
-    }
+        None => ProviderName::OpenAi,
+    })
 }
 
 /// The configuration of provider `kind` (from [`kind`]) and its default model: the provider's
 /// usual variables, then the config file's URL and key, then the `[llm]` reliability settings.
 pub fn config(
-    kind: &str,
+    kind: ProviderName,
     loaded: &Loaded,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(ProviderConfig, &'static str), String> {
+) -> (ProviderConfig, &'static str) {
     let (mut config, default_model) = match kind {
-        "anthropic" => (
+        ProviderName::Anthropic => (
             ProviderConfig::anthropic_from_env(env),
             "claude-sonnet-4-20250514",
         ),
-        _ => (ProviderConfig::openai_from_env(env), "gpt-4o"),
+        ProviderName::OpenAi => (ProviderConfig::openai_from_env(env), "gpt-4o"),
     };
     // A configured URL or key beats the provider's usual variable, which beats the default.
     if let Some(url) =
@@ -66,13 +81,13 @@ pub fn config(
     if let Some(n) = loaded
         .config
         .providers
-        .get(kind)
+        .get(kind.as_str())
         .and_then(|p| p.max_concurrency)
     {
         config.max_concurrency = n.clamp(1, 1024) as usize;
     }
     tune(&mut config, &loaded.config.llm);
-    Ok((config, default_model))
+    (config, default_model)
 }
 
 /// Reliability settings of the `[llm]` section (also `WARREN__LLM__*`), typed when the

@@ -104,13 +104,7 @@ impl Engine {
             drop_cell(p.cell, &run.cell).await;
             return (self.stopped(id, s, &p.dirs), None);
         }
-        let config = match self.agent_config(&manifest, p.model.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                drop_cell(p.cell, &run.cell).await;
-                return (End::Final(TaskState::Failed, e), None);
-            }
-        };
+        let config = self.agent_config(&manifest, p.model.clone());
         let wall = config.max_wall;
         let (agent, goal, memory) = self.assemble(task, &manifest, &p, config).await;
         let mut text = String::new();
@@ -214,7 +208,7 @@ impl Engine {
         let caps = Capabilities::new(Layer::from_manifest(manifest), self.opts.policy.clone());
         let mut spec = self
             .cell_spec(task, manifest)
-            .map_err(|e| End::Final(TaskState::Interrupted, e))?;
+            .map_err(|e| End::Final(TaskState::Interrupted, e.to_string()))?;
         if caps.restricts_paths() {
             spec.scopes = caps.scopes();
         }
@@ -595,14 +589,14 @@ impl Engine {
         End::Final(state, reason)
     }
 
-    fn cell_spec(&self, task: &TaskRecord, m: &Manifest) -> Result<CellSpec, String> {
+    fn cell_spec(&self, task: &TaskRecord, m: &Manifest) -> Result<CellSpec, WorkspaceGone> {
         let mut spec = CellSpec::new(&self.opts.state_dir);
         spec.id = Some(task.id.clone());
         spec.workspace = match &task.workspace {
             Some(ws) => {
                 let host = PathBuf::from(ws);
                 if !host.is_dir() {
-                    return Err(format!("its workspace {ws} no longer exists"));
+                    return Err(WorkspaceGone { path: host });
                 }
                 let mode = match m.workspace.as_str() {
                     "ro" => WorkspaceMode::ReadOnly,
@@ -633,7 +627,7 @@ impl Engine {
 
     /// The agent's configuration: the manifest's limits over the configuration's defaults,
     /// catalog prices, the tool allowlist, the task's network destinations.
-    fn agent_config(&self, m: &Manifest, model: String) -> Result<AgentConfig, String> {
+    fn agent_config(&self, m: &Manifest, model: String) -> AgentConfig {
         let prices = crate::provider::catalog(&self.opts.loaded).lookup(&model);
         let cfg = &self.opts.loaded.config;
         let context_window = crate::provider::context_window(&self.opts.loaded, &model);
@@ -658,7 +652,7 @@ impl Engine {
             Some(p) => p.clone(),
             None => warren_agent::system_prompt(&config.network),
         };
-        Ok(config)
+        config
     }
 
     fn flush_text(&self, id: &str, text: &mut String) {
@@ -694,6 +688,13 @@ impl Engine {
         ));
         self.event(id, kind, payload);
     }
+}
+
+/// A task's workspace directory is gone (removed or renamed since the task was submitted).
+#[derive(Debug, thiserror::Error)]
+#[error("its workspace {} no longer exists", path.display())]
+pub(crate) struct WorkspaceGone {
+    path: PathBuf,
 }
 
 /// Limits for a diff the daemon computes: `within` from now, the default sizes.

@@ -895,13 +895,24 @@ fn unbackquote(s: &str, quoted: bool) -> String {
     out
 }
 
-fn parse(text: &str, mode: Mode) -> Result<ast::Program, String> {
+fn parse(text: &str, mode: Mode) -> Result<ast::Program, brush_parser::ParseError> {
     let mut p = Parser::new(
         std::io::BufReader::new(text.as_bytes()),
         &mode.options(),
         &SourceInfo::default(),
     );
-    p.parse_program().map_err(|e| e.to_string())
+    p.parse_program()
+}
+
+/// Why a wrapper's words cannot be seen through (then every shell rule asks).
+#[derive(Debug, thiserror::Error)]
+enum WrapperProblem {
+    /// An option the wrapper's table does not list: it might take the command's place.
+    #[error("option {0} is not one Warren knows")]
+    UnknownOption(String),
+    /// `env -S`: a string split into a command line.
+    #[error("-S splits a string into a command line")]
+    SplitString,
 }
 
 fn shell_mode(name: &str) -> Option<Mode> {
@@ -937,7 +948,7 @@ struct Opts {
 impl Opts {
     /// Where the operands start, from `words[i]` on. Options it does not know are an error
     /// (the gate then asks); a word known only at run time ends the options.
-    fn skip(&self, words: &[Word], mut i: usize) -> Result<usize, String> {
+    fn skip(&self, words: &[Word], mut i: usize) -> Result<usize, WrapperProblem> {
         while let Some(Some(w)) = words.get(i) {
             if w == "--" {
                 return Ok(i + 1);
@@ -952,7 +963,7 @@ impl Opts {
                 } else if self.long_flags.contains(&name) {
                     i += 1;
                 } else {
-                    return Err(format!("option --{name} is not one Warren knows"));
+                    return Err(WrapperProblem::UnknownOption(format!("--{name}")));
                 }
                 continue;
             }
@@ -971,7 +982,7 @@ impl Opts {
                     break;
                 }
                 if !self.flags.contains(c) {
-                    return Err(format!("option -{c} is not one Warren knows"));
+                    return Err(WrapperProblem::UnknownOption(format!("-{c}")));
                 }
             }
             i = next;
@@ -982,7 +993,7 @@ impl Opts {
 
 /// Where the command starts in a wrapper's words (`words[0]` is the wrapper); `None` for a
 /// name that is no wrapper.
-fn wrapper(name: &str, words: &[Word]) -> Option<Result<usize, String>> {
+fn wrapper(name: &str, words: &[Word]) -> Option<Result<usize, WrapperProblem>> {
     let o = match name {
         "nohup" | "builtin" | "busybox" => return Some(Ok(1)),
         "env" => return Some(strip_env(words)),
@@ -1056,13 +1067,13 @@ fn wrapper(name: &str, words: &[Word]) -> Option<Result<usize, String>> {
 
 /// `env [-i0v] [-u NAME] [-C DIR] [-] [NAME=VALUE…] COMMAND…`; `-S` (a string split into a
 /// command line) is refused.
-fn strip_env(words: &[Word]) -> Result<usize, String> {
+fn strip_env(words: &[Word]) -> Result<usize, WrapperProblem> {
     for w in words[1..].iter().map_while(|w| w.as_deref()) {
         if !w.starts_with('-') || w == "--" {
             break;
         }
         if w.starts_with("--split-string") || (!w.starts_with("--") && w.contains('S')) {
-            return Err("-S splits a string into a command line".into());
+            return Err(WrapperProblem::SplitString);
         }
     }
     let o = Opts {
@@ -1099,7 +1110,7 @@ fn strip_env(words: &[Word]) -> Result<usize, String> {
 }
 
 /// `nice [-n N | -N | --adjustment=N] COMMAND…`.
-fn strip_nice(words: &[Word]) -> Result<usize, String> {
+fn strip_nice(words: &[Word]) -> Result<usize, WrapperProblem> {
     let mut i = 1;
     while let Some(Some(w)) = words.get(i) {
         if w == "--" {
@@ -1115,7 +1126,7 @@ fn strip_nice(words: &[Word]) -> Result<usize, String> {
         {
             i += 1;
         } else if w.starts_with('-') {
-            return Err(format!("option {w} is not one Warren knows"));
+            return Err(WrapperProblem::UnknownOption(w.clone()));
         } else {
             break;
         }

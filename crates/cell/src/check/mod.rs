@@ -119,6 +119,5 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
             .count();
         assert_eq!(leftovers, 0);
-        println!("{text}");
     }
 }
