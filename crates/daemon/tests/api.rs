@@ -102,7 +102,9 @@ impl Api {
     /// stay queued).
     async fn start(name: &str, limits: ConnLimits, schedule: bool) -> Api {
         // No host probe in tests (it forks a dozen children); health shows this instead.
-        warren_daemon::api::health::set_host_tiers(vec!["process".into()]);
+        warren_daemon::api::health::set_host_tiers(warren_cell::check::HostTiers::new(vec![
+            "process".into(),
+        ]));
         let t = TempDir::new(name);
         let state = t.path().join("state");
         std::fs::create_dir_all(&state).unwrap();

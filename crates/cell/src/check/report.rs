@@ -87,6 +87,11 @@ impl HostTiers {
         Self::from_report(&super::detect())
     }
 
+    /// A fixed answer (tests of a process that reports tiers without probing the host).
+    pub fn new(runnable: Vec<String>) -> Self {
+        HostTiers { runnable }
+    }
+
     /// The runnable tiers of an existing report: those whose verdict is runnable and that this
     /// version implements (KVM makes the microvm tier's verdict runnable, but it is not built).
     pub fn from_report(report: &HostReport) -> Self {

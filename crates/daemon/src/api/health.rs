@@ -7,28 +7,23 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use warren_cell::check::HostTiers;
 use warren_protocol::api::Health;
 
 use super::{ApiResult, Shared};
 
-static TIERS: OnceLock<Vec<String>> = OnceLock::new();
+static TIERS: OnceLock<HostTiers> = OnceLock::new();
 
-/// The cell tiers this host can run: probed once (the first call; the daemon makes it at
-/// start, it forks a dozen probes), then the stored answer.
+/// The cell tiers this host can run and this build implements ([`HostTiers`]): probed once
+/// (the first call; the daemon makes it at start, it forks a dozen probes), then the stored
+/// answer.
 pub fn host_tiers() -> &'static [String] {
-    TIERS.get_or_init(|| {
-        let report = warren_cell::check::detect();
-        let mut t = Vec::new();
-        if report.process_tier_ready().is_ok() {
-            t.push("process".to_owned());
-        }
-        t
-    })
+    TIERS.get_or_init(HostTiers::detect).runnable()
 }
 
 /// Use `tiers` as this process's answer instead of probing (tests); false if an answer was
 /// already stored.
-pub fn set_host_tiers(tiers: Vec<String>) -> bool {
+pub fn set_host_tiers(tiers: HostTiers) -> bool {
     TIERS.set(tiers).is_ok()
 }
 
