@@ -77,7 +77,7 @@ pub fn build_root(
                 }
             }
             MountKind::Bind { source, readonly } => {
-                let meta = step(&what, std::fs::metadata(source))?;
+                let meta = step(&what, source_metadata(source))?;
                 let fd = step(&what, sys::open_tree_clone(source, true))?;
                 let mut set = attr::NOSUID | attr::NODEV;
                 if *readonly {
@@ -90,7 +90,7 @@ pub fn build_root(
                 }
             }
             MountKind::Device { source } => {
-                let meta = step(&what, std::fs::metadata(source))?;
+                let meta = step(&what, source_metadata(source))?;
                 if !meta.file_type().is_char_device() {
                     return Err(MountError {
                         step: what,
@@ -249,6 +249,11 @@ pub fn build_root(
         ),
     )?;
     Ok(())
+}
+
+/// The metadata of a mount's host source; an error names the source.
+fn source_metadata(source: &str) -> io::Result<std::fs::Metadata> {
+    std::fs::metadata(source).map_err(|e| io::Error::new(e.kind(), format!("source {source}: {e}")))
 }
 
 fn make_mountpoint(path: &str, dir: bool) -> io::Result<()> {

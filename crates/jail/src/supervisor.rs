@@ -143,13 +143,11 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe, parent: i32) -> i32
         )
     };
     if pid < 0 {
-        return refuse(
-            &status,
-            "create namespaces",
-            sys::errno(
-                "clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWNET)",
-            ),
+        let all = sys::errno(
+            "clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWNET)",
         );
+        let (step, reason) = diagnose_namespaces(all);
+        return refuse(&status, &step, reason);
     }
     if pid == 0 {
         drop(sync_w);
@@ -225,6 +223,61 @@ pub fn supervise(config: JailConfig, mut status: StatusPipe, parent: i32) -> i32
     status.close();
     drop(w);
     0
+}
+
+/// After the cell's clone failed with `all`: which namespace is missing, found by creating each
+/// in a child that exits at once — the user namespace alone first (the usual culprit: a host
+/// that disables unprivileged user namespaces), then each other one beside a user namespace.
+fn diagnose_namespaces(all: std::io::Error) -> (String, String) {
+    let try_clone = |flags: libc::c_int| -> Result<(), std::io::Error> {
+        // SAFETY: a fork-style clone in the single-threaded supervisor; the child exits at once.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: leave the child without running anything of the parent's.
+            unsafe { libc::_exit(0) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid as i32, &mut st, 0) };
+        Ok(())
+    };
+    if let Err(e) = try_clone(libc::CLONE_NEWUSER) {
+        return (
+            "user namespace".into(),
+            format!(
+                "cannot create a user namespace: clone(CLONE_NEWUSER): {e} (unprivileged user \
+                 namespaces may be disabled: kernel.unprivileged_userns_clone, \
+                 user.max_user_namespaces, AppArmor's restrict_unprivileged_userns; see `warren check`)"
+            ),
+        );
+    }
+    for (flag, name, what) in [
+        (libc::CLONE_NEWNS, "CLONE_NEWNS", "mount namespace"),
+        (libc::CLONE_NEWPID, "CLONE_NEWPID", "pid namespace"),
+        (libc::CLONE_NEWIPC, "CLONE_NEWIPC", "ipc namespace"),
+        (libc::CLONE_NEWUTS, "CLONE_NEWUTS", "uts namespace"),
+        (libc::CLONE_NEWNET, "CLONE_NEWNET", "network namespace"),
+    ] {
+        if let Err(e) = try_clone(libc::CLONE_NEWUSER | flag) {
+            return (
+                what.into(),
+                format!("cannot create a {what}: clone(CLONE_NEWUSER|{name}): {e}"),
+            );
+        }
+    }
+    ("create namespaces".into(), all.to_string())
 }
 
 /// Wait for `pid`, killing it if we are asked to stop. Returns its raw wait status.

@@ -19,6 +19,27 @@ pub fn check(ret: libc::c_long, what: &str) -> io::Result<libc::c_long> {
     if ret < 0 { Err(errno(what)) } else { Ok(ret) }
 }
 
+/// [`check`] for a call of the fd-based mount API (`open_tree`, `move_mount`,
+/// `mount_setattr`, `fsopen`, `fsconfig`, `fsmount`): `ENOSYS` means the kernel lacks the API
+/// every cell is built with, and the error says so by name.
+pub fn check_mount_api(ret: libc::c_long, what: &str) -> io::Result<libc::c_long> {
+    if ret >= 0 {
+        return Ok(ret);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{what}: {e}: the kernel lacks the fd-based mount API (open_tree, move_mount, \
+                 fsopen, fsmount: Linux 5.2; mount_setattr: Linux 5.12) that cells are built with"
+            ),
+        ))
+    } else {
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
+}
+
 /// Build a C string, mapping interior NULs to an error.
 pub fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
@@ -65,7 +86,7 @@ pub fn open_tree_clone(path: &str, recursive: bool) -> io::Result<OwnedFd> {
         | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    let fd = check(fd, &format!("open_tree {path}"))?;
+    let fd = check_mount_api(fd, &format!("open_tree {path}"))?;
     // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -106,7 +127,7 @@ pub fn mount_setattr_with(
             std::mem::size_of::<MountAttr>(),
         )
     };
-    check(r, &format!("mount_setattr {path:?}")).map(drop)
+    check_mount_api(r, &format!("mount_setattr {path:?}")).map(drop)
 }
 
 /// `move_mount` a detached mount (by fd) onto `target`.
@@ -124,7 +145,7 @@ pub fn move_mount(fd: RawFd, target: &str) -> io::Result<()> {
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
-    check(r, &format!("move_mount onto {target}")).map(drop)
+    check_mount_api(r, &format!("move_mount onto {target}")).map(drop)
 }
 
 /// Create a detached filesystem mount with the new mount API (`fsopen`/`fsconfig`/`fsmount`).
@@ -134,7 +155,7 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
     let t = cstr(fstype)?;
     // SAFETY: `t` is a valid C string.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), FSOPEN_CLOEXEC) };
-    let fs = check(fs, &format!("fsopen {fstype}"))?;
+    let fs = check_mount_api(fs, &format!("fsopen {fstype}"))?;
     // SAFETY: fresh descriptor from the kernel.
     let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
     use std::os::fd::AsRawFd;
@@ -157,7 +178,7 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
                 0,
             )
         };
-        check(r, &format!("fsconfig {fstype} {}", k.to_string_lossy()))?;
+        check_mount_api(r, &format!("fsconfig {fstype} {}", k.to_string_lossy()))?;
     }
     // SAFETY: no pointers passed.
     let r = unsafe {
@@ -170,10 +191,10 @@ pub fn fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resul
             0,
         )
     };
-    check(r, &format!("create {fstype} superblock"))?;
+    check_mount_api(r, &format!("create {fstype} superblock"))?;
     // SAFETY: no pointers passed.
     let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
-    let m = check(m, &format!("fsmount {fstype}"))?;
+    let m = check_mount_api(m, &format!("fsmount {fstype}"))?;
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
 }

@@ -2,10 +2,12 @@
 //!
 //! - `warren-probe` (a binary): runs *inside* a cell, attempts one escape, prints one JSON line
 //!   saying whether it was blocked;
-//! - `warren-test-jail` (a binary): the jail entry point, so tests can start real cells;
+//! - `warren-test-jail` (a binary): the jail entry point, so tests can start real cells, with
+//!   one mechanism taken away on request ([`fault`]);
 //! - this library: the host-side harness — starting cells with the probe mounted, parsing its
 //!   reports, and the rule that security tests never skip silently in CI.
 
+pub mod fault;
 pub mod mockllm;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use warren_cell::cgroup::CgroupLimits;
 use warren_cell::{Cell, Workspace, WorkspaceMode};
 use warren_protocol::guest::{ClientFrame, Decoder, FailureCode, Request, Response, ServerFrame};
+use warren_testkit::fault::Fault;
 use warren_testkit::{
     TempDir, require_cgroup_limits, require_process_tier, run, spec_with_probe, start,
 };
@@ -246,54 +247,156 @@ fn killing_the_cell_leaves_nothing_behind() {
     );
 }
 
+/// The test jail, with one mechanism taken away when asked.
+fn jail_with(fault: Option<Fault>) -> warren_cell::JailProgram {
+    warren_cell::JailProgram {
+        program: JAIL.into(),
+        args: fault.map(Fault::flag).into_iter().collect(),
+        fork_server: false,
+    }
+}
+
+/// Start `spec`, which must be refused; returns (step, reason).
+fn refused(
+    spec: &warren_cell::CellSpec,
+    jail: &warren_cell::JailProgram,
+    what: &str,
+) -> (String, String) {
+    match warren_cell::ProcessCell::start(spec, jail) {
+        Ok(cell) => panic!("the cell started {what}: {:?}", cell.info()),
+        Err(warren_cell::CellError::Refused { step, reason }) => {
+            eprintln!("{what}: refused at {step:?}: {reason}");
+            (step, reason)
+        }
+        Err(e) => panic!("{what}: not a refusal naming a step: {e}"),
+    }
+}
+
 #[test]
 fn fails_closed_naming_the_missing_mechanism() {
     if !require_process_tier() {
         return;
     }
     let state = TempDir::new("state");
+    let spec = spec_with_probe(state.path(), PROBE);
+    assert!(spec.require_landlock, "cells require Landlock by default");
+
+    // Positive control: the same spec through the same fault machinery (a seccomp filter
+    // installed before the jail, denying an unrelated call) starts, runs a command, and is
+    // confined: so each refusal below is the missing mechanism's doing, not the harness's.
+    let cell = match warren_cell::ProcessCell::start(&spec, &jail_with(Some(Fault::Control))) {
+        Ok(c) => c,
+        Err(e) => panic!("the control cell did not start: {e}"),
+    };
+    let (o, out) = run(&cell, &["/bin/sh", "-c", "echo started"], None);
+    assert_eq!(
+        (o.exit.code, String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "started\n")
+    );
+    assert!(cell.info().landlock.filesystem, "{:?}", cell.info());
+    assert!(cell.info().seccomp_rules > 0, "{:?}", cell.info());
+    warren_testkit::assert_blocked(&cell, &["caps"]);
+    drop(cell);
+
+    // Each mechanism taken away at the kernel seam: the start is refused, naming it.
+    for fault in Fault::MECHANISMS {
+        let what = format!("without {}", fault.name());
+        let (step, reason) = refused(&spec, &jail_with(Some(fault)), &what);
+        match fault {
+            Fault::Landlock => {
+                assert_eq!(step, "landlock", "{reason}");
+                assert!(reason.contains("Landlock is not available"), "{reason}");
+            }
+            Fault::Seccomp => assert_eq!(step, "seccomp install", "{reason}"),
+            Fault::Userns => {
+                assert_eq!(step, "user namespace", "{reason}");
+                assert!(
+                    reason.contains("cannot create a user namespace"),
+                    "{reason}"
+                );
+            }
+            Fault::MountApi => {
+                assert!(step.starts_with("mount "), "{step}: {reason}");
+                assert!(reason.contains("fd-based mount API"), "{reason}");
+            }
+            Fault::Control => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_wrong_mount_source_is_refused_by_name() {
+    if !require_process_tier() {
+        return;
+    }
+    let state = TempDir::new("state");
+    let host = TempDir::new("host");
+    let file = host.path().join("regular-file");
+    std::fs::write(&file, "not a device").unwrap();
+    let missing = host.path().join("does-not-exist");
+    let (file, dir, missing) = (
+        file.display().to_string(),
+        host.path().display().to_string(),
+        missing.display().to_string(),
+    );
+    use warren_protocol::mount::{Mount, MountKind};
+    let cases = [
+        (
+            "/missing",
+            MountKind::Bind {
+                source: missing.clone(),
+                readonly: true,
+            },
+            format!("source {missing}: No such file"),
+        ),
+        (
+            "/dev/missing",
+            MountKind::Device {
+                source: missing.clone(),
+            },
+            format!("source {missing}: No such file"),
+        ),
+        (
+            "/dev/file",
+            MountKind::Device {
+                source: file.clone(),
+            },
+            format!("{file} is not a character device"),
+        ),
+        (
+            "/dev/dir",
+            MountKind::Device {
+                source: dir.clone(),
+            },
+            format!("{dir} is not a character device"),
+        ),
+    ];
+    for (target, kind, want) in cases {
+        let mut spec = spec_with_probe(state.path(), PROBE);
+        spec.extra_mounts.push(Mount {
+            target: target.into(),
+            kind,
+        });
+        let (step, reason) = refused(
+            &spec,
+            &jail_with(None),
+            &format!("with a bad source at {target}"),
+        );
+        assert_eq!(step, format!("mount {target}"), "{reason}");
+        assert!(reason.contains(&want), "{reason} (wanted {want:?})");
+    }
+    // The same spec with a good source starts: the refusals above are the sources' doing.
     let mut spec = spec_with_probe(state.path(), PROBE);
-    // A mount whose source does not exist cannot be built: refused, naming the step.
-    spec.extra_mounts.push(warren_protocol::mount::Mount {
-        target: "/missing".into(),
-        kind: warren_protocol::mount::MountKind::Bind {
-            source: "/nonexistent/warren".into(),
+    spec.extra_mounts.push(Mount {
+        target: "/good".into(),
+        kind: MountKind::Bind {
+            source: dir.clone(),
             readonly: true,
         },
     });
-    let err = warren_cell::ProcessCell::start(
-        &spec,
-        &warren_cell::JailProgram {
-            program: JAIL.into(),
-            args: vec![],
-            fork_server: false,
-        },
-    )
-    .err()
-    .expect("started without its mount");
-    let msg = err.to_string();
-    assert!(msg.contains("mount /missing"), "{msg}");
-    // A device that is a block device is refused.
-    let mut spec = spec_with_probe(state.path(), PROBE);
-    spec.extra_mounts.push(warren_protocol::mount::Mount {
-        target: "/dev/disk".into(),
-        kind: warren_protocol::mount::MountKind::Device {
-            source: "/dev/vda".into(),
-        },
-    });
-    if std::path::Path::new("/dev/vda").exists() {
-        let err = warren_cell::ProcessCell::start(
-            &spec,
-            &warren_cell::JailProgram {
-                program: JAIL.into(),
-                args: vec![],
-                fork_server: false,
-            },
-        )
-        .err()
-        .expect("block device accepted");
-        assert!(err.to_string().contains("not a character device"), "{err}");
-    }
+    let cell = start(&spec, JAIL);
+    let (_, out) = run(&cell, &["/bin/cat", "/good/regular-file"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "not a device");
 }
 
 fn fork_server_jail() -> warren_cell::JailProgram {
