@@ -33,6 +33,17 @@ pub fn skip(reason: &str) {
     eprintln!("SKIPPED (not in CI): {reason}");
 }
 
+/// Whether we run as root; otherwise [`skip`]s with `reason` (failing in CI, which runs as
+/// root), so a test that needs root never passes silently as an ordinary user.
+pub fn require_root(reason: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip(&format!("needs root: {reason}"));
+    false
+}
+
 /// Whether the process tier can run on this host; otherwise [`skip`]s (failing in CI).
 pub fn require_process_tier() -> bool {
     match warren_cell::check::detect().process_tier_ready() {

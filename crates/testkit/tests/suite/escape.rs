@@ -5,7 +5,6 @@
 //! give the probe real targets. Positive controls at the end show the harness can tell an
 //! allowed action from a blocked one, so a passing suite is not vacuous.
 
-use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -14,8 +13,8 @@ use std::time::Duration;
 use warren_cell::cgroup::CgroupLimits;
 use warren_cell::{CellSpec, Workspace, WorkspaceMode};
 use warren_testkit::{
-    TempDir, assert_blocked, probe, require_cgroup_limits, require_process_tier, run,
-    spec_with_probe, start,
+    PROBE_IN_CELL, TempDir, assert_blocked, probe, require_cgroup_limits, require_process_tier,
+    run, spec_with_probe, start,
 };
 
 use super::{JAIL, PROBE};
@@ -445,9 +444,7 @@ fn host_environment_secret_not_visible() {
 #[test]
 fn setuid_binaries_gain_nothing() {
     let Some(mut e) = env() else { return };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        warren_testkit::skip("planting a setuid-root binary needs root");
+    if !warren_testkit::require_root("planting a setuid-root binary") {
         return;
     }
     let ws = TempDir::new("ws");
@@ -574,6 +571,17 @@ fn controls_allowed_actions_are_reported_as_such() {
         host: ws.path().to_path_buf(),
         mode: WorkspaceMode::Cow,
     });
+    // A host file mounted read-only: readable in the cell, not writable.
+    let ro = TempDir::new("ro");
+    std::fs::write(ro.path().join("kept"), "original").unwrap();
+    std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    e.spec.extra_mounts.push(warren_protocol::mount::Mount {
+        target: "/ro".into(),
+        kind: warren_protocol::mount::MountKind::Bind {
+            source: ro.path().display().to_string(),
+            readonly: true,
+        },
+    });
     let cell = start(&e.spec, JAIL);
     for args in [
         &["write-file", "/tmp/ok"][..],
@@ -589,12 +597,41 @@ fn controls_allowed_actions_are_reported_as_such() {
             r.json
         );
     }
+    // What the probe reported as done really happened: its writes are there to read back (one
+    // byte, "x"), in the cell only (the workspace is copy-on-write), and it read every byte.
+    let (_, out) = run(&cell, &["/bin/cat", "/tmp/ok", "/workspace/ok"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "xx");
+    assert!(
+        !ws.path().join("ok").exists(),
+        "a cow write reached the host"
+    );
+    let r = probe(&cell, &["read-file", "/ro/kept"]);
+    assert_eq!(
+        (r.outcome.as_str(), r.json["bytes"].as_u64()),
+        ("escaped", Some(8)),
+        "{}",
+        r.json
+    );
+    let r = probe(&cell, &["read-file", PROBE_IN_CELL]);
+    assert_eq!(
+        r.json["bytes"].as_u64(),
+        Some(std::fs::metadata(PROBE).unwrap().len()),
+        "{}",
+        r.json
+    );
+    // And what it reported as blocked really did not happen: the read-only file is intact,
+    // seen from the host and from the cell.
+    assert_blocked(&cell, &["write-file", "/ro/kept"]);
+    assert_blocked(&cell, &["write-file", "/ro/new"]);
+    assert_eq!(
+        std::fs::read_to_string(ro.path().join("kept")).unwrap(),
+        "original"
+    );
+    assert!(!ro.path().join("new").exists());
+    let (_, out) = run(&cell, &["/bin/cat", "/ro/kept"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "original");
     let r = probe(&cell, &["whoami"]);
     assert_eq!(r.outcome, "info");
-    let mut f = std::fs::File::open(PROBE).unwrap();
-    let mut head = [0u8; 4];
-    f.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"\x7fELF");
     drop(cell);
 }
 
@@ -670,9 +707,7 @@ fn the_init_stays_non_dumpable_while_commands_run() {
 #[test]
 fn idmapped_root_workspace_widens_nothing() {
     let Some(mut e) = env() else { return };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        warren_testkit::skip("idmapped workspaces are made for root only");
+    if !warren_testkit::require_root("idmapped workspaces are made for root only") {
         return;
     }
     let ws = TempDir::new("rootws");
