@@ -242,19 +242,8 @@ fn a_task_resumed_after_a_crash_repeats_no_step() {
     // Usage of the recorded turn still counts.
     assert_eq!(report.usage.input_tokens, 30);
     // The journal is gapless: model, intent, result per turn.
-    let steps: Vec<String> = journal
-        .load()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            serde_json::to_value(s).unwrap()["step"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
     assert_eq!(
-        steps,
+        kinds(&*journal),
         [
             "model",
             "tool_started",
@@ -716,6 +705,26 @@ impl Journal for CrashAt {
     }
 }
 
+fn scripted(turns: Vec<Vec<ToolCall>>) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        turns,
+        crash_at: None,
+        requests: Mutex::default(),
+    })
+}
+
+/// An agent over `p` and `cell` that records in (and resumes from) `journal`.
+fn journalled(p: &Arc<Scripted>, cell: &Arc<FakeCell>, journal: Arc<dyn Journal>) -> Agent {
+    Agent::new(
+        p.clone(),
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    )
+    .with_journal(journal)
+}
+
 fn kinds(journal: &dyn Journal) -> Vec<String> {
     journal
         .load()
@@ -745,36 +754,15 @@ fn a_crash_at_any_step_of_a_turn_of_two_changes_repeats_nothing_and_keeps_every_
         let (s, dir) = store(&format!("crash-{at}"));
         let journal = Arc::new(StoreJournal::new(s, "t"));
         let cell = Arc::new(FakeCell::default());
-        let first = Agent::new(
-            Arc::new(Scripted {
-                turns: turns.clone(),
-                crash_at: None,
-                requests: Mutex::default(),
-            }),
-            cell.clone(),
-            config(),
-            Arc::new(Unrestricted),
-            None,
-        )
-        .with_journal(Arc::new(CrashAt {
+        let crashing = Arc::new(CrashAt {
             inner: journal.clone(),
             at,
-        }));
-        assert!(run(&first).is_err(), "crash at step {at}");
-        let p = Arc::new(Scripted {
-            turns: turns[1..].to_vec(),
-            crash_at: None,
-            requests: Mutex::default(),
         });
-        let report = run(&Agent::new(
-            p.clone(),
-            cell.clone(),
-            config(),
-            Arc::new(Unrestricted),
-            None,
-        )
-        .with_journal(journal.clone()))
-        .unwrap_or_else(|e| panic!("resume after a crash at step {at}: {e}"));
+        let first = journalled(&scripted(turns.clone()), &cell, crashing);
+        assert!(run(&first).is_err(), "crash at step {at}");
+        let p = scripted(turns[1..].to_vec());
+        let report = run(&journalled(&p, &cell, journal.clone()))
+            .unwrap_or_else(|e| panic!("resume after a crash at step {at}: {e}"));
         assert!(matches!(report.outcome, Outcome::Finished(_)), "at {at}");
         assert_eq!(
             (cell.count("echo one"), cell.count("echo two")),
@@ -833,20 +821,8 @@ fn a_journal_with_a_turns_marks_before_its_results_still_resumes() {
         journal.record(seq as u64, step).unwrap();
     }
     let cell = Arc::new(FakeCell::default());
-    let p = Arc::new(Scripted {
-        turns: vec![vec![call("c3", "finish", json!({"summary": "done"}))]],
-        crash_at: None,
-        requests: Mutex::default(),
-    });
-    let report = run(&Agent::new(
-        p.clone(),
-        cell.clone(),
-        config(),
-        Arc::new(Unrestricted),
-        None,
-    )
-    .with_journal(journal.clone()))
-    .unwrap();
+    let p = scripted(vec![vec![call("c3", "finish", json!({"summary": "done"}))]]);
+    let report = run(&journalled(&p, &cell, journal.clone())).unwrap();
     assert!(matches!(report.outcome, Outcome::Finished(_)));
     assert_eq!((cell.count("echo one"), cell.count("echo two")), (0, 0));
     let told = serde_json::to_string(&p.requests.lock().unwrap()[0].messages).unwrap();
