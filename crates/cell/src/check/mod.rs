@@ -16,7 +16,7 @@
 //! * `harness`: the forked-child harness probes that change the calling
 //!   process run in (see there for the child → parent protocol);
 //! * one file per probe family: `namespaces` (user and other namespaces),
-//!   `overlay`, `landlock`, `seccomp`, `cgroup`, `devices` (fuse, kvm, vsock)
+//!   `mount_api` (the fd-based mount API cells are built with), `overlay`, `landlock`, `seccomp`, `cgroup`, `devices` (fuse, kvm, vsock)
 //!   and `host` (bubblewrap, kernel release).
 //!
 //! Parsing `/proc/self/mountinfo` is not here: production code needs it too
@@ -33,6 +33,7 @@ mod devices;
 mod harness;
 mod host;
 mod landlock;
+mod mount_api;
 mod namespaces;
 mod overlay;
 mod render;
@@ -58,6 +59,7 @@ pub fn detect() -> HostReport {
         namespaces::probe_userns_unprivileged(euid),
     ];
     features.extend(namespaces::probe_namespaces());
+    features.push(mount_api::probe_mount_api());
     features.push(overlay::probe_overlayfs(euid));
     features.push(overlay::probe_overlayfs_userns(euid));
     features.extend(landlock::probe_landlock());

@@ -3,7 +3,7 @@
 use super::report::{HostReport, TierStatus};
 
 /// Features the process tier cannot run without.
-pub(super) const PROCESS_TIER_REQUIRES: [&str; 9] = [
+pub(super) const PROCESS_TIER_REQUIRES: [&str; 10] = [
     "user_namespace.current_user",
     "namespace.mount",
     "namespace.pid",
@@ -11,6 +11,7 @@ pub(super) const PROCESS_TIER_REQUIRES: [&str; 9] = [
     "namespace.ipc",
     "namespace.uts",
     "namespace.cgroup",
+    "mount_api",
     "landlock",
     "seccomp",
 ];
