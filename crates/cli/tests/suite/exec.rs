@@ -325,9 +325,9 @@ fn runs_as_an_ordinary_user() {
     if !require_process_tier() {
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // Already an ordinary user: every other test here covers it.
+    if !warren_testkit::require_root(
+        "switches to uid 65534 (as an ordinary user every other test here covers this)",
+    ) {
         return;
     }
     // Copy the binary somewhere uid 65534 can execute it, then run it as that user.
@@ -371,9 +371,10 @@ fn root_owned_workspace_is_editable_through_an_idmapped_mount() {
     if !require_process_tier() {
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return; // only root creates idmapped mounts; an ordinary user owns its workspace
+    if !warren_testkit::require_root(
+        "only root creates idmapped mounts; an ordinary user owns its workspace",
+    ) {
+        return;
     }
     let s = TempDir::new("state");
     let ws = TempDir::new("rootws");
