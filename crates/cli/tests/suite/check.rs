@@ -176,3 +176,40 @@ fn check_human_output_lists_tiers() {
         "{text}"
     );
 }
+
+/// Fault injection lives in the test jail only: the production jail (`warren __jail`) given
+/// the test-only flag ignores it and starts a fully confined cell.
+#[test]
+fn the_production_jail_ignores_the_test_fault_flag() {
+    if !warren_testkit::require_process_tier() {
+        return;
+    }
+    let state = TempDir::new("state");
+    let spec = warren_cell::CellSpec::new(state.path());
+    for fault in Fault::MECHANISMS {
+        let jail = warren_cell::JailProgram {
+            program: WARREN.into(),
+            args: vec!["__jail".into(), fault.flag()],
+            fork_server: false,
+        };
+        let cell = warren_cell::ProcessCell::start(&spec, &jail)
+            .unwrap_or_else(|e| panic!("warren __jail {}: {e}", fault.flag()));
+        let info = cell.info();
+        assert!(
+            info.landlock.filesystem && info.seccomp_rules > 0,
+            "{}: {info:?}",
+            fault.flag()
+        );
+        let spec = warren_cell::ExecSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo ran".into()],
+            max_output_bytes: 1 << 10,
+            ..Default::default()
+        };
+        let mut out = warren_cell::Collect::default();
+        let o = warren_cell::Cell::exec(&cell, &spec, None, &mut out).unwrap();
+        assert_eq!(
+            (o.exit.code, out.stdout.as_slice()),
+            (Some(0), &b"ran\n"[..])
+        );
+    }
+}
