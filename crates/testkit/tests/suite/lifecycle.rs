@@ -322,6 +322,19 @@ fn fails_closed_naming_the_missing_mechanism() {
             Fault::Control => unreachable!(),
         }
     }
+
+    // Landlock is the one mechanism a spec may waive; a cell started so says it has none,
+    // and keeps the rest.
+    let mut waived = spec.clone();
+    waived.require_landlock = false;
+    let cell = match warren_cell::ProcessCell::start(&waived, &jail_with(Some(Fault::Landlock))) {
+        Ok(c) => c,
+        Err(e) => panic!("a cell that waives Landlock did not start without it: {e}"),
+    };
+    assert!(!cell.info().landlock.filesystem, "{:?}", cell.info());
+    assert_eq!(cell.info().landlock.kernel_abi, 0, "{:?}", cell.info());
+    assert!(cell.info().seccomp_rules > 0, "{:?}", cell.info());
+    warren_testkit::assert_blocked(&cell, &["caps"]);
 }
 
 #[test]
