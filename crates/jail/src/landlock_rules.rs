@@ -84,10 +84,16 @@ pub struct Confinement {
 /// init, must be the out-of-memory killer's choice), and each command then stacks the strict
 /// ruleset, in which `/proc` is read-only.
 pub fn apply(spec: &MountSpec, required: bool) -> Result<Confinement, LandlockError> {
-    let kernel = kernel_abi();
+    let (kernel, why) = match query_abi() {
+        Ok(n) => (n, "ABI 0".to_string()),
+        Err(errno) => (0, std::io::Error::from_raw_os_error(errno).to_string()),
+    };
     if kernel == 0 {
         return if required {
-            Err(LandlockError("Landlock is not available in this kernel (landlock_create_ruleset failed); refusing to start without it".into()))
+            Err(LandlockError(format!(
+                "Landlock is not available in this kernel (landlock_create_ruleset failed: \
+                 {why}); refusing to start without it"
+            )))
         } else {
             Ok(Confinement {
                 report: LandlockReport::default(),
