@@ -11,6 +11,7 @@ mod client;
 mod daemon;
 mod exec;
 mod exec_policy;
+mod mcp;
 mod memory;
 mod run;
 mod tasks;
@@ -148,6 +149,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: MCP clients submit goals to the
+    /// daemon's agents, follow them and read their results and diffs.
+    Mcp,
     /// List cells whose changes are kept.
     Changes {
         /// Machine-readable output.
@@ -371,6 +375,7 @@ fn main() -> ExitCode {
         Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
+        Command::Mcp => mcp::serve(cli.url.as_deref(), &state),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

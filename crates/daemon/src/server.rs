@@ -282,7 +282,14 @@ pub fn run(
                 " and http://{bound} (bearer token in {})",
                 paths.token.display()
             ));
-            let app = crate::api::router(Arc::clone(&daemon), Some(token.into()));
+            // /mcp answers the listener's own address too (clients name it in `Host`).
+            let mut hosts: Vec<String> = crate::api::LOOPBACK_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            hosts.push(bound.ip().to_string());
+            hosts.push(bound.to_string());
+            let app = crate::api::router_with_mcp(Arc::clone(&daemon), Some(token.into()), hosts);
             servers.push(tokio::spawn(crate::conn::serve(
                 tcp,
                 app,

@@ -6,6 +6,9 @@
 //! `ran <command>`; `sleep …` blocks until the cell is terminated (a command in flight for
 //! cancel and timeout tests); `exit N` exits with N. Nothing runs on the host: this tier
 //! confines nothing and exists only for tests of the logic around cells.
+//!
+//! [`ScriptedModel`] is the provider seam's fake: scripted tool calls per goal and turn, for
+//! tests of everything in front of the engine (the API, MCP) without a model server.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -219,5 +222,93 @@ impl Cell for FakeCell {
     fn terminate(&self) {
         lock(&self.state).terminated = true;
         self.wake.notify_all();
+    }
+}
+
+/// A scripted model, the provider seam's fake: the goal picks a script (the first whose key
+/// the goal starts with) and the number of the model's earlier turns in the conversation
+/// picks the turn's tool calls. A turn past the script's end, or a goal no script matches,
+/// calls `finish` ("done"). It counts the requests it answered.
+pub struct ScriptedModel {
+    scripts: Vec<(String, Vec<Vec<warren_llm::ToolCall>>)>,
+    requests: Mutex<usize>,
+}
+
+/// A tool call of a script: `id`, the tool's name, its arguments.
+pub fn tool_call(id: &str, name: &str, args: serde_json::Value) -> warren_llm::ToolCall {
+    warren_llm::ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.to_string(),
+    }
+}
+
+impl ScriptedModel {
+    /// A model playing `scripts`: (goal prefix, the tool calls of each turn).
+    pub fn new(scripts: Vec<(&str, Vec<Vec<warren_llm::ToolCall>>)>) -> Arc<Self> {
+        Arc::new(ScriptedModel {
+            scripts: scripts
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            requests: Mutex::new(0),
+        })
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        *lock(&self.requests)
+    }
+}
+
+#[async_trait::async_trait]
+impl warren_llm::Provider for ScriptedModel {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn chat(
+        &self,
+        r: &warren_llm::ChatRequest,
+        _events: warren_llm::EventSink<'_>,
+    ) -> Result<warren_llm::ChatResponse, warren_llm::LlmError> {
+        use warren_llm::Message;
+        *lock(&self.requests) += 1;
+        let goal = r
+            .messages
+            .iter()
+            .find_map(|m| match m {
+                Message::User { content } => Some(content.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let turn = r
+            .messages
+            .iter()
+            .filter(|m| matches!(m, Message::Assistant { .. }))
+            .count();
+        let finish = || {
+            vec![tool_call(
+                "f",
+                "finish",
+                serde_json::json!({"summary": "done"}),
+            )]
+        };
+        let calls = self
+            .scripts
+            .iter()
+            .find(|(k, _)| goal.starts_with(k.as_str()))
+            .and_then(|(_, turns)| turns.get(turn).cloned())
+            .unwrap_or_else(finish);
+        Ok(warren_llm::ChatResponse {
+            text: String::new(),
+            tool_calls: calls,
+            usage: warren_llm::Usage {
+                input_tokens: 10,
+                output_tokens: 1,
+                cached_input_tokens: 0,
+            },
+            stop_reason: warren_llm::StopReason::ToolUse,
+        })
     }
 }

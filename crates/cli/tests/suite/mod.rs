@@ -6,6 +6,7 @@ mod equivalence;
 mod exec;
 mod json_output;
 mod kill;
+mod mcp;
 mod memory;
 mod own_files;
 mod policy;

@@ -14,6 +14,7 @@
 //! | `GET /v1/tasks/{id}/events?after=N` | events as a JSON array | [`events`] |
 //! | `GET /v1/tasks/{id}/events/stream`, `GET /v1/events/stream` | SSE, resumable (`Last-Event-ID` or `after`) | [`events`] |
 //! | `GET /v1/tasks/{id}/events/ws` | the same over a WebSocket | [`events`] |
+//! | `POST`/`GET`/`DELETE /mcp` | MCP over Streamable HTTP (not in the OpenAPI document: MCP describes itself) | [`warren_mcp`] |
 //!
 //! Handlers parse a request into a [`warren_runtime::action::Action`] or
 //! [`warren_runtime::action::Query`] and hand it to [`Engine::handle`]; the event feeds and the
@@ -514,7 +515,33 @@ pub fn openapi_json() -> String {
 /// The router. `token`: when given, every request must carry `Authorization: Bearer TOKEN`
 /// (the TCP listener); the unix socket's router has none (its file mode is the access check).
 pub fn router(daemon: Arc<Engine>, token: Option<Arc<str>>) -> Router {
+    router_with_mcp(
+        daemon,
+        token,
+        LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect(),
+    )
+}
+
+/// The `Host` names `/mcp` answers by default: loopback, and `warren` (what the CLI sends over
+/// the unix socket).
+pub const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "warren"];
+
+/// [`router`], with `/mcp` (MCP over Streamable HTTP, [`warren_mcp::streamable_http`]) answering
+/// requests whose `Host` is one of `mcp_hosts`. MCP callers are audited as `mcp`.
+pub fn router_with_mcp(
+    daemon: Arc<Engine>,
+    token: Option<Arc<str>>,
+    mcp_hosts: Vec<String>,
+) -> Router {
+    let mcp = warren_mcp::streamable_http(
+        Arc::new(warren_mcp::EngineBackend::new(
+            Arc::clone(&daemon),
+            warren_runtime::action::Caller::operator("mcp"),
+        )),
+        mcp_hosts,
+    );
     let r = Router::new()
+        .nest_service("/mcp", mcp)
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))

@@ -1,0 +1,211 @@
+//! `warren mcp`: Warren's MCP server on stdin/stdout, for MCP clients that launch a command
+//! (Claude Code, Cursor, Codex). Its tools ([`warren_mcp::WarrenMcp`]) act on the daemon
+//! through its HTTP API ([`Remote`]), so a task submitted over MCP is scheduled, confined,
+//! audited and answered exactly like one from `warren task submit`. stdout carries only the
+//! protocol; diagnostics go to stderr.
+
+use std::path::Path;
+
+use hyper::Method;
+use rmcp::ServiceExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use warren_protocol::api::{
+    AgentView, ApprovalView, ApproveTask, CancelTask, DenyTask, ErrorCode, EventView, RetryTask,
+    RuleView, TaskView,
+};
+use warren_runtime::action::{Action, ActionError, Answer, Op, Query};
+
+use crate::client::{self, CallError, Target};
+
+/// The daemon's API as a [`warren_mcp::Backend`]: each operation is the request the API
+/// documents for it.
+pub struct Remote {
+    target: Target,
+}
+
+fn action_error(e: CallError) -> ActionError {
+    match e {
+        CallError::Api { body, .. } => ActionError::new(body.code, body.message),
+        CallError::Unreachable(m) => ActionError::new(
+            ErrorCode::Unavailable,
+            format!("the Warren daemon does not answer ({m}); start it with `warren daemon start`"),
+        ),
+        CallError::Unrecognized { message, .. } => ActionError::new(ErrorCode::Internal, message),
+    }
+}
+
+const NO_BODY: Option<&()> = None;
+
+impl Remote {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ActionError> {
+        client::call_as(&self.target, Method::GET, path, NO_BODY)
+            .await
+            .map_err(action_error)
+    }
+
+    async fn post<T: DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ActionError> {
+        client::call_as(&self.target, Method::POST, path, Some(body))
+            .await
+            .map_err(action_error)
+    }
+
+    async fn delete(&self, path: &str) -> Result<Answer, ActionError> {
+        client::call(&self.target, Method::DELETE, path, NO_BODY)
+            .await
+            .map_err(action_error)?;
+        Ok(Answer::Done)
+    }
+
+    async fn query(&self, q: Query) -> Result<Answer, ActionError> {
+        Ok(match q {
+            Query::Agents => Answer::Agents(self.get::<Vec<AgentView>>("/v1/agents").await?),
+            Query::Agent { name, version } => {
+                let v = version.map_or(String::new(), |v| format!("?version={v}"));
+                Answer::Agent(self.get(&format!("/v1/agents/{name}{v}")).await?)
+            }
+            Query::Tasks {
+                state,
+                agent,
+                limit,
+            } => {
+                let mut q = Vec::new();
+                if let Some(s) = state {
+                    q.push(format!("state={}", s.as_str()));
+                }
+                if let Some(a) = agent {
+                    q.push(format!("agent={a}"));
+                }
+                if let Some(l) = limit {
+                    q.push(format!("limit={l}"));
+                }
+                let path = format!("/v1/tasks?{}", q.join("&"));
+                Answer::Tasks(self.get::<Vec<TaskView>>(&path).await?)
+            }
+            Query::Task { id } => Answer::Task(self.get(&format!("/v1/tasks/{id}")).await?),
+            Query::Result { id } => {
+                Answer::Result(self.get::<Value>(&format!("/v1/tasks/{id}/result")).await?)
+            }
+            Query::Diff { id } => {
+                let path = format!("/v1/tasks/{id}/diff");
+                let bytes = client::call(&self.target, Method::GET, &path, NO_BODY)
+                    .await
+                    .map_err(action_error)?;
+                Answer::Diff(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Query::Events { id, after } => Answer::Events(
+                self.get::<Vec<EventView>>(&format!("/v1/tasks/{id}/events?after={after}"))
+                    .await?,
+            ),
+            Query::Approval { id } => Answer::Approval(
+                self.get::<ApprovalView>(&format!("/v1/tasks/{id}/approval"))
+                    .await?,
+            ),
+            Query::Rules { agent } => {
+                let q = agent.map_or(String::new(), |a| format!("?agent={a}"));
+                Answer::Rules(
+                    self.get::<Vec<RuleView>>(&format!("/v1/approvals{q}"))
+                        .await?,
+                )
+            }
+        })
+    }
+
+    async fn act(&self, a: Action) -> Result<Answer, ActionError> {
+        Ok(match a {
+            Action::Deploy { manifest, .. } => Answer::Agent(
+                self.post(
+                    "/v1/agents",
+                    &warren_protocol::api::DeployAgent { manifest },
+                )
+                .await?,
+            ),
+            Action::RemoveAgent { name } => {
+                return self.delete(&format!("/v1/agents/{name}")).await;
+            }
+            Action::Submit(s) => Answer::Task(self.post("/v1/tasks", &s).await?),
+            Action::Cancel { id, reason } => Answer::Task(
+                self.post(&format!("/v1/tasks/{id}/cancel"), &CancelTask { reason })
+                    .await?,
+            ),
+            Action::Retry { id, fresh } => Answer::Task(
+                self.post(&format!("/v1/tasks/{id}/retry"), &RetryTask { fresh })
+                    .await?,
+            ),
+            Action::Decide {
+                id,
+                approve: true,
+                remember,
+                ..
+            } => Answer::Approval(
+                self.post(
+                    &format!("/v1/tasks/{id}/approve"),
+                    &ApproveTask { remember },
+                )
+                .await?,
+            ),
+            Action::Decide {
+                id,
+                approve: false,
+                reason,
+                ..
+            } => Answer::Approval(
+                self.post(&format!("/v1/tasks/{id}/deny"), &DenyTask { reason })
+                    .await?,
+            ),
+            Action::RemoveRule { id } => return self.delete(&format!("/v1/approvals/{id}")).await,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl warren_mcp::Backend for Remote {
+    async fn handle(&self, op: Op) -> Result<Answer, ActionError> {
+        match op {
+            Op::Ask(q) => self.query(q).await,
+            Op::Act(a) => self.act(a).await,
+        }
+    }
+}
+
+/// `warren mcp`: serve MCP on stdin/stdout until the client closes it.
+pub fn serve(url: Option<&str>, state: &Path) -> i32 {
+    let target = match client::target(url, state) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("warren mcp: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren mcp: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let server = warren_mcp::WarrenMcp::new(std::sync::Arc::new(Remote { target }));
+        match server.serve(rmcp::transport::stdio()).await {
+            Ok(running) => match running.waiting().await {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("warren mcp: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("warren mcp: the client's initialization failed: {e}");
+                1
+            }
+        }
+    })
+}

@@ -1,0 +1,542 @@
+//! Warren as a Model Context Protocol server, for the agents and editors that speak MCP
+//! (Claude Code, Cursor, Codex, any MCP client).
+//!
+//! The protocol is the official SDK's ([`rmcp`]); this crate only maps. Each MCP tool parses
+//! its arguments into one of the runtime's operations ([`warren_runtime::action::Op`]) and
+//! hands it to a [`Backend`]; nothing here touches the store, so an operation over MCP is
+//! authorized, audited and mapped to an error code exactly as over the HTTP API:
+//!
+//! | tool | operation |
+//! | --- | --- |
+//! | `list_agents` | `Query::Agents` |
+//! | `submit_task` | `Action::Submit` |
+//! | `task_status` | `Query::Task` (and `Query::Approval` when it waits for one) |
+//! | `wait_task` | `Query::Events` + `Query::Task`, polled; a progress notification per event |
+//! | `task_result` | `Query::Result` |
+//! | `task_diff` | `Query::Diff`, paged ([`PAGE_CHARS`] characters a page) |
+//! | `task_events` | `Query::Events`, at most [`MAX_EVENTS`] and [`PAGE_CHARS`] a call |
+//! | `cancel_task` | `Action::Cancel` |
+//! | `decide_approval` | `Action::Decide` (never remembered as a rule over MCP) |
+//!
+//! Answers are bounded: no tool returns more than about [`PAGE_CHARS`] characters, so a large
+//! diff is read page by page instead of arriving as one wall of text in the caller's context.
+//! A refusal (unknown task, a viewer acting, a full queue) is a tool result with `isError`
+//! and `{code, message}` as structured content, the error code the HTTP API uses
+//! ([`warren_protocol::api::ErrorCode`]); malformed arguments (a missing field, one the tool
+//! does not take) are a tool error naming the problem, so a model can correct its call.
+//!
+//! Two backends: [`EngineBackend`] calls an in-process [`Engine`] (the daemon serves it as
+//! Streamable HTTP at `/mcp`, [`streamable_http`], behind the API's own authentication), and
+//! the CLI's `warren mcp` implements [`Backend`] over the daemon's HTTP API (stdio, for MCP
+//! clients that launch a command).
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, Implementation, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+};
+use rmcp::schemars::{self, JsonSchema};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warren_protocol::api::{SubmitTask, TaskState, TaskView};
+use warren_runtime::action::{Action, ActionError, Answer, Caller, Op, Query};
+use warren_runtime::engine::Engine;
+
+/// Characters a page of a diff, or a call of `task_events`, holds at most.
+pub const PAGE_CHARS: usize = 20_000;
+/// Events one `task_events` call returns at most.
+pub const MAX_EVENTS: usize = 100;
+/// How long `wait_task` waits when the caller does not say (and at most).
+pub const WAIT_DEFAULT: Duration = Duration::from_secs(300);
+/// The longest wait `wait_task` accepts.
+pub const WAIT_MAX: Duration = Duration::from_secs(3600);
+/// How often `wait_task` looks for new events.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Where operations go: the one handler that authorizes, audits and answers them.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Carry out `op` for this server's caller.
+    async fn handle(&self, op: Op) -> Result<Answer, ActionError>;
+}
+
+/// The in-process engine (the daemon's), acting for one caller (named in the audit).
+pub struct EngineBackend {
+    engine: Arc<Engine>,
+    caller: Caller,
+}
+
+impl EngineBackend {
+    /// Operations on `engine` as `caller`.
+    pub fn new(engine: Arc<Engine>, caller: Caller) -> Self {
+        EngineBackend { engine, caller }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for EngineBackend {
+    async fn handle(&self, op: Op) -> Result<Answer, ActionError> {
+        self.engine.handle(&self.caller, op).await
+    }
+}
+
+/// `{"id": …}`: the task a tool is about.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskId {
+    /// The task's id (`t` and 12 hexadecimal digits), as `submit_task` answered.
+    pub id: String,
+}
+
+/// Arguments of `submit_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    /// A deployed agent (see `list_agents`).
+    pub agent: String,
+    /// What the agent should achieve.
+    pub goal: String,
+    /// Absolute path of the project on the host; the agent works on a copy-on-write view of it
+    /// and its changes are a diff to review (`task_diff`).
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+/// Arguments of `wait_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    /// The task.
+    pub id: String,
+    /// Give up after this many seconds (default 300, at most 3600); the task goes on.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Arguments of `task_diff`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffPage {
+    /// The task.
+    pub id: String,
+    /// The character to start at (0 for the first page; a page's `next_offset` for the next).
+    #[serde(default)]
+    pub offset: Option<usize>,
+}
+
+/// Arguments of `task_events`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSince {
+    /// The task.
+    pub id: String,
+    /// Only events after this id (0, or the last id seen).
+    #[serde(default)]
+    pub after: Option<i64>,
+}
+
+/// Arguments of `cancel_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    /// The task.
+    pub id: String,
+    /// Recorded with the cancellation.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Arguments of `decide_approval`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// The task that waits.
+    pub id: String,
+    /// `true` runs the call the task waits for; `false` refuses it.
+    pub approve: bool,
+    /// Why (the agent is told on a refusal).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The MCP server: the tools above over a [`Backend`].
+#[derive(Clone)]
+pub struct WarrenMcp {
+    backend: Arc<dyn Backend>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// A structured answer (MCP wants an object as structured content).
+fn ok(value: Value) -> Result<CallToolResult, ErrorData> {
+    Ok(CallToolResult::structured(value))
+}
+
+/// A refusal the caller should see and can act on: `{code, message}`, `isError`.
+fn refused(e: &ActionError) -> Result<CallToolResult, ErrorData> {
+    Ok(CallToolResult::structured_error(
+        json!({"code": e.code.as_str(), "message": e.message}),
+    ))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_else(|e| json!({"error": e.to_string()}))
+}
+
+/// The answer the backend gave is not the kind the operation answers: a bug, not the
+/// caller's fault.
+fn unexpected(what: &str) -> ErrorData {
+    ErrorData::internal_error(format!("unexpected answer to {what}"), None)
+}
+
+/// `text[offset..]` up to [`PAGE_CHARS`] characters, as a page.
+fn page(text: &str, offset: usize) -> Value {
+    let total = text.chars().count();
+    let body: String = text.chars().skip(offset).take(PAGE_CHARS).collect();
+    let end = offset.saturating_add(body.chars().count());
+    json!({
+        "text": body,
+        "offset": offset.min(total),
+        "total_chars": total,
+        "next_offset": (end < total).then_some(end),
+    })
+}
+
+impl WarrenMcp {
+    /// A server whose tools act through `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        WarrenMcp {
+            backend,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    async fn task(&self, id: &str) -> Result<TaskView, Result<CallToolResult, ErrorData>> {
+        match self
+            .backend
+            .handle(Query::Task { id: id.into() }.into())
+            .await
+        {
+            Ok(Answer::Task(t)) => Ok(t),
+            Ok(_) => Err(Err(unexpected("task_status"))),
+            Err(e) => Err(refused(&e)),
+        }
+    }
+}
+
+#[tool_router]
+impl WarrenMcp {
+    #[tool(
+        description = "List the deployed agents (name, version, description, tools). Submit a goal to one with submit_task.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_agents(&self) -> Result<CallToolResult, ErrorData> {
+        match self.backend.handle(Query::Agents.into()).await {
+            Ok(Answer::Agents(a)) => ok(json!({ "agents": to_value(&a) })),
+            Ok(_) => Err(unexpected("list_agents")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "Give a goal to an agent. Warren runs it in an isolated cell; the answer is the queued task (its id, its state). Follow it with wait_task, then read task_result and task_diff.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn submit_task(
+        &self,
+        Parameters(s): Parameters<Submit>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let op = Action::Submit(SubmitTask {
+            agent: s.agent,
+            goal: s.goal,
+            priority: s.priority.unwrap_or(0),
+            workspace: s.workspace,
+        });
+        match self.backend.handle(op.into()).await {
+            Ok(Answer::Task(t)) => ok(to_value(&t)),
+            Ok(_) => Err(unexpected("submit_task")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "A task's state (queued, running, awaiting_approval, succeeded, failed, cancelled, interrupted), attempts and reason; when it awaits approval, the call it waits for.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn task_status(
+        &self,
+        Parameters(TaskId { id }): Parameters<TaskId>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let task = match self.task(&id).await {
+            Ok(t) => t,
+            Err(answer) => return answer,
+        };
+        let mut view = to_value(&task);
+        if task.state == TaskState::AwaitingApproval
+            && let Ok(Answer::Approval(a)) = self
+                .backend
+                .handle(Query::Approval { id: id.clone() }.into())
+                .await
+        {
+            view["approval"] = to_value(&a);
+        }
+        ok(view)
+    }
+
+    #[tool(
+        description = "Wait until a task ends (or timeout_seconds pass), sending a progress notification for each of its events when the request carries a progress token. Answers the task as it is then.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn wait_task(
+        &self,
+        Parameters(w): Parameters<Wait>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let limit = w
+            .timeout_seconds
+            .map_or(WAIT_DEFAULT, Duration::from_secs)
+            .min(WAIT_MAX);
+        let token = ctx.meta.get_progress_token();
+        let deadline = tokio::time::Instant::now() + limit;
+        let (mut after, mut seen) = (0i64, 0u64);
+        loop {
+            // Events first, so that the last ones are reported before the final state.
+            match self
+                .backend
+                .handle(
+                    Query::Events {
+                        id: w.id.clone(),
+                        after,
+                    }
+                    .into(),
+                )
+                .await
+            {
+                Ok(Answer::Events(events)) => {
+                    for e in events {
+                        after = after.max(e.id);
+                        seen += 1;
+                        if let Some(token) = &token {
+                            let note = ProgressNotificationParam::new(token.clone(), seen as f64)
+                                .with_message(e.kind.to_string());
+                            if let Err(err) = ctx.peer.notify_progress(note).await {
+                                tracing::debug!("progress notification not sent: {err}");
+                            }
+                        }
+                    }
+                }
+                Ok(_) => return Err(unexpected("wait_task")),
+                Err(e) => return refused(&e),
+            }
+            let task = match self.task(&w.id).await {
+                Ok(t) => t,
+                Err(answer) => return answer,
+            };
+            let over = task.state.is_terminal();
+            if over || tokio::time::Instant::now() >= deadline || ctx.ct.is_cancelled() {
+                let mut view = to_value(&task);
+                view["ended"] = json!(over);
+                view["events_seen"] = json!(seen);
+                return ok(view);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = ctx.ct.cancelled() => {}
+            }
+        }
+    }
+
+    #[tool(
+        description = "The result a finished task recorded (its summary, its outcome).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn task_result(
+        &self,
+        Parameters(TaskId { id }): Parameters<TaskId>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.backend.handle(Query::Result { id }.into()).await {
+            Ok(Answer::Result(v)) if v.is_object() => ok(v),
+            Ok(Answer::Result(v)) => ok(json!({ "result": v })),
+            Ok(_) => Err(unexpected("task_result")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "The changes a task made to its workspace, as a unified diff, one page (at most 20 000 characters) at a time: pass the page's next_offset as offset for the next.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn task_diff(
+        &self,
+        Parameters(d): Parameters<DiffPage>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.backend.handle(Query::Diff { id: d.id }.into()).await {
+            Ok(Answer::Diff(text)) => ok(page(&text, d.offset.unwrap_or(0))),
+            Ok(_) => Err(unexpected("task_diff")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "A task's events after an id (at most 100 and about 20 000 characters a call; pass the last id seen as after for the next).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn task_events(
+        &self,
+        Parameters(e): Parameters<EventsSince>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let after = e.after.unwrap_or(0);
+        match self
+            .backend
+            .handle(Query::Events { id: e.id, after }.into())
+            .await
+        {
+            Ok(Answer::Events(events)) => {
+                let (mut kept, mut chars) = (Vec::new(), 0usize);
+                let total = events.len();
+                for ev in events.into_iter().take(MAX_EVENTS) {
+                    let v = to_value(&ev);
+                    chars += v.to_string().chars().count();
+                    if chars > PAGE_CHARS && !kept.is_empty() {
+                        break;
+                    }
+                    kept.push(v);
+                }
+                let more = kept.len() < total;
+                ok(json!({ "events": kept, "more": more }))
+            }
+            Ok(_) => Err(unexpected("task_events")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "Cancel a queued or running task; its cell and the command running in it are stopped.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn cancel_task(
+        &self,
+        Parameters(c): Parameters<Cancel>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let op = Action::Cancel {
+            id: c.id,
+            reason: c.reason,
+        };
+        match self.backend.handle(op.into()).await {
+            Ok(Answer::Task(t)) => ok(to_value(&t)),
+            Ok(Answer::Done) => ok(json!({ "cancelled": true })),
+            Ok(_) => Err(unexpected("cancel_task")),
+            Err(e) => refused(&e),
+        }
+    }
+
+    #[tool(
+        description = "Approve or refuse the tool call a task waits for (see task_status). A refusal tells the agent your reason.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn decide_approval(
+        &self,
+        Parameters(d): Parameters<Decide>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let op = Action::Decide {
+            id: d.id,
+            approve: d.approve,
+            remember: false,
+            reason: d.reason,
+        };
+        match self.backend.handle(op.into()).await {
+            Ok(Answer::Approval(a)) => ok(to_value(&a)),
+            Ok(Answer::Done) => ok(json!({ "decided": true })),
+            Ok(_) => Err(unexpected("decide_approval")),
+            Err(e) => refused(&e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for WarrenMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("warren", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Warren runs coding agents in isolated cells. list_agents, then submit_task \
+                 with a goal (and the project's absolute path as workspace); wait_task follows \
+                 it; task_result and task_diff show what it did. A task may wait for approval \
+                 of a risky call: task_status shows it, decide_approval answers.",
+            )
+    }
+}
+
+/// The service the daemon mounts at `/mcp`: MCP over Streamable HTTP, one [`WarrenMcp`] per
+/// session over `backend`.
+///
+/// Requests must name one of `hosts` in `Host` (loopback names and the listener's own address:
+/// a DNS-rebinding page cannot reach it), and a request carrying any `Origin` is refused (a
+/// browser page cannot drive it; MCP clients send none). Authentication is the API's: the
+/// daemon puts this behind the same bearer check as `/v1`.
+pub fn streamable_http(
+    backend: Arc<dyn Backend>,
+    hosts: Vec<String>,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    WarrenMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .enforce_origin_validation();
+    StreamableHttpService::new(
+        move || Ok(WarrenMcp::new(Arc::clone(&backend))),
+        Arc::default(),
+        config,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_text_is_read_page_by_page_without_splitting_a_character() {
+        let text: String = "é".repeat(PAGE_CHARS * 2 + 5);
+        let first = page(&text, 0);
+        assert_eq!(first["total_chars"], PAGE_CHARS * 2 + 5);
+        assert_eq!(
+            first["text"].as_str().map(|t| t.chars().count()),
+            Some(PAGE_CHARS)
+        );
+        assert_eq!(first["next_offset"], PAGE_CHARS);
+        let last = page(&text, PAGE_CHARS * 2);
+        assert_eq!(last["text"].as_str().map(|t| t.chars().count()), Some(5));
+        assert_eq!(last["next_offset"], Value::Null);
+        // Past the end: an empty page, not an error.
+        let past = page(&text, usize::MAX);
+        assert_eq!(past["text"], "");
+        assert_eq!(past["next_offset"], Value::Null);
+        assert_eq!(page("", 0)["total_chars"], 0);
+    }
+}
