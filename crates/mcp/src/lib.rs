@@ -18,6 +18,10 @@
 //! | `cancel_task` | `Action::Cancel` |
 //! | `decide_approval` | `Action::Decide` (never remembered as a rule over MCP) |
 //!
+//! Resources: `warren://tasks/{id}/result`, `…/diff` (the whole diff, for clients that keep
+//! it as a file rather than in a model's context) and `…/events`, listed as resource
+//! templates.
+//!
 //! Answers are bounded: no tool returns more than about [`PAGE_CHARS`] characters, so a large
 //! diff is read page by page instead of arriving as one wall of text in the caller's context.
 //! A refusal (unknown task, a viewer acting, a full queue) is a tool result with `isError`
@@ -475,17 +479,109 @@ impl WarrenMcp {
     }
 }
 
+/// A task's resources: `warren://tasks/{id}/KIND`, with the MIME type and what it holds.
+const RESOURCES: [(&str, &str, &str); 3] = [
+    (
+        "result",
+        "application/json",
+        "The result a finished task recorded (summary, outcome).",
+    ),
+    (
+        "diff",
+        "text/x-diff",
+        "The task's changes to its workspace as one unified diff (task_diff pages the same text).",
+    ),
+    (
+        "events",
+        "application/json",
+        "The task's first 1000 events, as a JSON array (task_events pages them).",
+    ),
+];
+
+/// `warren://tasks/{id}/{kind}` → the query that reads it.
+fn resource_query(uri: &str) -> Option<(Query, &'static str)> {
+    let rest = uri.strip_prefix("warren://tasks/")?;
+    let (id, kind) = rest.split_once('/')?;
+    if !warren_protocol::api::is_task_id(id) {
+        return None;
+    }
+    let id = id.to_owned();
+    let &(_, mime, _) = RESOURCES.iter().find(|(k, _, _)| *k == kind)?;
+    let q = match kind {
+        "result" => Query::Result { id },
+        "diff" => Query::Diff { id },
+        _ => Query::Events { id, after: 0 },
+    };
+    Some((q, mime))
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for WarrenMcp {
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        Ok(rmcp::model::ListResourceTemplatesResult::with_all_items(
+            RESOURCES
+                .iter()
+                .map(|(kind, mime, what)| {
+                    rmcp::model::ResourceTemplate::new(
+                        format!("warren://tasks/{{id}}/{kind}"),
+                        format!("task-{kind}"),
+                    )
+                    .with_description(*what)
+                    .with_mime_type(*mime)
+                })
+                .collect(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let Some((query, mime)) = resource_query(&uri) else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri:?} (warren://tasks/ID/result|diff|events)"),
+                None,
+            ));
+        };
+        let text = match self.backend.handle(query.into()).await {
+            Ok(Answer::Result(v)) => v.to_string(),
+            Ok(Answer::Diff(d)) => d,
+            Ok(Answer::Events(e)) => to_value(&e).to_string(),
+            Ok(_) => return Err(unexpected("resources/read")),
+            Err(e) if e.code == warren_protocol::api::ErrorCode::NotFound => {
+                return Err(ErrorData::resource_not_found(e.message, None));
+            }
+            Err(e) => return Err(ErrorData::internal_error(e.message, None)),
+        };
+        let contents = rmcp::model::ResourceContents::TextResourceContents {
+            uri,
+            mime_type: Some(mime.to_owned()),
+            text,
+            meta: None,
+        };
+        Ok(rmcp::model::ReadResourceResult::new(vec![contents]).into())
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("warren", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Warren runs coding agents in isolated cells. list_agents, then submit_task \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("warren", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Warren runs coding agents in isolated cells. list_agents, then submit_task \
                  with a goal (and the project's absolute path as workspace); wait_task follows \
                  it; task_result and task_diff show what it did. A task may wait for approval \
                  of a risky call: task_status shows it, decide_approval answers.",
-            )
+        )
     }
 }
 
@@ -538,5 +634,23 @@ mod tests {
         assert_eq!(past["text"], "");
         assert_eq!(past["next_offset"], Value::Null);
         assert_eq!(page("", 0)["total_chars"], 0);
+    }
+
+    #[test]
+    fn only_a_task_id_and_a_known_kind_name_a_resource() {
+        assert!(matches!(
+            resource_query("warren://tasks/t0123456789ab/diff"),
+            Some((Query::Diff { .. }, "text/x-diff"))
+        ));
+        for uri in [
+            "warren://tasks/../diff",
+            "warren://tasks/t0123456789ab/../../etc/passwd",
+            "warren://tasks/t0123456789ab/logs",
+            "warren://tasks/t0123456789ab",
+            "file:///etc/passwd",
+            "warren://tasks/t01%2F..%2Fx/result",
+        ] {
+            assert!(resource_query(uri).is_none(), "{uri}");
+        }
     }
 }

@@ -230,6 +230,49 @@ async fn a_client_lists_submits_follows_with_progress_and_reads_a_task() {
     let diff = call(&c, "task_diff", json!({"id": id})).await;
     assert_eq!(structured(&diff)["offset"], 0, "{:?}", diff);
 
+    // The same task as resources.
+    let templates: Vec<String> = c
+        .list_all_resource_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.uri_template.clone())
+        .collect();
+    assert_eq!(
+        templates,
+        [
+            "warren://tasks/{id}/result",
+            "warren://tasks/{id}/diff",
+            "warren://tasks/{id}/events"
+        ]
+    );
+    let read = |kind: &str| {
+        let uri = format!("warren://tasks/{id}/{kind}");
+        let c = &c;
+        async move {
+            c.read_resource(rmcp::model::ReadResourceRequestParams::new(uri))
+                .await
+        }
+    };
+    let text = |r: rmcp::model::ReadResourceResult| match &r.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => text.clone(),
+        other => panic!("not text: {other:?}"),
+    };
+    let result: Value = serde_json::from_str(&text(read("result").await.unwrap())).unwrap();
+    assert_eq!(result["summary"], "done");
+    let events: Value = serde_json::from_str(&text(read("events").await.unwrap())).unwrap();
+    assert!(events.as_array().unwrap().len() >= 3);
+    let nothing = c
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "warren://tasks/t000000000000/diff",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        nothing.to_string().contains("not found") || nothing.to_string().contains("-32002"),
+        "{nothing}"
+    );
+
     // The store names the MCP caller as the one who submitted.
     let audit = w.store.audit_records(0, Some(&id), 1000).unwrap();
     let submitted = audit

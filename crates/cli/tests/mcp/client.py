@@ -59,6 +59,8 @@ async def main(mode: str, where: str, secret: str, workspace: str) -> None:
             seen["result"] = result.structured_content
             diff = await session.call_tool("task_diff", {"id": task})
             seen["diff"] = diff.structured_content
+            resource = await session.read_resource(f"warren://tasks/{task}/diff")
+            seen["diff_resource"] = resource.contents[0].text
             missing = await session.call_tool("task_status", {"id": "t000000000000"})
             seen["missing"] = {"is_error": missing.is_error, "content": missing.structured_content}
     print(json.dumps(seen))

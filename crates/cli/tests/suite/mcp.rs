@@ -125,6 +125,10 @@ fn assert_session(seen: &Value, ws: &Path) {
     assert_eq!(seen["result"]["summary"], "wrote hello.txt", "{seen}");
     let diff = seen["diff"]["text"].as_str().unwrap();
     assert!(diff.contains("+hi over mcp"), "{diff}");
+    assert_eq!(
+        seen["diff_resource"], diff,
+        "the diff resource is the same text"
+    );
     assert!(!ws.join("hello.txt").exists(), "the project is untouched");
     assert_eq!(seen["missing"]["is_error"], true);
     assert_eq!(seen["missing"]["content"]["code"], "not_found");
