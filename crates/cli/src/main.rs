@@ -14,6 +14,7 @@ mod exec_policy;
 mod mcp;
 mod memory;
 mod run;
+mod skills;
 mod tasks;
 mod term;
 mod trust;
@@ -148,6 +149,12 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Agent Skills (SKILL.md folders): list, show, validate.
+    Skill {
+        /// What to do.
+        #[command(subcommand)]
+        what: skills::SkillCommand,
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: MCP clients submit goals to the
     /// daemon's agents, follow them and read their results and diffs.
@@ -376,6 +383,7 @@ fn main() -> ExitCode {
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
         Command::Mcp => mcp::serve(cli.url.as_deref(), &state),
+        Command::Skill { what } => skills::run(what),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

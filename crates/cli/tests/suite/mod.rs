@@ -12,6 +12,7 @@ mod own_files;
 mod policy;
 mod resume;
 mod run;
+mod skills;
 
 use std::process::{Command, Output};
 
