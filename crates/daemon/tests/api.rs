@@ -16,13 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use warren_daemon::conn::{self, ConnLimits};
-use warren_llm::{
-    ChatRequest, ChatResponse, EventSink, LlmError, Message, Provider, StopReason, ToolCall, Usage,
-};
+use warren_llm::Provider;
 use warren_protocol::api::TaskState;
 use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
-use warren_runtime::fake::FakeCells;
+use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call};
 use warren_runtime::scheduler::Limits;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
@@ -30,57 +28,25 @@ use warren_testkit::TempDir;
 
 /// Plays the model: `write…` writes a file and finishes, `ask…` runs a shell command (which
 /// needs approval under [`ASKING`]) and finishes; anything else finishes at once.
-struct Scripted;
-
-fn call(id: &str, name: &str, args: Value) -> ToolCall {
-    ToolCall {
-        id: id.into(),
-        name: name.into(),
-        arguments: args.to_string(),
-    }
-}
-
-#[async_trait::async_trait]
-impl Provider for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn chat(&self, r: &ChatRequest, _e: EventSink<'_>) -> Result<ChatResponse, LlmError> {
-        let goal = r
-            .messages
-            .iter()
-            .find_map(|m| match m {
-                Message::User { content } => Some(content.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let turn = r
-            .messages
-            .iter()
-            .filter(|m| matches!(m, Message::Assistant { .. }))
-            .count();
-        let finish = vec![call("f", "finish", json!({"summary": "done"}))];
-        let calls = match (goal.split_whitespace().next(), turn) {
-            (Some("write"), 0) => vec![call(
+fn scripted() -> Arc<ScriptedModel> {
+    ScriptedModel::new(vec![
+        (
+            "write",
+            vec![vec![tool_call(
                 "w",
                 "write_file",
                 json!({"path": "a.txt", "content": "hi\n"}),
-            )],
-            (Some("ask"), 0) => vec![call("s", "shell", json!({"command": "echo approved"}))],
-            _ => finish,
-        };
-        Ok(ChatResponse {
-            text: String::new(),
-            tool_calls: calls,
-            usage: Usage {
-                input_tokens: 10,
-                output_tokens: 1,
-                cached_input_tokens: 0,
-            },
-            stop_reason: StopReason::ToolUse,
-        })
-    }
+            )]],
+        ),
+        (
+            "ask",
+            vec![vec![tool_call(
+                "s",
+                "shell",
+                json!({"command": "echo approved"}),
+            )]],
+        ),
+    ])
 }
 
 const MANIFEST: &str =
@@ -115,7 +81,7 @@ impl Api {
             limits: Limits::default(),
             lease: Duration::from_secs(5),
             cells: FakeCells::new(),
-            provider: Some((Arc::new(Scripted) as Arc<dyn Provider>, "m".into())),
+            provider: Some((scripted() as Arc<dyn Provider>, "m".into())),
             loaded: warren_config::load(&state, None, &[]).unwrap(),
             env: HashMap::new(),
             max_attempts: 3,

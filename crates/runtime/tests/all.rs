@@ -6,85 +6,30 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use warren_cell::Cell;
-use warren_llm::{
-    ChatRequest, ChatResponse, EventSink, LlmError, Message, Provider, StopReason, ToolCall, Usage,
-};
+use warren_llm::{Provider, ToolCall};
 use warren_protocol::api::{ErrorCode, SubmitTask, TaskState};
 use warren_runtime::action::{Action, Answer, Caller, Local, Op, Query};
 use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
-use warren_runtime::fake::FakeCells;
+use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call as call};
 use warren_runtime::scheduler::Limits;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 use warren_testkit::TempDir;
 
-/// Plays the model: the goal picks a script, the number of tool results so far its turn.
-struct Scripted {
-    scripts: HashMap<&'static str, Vec<Vec<ToolCall>>>,
-    calls: Mutex<usize>,
-}
-
-fn call(id: &str, name: &str, args: Value) -> ToolCall {
-    ToolCall {
-        id: id.into(),
-        name: name.into(),
-        arguments: args.to_string(),
-    }
-}
-
 fn finish() -> Vec<ToolCall> {
     vec![call("f", "finish", json!({"summary": "done"}))]
 }
 
-#[async_trait::async_trait]
-impl Provider for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn chat(&self, r: &ChatRequest, _e: EventSink<'_>) -> Result<ChatResponse, LlmError> {
-        *self.calls.lock().unwrap() += 1;
-        let goal = r
-            .messages
-            .iter()
-            .find_map(|m| match m {
-                Message::User { content } => Some(content.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let turn = r
-            .messages
-            .iter()
-            .filter(|m| matches!(m, Message::Assistant { .. }))
-            .count();
-        let script = self
-            .scripts
-            .iter()
-            .find(|(k, _)| goal.starts_with(*k))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| vec![finish()]);
-        Ok(ChatResponse {
-            text: String::new(),
-            tool_calls: script.get(turn).cloned().unwrap_or_else(finish),
-            usage: Usage {
-                input_tokens: 10,
-                output_tokens: 1,
-                cached_input_tokens: 0,
-            },
-            stop_reason: StopReason::ToolUse,
-        })
-    }
-}
-
-fn scripts() -> HashMap<&'static str, Vec<Vec<ToolCall>>> {
-    let mut s = HashMap::new();
-    s.insert(
+/// The model's scripts: the goal picks one (by prefix), the number of earlier turns its turn.
+fn scripts() -> Vec<(&'static str, Vec<Vec<ToolCall>>)> {
+    let mut s = Vec::new();
+    s.push((
         "write",
         vec![
             vec![call(
@@ -94,18 +39,18 @@ fn scripts() -> HashMap<&'static str, Vec<Vec<ToolCall>>> {
             )],
             finish(),
         ],
-    );
-    s.insert(
+    ));
+    s.push((
         "hang",
         vec![vec![call("s", "shell", json!({"command": "sleep 1000"}))]],
-    );
-    s.insert(
+    ));
+    s.push((
         "ask",
         vec![
             vec![call("s", "shell", json!({"command": "echo approved"}))],
             finish(),
         ],
-    );
+    ));
     s
 }
 
@@ -117,7 +62,7 @@ struct World {
     state: std::path::PathBuf,
     store: Arc<dyn Store>,
     cells: Arc<FakeCells>,
-    model: Arc<Scripted>,
+    model: Arc<ScriptedModel>,
 }
 
 impl World {
@@ -131,10 +76,7 @@ impl World {
             state,
             store,
             cells: FakeCells::new(),
-            model: Arc::new(Scripted {
-                scripts: scripts(),
-                calls: Mutex::new(0),
-            }),
+            model: ScriptedModel::new(scripts()),
         }
     }
 
@@ -405,7 +347,7 @@ fn a_killed_engine_s_task_resumes_without_repeating_a_step() {
     let w = World::new("rt-resume");
     // The first engine runs "resume" up to its hanging command, then dies with its runtime.
     let mut scripts = scripts();
-    scripts.insert(
+    scripts.push((
         "resume",
         vec![
             vec![call(
@@ -416,11 +358,8 @@ fn a_killed_engine_s_task_resumes_without_repeating_a_step() {
             vec![call("s", "shell", json!({"command": "sleep 1000"}))],
             finish(),
         ],
-    );
-    let model = Arc::new(Scripted {
-        scripts,
-        calls: Mutex::new(0),
-    });
+    ));
+    let model = ScriptedModel::new(scripts);
     let world = World { model, ..w };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
@@ -442,7 +381,7 @@ fn a_killed_engine_s_task_resumes_without_repeating_a_step() {
     // "Crash": the engine's tasks are dropped mid-command, then the cell goes away.
     rt.shutdown_background();
     world.cells.started()[0].terminate();
-    let calls_before = *world.model.calls.lock().unwrap();
+    let calls_before = world.model.requests();
     assert_eq!(calls_before, 2);
 
     // A new engine with the same worker name requeues and resumes it.
@@ -468,7 +407,7 @@ fn a_killed_engine_s_task_resumes_without_repeating_a_step() {
             .iter()
             .all(|argv| !argv.join(" ").contains("sleep"))
     );
-    assert_eq!(*world.model.calls.lock().unwrap(), calls_before + 1);
+    assert_eq!(world.model.requests(), calls_before + 1);
     let events: Vec<String> = world
         .store
         .events_since(Some(&id), 0, 1000)
