@@ -211,7 +211,7 @@ pub(crate) fn offered(config: &AgentConfig, host: Option<&Arc<dyn HostTools>>) -
                 || config
                     .tools
                     .as_ref()
-                    .is_none_or(|allowed| allowed.contains(&s.name))
+                    .is_none_or(|allowed| warren_protocol::tools::tool_allowed(allowed, &s.name))
         })
         .collect()
 }

@@ -72,10 +72,34 @@ pub enum FileError {
 /// Tools that run on the host, not in the cell (memory, code search): offered next to the
 /// cell's tools and routed here by name.
 pub trait HostTools: Send + Sync {
-    /// Their specifications.
+    /// Their specifications: offered to the model in every request.
     fn specs(&self) -> Vec<ToolSpec>;
+    /// Tools accepted (validated against these schemas, gated, run) but not offered in every
+    /// request: the model finds them through one of [`HostTools::specs`] (MCP tools past
+    /// their context budget, found with `mcp_search`).
+    fn hidden_specs(&self) -> Vec<ToolSpec> {
+        Vec::new()
+    }
     /// Run `name` if it is one of these (`None` otherwise): `Ok(text)` or `Err(message)`.
     fn call(&self, name: &str, args: &Value) -> Option<Result<String, String>>;
+}
+
+/// Several sets of host tools as one (memory tools and MCP tools, say): specifications in
+/// order, a call routed to the first set that has the tool.
+pub struct Chain(pub Vec<Arc<dyn HostTools>>);
+
+impl HostTools for Chain {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.0.iter().flat_map(|h| h.specs()).collect()
+    }
+
+    fn hidden_specs(&self) -> Vec<ToolSpec> {
+        self.0.iter().flat_map(|h| h.hidden_specs()).collect()
+    }
+
+    fn call(&self, name: &str, args: &Value) -> Option<Result<String, String>> {
+        self.0.iter().find_map(|h| h.call(name, args))
+    }
 }
 
 /// Names of the memory tools a daemon can offer (see `warren-memory`).

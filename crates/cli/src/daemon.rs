@@ -204,6 +204,11 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         audit_prompts: a.audit_prompts,
         egress_resolve,
         egress_dial,
+        // The daemon's user's and the operator's skills (a submitted workspace's own skills
+        // are not used: trust is a person's decision about a project, not the daemon's).
+        skills: crate::skills::used_roots(None, false),
+        mcp_annotation_approval: policy.capabilities.mcp_approval.unwrap_or_default()
+            == warren_runtime::capabilities::McpApproval::Annotations,
     };
     let listen = Listen {
         socket_group: a.socket_group,

@@ -204,6 +204,7 @@ fn manifest(a: &RunArgs, model: &str) -> warren_config::manifest::Manifest {
         tier: "process".into(),
         timeout: a.timeout,
         budget_tokens: a.budget_tokens,
+        skills: vec!["*".into()],
         ..Default::default()
     }
 }
@@ -246,6 +247,9 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         Err(e) => return refuse(format!("the task store: {e}")),
     };
     let m = manifest(&a, &model);
+    // Every skill the person has: theirs, the operator's, and the project's once trusted.
+    let trusted = loaded.project.as_ref().is_some_and(|p| p.trusted);
+    let skills = crate::skills::used_roots(Some(&host), trusted);
     let opts = Options {
         state_dir: state.to_owned(),
         worker: format!("warren-run:{}", std::process::id()),
@@ -265,6 +269,8 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         audit_prompts: false,
         egress_resolve: Default::default(),
         egress_dial: Default::default(),
+        skills,
+        mcp_annotation_approval: true,
     };
     let engine = Engine::local(store, opts);
     let id = warren_runtime::engine::new_task_id();

@@ -36,6 +36,17 @@ pub enum SkillCommand {
     },
 }
 
+/// The skill folders a task gets, in precedence order: the project's (when `trusted`), the
+/// user's, the operator's.
+pub fn used_roots(project: Option<&Path>, trusted: bool) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    warren_skills::roots(home.as_deref(), project, trusted)
+        .into_iter()
+        .filter(|r| r.used)
+        .map(|r| r.path)
+        .collect()
+}
+
 fn found() -> Vec<(
     warren_skills::Root,
     Result<warren_skills::Skill, warren_skills::Invalid>,

@@ -16,6 +16,18 @@
 //! limits: {memory: 2G, disk: 4G, pids: 256, cpus: 1.5, timeout: 30m}
 //! budget: {tokens: 500000, usd: 5.0}
 //! approval_required: [shell]
+//! skills: [pdf-forms]           # Agent Skills mounted read-only at /skills ("*": every one found)
+//! mcp_servers:                  # MCP servers; their tools are mcp__<server>__<tool>
+//!   - name: time
+//!     command: [python3, -m, mcp_server_time]   # stdio: runs in a cell of its own
+//!     env: {TZ: UTC}
+//!     startup_timeout: 30s
+//!     call_timeout: 60s
+//!   - name: docs
+//!     url: https://docs.example.com/mcp         # Streamable HTTP, through the task's egress
+//!     headers_from_env: {Authorization: DOCS_AUTH}   # header value from a host variable
+//! # tools also lists MCP tools: mcp__time__get_current_time, or every one of a server's:
+//! # mcp__time__*
 //! capabilities:                 # what the agent asks for; the operator's policy bounds it
 //!   paths:                      # default: the whole workspace
 //!     - {glob: "src/**", access: write}
@@ -79,6 +91,46 @@ pub struct Manifest {
     pub paths: Option<Vec<PathGrant>>,
     /// Network destinations the agent asks for (`host`, `*.domain`, with `:port[,port]`).
     pub network: Vec<String>,
+    /// Agent Skills the agent gets, by name (`*`: every valid skill found).
+    pub skills: Vec<String>,
+    /// MCP servers whose tools (`mcp__<server>__<tool>`, listed in `tools`) the agent may use.
+    pub mcp_servers: Vec<McpServer>,
+}
+
+pub use warren_protocol::tools::{MCP_PREFIX, mcp_server_of, tool_allowed};
+
+/// An MCP server an agent uses.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct McpServer {
+    /// `[a-z0-9-]`, 1–24 characters, unique in the manifest.
+    pub name: String,
+    /// How it is reached.
+    pub transport: McpTransport,
+    /// Environment of a stdio server's command (literal values).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// HTTP headers whose values come from the host's environment: header → variable name.
+    pub headers_from_env: std::collections::BTreeMap<String, String>,
+    /// Longest wait for the server to answer `initialize` and list its tools (default 30 s).
+    pub startup_timeout: Duration,
+    /// Longest wait for one tool call without progress (default 60 s; a progress
+    /// notification starts the wait again).
+    pub call_timeout: Duration,
+}
+
+/// How an MCP server is reached.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpTransport {
+    /// A command speaking MCP on stdin/stdout, run in a cell of its own.
+    Stdio {
+        /// Program and arguments (looked up in the cell's `PATH`).
+        command: Vec<String>,
+    },
+    /// Streamable HTTP at this URL, reached only through the task's egress policy.
+    Http {
+        /// `http://` or `https://` URL.
+        url: String,
+    },
 }
 
 /// A requested workspace path capability.
@@ -122,6 +174,24 @@ struct Raw {
     approval_required: Vec<Spanned<String>>,
     #[serde(default)]
     capabilities: RawCapabilities,
+    #[serde(default)]
+    skills: Vec<Spanned<String>>,
+    #[serde(default)]
+    mcp_servers: Vec<RawMcpServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcpServer {
+    name: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    headers_from_env: std::collections::BTreeMap<String, String>,
+    startup_timeout: Option<Spanned<String>>,
+    call_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -261,6 +331,34 @@ pub enum Problem {
     /// `budget.usd` is not a positive number.
     #[error("budget.usd must be a positive number")]
     BudgetUsd,
+    /// A skill name that no skill can have.
+    #[error("skill {0:?}: a name is 1-64 characters of a-z, 0-9 and - (or \"*\" for all)")]
+    SkillName(String),
+    /// An MCP server's name.
+    #[error("MCP server name {0:?} must be 1-24 characters of a-z, 0-9 and -")]
+    McpName(String),
+    /// Two MCP servers of one name.
+    #[error("MCP server {0:?} is declared twice")]
+    McpDuplicate(String),
+    /// Neither or both of `command` and `url`.
+    #[error("MCP server {0:?} needs exactly one of command (stdio) and url (HTTP)")]
+    McpTransport(String),
+    /// An empty command, or a URL that is not http(s).
+    #[error("MCP server {server:?}: {problem}")]
+    McpBad {
+        /// The server.
+        server: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A declared server none of whose tools the agent may call.
+    #[error(
+        "MCP server {0:?} is declared but tools lists none of its tools (add mcp__{0}__* or mcp__{0}__<tool>)"
+    )]
+    McpUnused(String),
+    /// An `mcp__…` tool of a server that is not declared.
+    #[error("{0:?} names an MCP server that mcp_servers does not declare")]
+    McpUndeclared(String),
 }
 
 /// A path capability's glob that is not a relative workspace glob.
@@ -350,8 +448,18 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         return Err(at(name.defined, Problem::NoTools));
     }
     let tool_of = |entry: &str| entry.split_once(':').map_or(entry, |(t, _)| t).to_owned();
+    let mcp_servers = mcp_servers(&raw.mcp_servers, &at)?;
     for t in raw.tools.iter().chain(&raw.approval_required) {
         let name = tool_of(&t.value);
+        if name.starts_with(MCP_PREFIX) {
+            let declared = mcp_server_of(&name)
+                .is_some_and(|s| mcp_servers.iter().any(|m| m.name == s))
+                || name == "mcp__*";
+            if !declared {
+                return Err(at(t.defined, Problem::McpUndeclared(t.value.clone())));
+            }
+            continue;
+        }
         if let Some((_, pattern)) = t.value.split_once(':') {
             globset::Glob::new(pattern).map_err(|source| {
                 at(
@@ -373,8 +481,33 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             ));
         }
     }
+    for m in &mcp_servers {
+        let prefix = format!("{MCP_PREFIX}{}__", m.name);
+        if !raw
+            .tools
+            .iter()
+            .any(|t| t.value.starts_with(&prefix) || t.value == "mcp__*")
+        {
+            return Err(at(name.defined, Problem::McpUnused(m.name.clone())));
+        }
+    }
+    for s in &raw.skills {
+        let v = &s.value;
+        let ok = v == "*"
+            || (!v.is_empty()
+                && v.chars().count() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !v.starts_with('-')
+                && !v.ends_with('-')
+                && !v.contains("--"));
+        if !ok {
+            return Err(at(s.defined, Problem::SkillName(v.clone())));
+        }
+    }
     for t in &raw.approval_required {
-        if !raw.tools.iter().any(|x| x.value == tool_of(&t.value)) {
+        let tools: Vec<String> = raw.tools.iter().map(|x| x.value.clone()).collect();
+        if !tool_allowed(&tools, &tool_of(&t.value)) {
             return Err(at(t.defined, Problem::ApprovalNotInTools(t.value.clone())));
         }
     }
@@ -420,8 +553,17 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
                 return Err(at(p.defined, Problem::NotAbsolute(p.value.clone())));
             }
         }
-        if ["/", "/proc", "/workspace", "/task", "/logs", "/tmp", "/dev"]
-            .contains(&m.target.value.as_str())
+        if [
+            "/",
+            "/proc",
+            "/workspace",
+            "/task",
+            "/logs",
+            "/tmp",
+            "/dev",
+            "/skills",
+        ]
+        .contains(&m.target.value.as_str())
         {
             return Err(at(
                 m.target.defined,
@@ -503,7 +645,104 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             .into_iter()
             .map(|n| n.value)
             .collect(),
+        skills: raw.skills.into_iter().map(|s| s.value).collect(),
+        mcp_servers,
     })
+}
+
+fn mcp_servers(
+    raw: &[RawMcpServer],
+    at: &dyn Fn(serde_saphyr::Location, Problem) -> ManifestError,
+) -> Result<Vec<McpServer>, ManifestError> {
+    let mut out: Vec<McpServer> = Vec::new();
+    for r in raw {
+        let name = &r.name;
+        let n = &name.value;
+        if n.is_empty()
+            || n.len() > 24
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || n.contains("__")
+        {
+            return Err(at(name.defined, Problem::McpName(n.clone())));
+        }
+        if out.iter().any(|m| &m.name == n) {
+            return Err(at(name.defined, Problem::McpDuplicate(n.clone())));
+        }
+        let bad = |loc, problem: &str| {
+            at(
+                loc,
+                Problem::McpBad {
+                    server: n.clone(),
+                    problem: problem.to_owned(),
+                },
+            )
+        };
+        let transport = match (&r.command, &r.url) {
+            (Some(c), None) => {
+                if c.value.is_empty() || c.value[0].is_empty() {
+                    return Err(bad(c.defined, "command must name a program"));
+                }
+                if c.value.iter().any(|a| a.contains('\0')) {
+                    return Err(bad(c.defined, "command arguments cannot contain NUL"));
+                }
+                McpTransport::Stdio {
+                    command: c.value.clone(),
+                }
+            }
+            (None, Some(u)) => {
+                let v = &u.value;
+                let rest = v
+                    .strip_prefix("http://")
+                    .or_else(|| v.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(bad(u.defined, "url must be an http:// or https:// URL"));
+                }
+                McpTransport::Http { url: v.clone() }
+            }
+            _ => return Err(at(name.defined, Problem::McpTransport(n.clone()))),
+        };
+        let var_ok = |k: &str| {
+            !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if let Some(k) = r.env.keys().find(|k| !var_ok(k)) {
+            return Err(bad(
+                name.defined,
+                &format!("env: {k:?} is not a variable name"),
+            ));
+        }
+        for (h, var) in &r.headers_from_env {
+            let header_ok = !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+            if !header_ok || !var_ok(var) {
+                return Err(bad(
+                    name.defined,
+                    &format!(
+                        "headers_from_env: {h:?}: {var:?} is not a header and a variable name"
+                    ),
+                ));
+            }
+        }
+        let duration = |d: &Option<Spanned<String>>, default: u64| {
+            d.as_ref()
+                .map(|t| parse_duration(&t.value).map_err(|e| at(t.defined, e.into())))
+                .transpose()
+                .map(|d| d.unwrap_or(Duration::from_secs(default)))
+        };
+        out.push(McpServer {
+            name: n.clone(),
+            transport,
+            env: r.env.clone(),
+            headers_from_env: r.headers_from_env.clone(),
+            startup_timeout: duration(&r.startup_timeout, 30)?,
+            call_timeout: duration(&r.call_timeout, 60)?,
+        });
+    }
+    Ok(out)
 }
 
 /// A glob relative to the workspace: no leading `/`, no `..` component, not empty.

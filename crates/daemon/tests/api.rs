@@ -92,6 +92,8 @@ impl Api {
             audit_prompts: false,
             egress_resolve: HashMap::new(),
             egress_dial: HashMap::new(),
+            skills: Vec::new(),
+            mcp_annotation_approval: true,
         };
         let engine = Engine::new(store, opts).unwrap();
         if schedule {

@@ -102,6 +102,8 @@ fn main() {
             audit_prompts: false,
             egress_resolve: HashMap::new(),
             egress_dial: HashMap::new(),
+            skills: Vec::new(),
+            mcp_annotation_approval: true,
         };
         let engine = Engine::new(store, opts).unwrap();
         tokio::spawn(Arc::clone(&engine).run());

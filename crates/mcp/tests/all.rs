@@ -70,6 +70,8 @@ async fn world(name: &str) -> World {
         audit_prompts: false,
         egress_resolve: HashMap::new(),
         egress_dial: HashMap::new(),
+        skills: Vec::new(),
+        mcp_annotation_approval: true,
     };
     let engine = Engine::new(Arc::clone(&store), opts).unwrap();
     tokio::spawn(Arc::clone(&engine).run());

@@ -20,3 +20,4 @@ pub mod exit;
 pub mod guest;
 pub mod jail;
 pub mod mount;
+pub mod tools;

@@ -64,6 +64,21 @@ pub struct PolicySection {
     pub paths: Option<Vec<PolicyPath>>,
     /// Network destinations any agent may reach (default: none).
     pub network: Option<Vec<String>>,
+    /// Which MCP tool calls wait for a person: `annotations` (the default: those their
+    /// server marks destructive or does not mark read-only or non-destructive, and those in
+    /// a manifest's `approval_required`) or `listed` (only `approval_required`).
+    pub mcp_approval: Option<McpApproval>,
+}
+
+/// `mcp_approval`: which MCP tool calls wait for a person.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpApproval {
+    /// By their server's annotations, and `approval_required`.
+    #[default]
+    Annotations,
+    /// Only those in `approval_required`.
+    Listed,
 }
 
 /// `{ glob = "src/**", access = "write" }`.
@@ -288,8 +303,10 @@ impl Capabilities {
     pub fn check(&self, tool: &str, args: &Value) -> Result<String, String> {
         for l in &self.layers {
             if let Some(tools) = &l.tools
-                && !tools.iter().any(|t| t == tool)
+                && !warren_protocol::tools::tool_allowed(tools, tool)
                 && tool != "finish"
+                // Finds MCP tool definitions (a call of one is checked by its own name).
+                && tool != "mcp_search"
             {
                 return Err(format!("{} does not grant the tool {tool:?}", l.origin));
             }
@@ -297,7 +314,7 @@ impl Capabilities {
         let mut granted = self
             .tool_handles
             .iter()
-            .find(|(t, _)| t == tool)
+            .find(|(t, _)| warren_protocol::tools::entry_covers(t, tool))
             .map(|(_, h)| h.clone())
             .unwrap_or_else(|| format!("tool:{tool}"));
         if let Some((path, write)) = access_of(tool, args) {

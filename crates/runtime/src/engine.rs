@@ -75,6 +75,13 @@ pub struct Options {
     pub egress_resolve: HashMap<String, Vec<std::net::IpAddr>>,
     /// Test hook of the egress proxy: dial here instead of the (checked) resolved address.
     pub egress_dial: HashMap<std::net::IpAddr, std::net::SocketAddr>,
+    /// Folders of Agent Skills, in precedence order (`warren_skills::roots`, the used ones):
+    /// where the skills a manifest names are found.
+    pub skills: Vec<PathBuf>,
+    /// MCP tools wait for a person when their server's annotations call them destructive or
+    /// do not mark them read-only or non-destructive (the operator's policy can turn this off:
+    /// `[capabilities] mcp_approval = "listed"`).
+    pub mcp_annotation_approval: bool,
 }
 
 /// Why a running task is being stopped.

@@ -2,6 +2,7 @@
 //! checked against the task's [`Capabilities`] and, with every model call, appended to the
 //! hash-chained audit log — arguments and errors with secrets redacted ([`Redactor`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,6 +207,10 @@ pub struct Approvals {
     pub pause_on_budget: bool,
     /// Wakes event streams after the gate writes events.
     pub notify: Arc<dyn Fn() + Send + Sync>,
+    /// MCP tools that wait for a person by their server's annotations (destructive, or not
+    /// marked read-only or non-destructive): tool → reason. Empty when the operator's policy
+    /// turns annotation approvals off.
+    pub annotated: HashMap<String, String>,
 }
 
 impl Approvals {
@@ -236,7 +241,10 @@ pub fn approval_reason(
 ) -> Option<String> {
     let arg = main_argument(args);
     let mut seen = None;
-    for (_, glob) in required.iter().filter(|(t, _)| t == tool) {
+    for (_, glob) in required
+        .iter()
+        .filter(|(t, _)| warren_protocol::tools::entry_covers(t, tool))
+    {
         let Some(g) = glob else {
             return Some(format!("{tool} calls need a person's approval"));
         };
@@ -283,13 +291,19 @@ pub fn remembered_pattern(argument: &str) -> String {
     globset::escape(argument)
 }
 
-/// The argument a person judges a call by (and remembered rules match).
+/// The argument a person judges a call by (and remembered rules match): the command, path
+/// or pattern, else (an MCP tool's arguments) the whole arguments as compact JSON, so a
+/// remembered approval covers exactly those arguments and no others.
 pub fn main_argument(args: &Value) -> String {
     ["command", "path", "pattern"]
         .iter()
         .find_map(|k| args[k].as_str())
-        .unwrap_or_default()
-        .to_owned()
+        .map(str::to_owned)
+        .unwrap_or_else(|| match args {
+            Value::Object(m) if m.is_empty() => String::new(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
 }
 
 /// One task's gate.
@@ -443,7 +457,7 @@ impl Gate for TaskGate {
 
     fn needs_approval(&self, tool: &str, args: &Value) -> Option<String> {
         let a = self.approvals.as_ref()?;
-        approval_reason(&a.required, tool, args)
+        approval_reason(&a.required, tool, args).or_else(|| a.annotated.get(tool).cloned())
     }
 
     async fn ask(
@@ -646,6 +660,7 @@ mod tests {
             required: rules(&["shell"]),
             pause_on_budget: false,
             notify: Arc::new(|| {}),
+            annotated: HashMap::new(),
         });
         for (command, approved) in [
             (remembered, true),

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use warren_agent::{Agent, AgentConfig, AgentError, AgentEvent, Outcome, Report};
 use warren_cell::{Cell, CellSpec, Workspace, WorkspaceMode, cow};
-use warren_config::manifest::Manifest;
+use warren_config::manifest::{Manifest, McpTransport};
 use warren_llm::Provider;
 use warren_protocol::api::{AuditKind, EventKind};
 use warren_protocol::mount::{Mount, MountKind};
@@ -37,6 +37,9 @@ use crate::engine::{Engine, Running, Stop, lock, parse_manifest};
 use crate::gate::{Approvals, TaskGate};
 use crate::journal::StoreJournal;
 use crate::taskdir::TaskDirs;
+
+/// Where a task's skills are in its cell (read-only).
+pub const SKILLS_MOUNT: &str = "/skills";
 
 /// A task's running egress proxy; stopped when dropped.
 struct EgressProxy {
@@ -72,6 +75,9 @@ struct Prepared {
     cell: Arc<dyn Cell>,
     dirs: TaskDirs,
     reader: warren_memory::access::Reader,
+    skills: Vec<warren_skills::Skill>,
+    mcp: Vec<Arc<warren_mcp_client::Session>>,
+    mcp_cells: Vec<Arc<dyn Cell>>,
     _proxy: Option<EgressProxy>,
 }
 
@@ -93,7 +99,7 @@ impl Engine {
                 Err(end) => return (end, None),
             },
         };
-        let p = match self.prepare(task, &manifest).await {
+        let mut p = match self.prepare(task, &manifest).await {
             Ok(p) => p,
             Err(end) => return (end, None),
         };
@@ -101,10 +107,17 @@ impl Engine {
         // Stopped while the cell started?
         let early = stop.borrow().clone();
         if let Some(s) = early {
+            close_mcp(std::mem::take(&mut p.mcp), std::mem::take(&mut p.mcp_cells)).await;
             drop_cell(p.cell, &run.cell).await;
             return (self.stopped(id, s, &p.dirs), None);
         }
-        let config = self.agent_config(&manifest, p.model.clone());
+        let mut config = self.agent_config(&manifest, p.model.clone());
+        if !p.skills.is_empty() {
+            config.system_prompt.push_str("\n\n");
+            config
+                .system_prompt
+                .push_str(&warren_skills::catalog(&p.skills, SKILLS_MOUNT));
+        }
         let wall = config.max_wall;
         let (agent, goal, memory) = self.assemble(task, &manifest, &p, config).await;
         let mut text = String::new();
@@ -127,6 +140,7 @@ impl Engine {
         drop(agent);
         let layer = p.cell.cow_layer().cloned();
         drop_cell(Arc::clone(&p.cell), &run.cell).await;
+        close_mcp(std::mem::take(&mut p.mcp), std::mem::take(&mut p.mcp_cells)).await;
         let dirs = &p.dirs;
         match outcome {
             Err(Some(s)) => (self.stopped(id, s, dirs), None),
@@ -226,11 +240,22 @@ impl Engine {
                 },
             });
         }
+        let skills = self.skills(id, manifest).await?;
+        if !skills.is_empty() {
+            spec.extra_mounts.push(Mount {
+                target: SKILLS_MOUNT.into(),
+                kind: MountKind::Bind {
+                    source: self.skills_dir(id).display().to_string(),
+                    readonly: true,
+                },
+            });
+        }
         self.audit.record(
             Some(id),
             AuditKind::TaskStarted.as_str(),
             &json!({"attempt": task.attempts, "worker": self.opts.worker, "checkpoints": steps,
-                    "capabilities": {"scopes": spec.scopes, "network": caps.network()}}),
+                    "capabilities": {"scopes": spec.scopes, "network": caps.network()},
+                    "skills": skills.iter().map(|s| &s.name).collect::<Vec<_>>()}),
         );
         let identity = warren_cell::spec::resolve_identity(&spec);
         // What the cell's identity can read on the host (through its workspace's idmap, if
@@ -250,11 +275,17 @@ impl Engine {
         // A resumed task's predecessor cell (same id, killed with its daemon) may hold its
         // overlay or cgroup for a moment longer: retry its start a few times.
         let tries = if task.attempts > 1 { 8 } else { 1 };
+        let server_spec = self.mcp_server_spec(task, manifest, &spec);
         let cell = self
             .start_cell(spec, tries)
             .await
             .map_err(|e| End::Final(TaskState::Failed, format!("cell: {e}")))?;
         self.metrics.cells_started.fetch_add(1, Ordering::Relaxed);
+        let (mcp, mcp_cells) = match server_spec {
+            Ok(server_spec) => self.start_mcp(id, manifest, &server_spec).await,
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|e| End::Final(TaskState::Failed, e))?;
         Ok(Prepared {
             provider,
             model,
@@ -262,8 +293,122 @@ impl Engine {
             cell,
             dirs,
             reader,
+            skills,
+            mcp,
+            mcp_cells,
             _proxy: proxy,
         })
+    }
+
+    /// The namespace of a task's stdio MCP servers: the task's own rules (its mounts, path
+    /// scopes and egress proxy) with the workspace read-only — a server's changes would
+    /// bypass review — and none of the task's directories (`/task`, `/logs`, `/cap/http`,
+    /// `/skills`).
+    fn mcp_server_spec(
+        &self,
+        task: &TaskRecord,
+        manifest: &Manifest,
+        task_spec: &CellSpec,
+    ) -> Result<CellSpec, WorkspaceGone> {
+        let mut s = self.cell_spec(task, manifest)?;
+        s.id = None;
+        if let Some(w) = &mut s.workspace {
+            w.mode = WorkspaceMode::ReadOnly;
+        }
+        s.scopes = task_spec.scopes.clone();
+        s.egress = task_spec.egress.clone();
+        Ok(s)
+    }
+
+    /// Start the manifest's MCP servers, each stdio server in a cell of its own. The first
+    /// that fails fails the task (the servers started are stopped), naming it and why.
+    async fn start_mcp(
+        &self,
+        id: &str,
+        manifest: &Manifest,
+        spec: &CellSpec,
+    ) -> Result<(Vec<Arc<warren_mcp_client::Session>>, Vec<Arc<dyn Cell>>), String> {
+        let (mut sessions, mut cells) = (Vec::new(), Vec::new());
+        for decl in &manifest.mcp_servers {
+            let started = match &decl.transport {
+                McpTransport::Stdio { .. } => match self.start_cell(spec.clone(), 1).await {
+                    Ok(cell) => {
+                        self.metrics.cells_started.fetch_add(1, Ordering::Relaxed);
+                        cells.push(Arc::clone(&cell));
+                        warren_mcp_client::Session::start_stdio(decl, Arc::clone(&cell))
+                            .await
+                            .map(|s| (s, cell.id().to_owned()))
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(format!("MCP server {}: its cell: {e}", decl.name)),
+                },
+                McpTransport::Http { url } => Err(format!(
+                    "MCP server {}: {url}: Streamable HTTP servers are not supported yet",
+                    decl.name
+                )),
+            };
+            match started {
+                Ok((session, cell)) => {
+                    self.audit.record(
+                        Some(id),
+                        "mcp.server_started",
+                        &json!({"server": decl.name, "cell": cell,
+                                "tools": session.tools().iter().map(|t| &t.spec.name).collect::<Vec<_>>()}),
+                    );
+                    sessions.push(Arc::new(session));
+                }
+                Err(e) => {
+                    self.audit.record(
+                        Some(id),
+                        "mcp.server_failed",
+                        &json!({"server": decl.name, "error": e}),
+                    );
+                    close_mcp(sessions, cells).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok((sessions, cells))
+    }
+
+    fn skills_dir(&self, id: &str) -> PathBuf {
+        self.opts.state_dir.join("tasks").join(id).join("skills")
+    }
+
+    /// The skills the manifest names, from the engine's skill folders, copied into the task's
+    /// directory (mounted read-only at [`SKILLS_MOUNT`]). A named skill that is missing or
+    /// invalid fails the task, naming it.
+    async fn skills(
+        &self,
+        id: &str,
+        manifest: &Manifest,
+    ) -> Result<Vec<warren_skills::Skill>, End> {
+        if manifest.skills.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (roots, wanted, dest) = (
+            self.opts.skills.clone(),
+            manifest.skills.clone(),
+            self.skills_dir(id),
+        );
+        let copied = tokio::task::spawn_blocking(move || {
+            let skills = warren_skills::select(&roots, &wanted).map_err(|e| e.to_string())?;
+            // A resumed task copies again: the folder is Warren's own (the cell only ever
+            // had it read-only), so nothing in it is trusted or kept.
+            match std::fs::remove_dir_all(&dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", dest.display())),
+            }
+            for s in &skills {
+                warren_skills::snapshot(s, &dest).map_err(|e| e.to_string())?;
+            }
+            Ok(skills)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        copied.map_err(|e| End::Final(TaskState::Failed, format!("skills: {e}")))
     }
 
     /// The agent for a prepared task, its goal (with reflections), and the memory it may use.
@@ -313,6 +458,25 @@ impl Engine {
                 }
             }
         }
+        let mut config = config;
+        let mut host: Vec<Arc<dyn warren_agent::tools::HostTools>> = Vec::new();
+        let mut annotated = std::collections::HashMap::new();
+        if !p.mcp.is_empty() {
+            let tools = warren_mcp_client::McpTools::new(p.mcp.clone(), config.context_window);
+            if tools.searching()
+                && let Some(allowed) = &mut config.tools
+            {
+                allowed.push(warren_mcp_client::SEARCH_TOOL.into());
+            }
+            if self.opts.mcp_annotation_approval {
+                for t in tools.all() {
+                    if let Some(why) = &t.approval {
+                        annotated.insert(t.spec.name.clone(), why.clone());
+                    }
+                }
+            }
+            host.push(Arc::new(tools));
+        }
         let gate = TaskGate::new(id.clone(), p.caps.clone(), self.audit.clone())
             .with_audit_prompts(self.opts.audit_prompts)
             .with_approvals(Approvals {
@@ -324,6 +488,7 @@ impl Engine {
                     let changed = self.changed.clone();
                     Arc::new(move || changed.send_modify(|n| *n += 1))
                 },
+                annotated,
             });
         let agent = Agent::new(
             Arc::clone(&p.provider),
@@ -336,17 +501,24 @@ impl Engine {
             Arc::clone(&self.store),
             id.clone(),
         )));
-        let agent = match &memory {
-            Some(m) => agent.with_host_tools(Arc::new(crate::memory_tools::MemoryTools {
-                memory: m.clone(),
-                agent: task.agent.clone(),
-                workspace: task.workspace.clone(),
-                task: id.clone(),
-                granted: granted.clone(),
-                caps: p.caps.clone(),
-                reader: p.reader,
-            })),
-            None => agent,
+        if let Some(m) = &memory {
+            host.insert(
+                0,
+                Arc::new(crate::memory_tools::MemoryTools {
+                    memory: m.clone(),
+                    agent: task.agent.clone(),
+                    workspace: task.workspace.clone(),
+                    task: id.clone(),
+                    granted: granted.clone(),
+                    caps: p.caps.clone(),
+                    reader: p.reader,
+                }),
+            );
+        }
+        let agent = match host.len() {
+            0 => agent,
+            1 => agent.with_host_tools(host.remove(0)),
+            _ => agent.with_host_tools(Arc::new(warren_agent::tools::Chain(host))),
         };
         (agent, goal, memory)
     }
@@ -714,6 +886,21 @@ async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
             // The sender lives as long as the task: never reached while it runs.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Stop a task's MCP servers and release their cells off the async threads.
+async fn close_mcp(sessions: Vec<Arc<warren_mcp_client::Session>>, cells: Vec<Arc<dyn Cell>>) {
+    for c in &cells {
+        c.terminate();
+    }
+    for s in sessions {
+        if let Ok(s) = Arc::try_unwrap(s) {
+            s.close().await;
+        }
+    }
+    if !cells.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || drop(cells)).await;
     }
 }
 

@@ -98,6 +98,8 @@ impl World {
             audit_prompts: false,
             egress_resolve: HashMap::new(),
             egress_dial: HashMap::new(),
+            skills: Vec::new(),
+            mcp_annotation_approval: true,
         }
     }
 

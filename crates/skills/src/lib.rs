@@ -377,3 +377,175 @@ pub fn roots(home: Option<&Path>, project: Option<&Path>, project_trusted: bool)
     });
     r
 }
+
+/// Limits of a skill's snapshot ([`snapshot`]).
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024;
+/// Files (and folders) of one skill's snapshot at most.
+pub const MAX_SNAPSHOT_ENTRIES: usize = 10_000;
+/// Folder depth of a skill's snapshot at most.
+pub const MAX_SNAPSHOT_DEPTH: usize = 32;
+
+/// Why the skills an agent names cannot be given to it.
+#[derive(Debug, thiserror::Error)]
+pub enum SkillError {
+    /// A named skill is in none of the folders.
+    #[error("skill {name:?} was not found (looked in {looked})")]
+    NotFound {
+        /// The name.
+        name: String,
+        /// The folders looked in, comma-separated.
+        looked: String,
+    },
+    /// A named skill was found but is not valid.
+    #[error("skill {name:?} is not valid: {invalid}")]
+    Invalid {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        invalid: Invalid,
+    },
+    /// Copying a skill for a task failed (a special file, a limit, an I/O error).
+    #[error("skill {name:?}: {problem}")]
+    Snapshot {
+        /// The name.
+        name: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// The skills `wanted` (names, or `*` for every valid skill) from the folders of skill
+/// folders `roots`, in precedence order (a name found in an earlier root wins). A named skill
+/// that is missing or invalid is an error; `*` passes over invalid ones.
+pub fn select(roots: &[PathBuf], wanted: &[String]) -> Result<Vec<Skill>, SkillError> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: BTreeMap<String, Result<Skill, Invalid>> = BTreeMap::new();
+    for root in roots {
+        // An unreadable root is passed over like a missing one: a named skill then reports
+        // itself as not found, with the folders looked in.
+        for s in discover(root).unwrap_or_default() {
+            let name = match &s {
+                Ok(k) => k.name.clone(),
+                Err(e) => e
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            };
+            found.entry(name).or_insert(s);
+        }
+    }
+    if wanted.iter().any(|w| w == "*") {
+        return Ok(found.into_values().filter_map(Result::ok).collect());
+    }
+    let mut out = Vec::new();
+    for name in wanted {
+        match found.remove(name) {
+            Some(Ok(s)) => out.push(s),
+            Some(Err(invalid)) => {
+                return Err(SkillError::Invalid {
+                    name: name.clone(),
+                    invalid,
+                });
+            }
+            None => {
+                return Err(SkillError::NotFound {
+                    name: name.clone(),
+                    looked: roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Copy `skill`'s folder into `dest/<name>` for one task: what the cell mounts read-only at
+/// `/skills/<name>`. A copy, not a mount of the folder itself, so the task sees one fixed
+/// version, and a folder swapped for a link (or a file for a FIFO) between discovery and the
+/// cell's start is never followed: the source is read beneath its parent's descriptor, links
+/// are copied as links (they resolve inside the cell, never on the host), FIFOs, sockets and
+/// devices are refused, modes are masked to `0755`, and the copy is bounded
+/// ([`MAX_SNAPSHOT_BYTES`], [`MAX_SNAPSHOT_ENTRIES`], [`MAX_SNAPSHOT_DEPTH`]).
+pub fn snapshot(skill: &Skill, dest: &Path) -> Result<(), SkillError> {
+    let fail = |problem: String| SkillError::Snapshot {
+        name: skill.name.clone(),
+        problem,
+    };
+    let parent = skill
+        .dir
+        .parent()
+        .ok_or_else(|| fail("the folder has no parent".into()))?;
+    let src = Dir::open(parent)
+        .and_then(|p| p.sub(&skill.name))
+        .map_err(|e| fail(format!("cannot open the folder: {e}")))?;
+    let out = Dir::create_trusted(dest, 0o755)
+        .and_then(|d| d.ensure_dir(&skill.name, 0o755))
+        .map_err(|e| fail(format!("{}: {e}", dest.display())))?;
+    let mut budget = (MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_ENTRIES);
+    copy_tree(&src, &out, Path::new(""), 0, &mut budget).map_err(fail)
+}
+
+fn copy_tree(
+    src: &Dir,
+    out: &Dir,
+    rel: &Path,
+    depth: usize,
+    budget: &mut (u64, usize),
+) -> Result<(), String> {
+    if depth > MAX_SNAPSHOT_DEPTH {
+        return Err(format!(
+            "{}: deeper than {MAX_SNAPSHOT_DEPTH} folders",
+            rel.display()
+        ));
+    }
+    let entries = src
+        .entries()
+        .map_err(|e| format!("{}: {e}", rel.display()))?;
+    for e in entries {
+        let path = rel.join(&e.name);
+        budget.1 = budget
+            .1
+            .checked_sub(1)
+            .ok_or_else(|| format!("more than {MAX_SNAPSHOT_ENTRIES} files and folders"))?;
+        let io = |e: warren_fsx::Error| format!("{}: {e}", path.display());
+        match e.stat.kind {
+            warren_fsx::Kind::File => {
+                budget.0 = budget
+                    .0
+                    .checked_sub(e.stat.size)
+                    .ok_or_else(|| format!("larger than {} MiB", MAX_SNAPSHOT_BYTES >> 20))?;
+                // Opened beneath the folder's descriptor and checked by kind again: a file
+                // swapped for a FIFO or a link meanwhile is refused, one grown is too large.
+                let bytes = src.read(&e.name, e.stat.size).map_err(io)?;
+                let mode = if e.stat.mode & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
+                out.write(&e.name, &bytes, mode, None).map_err(io)?;
+            }
+            warren_fsx::Kind::Dir => {
+                let s = src.sub(&e.name).map_err(io)?;
+                let o = out.ensure_dir(&e.name, 0o755).map_err(io)?;
+                copy_tree(&s, &o, &path, depth + 1, budget)?;
+            }
+            warren_fsx::Kind::Symlink => {
+                let target = src.read_link(&e.name).map_err(io)?;
+                out.symlink(&target, &e.name).map_err(io)?;
+            }
+            other => {
+                return Err(format!(
+                    "{}: a {other} is not part of a skill",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
