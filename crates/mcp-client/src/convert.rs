@@ -183,7 +183,7 @@ pub fn render(r: &CallToolResult) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use rmcp::model::{Content, ToolAnnotations};
+    use rmcp::model::{ContentBlock as Content, ToolAnnotations};
     use serde_json::json;
 
     use super::*;

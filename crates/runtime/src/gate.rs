@@ -239,7 +239,7 @@ pub fn approval_reason(
     tool: &str,
     args: &Value,
 ) -> Option<String> {
-    let arg = main_argument(args);
+    let arg = main_argument(tool, args);
     let mut seen = None;
     for (_, glob) in required
         .iter()
@@ -291,10 +291,13 @@ pub fn remembered_pattern(argument: &str) -> String {
     globset::escape(argument)
 }
 
-/// The argument a person judges a call by (and remembered rules match): the command, path
-/// or pattern, else (an MCP tool's arguments) the whole arguments as compact JSON, so a
-/// remembered approval covers exactly those arguments and no others.
-pub fn main_argument(args: &Value) -> String {
+/// The argument a person judges a call by (and remembered rules match): a built-in tool's
+/// command, path or pattern; an MCP tool's whole arguments as compact JSON (its `path` means
+/// whatever its server says), so a remembered approval covers exactly those arguments.
+pub fn main_argument(tool: &str, args: &Value) -> String {
+    if tool.starts_with(warren_protocol::tools::MCP_PREFIX) {
+        return args.to_string();
+    }
     ["command", "path", "pattern"]
         .iter()
         .find_map(|k| args[k].as_str())
@@ -467,7 +470,7 @@ impl Gate for TaskGate {
         args: &Value,
         reason: &str,
     ) -> Result<(), String> {
-        let argument = main_argument(args);
+        let argument = main_argument(tool, args);
         if let Some(a) = &self.approvals {
             let rules = self
                 .store

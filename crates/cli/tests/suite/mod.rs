@@ -7,6 +7,7 @@ mod exec;
 mod json_output;
 mod kill;
 mod mcp;
+mod mcp_client;
 mod memory;
 mod own_files;
 mod policy;

@@ -1,0 +1,337 @@
+//! Warren as an MCP client, end to end: a real daemon, real cells, the mock model, and a real
+//! stdio MCP server (testkit's `warren-test-mcp-server`, on the official SDK) that the daemon
+//! starts in a cell of its own. Its tools are agent tools behind the gate: allowed by the
+//! manifest's `tools`, refused by the operator's policy, paused for approval by annotation,
+//! audited; a server that dies is reported with its stderr; progress keeps a slow call alive;
+//! too many definitions become `mcp_search`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use warren_testkit::mockllm::MockLlm;
+use warren_testkit::{TempDir, require_process_tier, skip};
+
+use super::WARREN;
+use super::daemon::{DaemonProc, deploy, reply, tool_results, warren_at, workspace};
+
+/// The test server binary, built beside `warren` by `cargo test --workspace`.
+fn server_bin() -> Option<PathBuf> {
+    let p = Path::new(WARREN).with_file_name("warren-test-mcp-server");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(&format!(
+            "{} is not built (cargo test --workspace builds it)",
+            p.display()
+        ));
+        None
+    }
+}
+
+/// A manifest whose agent uses the test server `t` (mounted read-only at /opt/mcp/server).
+fn manifest(bin: &Path, tools: &str, server_extra: &str) -> String {
+    format!(
+        "name: mcpuser
+description: uses an MCP server
+provider: openai
+model: mock-model
+tools: [{tools}, finish]
+limits: {{timeout: 2m}}
+namespace:
+  mounts:
+    - {{target: /opt/mcp/server, source: {}, mode: ro}}
+mcp_servers:
+  - name: t
+    command: [/opt/mcp/server]
+{server_extra}",
+        bin.display()
+    )
+}
+
+fn submit(d: &DaemonProc, ws: &Path) -> String {
+    let (code, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "mcpuser", "goal": "use the server", "workspace": ws.display().to_string()})),
+    );
+    assert_eq!(code, 201, "{task}");
+    task["id"].as_str().unwrap().to_owned()
+}
+
+/// The content of the tool result for `call` the model was sent.
+fn result_of(mock: &MockLlm, call: &str) -> String {
+    mock.requests()
+        .iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == call)
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no result for {call}"))
+}
+
+fn audit(state: &Path, task: &str) -> Vec<Value> {
+    let o = warren_at(state, &["audit", "export", "--task", task]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_state(d: &DaemonProc, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, t) = d.call("GET", &format!("/v1/tasks/{id}"), None);
+        if t["state"] == state {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never {state}: {t}\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn a_stdio_server_runs_in_a_cell_of_its_own_and_its_tools_are_gated_approved_and_audited() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(bin) = server_bin() else { return };
+    let t = TempDir::new("mcp-client");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(&state, &manifest(&bin, "mcp__t__*", ""));
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![
+            ("e1", "mcp__t__echo", json!({"text": "hello from the cell"})),
+            ("p1", "mcp__t__probe", json!({})),
+        ]),
+        2 => reply(vec![("x1", "mcp__t__fail", json!({}))]),
+        // Destructive by its annotations: waits for a person.
+        3 => reply(vec![("d1", "mcp__t__delete", json!({"path": "README"}))]),
+        // Outside the operator's policy.
+        4 => reply(vec![("q1", "mcp__t__slow", json!({"seconds": 0.1}))]),
+        _ => reply(vec![("f1", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let policy = t.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[capabilities]\ntools = [\"mcp__t__echo\", \"mcp__t__probe\", \"mcp__t__fail\", \"mcp__t__delete\", \"finish\"]\n",
+    )
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
+    let id = submit(&d, &ws);
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mcp__t__delete {\"path\":\"README\"}"),
+        "the person sees the exact call: {paused}"
+    );
+    let (_, pending) = d.call("GET", &format!("/v1/tasks/{id}/approval"), None);
+    assert!(
+        pending["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("marks delete destructive"),
+        "{pending}"
+    );
+    let o = warren_at(&state, &["task", "approve", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // The offered tools are the server's, prefixed, and only those both layers allow.
+    let first = &mock.requests()[0].body;
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"mcp__t__echo"), "{offered:?}");
+    assert_eq!(result_of(&mock, "e1"), "hello from the cell");
+
+    // Where the server ran: a cell of its own — its own pid namespace, none of the task's
+    // directories, the workspace read-only.
+    let probe: Value = serde_json::from_str(&result_of(&mock, "p1")).unwrap();
+    assert_eq!(probe["workspace"], true, "{probe}");
+    assert_eq!(probe["workspace_writable"], false, "{probe}");
+    assert_eq!(probe["task"], false, "{probe}");
+    assert_eq!(probe["logs"], false, "{probe}");
+    assert!(probe["pid"].as_u64().unwrap() < 10, "{probe}");
+    assert!(!ws.join(".probe").exists());
+
+    let failed = result_of(&mock, "x1");
+    assert!(failed.contains("it failed, as asked"), "{failed}");
+    assert!(
+        result_of(&mock, "d1").contains("would delete README"),
+        "approved, it ran"
+    );
+    let refused = result_of(&mock, "q1");
+    assert!(
+        refused.contains("does not grant the tool \"mcp__t__slow\""),
+        "{refused}"
+    );
+
+    let records = audit(&state, &id);
+    let started = records
+        .iter()
+        .find(|r| r["kind"] == "mcp.server_started")
+        .expect("the server's start is audited");
+    assert_eq!(started["data"]["server"], "t");
+    let calls: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["kind"] == "tool.call")
+        .map(|r| {
+            (
+                r["data"]["tool"].as_str().unwrap_or_default(),
+                r["data"]["decision"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for (tool, decision) in [
+        ("mcp__t__echo", "allowed"),
+        ("mcp__t__probe", "allowed"),
+        ("mcp__t__delete", "allowed"),
+        ("mcp__t__slow", "refused"),
+    ] {
+        assert!(
+            calls.contains(&(tool, decision)),
+            "{tool} {decision}: {calls:?}"
+        );
+    }
+    assert!(
+        records.iter().any(|r| r["kind"] == "approval.decided"),
+        "the approval is audited"
+    );
+}
+
+#[test]
+fn a_server_that_exits_before_answering_fails_the_task_at_once_with_its_stderr() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(bin) = server_bin() else { return };
+    let t = TempDir::new("mcp-client-exit");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(
+        &state,
+        &manifest(
+            &bin,
+            "mcp__t__*",
+            "    env: {WARREN_TEST_MCP_EXIT: \"cannot open the database: no such file\"}\n    startup_timeout: 60s\n",
+        ),
+    );
+    let mock = MockLlm::start_responder(|_| reply(vec![("f", "finish", json!({}))])).unwrap();
+    let d = DaemonProc::start(&state, &mock, &[]);
+    let started = Instant::now();
+    let id = submit(&d, &ws);
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("MCP server t exited with status 3")
+            && reason.contains("cannot open the database: no such file"),
+        "{reason}"
+    );
+    // Reported when it died, not when the 60 s start-up limit ran out.
+    eprintln!("a dead server was reported after {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(mock.requests().is_empty(), "the model was never called");
+}
+
+#[test]
+fn progress_keeps_a_slow_call_alive_and_silence_times_it_out() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(bin) = server_bin() else { return };
+    let t = TempDir::new("mcp-client-progress");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(
+        &state,
+        &manifest(&bin, "mcp__t__slow", "    call_timeout: 1s\n"),
+    );
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![(
+            "s1",
+            "mcp__t__slow",
+            json!({"seconds": 2.5, "progress": true}),
+        )]),
+        1 => reply(vec![(
+            "s2",
+            "mcp__t__slow",
+            json!({"seconds": 2.5, "progress": false}),
+        )]),
+        _ => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    // `slow` has no annotations: only an operator's `mcp_approval = "listed"` lets it run
+    // without a person.
+    let policy = t.path().join("policy.toml");
+    std::fs::write(&policy, "[capabilities]\nmcp_approval = \"listed\"\n").unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
+    let id = submit(&d, &ws);
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(result_of(&mock, "s1"), "done");
+    let silent = result_of(&mock, "s2");
+    assert!(
+        silent.contains("no answer to tools/call slow within 1s"),
+        "{silent}"
+    );
+}
+
+#[test]
+fn too_many_definitions_become_a_search_tool_and_found_tools_are_called_by_name() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(bin) = server_bin() else { return };
+    let t = TempDir::new("mcp-client-search");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    // 200 tools of ~800 characters each: ~40 000 tokens, far past a tenth of the window.
+    deploy(
+        &state,
+        &manifest(
+            &bin,
+            "mcp__t__*",
+            "    env: {WARREN_TEST_MCP_TOOLS: \"200\"}\n",
+        ),
+    );
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![("s1", "mcp_search", json!({"query": "number 117"}))]),
+        1 => reply(vec![("c1", "mcp__t__tool_117", json!({}))]),
+        _ => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &[]);
+    let id = submit(&d, &ws);
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let first = &mock.requests()[0].body;
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"mcp_search"), "{offered:?}");
+    assert!(
+        !offered.iter().any(|n| n.starts_with("mcp__t__")),
+        "no definition is sent: {offered:?}"
+    );
+    let found: Value = serde_json::from_str(&result_of(&mock, "s1")).unwrap();
+    assert_eq!(found["matches"][0]["name"], "mcp__t__tool_117", "{found}");
+    assert_eq!(found["tools_in_all"], 205);
+    assert_eq!(result_of(&mock, "c1"), "tool_117 ran");
+}
