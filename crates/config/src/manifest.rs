@@ -849,6 +849,72 @@ mod tests {
     }
 
     #[test]
+    fn mcp_servers_and_skills_parse_and_bad_ones_are_located() {
+        let m = parse(
+            Path::new("a.yaml"),
+            "name: c\ntools: [mcp__time__*, mcp__git__log, finish]\napproval_required: [mcp__time__set]\nskills: [pdf-forms]\nmcp_servers:\n  - name: time\n    command: [python3, -m, mcp_server_time]\n    env: {TZ: UTC}\n    call_timeout: 5s\n  - name: git\n    command: [mcp-server-git]\n",
+            TOOLS,
+        )
+        .unwrap();
+        assert_eq!(m.skills, ["pdf-forms"]);
+        assert_eq!(m.mcp_servers.len(), 2);
+        assert_eq!(m.mcp_servers[0].call_timeout, Duration::from_secs(5));
+        assert_eq!(m.mcp_servers[1].startup_timeout, Duration::from_secs(30));
+        assert_eq!(
+            m.mcp_servers[0].transport,
+            McpTransport::Stdio {
+                command: vec!["python3".into(), "-m".into(), "mcp_server_time".into()]
+            }
+        );
+        let server = "mcp_servers:\n  - name: time\n    command: [x]\n";
+        for (text, at, what) in [
+            (
+                format!("name: c\ntools: [mcp__nope__x, finish]\n{server}"),
+                "a.yaml:2:9:",
+                "does not declare",
+            ),
+            (
+                "name: c\ntools: [finish]\nmcp_servers:\n  - name: time\n    command: [x]\n".into(),
+                "a.yaml:1:7:",
+                "lists none of its tools",
+            ),
+            (
+                "name: c\ntools: [mcp__time__*]\nmcp_servers:\n  - name: Time\n    command: [x]\n".into(),
+                "a.yaml:4:11:",
+                "1-24 characters",
+            ),
+            (
+                "name: c\ntools: [mcp__time__*]\nmcp_servers:\n  - name: time\n".into(),
+                "a.yaml:4:11:",
+                "exactly one of command",
+            ),
+            (
+                "name: c\ntools: [mcp__time__*]\nmcp_servers:\n  - name: time\n    command: []\n".into(),
+                "a.yaml:5:14:",
+                "must name a program",
+            ),
+            (
+                "name: c\ntools: [mcp__time__*]\nmcp_servers:\n  - name: time\n    command: [x]\n    call_timeout: 5 parsecs\n".into(),
+                "a.yaml:6:19:",
+                "",
+            ),
+            (
+                format!("name: c\ntools: [mcp__time__*]\n{server}  - name: time\n    command: [y]\n"),
+                "a.yaml:6:11:",
+                "declared twice",
+            ),
+            (
+                "name: c\ntools: [finish]\nskills: [Bad_Name]\n".into(),
+                "a.yaml:3:10:",
+                "skill",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.starts_with(at) && e.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn capabilities_parse_and_bad_ones_are_located() {
         let m = parse(
             Path::new("a.yaml"),

@@ -129,3 +129,105 @@ fn the_catalog_names_each_skill_where_the_cell_sees_it_and_is_empty_without_skil
     assert_eq!(s.metadata.get("author").map(String::as_str), Some("warren"));
     assert_eq!(s.allowed_tools.as_deref(), Some("Bash Read"));
 }
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+fn write_skill(root: &Path, name: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        format!("---\nname: {name}\ndescription: The {name} skill.\n---\nRun scripts/go.sh.\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("scripts/go.sh"), "#!/bin/sh\necho go\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("scripts/go.sh"),
+        std::fs::Permissions::from_mode(0o4775),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn named_skills_are_selected_by_precedence_and_a_missing_or_invalid_one_is_named() {
+    let t = TempDir::new("skills-select");
+    let (first, second) = (t.path().join("a"), t.path().join("b"));
+    write_skill(&first, "alpha");
+    write_skill(&second, "alpha");
+    write_skill(&second, "beta");
+    std::fs::create_dir_all(second.join("bad")).unwrap();
+    std::fs::write(second.join("bad/SKILL.md"), "no front matter\n").unwrap();
+    let roots = vec![first.clone(), second.clone(), t.path().join("missing")];
+    let got = warren_skills::select(&roots, &["beta".into(), "alpha".into()]).unwrap();
+    let names: Vec<(&str, &Path)> = got
+        .iter()
+        .map(|s| (s.name.as_str(), s.dir.parent().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [("beta", second.as_path()), ("alpha", first.as_path())]
+    );
+    let all = warren_skills::select(&roots, &["*".into()]).unwrap();
+    assert_eq!(all.len(), 2, "invalid ones are passed over by *: {all:?}");
+    let e = warren_skills::select(&roots, &["gamma".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"gamma\" was not found") && e.contains("missing"),
+        "{e}"
+    );
+    let e = warren_skills::select(&roots, &["bad".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"bad\" is not valid"), "{e}");
+    assert!(warren_skills::select(&roots, &[]).unwrap().is_empty());
+}
+
+#[test]
+fn a_snapshot_copies_files_and_links_masks_modes_and_refuses_special_files() {
+    let t = TempDir::new("skills-snapshot");
+    let root = t.path().join("skills");
+    let dir = write_skill(&root, "alpha");
+    std::os::unix::fs::symlink("/etc/shadow", dir.join("link")).unwrap();
+    let skill = warren_skills::validate(&dir).unwrap();
+    let dest = t.path().join("task-skills");
+    warren_skills::snapshot(&skill, &dest).unwrap();
+    let out = dest.join("alpha");
+    assert_eq!(
+        std::fs::read_to_string(out.join("scripts/go.sh")).unwrap(),
+        "#!/bin/sh\necho go\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("scripts/go.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "setuid dropped, executable kept");
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("/etc/shadow"),
+        "a link is copied as a link, never followed on the host"
+    );
+
+    // A FIFO anywhere in the folder: refused by name, never opened.
+    mkfifo(&dir.join("scripts/pipe"));
+    let e = warren_skills::snapshot(&skill, &t.path().join("again"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scripts/pipe") && e.contains("FIFO"), "{e}");
+
+    // The folder swapped for a link after discovery: not followed.
+    let moved = t.path().join("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &dir).unwrap();
+    let e = warren_skills::snapshot(&skill, &t.path().join("third"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot open the folder"), "{e}");
+}
