@@ -158,7 +158,22 @@ enum Command {
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: MCP clients submit goals to the
     /// daemon's agents, follow them and read their results and diffs.
-    Mcp,
+    Mcp {
+        /// Serve the MCP conformance suite's fixture instead (its fixed test tools, resources
+        /// and prompts, nothing of Warren's) over Streamable HTTP at http://ADDR/mcp, with the
+        /// daemon's transport configuration. For CI (.ci/mcp-conformance).
+        #[arg(long, hide = true, requires = "listen")]
+        conformance_fixture: bool,
+        /// With --conformance-fixture: the address to listen on (port 0: any free port; the
+        /// URL is printed on stderr).
+        #[arg(
+            long,
+            hide = true,
+            value_name = "ADDR",
+            requires = "conformance_fixture"
+        )]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// List cells whose changes are kept.
     Changes {
         /// Machine-readable output.
@@ -382,7 +397,10 @@ fn main() -> ExitCode {
         Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
-        Command::Mcp => mcp::serve(cli.url.as_deref(), &state),
+        Command::Mcp {
+            listen: Some(addr), ..
+        } => mcp::serve_fixture(addr),
+        Command::Mcp { .. } => mcp::serve(cli.url.as_deref(), &state),
         Command::Skill { what } => skills::run(what),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

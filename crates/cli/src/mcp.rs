@@ -3,6 +3,10 @@
 //! through its HTTP API ([`Remote`]), so a task submitted over MCP is scheduled, confined,
 //! audited and answered exactly like one from `warren task submit`. stdout carries only the
 //! protocol; diagnostics go to stderr.
+//!
+//! `warren mcp --conformance-fixture --listen ADDR` (hidden) serves the MCP conformance suite's
+//! fixture instead ([`warren_mcp::conformance`]), over Streamable HTTP as the daemon serves
+//! `/mcp`: for CI (`.ci/mcp-conformance`), not for use.
 
 use std::path::Path;
 
@@ -207,5 +211,53 @@ pub fn serve(url: Option<&str>, state: &Path) -> i32 {
                 1
             }
         }
+    })
+}
+
+/// `warren mcp --conformance-fixture --listen ADDR`: serve the conformance fixture at
+/// `http://ADDR/mcp` until killed, with the daemon's `/mcp` configuration (its `Host` names
+/// for a TCP listener, its `Origin` rule) and connection limits. One line on stderr once
+/// bound: `listening on http://ADDR/mcp`.
+pub fn serve_fixture(addr: std::net::SocketAddr) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren mcp: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("warren mcp: cannot listen on {addr}: {e}");
+                return 1;
+            }
+        };
+        let bound = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("warren mcp: {e}");
+                return 1;
+            }
+        };
+        let mcp =
+            warren_mcp::conformance::streamable_http(warren_daemon::api::tcp_mcp_hosts(bound));
+        let app = axum::Router::new().nest_service("/mcp", mcp);
+        eprintln!("listening on http://{bound}/mcp");
+        // Never told to stop: the fixture runs until it is killed.
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        warren_daemon::conn::serve(
+            listener,
+            app,
+            warren_daemon::conn::ConnLimits::default(),
+            stop_rx,
+        )
+        .await;
+        0
     })
 }

@@ -283,12 +283,7 @@ pub fn run(
                 paths.token.display()
             ));
             // /mcp answers the listener's own address too (clients name it in `Host`).
-            let mut hosts: Vec<String> = crate::api::LOOPBACK_HOSTS
-                .iter()
-                .map(|h| h.to_string())
-                .collect();
-            hosts.push(bound.ip().to_string());
-            hosts.push(bound.to_string());
+            let hosts = crate::api::tcp_mcp_hosts(bound);
             let app = crate::api::router_with_mcp(Arc::clone(&daemon), Some(token.into()), hosts);
             servers.push(tokio::spawn(crate::conn::serve(
                 tcp,

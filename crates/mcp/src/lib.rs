@@ -33,8 +33,14 @@
 //! Streamable HTTP at `/mcp`, [`streamable_http`], behind the API's own authentication), and
 //! the CLI's `warren mcp` implements [`Backend`] over the daemon's HTTP API (stdio, for MCP
 //! clients that launch a command).
+//!
+//! [`conformance`] is the fixture the official MCP conformance suite is run against (in CI):
+//! the suite's fixed test tools, resources and prompts, served with [`streamable_http`]'s
+//! transport configuration.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod conformance;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +52,8 @@ use rmcp::model::{
 };
 use rmcp::schemars::{self, JsonSchema};
 use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -589,27 +597,56 @@ impl ServerHandler for WarrenMcp {
 /// session over `backend`.
 ///
 /// Requests must name one of `hosts` in `Host` (loopback names and the listener's own address:
-/// a DNS-rebinding page cannot reach it), and a request carrying any `Origin` is refused (a
-/// browser page cannot drive it; MCP clients send none). Authentication is the API's: the
-/// daemon puts this behind the same bearer check as `/v1`.
+/// a DNS-rebinding page cannot reach it), and a request carrying an `Origin` is refused unless
+/// it is the listener's own (`http://IP:PORT` of a loopback listener, which serves no page): a
+/// browser page cannot drive it; MCP clients send none. Authentication is the API's: the daemon
+/// puts this behind the same bearer check as `/v1`.
 pub fn streamable_http(
     backend: Arc<dyn Backend>,
     hosts: Vec<String>,
-) -> rmcp::transport::streamable_http_server::StreamableHttpService<
-    WarrenMcp,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-> {
-    use rmcp::transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService,
-    };
+) -> StreamableHttpService<WarrenMcp, LocalSessionManager> {
+    http_service(move || Ok(WarrenMcp::new(Arc::clone(&backend))), hosts)
+}
+
+/// MCP over Streamable HTTP with Warren's transport configuration, serving what `server`
+/// makes: [`WarrenMcp`] for the daemon, the [`conformance::Fixture`] for the conformance
+/// suite, so that the suite checks the daemon's own Host and Origin rules, sessions and
+/// stateless handling.
+fn http_service<S: ServerHandler>(
+    server: impl Fn() -> Result<S, std::io::Error> + Send + Sync + 'static,
+    hosts: Vec<String>,
+) -> StreamableHttpService<S, LocalSessionManager> {
     let config = StreamableHttpServerConfig::default()
+        .with_allowed_origins(same_origins(&hosts))
         .with_allowed_hosts(hosts)
         .enforce_origin_validation();
-    StreamableHttpService::new(
-        move || Ok(WarrenMcp::new(Arc::clone(&backend))),
-        Arc::default(),
-        config,
-    )
+    StreamableHttpService::new(server, Arc::default(), config)
+}
+
+/// The `Origin`s accepted besides none: the listener's own, `http://IP:PORT` for each loopback
+/// socket address in `hosts` (the daemon names the address its TCP listener is bound to),
+/// and no other.
+///
+/// A browser sends `Origin` with every cross-origin request, and with a same-origin `POST`;
+/// the only page whose origin is the listener's own is one the listener served itself, and it
+/// serves none (JSON, plain text, diffs, MCP; and, on the daemon's TCP listener, nothing
+/// without the bearer token). Any other origin stays refused: a page of another local server
+/// (another port), of a DNS-rebinding name, of the web. Entries without a port give no origin
+/// (rmcp would match it on every port, another local server's pages included).
+///
+/// Refusing every `Origin` would be stricter, but it refuses what the MCP conformance suite
+/// sends as the legitimate request (`dns-rebinding-protection`: `Host: 127.0.0.1:PORT` with
+/// `Origin: http://127.0.0.1:PORT`, the URL's own, must be served with a 2xx; `Host:
+/// evil.example.com` with `Origin: http://evil.example.com` must get a 4xx), and the
+/// listener's own origin is not one a cross-origin or rebinding attack can have.
+fn same_origins(hosts: &[String]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter_map(|h| {
+            let addr: std::net::SocketAddr = h.parse().ok()?;
+            addr.ip().is_loopback().then(|| format!("http://{addr}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -634,6 +671,27 @@ mod tests {
         assert_eq!(past["text"], "");
         assert_eq!(past["next_offset"], Value::Null);
         assert_eq!(page("", 0)["total_chars"], 0);
+    }
+
+    #[test]
+    fn only_the_listener_s_own_loopback_address_is_an_accepted_origin() {
+        let hosts: Vec<String> = [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "warren",
+            "127.0.0.1:4000",
+            "[::1]:4001",
+            "localhost:4002",
+            "192.168.1.5:4003",
+            "0.0.0.0:4004",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            same_origins(&hosts),
+            ["http://127.0.0.1:4000", "http://[::1]:4001"]
+        );
     }
 
     #[test]

@@ -208,3 +208,63 @@ fn the_python_sdk_does_the_same_over_the_daemon_s_streamable_http_endpoint_behin
     );
     assert_eq!(code, 403, "an Origin is refused: {body}");
 }
+
+/// The status code of a raw `initialize` POST to `addr`'s `/mcp` naming `host` in `Host`, with
+/// `origin` in `Origin` when given.
+fn post_initialize(addr: &str, host: &str, origin: Option<&str>) -> u16 {
+    use std::io::{BufRead, Write};
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut status = String::new();
+    std::io::BufReader::new(s).read_line(&mut status).unwrap();
+    status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status:?}"))
+}
+
+#[test]
+fn the_conformance_fixture_is_served_with_the_daemon_s_host_and_origin_checks() {
+    use std::io::BufRead;
+    let mut fixture = Command::new(WARREN)
+        .args(["mcp", "--conformance-fixture", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(fixture.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|rest| rest.strip_suffix("/mcp"))
+        .unwrap_or_else(|| panic!("not the line announcing the address: {line:?}"))
+        .to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let own = format!("http://{addr}");
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+    let codes = [
+        post_initialize(&addr, &addr, None),
+        post_initialize(&addr, &addr, Some(&own)),
+        post_initialize(&addr, &addr, Some(&other_port)),
+        post_initialize(&addr, &addr, Some("http://evil.example.com")),
+        post_initialize(&addr, "evil.example.com", Some("http://evil.example.com")),
+        post_initialize(&addr, "evil.example.com", None),
+    ];
+    fixture.kill().unwrap();
+    fixture.wait().unwrap();
+    // No Origin, or the listener's own: served. Another local server's page, a web page, a
+    // DNS-rebinding name: refused.
+    assert_eq!(codes, [200, 200, 403, 403, 403, 403]);
+}

@@ -526,6 +526,15 @@ pub fn router(daemon: Arc<Engine>, token: Option<Arc<str>>) -> Router {
 /// the unix socket).
 pub const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "::1", "warren"];
 
+/// The `Host` names `/mcp` answers on a TCP listener bound to `bound`: [`LOOPBACK_HOSTS`] and
+/// the listener's own address (clients name it in `Host`), with and without its port.
+pub fn tcp_mcp_hosts(bound: std::net::SocketAddr) -> Vec<String> {
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+    hosts.push(bound.ip().to_string());
+    hosts.push(bound.to_string());
+    hosts
+}
+
 /// [`router`], with `/mcp` (MCP over Streamable HTTP, [`warren_mcp::streamable_http`]) answering
 /// requests whose `Host` is one of `mcp_hosts`. MCP callers are audited as `mcp`.
 pub fn router_with_mcp(
