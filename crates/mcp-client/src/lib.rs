@@ -31,6 +31,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod convert;
+pub mod http;
 pub mod stdio;
 
 use std::sync::Arc;
@@ -119,7 +120,18 @@ pub struct Session {
     call_timeout: Duration,
     client: RunningService<RoleClient, rmcp::model::ClientConfig>,
     tools: Vec<Offered>,
-    process: stdio::Process,
+    /// A stdio server's command (none for an HTTP server).
+    process: Option<stdio::Process>,
+}
+
+fn unreachable_ended(name: &str) -> Result<Session, McpError> {
+    // Only a process ends on its own; an HTTP session has none.
+    Err(McpError::Protocol {
+        server: name.to_owned(),
+        what: "initialize".into(),
+        reason: "ended".into(),
+        stderr: String::new(),
+    })
 }
 
 /// What Warren tells servers about itself.
@@ -139,6 +151,30 @@ impl Session {
         let (process, read, write) = stdio::spawn(decl, cell)?;
         let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(read, write)
             .with_max_line_length(convert::MAX_MESSAGE);
+        Self::connect(decl, transport, Some(process)).await
+    }
+
+    /// Connect to `decl`'s Streamable HTTP server at `url` through the task's egress proxy
+    /// (see [`http`]), initialize it and list its tools within its `startup_timeout`.
+    pub async fn start_http(
+        decl: &McpServer,
+        url: &str,
+        proxy: Option<&str>,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Session, McpError> {
+        let transport = http::transport(decl, url, proxy, env)?;
+        Self::connect(decl, transport, None).await
+    }
+
+    async fn connect<T, E, A>(
+        decl: &McpServer,
+        transport: T,
+        process: Option<stdio::Process>,
+    ) -> Result<Session, McpError>
+    where
+        T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let limit = decl.startup_timeout;
         let name = decl.name.clone();
         let started = async {
@@ -153,20 +189,32 @@ impl Session {
                 .map_err(|e| ("tools/list", e.to_string()))?;
             Ok::<_, (&str, String)>((client, tools))
         };
+        let exited = async {
+            match &process {
+                Some(p) => p.exited().await,
+                None => std::future::pending().await,
+            }
+        };
+        let stderr = || {
+            process
+                .as_ref()
+                .map(stdio::Process::stderr)
+                .unwrap_or_default()
+        };
         let outcome = tokio::select! {
             r = started => Some(r),
-            () = process.exited() => None,
+            () = exited => None,
             () = tokio::time::sleep(limit) => {
                 return Err(McpError::Timeout {
                     server: name,
                     what: "initialize and tools/list".into(),
                     after: limit,
-                    stderr: process.stderr(),
+                    stderr: stderr(),
                 });
             }
         };
-        match outcome {
-            Some(Ok((client, tools))) => {
+        match (outcome, &process) {
+            (Some(Ok((client, tools))), _) => {
                 let tools = convert::offered(&name, &tools);
                 Ok(Session {
                     name,
@@ -176,8 +224,15 @@ impl Session {
                     process,
                 })
             }
-            Some(Err((what, reason))) => Err(process.failure(&name, what, reason).await),
-            None => Err(process.ended(&name).await),
+            (Some(Err((what, reason))), Some(p)) => Err(p.failure(&name, what, reason).await),
+            (Some(Err((what, reason))), None) => Err(McpError::Protocol {
+                server: name,
+                what: what.into(),
+                reason,
+                stderr: String::new(),
+            }),
+            (None, Some(p)) => Err(p.ended(&name).await),
+            (None, None) => unreachable_ended(&name),
         }
     }
 
@@ -219,10 +274,19 @@ impl Session {
                 .await?;
             handle.await_response().await
         };
+        let exited = async {
+            match &self.process {
+                Some(p) => p.exited().await,
+                None => std::future::pending().await,
+            }
+        };
         let answer = tokio::select! {
             r = call => r,
-            () = self.process.exited() => {
-                return Err(self.process.ended(&self.name).await.to_string());
+            () = exited => {
+                if let Some(p) = &self.process {
+                    return Err(p.ended(&self.name).await.to_string());
+                }
+                return Err(format!("MCP server {} is gone", self.name));
             }
         };
         match answer {
@@ -242,21 +306,38 @@ impl Session {
                 server: self.name.clone(),
                 what: format!("tools/call {remote}"),
                 after: timeout,
-                stderr: self.process.stderr(),
+                stderr: self.stderr(),
             }
             .to_string()),
-            Err(e) => Err(self
-                .process
-                .failure(&self.name, "tools/call", e.to_string())
-                .await
+            Err(e) => match &self.process {
+                Some(p) => Err(p
+                    .failure(&self.name, "tools/call", e.to_string())
+                    .await
+                    .to_string()),
+                None => Err(McpError::Protocol {
+                    server: self.name.clone(),
+                    what: "tools/call".into(),
+                    reason: e.to_string(),
+                    stderr: String::new(),
+                }
                 .to_string()),
+            },
         }
+    }
+
+    fn stderr(&self) -> String {
+        self.process
+            .as_ref()
+            .map(stdio::Process::stderr)
+            .unwrap_or_default()
     }
 
     /// Stop the server (its cell goes with the last reference to it).
     pub async fn close(self) {
         let _ = self.client.cancel().await;
-        self.process.stop();
+        if let Some(p) = &self.process {
+            p.stop();
+        }
     }
 }
 

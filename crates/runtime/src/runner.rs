@@ -47,12 +47,18 @@ struct EgressProxy {
     cap_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
     cap: tokio::task::JoinHandle<()>,
+    /// The same proxy on a loopback port, for the host-side clients of the task's HTTP MCP
+    /// servers (`http://127.0.0.1:PORT`), when it has any.
+    tcp: Option<(String, tokio::task::JoinHandle<()>)>,
 }
 
 impl Drop for EgressProxy {
     fn drop(&mut self) {
         self.task.abort();
         self.cap.abort();
+        if let Some((_, t)) = &self.tcp {
+            t.abort();
+        }
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -227,8 +233,12 @@ impl Engine {
             spec.scopes = caps.scopes();
         }
         // Network: only through this task's proxy, only to what both manifest and policy allow.
+        let http_mcp = manifest
+            .mcp_servers
+            .iter()
+            .any(|m| matches!(m.transport, McpTransport::Http { .. }));
         let proxy = self
-            .start_egress(id, &caps.network(), &spec)
+            .start_egress(id, &caps.network(), &spec, http_mcp)
             .map_err(|e| End::Final(TaskState::Failed, format!("egress proxy: {e}")))?;
         if let Some(p) = &proxy {
             spec.egress = Some(p.socket.clone());
@@ -281,8 +291,15 @@ impl Engine {
             .await
             .map_err(|e| End::Final(TaskState::Failed, format!("cell: {e}")))?;
         self.metrics.cells_started.fetch_add(1, Ordering::Relaxed);
+        let http_proxy = proxy
+            .as_ref()
+            .and_then(|p| p.tcp.as_ref())
+            .map(|(u, _)| u.clone());
         let (mcp, mcp_cells) = match server_spec {
-            Ok(server_spec) => self.start_mcp(id, manifest, &server_spec).await,
+            Ok(server_spec) => {
+                self.start_mcp(id, manifest, &server_spec, http_proxy.as_deref())
+                    .await
+            }
             Err(e) => Err(e.to_string()),
         }
         .map_err(|e| End::Final(TaskState::Failed, e))?;
@@ -327,6 +344,7 @@ impl Engine {
         id: &str,
         manifest: &Manifest,
         spec: &CellSpec,
+        http_proxy: Option<&str>,
     ) -> Result<(Vec<Arc<warren_mcp_client::Session>>, Vec<Arc<dyn Cell>>), String> {
         let (mut sessions, mut cells) = (Vec::new(), Vec::new());
         for decl in &manifest.mcp_servers {
@@ -337,24 +355,29 @@ impl Engine {
                         cells.push(Arc::clone(&cell));
                         warren_mcp_client::Session::start_stdio(decl, Arc::clone(&cell))
                             .await
-                            .map(|s| (s, cell.id().to_owned()))
+                            .map(|s| (s, json!({"cell": cell.id()})))
                             .map_err(|e| e.to_string())
                     }
                     Err(e) => Err(format!("MCP server {}: its cell: {e}", decl.name)),
                 },
-                McpTransport::Http { url } => Err(format!(
-                    "MCP server {}: {url}: Streamable HTTP servers are not supported yet",
-                    decl.name
-                )),
+                McpTransport::Http { url } => {
+                    warren_mcp_client::Session::start_http(decl, url, http_proxy, &self.opts.env)
+                        .await
+                        .map(|s| (s, json!({"url": url, "through": "the task's egress proxy"})))
+                        .map_err(|e| e.to_string())
+                }
             };
             match started {
-                Ok((session, cell)) => {
-                    self.audit.record(
-                        Some(id),
-                        "mcp.server_started",
-                        &json!({"server": decl.name, "cell": cell,
-                                "tools": session.tools().iter().map(|t| &t.spec.name).collect::<Vec<_>>()}),
+                Ok((session, mut record)) => {
+                    record["server"] = json!(decl.name);
+                    record["tools"] = json!(
+                        session
+                            .tools()
+                            .iter()
+                            .map(|t| &t.spec.name)
+                            .collect::<Vec<_>>()
                     );
+                    self.audit.record(Some(id), "mcp.server_started", &record);
                     sessions.push(Arc::new(session));
                 }
                 Err(e) => {
@@ -530,6 +553,7 @@ impl Engine {
         id: &str,
         network: &[String],
         spec: &CellSpec,
+        tcp: bool,
     ) -> Result<Option<EgressProxy>, String> {
         if network.is_empty() {
             return Ok(None);
@@ -569,12 +593,33 @@ impl Engine {
             Arc::clone(&config),
             Arc::clone(&audit) as Arc<dyn warren_egress::Audit>,
         );
+        let tcp = if tcp {
+            let listener = {
+                let _rt = tokio::runtime::Handle::current().enter();
+                let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?
+            };
+            let url = format!(
+                "http://{}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            let served = tokio::spawn(warren_egress::serve_tcp(
+                listener,
+                Arc::clone(&config),
+                Arc::clone(&audit) as Arc<dyn warren_egress::Audit>,
+            ));
+            Some((url, served))
+        } else {
+            None
+        };
         let task = tokio::spawn(warren_egress::serve_unix(listener, config, audit));
         Ok(Some(EgressProxy {
             socket,
             cap_dir,
             task,
             cap,
+            tcp,
         }))
     }
 

