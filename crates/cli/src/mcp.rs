@@ -197,7 +197,14 @@ pub fn serve(url: Option<&str>, state: &Path) -> i32 {
         }
     };
     rt.block_on(async move {
-        let server = warren_mcp::WarrenMcp::new(std::sync::Arc::new(Remote { target }));
+        // The skills of whoever launched it, where it was launched (a project's once trusted).
+        let cwd = std::env::current_dir().ok();
+        let trusted = crate::load_config()
+            .ok()
+            .and_then(|l| l.project)
+            .is_some_and(|p| p.trusted);
+        let server = warren_mcp::WarrenMcp::new(std::sync::Arc::new(Remote { target }))
+            .with_skills(crate::skills::used_roots(cwd.as_deref(), trusted));
         match server.serve(rmcp::transport::stdio()).await {
             Ok(running) => match running.waiting().await {
                 Ok(_) => 0,

@@ -186,6 +186,7 @@ pub struct Decide {
 pub struct WarrenMcp {
     backend: Arc<dyn Backend>,
     tool_router: ToolRouter<Self>,
+    skills: Arc<Vec<std::path::PathBuf>>,
 }
 
 /// A structured answer (MCP wants an object as structured content).
@@ -229,7 +230,47 @@ impl WarrenMcp {
         WarrenMcp {
             backend,
             tool_router: Self::tool_router(),
+            skills: Arc::default(),
         }
+    }
+
+    /// Also serve the Agent Skills in `roots` (folders of skill folders, in precedence
+    /// order), by the skills extension (SEP-2640): `skills/list`, `skills/get`, and each
+    /// skill's files as `skill://NAME/PATH` resources.
+    pub fn with_skills(mut self, roots: Vec<std::path::PathBuf>) -> Self {
+        self.skills = Arc::new(roots);
+        self
+    }
+
+    /// The valid skills served, with their files (read off the async threads).
+    async fn served_skills(
+        &self,
+        only: Option<String>,
+    ) -> Result<Vec<(warren_skills::Skill, Vec<(String, Vec<u8>)>)>, ErrorData> {
+        let roots = Arc::clone(&self.skills);
+        tokio::task::spawn_blocking(move || {
+            let wanted = vec![only.unwrap_or_else(|| "*".into())];
+            let skills = match warren_skills::select(&roots, &wanted) {
+                Ok(s) => s,
+                Err(warren_skills::SkillError::NotFound { name, .. }) => {
+                    return Err(ErrorData::resource_not_found(
+                        format!("no skill {name:?}"),
+                        None,
+                    ));
+                }
+                Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+            };
+            skills
+                .into_iter()
+                .map(|s| {
+                    warren_skills::files(&s)
+                        .map(|f| (s, f))
+                        .map_err(|e| ErrorData::internal_error(e.to_string(), None))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
     }
 
     async fn task(&self, id: &str) -> Result<TaskView, Result<CallToolResult, ErrorData>> {
@@ -523,8 +564,61 @@ fn resource_query(uri: &str) -> Option<(Query, &'static str)> {
     Some((q, mime))
 }
 
+/// A skill as the skills extension describes it: its `SKILL.md` URI, front matter, and every
+/// file with its SHA-256 digest.
+fn skill_entry(s: &warren_skills::Skill, files: &[(String, Vec<u8>)]) -> rmcp::model::Skill {
+    let resources = files
+        .iter()
+        .map(|(rel, bytes)| {
+            rmcp::model::SkillResource::from_bytes(format!("skill://{}/{rel}", s.name), bytes)
+        })
+        .collect();
+    rmcp::model::Skill::new(
+        format!("skill://{}/SKILL.md", s.name),
+        rmcp::model::SkillFrontmatter::new(s.name.clone(), s.description.clone()),
+        rmcp::model::SkillResources::Files(resources),
+    )
+}
+
+/// `skill://NAME/PATH` as (name, path).
+fn skill_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix("skill://")?.split_once('/')
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for WarrenMcp {
+    async fn list_skills(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListSkillsResult, ErrorData> {
+        let served = self.served_skills(None).await?;
+        Ok(rmcp::model::ListSkillsResult::with_all_items(
+            served.iter().map(|(s, f)| skill_entry(s, f)).collect(),
+        ))
+    }
+
+    async fn get_skill(
+        &self,
+        request: rmcp::model::GetSkillRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetSkillResult, ErrorData> {
+        let name = match skill_uri(&request.uri) {
+            Some((name, "SKILL.md")) => name.to_owned(),
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    format!("{:?} is not skill://NAME/SKILL.md", request.uri),
+                    None,
+                ));
+            }
+        };
+        let served = self.served_skills(Some(name)).await?;
+        let (s, f) = served
+            .first()
+            .ok_or_else(|| ErrorData::resource_not_found("no such skill", None))?;
+        Ok(rmcp::model::GetSkillResult::new(skill_entry(s, f)))
+    }
+
     async fn list_resource_templates(
         &self,
         _request: Option<rmcp::model::PaginatedRequestParams>,
@@ -551,6 +645,42 @@ impl ServerHandler for WarrenMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
         let uri = request.uri;
+        if let Some((name, rel)) = skill_uri(&uri).map(|(n, r)| (n.to_owned(), r.to_owned())) {
+            let served = self.served_skills(Some(name)).await?;
+            // Only a file the skill's listing names: no path is ever opened from the URI.
+            let bytes = served
+                .first()
+                .and_then(|(_, files)| files.iter().find(|(r, _)| *r == rel))
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| {
+                    ErrorData::resource_not_found(format!("no resource {uri:?}"), None)
+                })?;
+            let contents = match String::from_utf8(bytes) {
+                Ok(text) => rmcp::model::ResourceContents::TextResourceContents {
+                    uri,
+                    mime_type: Some(
+                        if rel.ends_with(".md") {
+                            "text/markdown"
+                        } else {
+                            "text/plain"
+                        }
+                        .into(),
+                    ),
+                    text,
+                    meta: None,
+                },
+                Err(e) => rmcp::model::ResourceContents::BlobResourceContents {
+                    uri,
+                    mime_type: Some("application/octet-stream".into()),
+                    blob: base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        e.into_bytes(),
+                    ),
+                    meta: None,
+                },
+            };
+            return Ok(rmcp::model::ReadResourceResult::new(vec![contents]).into());
+        }
         let Some((query, mime)) = resource_query(&uri) else {
             return Err(ErrorData::resource_not_found(
                 format!("no resource {uri:?} (warren://tasks/ID/result|diff|events)"),
@@ -581,6 +711,7 @@ impl ServerHandler for WarrenMcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_skills()
                 .build(),
         )
         .with_server_info(Implementation::new("warren", env!("CARGO_PKG_VERSION")))
@@ -604,8 +735,12 @@ impl ServerHandler for WarrenMcp {
 pub fn streamable_http(
     backend: Arc<dyn Backend>,
     hosts: Vec<String>,
+    skills: Vec<std::path::PathBuf>,
 ) -> StreamableHttpService<WarrenMcp, LocalSessionManager> {
-    http_service(move || Ok(WarrenMcp::new(Arc::clone(&backend))), hosts)
+    http_service(
+        move || Ok(WarrenMcp::new(Arc::clone(&backend)).with_skills(skills.clone())),
+        hosts,
+    )
 }
 
 /// MCP over Streamable HTTP with Warren's transport configuration, serving what `server`

@@ -368,3 +368,80 @@ async fn a_running_task_is_cancelled_over_mcp_and_its_wait_ends() {
     assert_eq!(again.is_error, Some(true));
     assert_eq!(structured(&again)["code"], "conflict");
 }
+
+/// The skills extension (SEP-2640): the skills of the server's folders, each with a digest of
+/// every file; a file read by its `skill://` URI; a URI naming no listed file is not found
+/// (nothing is opened from a path in it).
+#[tokio::test]
+async fn skills_are_served_with_their_files_and_digests() {
+    let w = world("mcp-skills").await;
+    let root = w._t.path().join("skills");
+    let dir = root.join("greeter");
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        "---\nname: greeter\ndescription: Greets people.\n---\nRun scripts/greet.sh.\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("scripts/greet.sh"), "echo hello\n").unwrap();
+    std::fs::write(w._t.path().join("secret"), "host only\n").unwrap();
+    let (server_end, client_end) = tokio::io::duplex(1 << 16);
+    let server = WarrenMcp::new(Arc::new(EngineBackend::new(
+        Arc::clone(&w.engine),
+        Caller::operator("test"),
+    )))
+    .with_skills(vec![root.clone()]);
+    tokio::spawn(async move {
+        if let Ok(s) = server.serve(server_end).await {
+            let _ = s.waiting().await;
+        }
+    });
+    let c = Client::default().serve(client_end).await.unwrap();
+    let listed = c.peer().list_skills(None).await.unwrap();
+    assert_eq!(listed.skills.len(), 1);
+    let skill = &listed.skills[0];
+    assert_eq!(skill.uri, "skill://greeter/SKILL.md");
+    assert_eq!(skill.frontmatter.description, "Greets people.");
+    let rmcp::model::SkillResources::Files(files) = &skill.resources else {
+        panic!("a manifest of files")
+    };
+    let uris: Vec<&str> = files.iter().map(|f| f.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        [
+            "skill://greeter/SKILL.md",
+            "skill://greeter/scripts/greet.sh"
+        ]
+    );
+    assert!(
+        files[1].verify(b"echo hello\n").is_ok(),
+        "the digest is the file's"
+    );
+    let got = c
+        .peer()
+        .get_skill(rmcp::model::GetSkillRequestParams::new(
+            "skill://greeter/SKILL.md",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got.skill, *skill);
+    let read = c
+        .peer()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "skill://greeter/scripts/greet.sh",
+        ))
+        .await
+        .unwrap();
+    assert!(format!("{read:?}").contains("echo hello"), "{read:?}");
+    for uri in [
+        "skill://greeter/../../secret",
+        "skill://greeter/nope",
+        "skill://nobody/SKILL.md",
+    ] {
+        let e = c
+            .peer()
+            .read_resource(rmcp::model::ReadResourceRequestParams::new(uri))
+            .await;
+        assert!(e.is_err(), "{uri}: {e:?}");
+    }
+}

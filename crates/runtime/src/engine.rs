@@ -179,6 +179,13 @@ const IDLE_TRIM_AFTER: Duration = Duration::from_secs(12);
 const SCHEDULING_QUANTUM: Duration = Duration::from_millis(10);
 
 impl Engine {
+    /// The folders of Agent Skills tasks get theirs from ([`Options::skills`]).
+    pub fn skill_roots(&self) -> &[PathBuf] {
+        &self.opts.skills
+    }
+}
+
+impl Engine {
     /// The daemon's engine over `store`. Requeues the tasks this worker held when it last
     /// stopped.
     pub fn new(store: Arc<dyn Store>, opts: Options) -> Result<Arc<Self>, StoreError> {

@@ -549,3 +549,77 @@ fn copy_tree(
     }
     Ok(())
 }
+
+/// `skill`'s regular files with their contents, by path relative to its folder (`SKILL.md`,
+/// `scripts/run.sh`), sorted: what an MCP client fetches of it (SEP-2640). Read like
+/// [`snapshot`]: beneath the folder's descriptor, links passed over (they mean nothing off the
+/// host), special files refused, bounded.
+pub fn files(skill: &Skill) -> Result<Vec<(String, Vec<u8>)>, SkillError> {
+    let fail = |problem: String| SkillError::Snapshot {
+        name: skill.name.clone(),
+        problem,
+    };
+    let parent = skill
+        .dir
+        .parent()
+        .ok_or_else(|| fail("the folder has no parent".into()))?;
+    let src = Dir::open(parent)
+        .and_then(|p| p.sub(&skill.name))
+        .map_err(|e| fail(format!("cannot open the folder: {e}")))?;
+    let mut out = Vec::new();
+    let mut budget = (MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_ENTRIES);
+    collect(&src, Path::new(""), 0, &mut budget, &mut out).map_err(fail)?;
+    out.sort();
+    Ok(out)
+}
+
+fn collect(
+    src: &Dir,
+    rel: &Path,
+    depth: usize,
+    budget: &mut (u64, usize),
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), String> {
+    if depth > MAX_SNAPSHOT_DEPTH {
+        return Err(format!(
+            "{}: deeper than {MAX_SNAPSHOT_DEPTH} folders",
+            rel.display()
+        ));
+    }
+    let entries = src
+        .entries()
+        .map_err(|e| format!("{}: {e}", rel.display()))?;
+    for e in entries {
+        let path = rel.join(&e.name);
+        budget.1 = budget
+            .1
+            .checked_sub(1)
+            .ok_or_else(|| format!("more than {MAX_SNAPSHOT_ENTRIES} files and folders"))?;
+        let io = |e: warren_fsx::Error| format!("{}: {e}", path.display());
+        match e.stat.kind {
+            warren_fsx::Kind::File => {
+                budget.0 = budget
+                    .0
+                    .checked_sub(e.stat.size)
+                    .ok_or_else(|| format!("larger than {} MiB", MAX_SNAPSHOT_BYTES >> 20))?;
+                let bytes = src.read(&e.name, e.stat.size).map_err(io)?;
+                let name = path
+                    .to_str()
+                    .ok_or_else(|| format!("{}: not a UTF-8 name", path.display()))?;
+                out.push((name.to_owned(), bytes));
+            }
+            warren_fsx::Kind::Dir => {
+                let s = src.sub(&e.name).map_err(io)?;
+                collect(&s, &path, depth + 1, budget, out)?;
+            }
+            warren_fsx::Kind::Symlink => {}
+            other => {
+                return Err(format!(
+                    "{}: a {other} is not part of a skill",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -86,7 +86,10 @@ fn main() {
     let cell_start = t0.elapsed();
     let t0 = Instant::now();
     let session = rt
-        .block_on(warren_mcp_client::Session::start_stdio(&decl, Arc::clone(&cell)))
+        .block_on(warren_mcp_client::Session::start_stdio(
+            &decl,
+            Arc::clone(&cell),
+        ))
         .unwrap();
     let warren_init = t0.elapsed();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("w.db")).unwrap());
@@ -103,7 +106,11 @@ fn main() {
         Layer::from_manifest(&manifest),
         Layer::unrestricted("bench"),
     );
-    let gate = TaskGate::new("t1", caps, Auditor::new(store, Arc::new(Redactor::default())));
+    let gate = TaskGate::new(
+        "t1",
+        caps,
+        Auditor::new(store, Arc::new(Redactor::default())),
+    );
     let tools = {
         let _e = rt.enter();
         warren_mcp_client::McpTools::new(vec![Arc::new(session)], 128_000)
@@ -166,9 +173,17 @@ fn main() {
     let (w50, w99) = pct(through);
     let (d50, d99) = pct(direct);
     println!("## one MCP tool call (echo), n = {calls}");
-    println!("through Warren (gate check + audit + cell exec channel): p50 {w50:>8.1} µs  p99 {w99:>8.1} µs");
-    println!("direct (rmcp over a child's pipes, no Warren):          p50 {d50:>8.1} µs  p99 {d99:>8.1} µs");
-    println!("ratio p50: {:.2}; Warren adds {:.1} µs per call", w50 / d50, w50 - d50);
+    println!(
+        "through Warren (gate check + audit + cell exec channel): p50 {w50:>8.1} µs  p99 {w99:>8.1} µs"
+    );
+    println!(
+        "direct (rmcp over a child's pipes, no Warren):          p50 {d50:>8.1} µs  p99 {d99:>8.1} µs"
+    );
+    println!(
+        "ratio p50: {:.2}; Warren adds {:.1} µs per call",
+        w50 / d50,
+        w50 - d50
+    );
     println!("\n## starting the server (initialize + tools/list)");
     println!(
         "in a cell of its own: cell {:.1} ms + MCP {:.1} ms; directly: {:.1} ms",

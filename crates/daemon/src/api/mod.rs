@@ -548,6 +548,7 @@ pub fn router_with_mcp(
             warren_runtime::action::Caller::operator("mcp"),
         )),
         mcp_hosts,
+        daemon.skill_roots().to_vec(),
     );
     let r = Router::new()
         .nest_service("/mcp", mcp)
