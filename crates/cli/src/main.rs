@@ -173,6 +173,17 @@ enum Command {
             requires = "conformance_fixture"
         )]
         listen: Option<std::net::SocketAddr>,
+        /// Play one of the MCP conformance suite's client scenarios against its mock server at
+        /// URL instead, as Warren's MCP client (the scenario, its protocol revision and context
+        /// from MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_PROTOCOL_VERSION and
+        /// MCP_CONFORMANCE_CONTEXT, as the suite sets them). For CI (.ci/mcp-conformance).
+        #[arg(
+            long,
+            hide = true,
+            value_name = "URL",
+            conflicts_with = "conformance_fixture"
+        )]
+        conformance_client: Option<String>,
     },
     /// List cells whose changes are kept.
     Changes {
@@ -400,6 +411,10 @@ fn main() -> ExitCode {
         Command::Mcp {
             listen: Some(addr), ..
         } => mcp::serve_fixture(addr),
+        Command::Mcp {
+            conformance_client: Some(url),
+            ..
+        } => mcp::conformance_client(&url),
         Command::Mcp { .. } => mcp::serve(cli.url.as_deref(), &state),
         Command::Skill { what } => skills::run(what),
     };

@@ -6,7 +6,9 @@
 //!
 //! `warren mcp --conformance-fixture --listen ADDR` (hidden) serves the MCP conformance suite's
 //! fixture instead ([`warren_mcp::conformance`]), over Streamable HTTP as the daemon serves
-//! `/mcp`: for CI (`.ci/mcp-conformance`), not for use.
+//! `/mcp`; `warren mcp --conformance-client URL` (hidden) plays one of the suite's client
+//! scenarios against its mock server at URL as Warren's MCP client
+//! ([`warren_mcp_client::conformance`]): both for CI (`.ci/mcp-conformance`), not for use.
 
 use std::path::Path;
 
@@ -267,4 +269,56 @@ pub fn serve_fixture(addr: std::net::SocketAddr) -> i32 {
         .await;
         0
     })
+}
+
+/// `warren mcp --conformance-client URL`: play the client scenario the suite names in
+/// `MCP_CONFORMANCE_SCENARIO` against its mock server at `URL`, for the revision in
+/// `MCP_CONFORMANCE_PROTOCOL_VERSION`, with the context in `MCP_CONFORMANCE_CONTEXT` (JSON).
+/// 0 when the scenario ran through; 1, with why on stderr, when it did not.
+pub fn conformance_client(url: &str) -> i32 {
+    // The SDK's and the driver's diagnostics: the suite keeps each scenario's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+    let Ok(scenario) = std::env::var("MCP_CONFORMANCE_SCENARIO") else {
+        eprintln!("warren mcp: MCP_CONFORMANCE_SCENARIO is not set");
+        return 1;
+    };
+    let protocol = std::env::var("MCP_CONFORMANCE_PROTOCOL_VERSION").ok();
+    let context = match std::env::var("MCP_CONFORMANCE_CONTEXT") {
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("warren mcp: MCP_CONFORMANCE_CONTEXT is not JSON: {e}");
+                return 1;
+            }
+        },
+        Err(_) => None,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren mcp: {e}");
+            return 1;
+        }
+    };
+    let outcome = rt.block_on(warren_mcp_client::conformance::run(
+        url,
+        &scenario,
+        protocol.as_deref(),
+        context,
+    ));
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("warren mcp: conformance scenario {scenario}: {e}");
+            1
+        }
+    }
 }

@@ -230,7 +230,11 @@ mod tests {
         let o = offered("s", &[ro, safe, bad, bare]);
         let approval: Vec<bool> = o.iter().map(|t| t.approval.is_some()).collect();
         assert_eq!(approval, [false, false, true, true]);
-        assert!(o[2].approval.as_deref().unwrap().contains("destructive"));
+        assert!(
+            o[2].approval
+                .as_deref()
+                .is_some_and(|a| a.contains("destructive"))
+        );
     }
 
     #[test]

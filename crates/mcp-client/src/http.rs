@@ -66,9 +66,15 @@ pub fn transport(
         .connect_timeout(decl.startup_timeout)
         .build()
         .map_err(|e| refuse(e.to_string()))?;
-    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    let mut config = config(url);
     config.custom_headers = headers;
+    Ok(StreamableHttpClientTransport::with_client(client, config))
+}
+
+/// The transport's configuration for `url`: its limits on what a server sends.
+pub(crate) fn config(url: &str) -> StreamableHttpClientTransportConfig {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
     config.max_sse_event_size = crate::convert::MAX_MESSAGE;
     config.max_json_response_size = crate::convert::MAX_MESSAGE;
-    Ok(StreamableHttpClientTransport::with_client(client, config))
+    config
 }

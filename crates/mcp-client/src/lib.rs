@@ -30,6 +30,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod conformance;
 pub mod convert;
 pub mod http;
 pub mod stdio;
@@ -135,7 +136,7 @@ fn unreachable_ended(name: &str) -> Result<Session, McpError> {
 }
 
 /// What Warren tells servers about itself.
-fn client_info() -> rmcp::model::ClientConfig {
+pub(crate) fn client_info() -> rmcp::model::ClientConfig {
     let mut info = rmcp::model::ClientConfig::default();
     info.client_info = rmcp::model::Implementation::new("warren", env!("CARGO_PKG_VERSION"));
     info
