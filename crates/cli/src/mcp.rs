@@ -178,6 +178,16 @@ impl warren_mcp::Backend for Remote {
     }
 }
 
+/// The async runtime `warren mcp`'s modes run on (the error said when it cannot be built).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("warren mcp: {e}"))
+        .ok()
+}
+
 /// `warren mcp`: serve MCP on stdin/stdout until the client closes it.
 pub fn serve(url: Option<&str>, state: &Path) -> i32 {
     let target = match client::target(url, state) {
@@ -187,17 +197,7 @@ pub fn serve(url: Option<&str>, state: &Path) -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warren mcp: {e}");
-            return 1;
-        }
-    };
+    let Some(rt) = runtime() else { return 1 };
     rt.block_on(async move {
         // The skills of whoever launched it, where it was launched (a project's once trusted).
         let cwd = std::env::current_dir().ok();
@@ -228,17 +228,7 @@ pub fn serve(url: Option<&str>, state: &Path) -> i32 {
 /// for a TCP listener, its `Origin` rule) and connection limits. One line on stderr once
 /// bound: `listening on http://ADDR/mcp`.
 pub fn serve_fixture(addr: std::net::SocketAddr) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warren mcp: {e}");
-            return 1;
-        }
-    };
+    let Some(rt) = runtime() else { return 1 };
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -297,17 +287,7 @@ pub fn conformance_client(url: &str) -> i32 {
         },
         Err(_) => None,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warren mcp: {e}");
-            return 1;
-        }
-    };
+    let Some(rt) = runtime() else { return 1 };
     let outcome = rt.block_on(warren_mcp_client::conformance::run(
         url,
         &scenario,

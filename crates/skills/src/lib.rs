@@ -473,6 +473,73 @@ pub fn select(roots: &[PathBuf], wanted: &[String]) -> Result<Vec<Skill>, SkillE
 /// devices are refused, modes are masked to `0755`, and the copy is bounded
 /// ([`MAX_SNAPSHOT_BYTES`], [`MAX_SNAPSHOT_ENTRIES`], [`MAX_SNAPSHOT_DEPTH`]).
 pub fn snapshot(skill: &Skill, dest: &Path) -> Result<(), SkillError> {
+    let items = read_tree(skill)?;
+    let fail = |problem: String| SkillError::Snapshot {
+        name: skill.name.clone(),
+        problem,
+    };
+    let root = Dir::create_trusted(dest, 0o755)
+        .and_then(|d| d.ensure_dir(&skill.name, 0o755))
+        .map_err(|e| fail(format!("{}: {e}", dest.display())))?;
+    // Items come parents first: each folder is made before what it holds.
+    for item in &items {
+        let (rel, name) = match item {
+            Item::Dir(rel) | Item::File(rel, ..) | Item::Link(rel, _) => (
+                rel.parent().unwrap_or(Path::new("")),
+                rel.file_name().unwrap_or_default(),
+            ),
+        };
+        let io = |e: warren_fsx::Error| fail(format!("{}: {e}", item.path().display()));
+        let parent = root.sub(rel).map_err(io)?;
+        match item {
+            Item::Dir(_) => parent.ensure_dir(name, 0o755).map(drop).map_err(io)?,
+            Item::File(_, bytes, exec) => parent
+                .write(name, bytes, if *exec { 0o755 } else { 0o644 }, None)
+                .map_err(io)?,
+            Item::Link(_, target) => parent.symlink(target, name).map_err(io)?,
+        }
+    }
+    Ok(())
+}
+
+/// `skill`'s regular files with their contents, by path relative to its folder (`SKILL.md`,
+/// `scripts/run.sh`), sorted: what an MCP client fetches of it (SEP-2640). Read like
+/// [`snapshot`]: beneath the folder's descriptor, special files refused, bounded; links are
+/// passed over (they mean nothing off the host).
+pub fn files(skill: &Skill) -> Result<Vec<(String, Vec<u8>)>, SkillError> {
+    let mut out = Vec::new();
+    for item in read_tree(skill)? {
+        if let Item::File(rel, bytes, _) = item {
+            let name = rel.to_str().ok_or_else(|| SkillError::Snapshot {
+                name: skill.name.clone(),
+                problem: format!("{}: not a UTF-8 name", rel.display()),
+            })?;
+            out.push((name.to_owned(), bytes));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One entry of a skill's folder, by path relative to it.
+enum Item {
+    Dir(PathBuf),
+    /// Contents, and whether any execute bit is set.
+    File(PathBuf, Vec<u8>, bool),
+    Link(PathBuf, PathBuf),
+}
+
+impl Item {
+    fn path(&self) -> &Path {
+        match self {
+            Item::Dir(p) | Item::File(p, ..) | Item::Link(p, _) => p,
+        }
+    }
+}
+
+/// Everything in `skill`'s folder, parents before children, read beneath its parent's
+/// descriptor with no link followed and within the snapshot limits.
+fn read_tree(skill: &Skill) -> Result<Vec<Item>, SkillError> {
     let fail = |problem: String| SkillError::Snapshot {
         name: skill.name.clone(),
         problem,
@@ -484,19 +551,18 @@ pub fn snapshot(skill: &Skill, dest: &Path) -> Result<(), SkillError> {
     let src = Dir::open(parent)
         .and_then(|p| p.sub(&skill.name))
         .map_err(|e| fail(format!("cannot open the folder: {e}")))?;
-    let out = Dir::create_trusted(dest, 0o755)
-        .and_then(|d| d.ensure_dir(&skill.name, 0o755))
-        .map_err(|e| fail(format!("{}: {e}", dest.display())))?;
+    let mut out = Vec::new();
     let mut budget = (MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_ENTRIES);
-    copy_tree(&src, &out, Path::new(""), 0, &mut budget).map_err(fail)
+    walk(&src, Path::new(""), 0, &mut budget, &mut out).map_err(fail)?;
+    Ok(out)
 }
 
-fn copy_tree(
+fn walk(
     src: &Dir,
-    out: &Dir,
     rel: &Path,
     depth: usize,
     budget: &mut (u64, usize),
+    out: &mut Vec<Item>,
 ) -> Result<(), String> {
     if depth > MAX_SNAPSHOT_DEPTH {
         return Err(format!(
@@ -523,96 +589,17 @@ fn copy_tree(
                 // Opened beneath the folder's descriptor and checked by kind again: a file
                 // swapped for a FIFO or a link meanwhile is refused, one grown is too large.
                 let bytes = src.read(&e.name, e.stat.size).map_err(io)?;
-                let mode = if e.stat.mode & 0o111 != 0 {
-                    0o755
-                } else {
-                    0o644
-                };
-                out.write(&e.name, &bytes, mode, None).map_err(io)?;
+                out.push(Item::File(path, bytes, e.stat.mode & 0o111 != 0));
             }
             warren_fsx::Kind::Dir => {
                 let s = src.sub(&e.name).map_err(io)?;
-                let o = out.ensure_dir(&e.name, 0o755).map_err(io)?;
-                copy_tree(&s, &o, &path, depth + 1, budget)?;
+                out.push(Item::Dir(path.clone()));
+                walk(&s, &path, depth + 1, budget, out)?;
             }
             warren_fsx::Kind::Symlink => {
                 let target = src.read_link(&e.name).map_err(io)?;
-                out.symlink(&target, &e.name).map_err(io)?;
+                out.push(Item::Link(path, target));
             }
-            other => {
-                return Err(format!(
-                    "{}: a {other} is not part of a skill",
-                    path.display()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `skill`'s regular files with their contents, by path relative to its folder (`SKILL.md`,
-/// `scripts/run.sh`), sorted: what an MCP client fetches of it (SEP-2640). Read like
-/// [`snapshot`]: beneath the folder's descriptor, links passed over (they mean nothing off the
-/// host), special files refused, bounded.
-pub fn files(skill: &Skill) -> Result<Vec<(String, Vec<u8>)>, SkillError> {
-    let fail = |problem: String| SkillError::Snapshot {
-        name: skill.name.clone(),
-        problem,
-    };
-    let parent = skill
-        .dir
-        .parent()
-        .ok_or_else(|| fail("the folder has no parent".into()))?;
-    let src = Dir::open(parent)
-        .and_then(|p| p.sub(&skill.name))
-        .map_err(|e| fail(format!("cannot open the folder: {e}")))?;
-    let mut out = Vec::new();
-    let mut budget = (MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_ENTRIES);
-    collect(&src, Path::new(""), 0, &mut budget, &mut out).map_err(fail)?;
-    out.sort();
-    Ok(out)
-}
-
-fn collect(
-    src: &Dir,
-    rel: &Path,
-    depth: usize,
-    budget: &mut (u64, usize),
-    out: &mut Vec<(String, Vec<u8>)>,
-) -> Result<(), String> {
-    if depth > MAX_SNAPSHOT_DEPTH {
-        return Err(format!(
-            "{}: deeper than {MAX_SNAPSHOT_DEPTH} folders",
-            rel.display()
-        ));
-    }
-    let entries = src
-        .entries()
-        .map_err(|e| format!("{}: {e}", rel.display()))?;
-    for e in entries {
-        let path = rel.join(&e.name);
-        budget.1 = budget
-            .1
-            .checked_sub(1)
-            .ok_or_else(|| format!("more than {MAX_SNAPSHOT_ENTRIES} files and folders"))?;
-        let io = |e: warren_fsx::Error| format!("{}: {e}", path.display());
-        match e.stat.kind {
-            warren_fsx::Kind::File => {
-                budget.0 = budget
-                    .0
-                    .checked_sub(e.stat.size)
-                    .ok_or_else(|| format!("larger than {} MiB", MAX_SNAPSHOT_BYTES >> 20))?;
-                let bytes = src.read(&e.name, e.stat.size).map_err(io)?;
-                let name = path
-                    .to_str()
-                    .ok_or_else(|| format!("{}: not a UTF-8 name", path.display()))?;
-                out.push((name.to_owned(), bytes));
-            }
-            warren_fsx::Kind::Dir => {
-                let s = src.sub(&e.name).map_err(io)?;
-                collect(&s, &path, depth + 1, budget, out)?;
-            }
-            warren_fsx::Kind::Symlink => {}
             other => {
                 return Err(format!(
                     "{}: a {other} is not part of a skill",

@@ -69,6 +69,30 @@ fn result_of(mock: &MockLlm, call: &str) -> String {
         .unwrap_or_else(|| panic!("no result for {call}"))
 }
 
+/// The tool names the model was offered in its first request.
+fn offered(mock: &MockLlm) -> Vec<String> {
+    mock.requests()[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A test's directories with the test server's agent deployed (`tools`, `server_extra` as in
+/// [`manifest`]); `None` (skipped, failing in CI) without the process tier or the server.
+fn setup(name: &str, tools: &str, server_extra: &str) -> Option<(TempDir, PathBuf, PathBuf)> {
+    if !require_process_tier() {
+        return None;
+    }
+    let bin = server_bin()?;
+    let t = TempDir::new(name);
+    let state = t.path().join("state");
+    let ws = workspace(&t);
+    deploy(&state, &manifest(&bin, tools, server_extra));
+    Some((t, state, ws))
+}
+
 fn audit(state: &Path, task: &str) -> Vec<Value> {
     let o = warren_at(state, &["audit", "export", "--task", task]);
     String::from_utf8_lossy(&o.stdout)
@@ -100,14 +124,9 @@ fn wait_state(d: &DaemonProc, id: &str, state: &str) -> Value {
 
 #[test]
 fn a_stdio_server_runs_in_a_cell_of_its_own_and_its_tools_are_gated_approved_and_audited() {
-    if !require_process_tier() {
+    let Some((t, state, ws)) = setup("mcp-client", "mcp__t__*", "") else {
         return;
-    }
-    let Some(bin) = server_bin() else { return };
-    let t = TempDir::new("mcp-client");
-    let state = t.path().join("state");
-    let ws = workspace(&t);
-    deploy(&state, &manifest(&bin, "mcp__t__*", ""));
+    };
     let mock = MockLlm::start_responder(|b| match tool_results(b) {
         0 => reply(vec![
             ("e1", "mcp__t__echo", json!({"text": "hello from the cell"})),
@@ -151,14 +170,8 @@ fn a_stdio_server_runs_in_a_cell_of_its_own_and_its_tools_are_gated_approved_and
     assert_eq!(done["state"], "succeeded", "{done}");
 
     // The offered tools are the server's, prefixed, and only those both layers allow.
-    let first = &mock.requests()[0].body;
-    let offered: Vec<&str> = first["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["function"]["name"].as_str())
-        .collect();
-    assert!(offered.contains(&"mcp__t__echo"), "{offered:?}");
+    let offered = offered(&mock);
+    assert!(offered.iter().any(|n| n == "mcp__t__echo"), "{offered:?}");
     assert_eq!(result_of(&mock, "e1"), "hello from the cell");
 
     // Where the server ran: a cell of its own — its own pid namespace, none of the task's
@@ -218,21 +231,13 @@ fn a_stdio_server_runs_in_a_cell_of_its_own_and_its_tools_are_gated_approved_and
 
 #[test]
 fn a_server_that_exits_before_answering_fails_the_task_at_once_with_its_stderr() {
-    if !require_process_tier() {
+    let Some((_t, state, ws)) = setup(
+        "mcp-client-exit",
+        "mcp__t__*",
+        "    env: {WARREN_TEST_MCP_EXIT: \"cannot open the database: no such file\"}\n    startup_timeout: 60s\n",
+    ) else {
         return;
-    }
-    let Some(bin) = server_bin() else { return };
-    let t = TempDir::new("mcp-client-exit");
-    let state = t.path().join("state");
-    let ws = workspace(&t);
-    deploy(
-        &state,
-        &manifest(
-            &bin,
-            "mcp__t__*",
-            "    env: {WARREN_TEST_MCP_EXIT: \"cannot open the database: no such file\"}\n    startup_timeout: 60s\n",
-        ),
-    );
+    };
     let mock = MockLlm::start_responder(|_| reply(vec![("f", "finish", json!({}))])).unwrap();
     let d = DaemonProc::start(&state, &mock, &[]);
     let started = Instant::now();
@@ -254,17 +259,13 @@ fn a_server_that_exits_before_answering_fails_the_task_at_once_with_its_stderr()
 
 #[test]
 fn progress_keeps_a_slow_call_alive_and_silence_times_it_out() {
-    if !require_process_tier() {
+    let Some((t, state, ws)) = setup(
+        "mcp-client-progress",
+        "mcp__t__slow",
+        "    call_timeout: 1s\n",
+    ) else {
         return;
-    }
-    let Some(bin) = server_bin() else { return };
-    let t = TempDir::new("mcp-client-progress");
-    let state = t.path().join("state");
-    let ws = workspace(&t);
-    deploy(
-        &state,
-        &manifest(&bin, "mcp__t__slow", "    call_timeout: 1s\n"),
-    );
+    };
     let mock = MockLlm::start_responder(|b| match tool_results(b) {
         0 => reply(vec![(
             "s1",
@@ -297,22 +298,11 @@ fn progress_keeps_a_slow_call_alive_and_silence_times_it_out() {
 
 #[test]
 fn too_many_definitions_become_a_search_tool_and_found_tools_are_called_by_name() {
-    if !require_process_tier() {
-        return;
-    }
-    let Some(bin) = server_bin() else { return };
-    let t = TempDir::new("mcp-client-search");
-    let state = t.path().join("state");
-    let ws = workspace(&t);
     // 200 tools of ~800 characters each: ~40 000 tokens, far past a tenth of the window.
-    deploy(
-        &state,
-        &manifest(
-            &bin,
-            "mcp__t__*",
-            "    env: {WARREN_TEST_MCP_TOOLS: \"200\"}\n",
-        ),
-    );
+    let tools = "    env: {WARREN_TEST_MCP_TOOLS: \"200\"}\n";
+    let Some((_t, state, ws)) = setup("mcp-client-search", "mcp__t__*", tools) else {
+        return;
+    };
     let mock = MockLlm::start_responder(|b| match tool_results(b) {
         0 => reply(vec![("s1", "mcp_search", json!({"query": "number 117"}))]),
         1 => reply(vec![("c1", "mcp__t__tool_117", json!({}))]),
@@ -323,14 +313,8 @@ fn too_many_definitions_become_a_search_tool_and_found_tools_are_called_by_name(
     let id = submit(&d, &ws);
     let done = d.wait_done(&id, Duration::from_secs(60));
     assert_eq!(done["state"], "succeeded", "{done}");
-    let first = &mock.requests()[0].body;
-    let offered: Vec<&str> = first["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["function"]["name"].as_str())
-        .collect();
-    assert!(offered.contains(&"mcp_search"), "{offered:?}");
+    let offered = offered(&mock);
+    assert!(offered.iter().any(|n| n == "mcp_search"), "{offered:?}");
     assert!(
         !offered.iter().any(|n| n.starts_with("mcp__t__")),
         "no definition is sent: {offered:?}"
