@@ -108,8 +108,38 @@ fn cost(usage: Usage, prices: &ModelInfo) -> f64 {
         / 1e6
 }
 
-/// Stops a task whose model keeps making the same failing call (same tool, same arguments,
-/// byte for byte), across turns.
+/// `v` as compact JSON with every object's keys sorted.
+fn canonical(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::from(k.as_str()),
+                        canonical(&m[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(canonical).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Stops a task whose model keeps making the same failing call (same tool, same arguments),
+/// across turns. Arguments are compared as parsed JSON with object keys in order, so spacing
+/// and key order do not make a repeated call look new; text that is not JSON is compared as
+/// written.
 pub(crate) struct RepeatGuard {
     max: u32,
     failures: HashMap<String, u32>,
@@ -126,9 +156,12 @@ impl RepeatGuard {
 
     /// `call` failed (again): `Some(reason)` when that is once too often.
     pub(crate) fn failed(&mut self, call: &ToolCall) -> Option<String> {
+        let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
+            .map(|v| canonical(&v))
+            .unwrap_or_else(|_| call.arguments.clone());
         let n = self
             .failures
-            .entry(format!("{}\u{0}{}", call.name, call.arguments))
+            .entry(format!("{}\u{0}{args}", call.name))
             .or_insert(0);
         *n += 1;
         (*n >= self.max).then(|| {
@@ -137,5 +170,47 @@ impl RepeatGuard {
                 call.name, n
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn call(name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    #[test]
+    fn the_same_call_with_other_spacing_or_key_order_is_a_repeat() {
+        let mut g = RepeatGuard::new(3);
+        assert!(
+            g.failed(&call("shell", r#"{"command":"make","cwd":"/w"}"#))
+                .is_none()
+        );
+        assert!(
+            g.failed(&call("shell", r#"{ "cwd": "/w",  "command": "make" }"#))
+                .is_none()
+        );
+        let stop = g.failed(&call(
+            "shell",
+            "{\n\"command\": \"make\", \"cwd\": \"/w\"\n}",
+        ));
+        assert!(stop.is_some_and(|r| r.contains("repeated 3 times")));
+        // Another argument, or another tool, is another call.
+        let mut g = RepeatGuard::new(2);
+        assert!(g.failed(&call("shell", r#"{"command":"make"}"#)).is_none());
+        assert!(
+            g.failed(&call("shell", r#"{"command":"make test"}"#))
+                .is_none()
+        );
+        assert!(g.failed(&call("grep", r#"{"command":"make"}"#)).is_none());
+        assert!(g.failed(&call("shell", "not json")).is_none());
+        assert!(g.failed(&call("shell", "not json")).is_some());
     }
 }

@@ -108,7 +108,18 @@ impl View {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
             return;
         }
-        let mut err = std::io::stderr().lock();
+        self.show_to(e, &mut std::io::stderr().lock());
+    }
+
+    /// Start a new line unless the last thing written (streamed text) ended one.
+    fn new_line(&mut self, err: &mut dyn Write) {
+        if !self.at_line_start {
+            let _ = writeln!(err);
+        }
+        self.at_line_start = true;
+    }
+
+    fn show_to(&mut self, e: &AgentEvent, err: &mut dyn Write) {
         match e {
             AgentEvent::Turn { turn } => {
                 if !self.at_line_start {
@@ -155,6 +166,7 @@ impl View {
                 log,
                 ..
             } => {
+                self.new_line(err);
                 let mark = if *is_error { "✗" } else { "✓" };
                 let log = log
                     .as_ref()
@@ -166,6 +178,7 @@ impl View {
                 );
             }
             AgentEvent::Usage { total, .. } => {
+                self.new_line(err);
                 let _ = writeln!(
                     err,
                     "    tokens: {} in ({} cached), {} out",
@@ -177,6 +190,7 @@ impl View {
                 tokens_before,
                 tokens_after,
             } => {
+                self.new_line(err);
                 let _ = writeln!(
                     err,
                     "    (context: {replaced} older messages summarized, ~{tokens_before} → ~{tokens_after} tokens)"
@@ -324,6 +338,10 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
             eprintln!("\nwarren: stopped: {}", crate::term::printable(why));
             1
         }
+        (TaskState::Failed, None) if reason.starts_with(warren_runtime::runner::TIMED_OUT) => {
+            eprintln!("\nwarren: {}", crate::term::printable(&reason));
+            exit::TIMEOUT
+        }
         (TaskState::Interrupted, None) if signal != 0 => {
             eprintln!("\nwarren: interrupted by signal {signal}; the cell was stopped");
             exit::for_signal(signal)
@@ -396,6 +414,40 @@ fn review(
     } else {
         eprintln!(
             "warren: changes kept as {id}: `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_token_line_starts_a_line_after_streamed_text_without_one() {
+        let mut v = View {
+            json: false,
+            started: Instant::now(),
+            at_line_start: true,
+        };
+        let mut out = Vec::new();
+        v.show_to(
+            &AgentEvent::Text {
+                delta: "no newline at the end".into(),
+            },
+            &mut out,
+        );
+        v.show_to(
+            &AgentEvent::Usage {
+                turn: Default::default(),
+                total: Default::default(),
+            },
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "no newline at the end\n    tokens: 0 in (0 cached), 0 out\n"
         );
     }
 }

@@ -38,6 +38,10 @@ use crate::gate::{Approvals, TaskGate};
 use crate::journal::StoreJournal;
 use crate::taskdir::TaskDirs;
 
+/// How the reason of a task stopped by its timeout starts (`timed out after 30m0s (the
+/// agent's timeout)`): `warren run` exits with the timeout's code for it.
+pub const TIMED_OUT: &str = "timed out after";
+
 /// Where a task's skills are in its cell (read-only).
 pub const SKILLS_MOUNT: &str = "/skills";
 
@@ -155,7 +159,7 @@ impl Engine {
                 (
                     End::Final(
                         TaskState::Failed,
-                        format!("timed out after {wall:?} (the agent's timeout)"),
+                        format!("{TIMED_OUT} {wall:?} (the agent's timeout)"),
                     ),
                     None,
                 )

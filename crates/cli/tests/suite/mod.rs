@@ -14,6 +14,7 @@ mod policy;
 mod resume;
 mod run;
 mod skills;
+mod stop;
 
 use std::process::{Command, Output};
 
