@@ -23,6 +23,13 @@ pub struct AgentConfig {
     pub max_tokens_per_turn: u32,
     /// Identical failing calls tolerated before the task is stopped.
     pub max_repeated_failures: u32,
+    /// Answers without a tool call that are met with a nudge ("call a tool or finish")
+    /// before one more ends the task.
+    pub max_nudges: u32,
+    /// Take tool calls a model wrote as text (`<tool_call>` tags, a fenced JSON call, a
+    /// Llama-style JSON message) as calls, when the response has none (`crate::textcalls`):
+    /// for OpenAI-compatible servers, whose small local models do that.
+    pub text_tool_calls: bool,
     /// The model's context window in tokens (from the catalog).
     pub context_window: u32,
     /// Summarize older turns once a request would fill this fraction of the window.
@@ -80,6 +87,8 @@ impl Default for AgentConfig {
             budget_tokens: None,
             max_tokens_per_turn: 4096,
             max_repeated_failures: 3,
+            max_nudges: 1,
+            text_tool_calls: false,
             context_window: 128_000,
             summarize_at: 0.85,
             keep_recent: 6,

@@ -31,6 +31,11 @@ pub(crate) struct Context {
     messages: Vec<Message>,
 }
 
+/// What a model that answered without a tool call is told.
+pub(crate) const NUDGE: &str = "You answered without calling a tool. Call a tool to continue \
+(a call written as text is not run), or call finish with a summary if the goal is reached or \
+cannot be reached.";
+
 impl Context {
     /// A conversation that starts with `goal`.
     pub(crate) fn new(goal: &str) -> Self {
@@ -55,9 +60,10 @@ impl Context {
     }
 
     /// The model answered without calling a tool: tell it to go on.
+    /// Tell the model it answered without a tool call.
     pub(crate) fn nudge(&mut self) {
         self.messages.push(Message::User {
-            content: "Continue with the tools; call finish when the goal is reached.".into(),
+            content: NUDGE.into(),
         });
     }
 

@@ -29,6 +29,21 @@ pub enum AgentEvent {
         /// The fragment.
         delta: String,
     },
+    /// The model answered without calling a tool (or finish) and was told to.
+    Nudged {
+        /// The turn it answered in.
+        turn: u32,
+        /// Nudges left before such an answer ends the task.
+        remaining: u32,
+    },
+    /// The model wrote its tool calls as text (a small local model); they are taken as calls,
+    /// with ids `text-<turn>-<n>`.
+    TextToolCalls {
+        /// The turn.
+        turn: u32,
+        /// How many.
+        count: usize,
+    },
     /// The provider retried and the text of this turn so far is void.
     Restart {
         /// Why.

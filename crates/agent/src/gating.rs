@@ -429,10 +429,39 @@ impl Agent {
                 )?);
             }
         } else {
-            for &i in &pending {
+            // `finish` runs after the turn's other calls, and only if none of them failed: a
+            // model must see its failures before it claims success.
+            let mut order = pending.clone();
+            order.sort_by_key(|&i| calls[i].name == "finish");
+            for &i in &order {
                 let c = &calls[i];
+                let failed: Vec<&str> = if c.name == "finish" {
+                    (0..calls.len())
+                        .filter(|&j| j != i && calls[j].name != "finish")
+                        .filter(|&j| {
+                            done[j].as_ref().is_some_and(|d| d.output.is_error)
+                                || checked[j].is_err()
+                        })
+                        .map(|j| calls[j].name.as_str())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let (output, took) = match &checked[i] {
                     Err(e) => (ToolOutput::err(e.to_string()), Duration::ZERO),
+                    Ok(_) if !failed.is_empty() => {
+                        capability[i] = None;
+                        (
+                            ToolOutput::err(format!(
+                                "finish refused: {} other call(s) of this turn failed ({}); read \
+                                 their results, then fix what failed or call finish saying it \
+                                 could not be done",
+                                failed.len(),
+                                failed.join(", ")
+                            )),
+                            Duration::ZERO,
+                        )
+                    }
                     Ok(args) => {
                         // A tool that changes things leaves a mark first: after a crash, its
                         // effect is reported as unknown instead of being repeated.

@@ -15,7 +15,10 @@
 //! | 5. cut long results for the model, the full text going to `/logs` | `context.rs` |
 //! | 6. report each result (event, audit), record it durably, show it to the model | `lib.rs`, `journal.rs` |
 //!
-//! A response without tool calls gets a nudge; two in a row stop the task. The repeat guard
+//! A response without tool calls gets a nudge (`max_nudges` in a row, then one more stops the
+//! task); for OpenAI-compatible servers, calls a model wrote as text are taken as calls first
+//! (`textcalls.rs`). `finish` in a turn where another call failed is refused, so the model sees
+//! the failures before it claims success. The repeat guard
 //! (`budget.rs`) stops a task whose model keeps making the same failing call. `finish` ends
 //! the run with its result ([`Outcome::Finished`]); a limit or a guard ends it with a reason
 //! ([`Outcome::Stopped`]). Only the provider, the task's logs or its journal failing end a
@@ -36,6 +39,7 @@ mod error;
 mod events;
 mod gating;
 mod journal;
+pub mod textcalls;
 pub mod tools;
 mod turn;
 
@@ -150,9 +154,20 @@ impl Agent {
             self.keep_within_window(&mut context, &specs, &mut budget, &mut journal, &mut events)
                 .await?;
             events.emit(AgentEvent::Turn { turn });
-            let response = self
+            let mut response = self
                 .model_turn(turn, &context, &specs, &mut journal, &mut events)
                 .await?;
+            if response.tool_calls.is_empty() && self.config.text_tool_calls {
+                // Deterministic over the recorded text: a resumed turn finds the same calls.
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                response.tool_calls = textcalls::parse(&response.text, &names, turn);
+                if !response.tool_calls.is_empty() {
+                    events.emit(AgentEvent::TextToolCalls {
+                        turn,
+                        count: response.tool_calls.len(),
+                    });
+                }
+            }
             budget.charge(response.usage);
             events.emit(AgentEvent::Usage {
                 turn: response.usage,
@@ -161,10 +176,14 @@ impl Agent {
             context.push_response(&response);
             if response.tool_calls.is_empty() {
                 idle_turns += 1;
-                if idle_turns >= 2 {
+                if idle_turns > self.config.max_nudges {
                     let reason = "the model stopped calling tools without calling finish";
                     return Ok(events.stop(reason.into(), turn, budget.total()));
                 }
+                events.emit(AgentEvent::Nudged {
+                    turn,
+                    remaining: self.config.max_nudges - idle_turns,
+                });
                 context.nudge();
                 continue;
             }

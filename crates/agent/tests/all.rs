@@ -839,3 +839,221 @@ fn a_journal_with_a_turns_marks_before_its_results_still_resumes() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Answers with text (and calls) from a script, as a small local model does.
+struct Texted {
+    turns: Vec<(String, Vec<ToolCall>)>,
+    requests: Mutex<Vec<ChatRequest>>,
+}
+
+impl Texted {
+    fn new(turns: Vec<(&str, Vec<ToolCall>)>) -> Arc<Texted> {
+        Arc::new(Texted {
+            turns: turns.into_iter().map(|(t, c)| (t.to_owned(), c)).collect(),
+            requests: Mutex::default(),
+        })
+    }
+
+    /// What the model was told in answer to call `id`.
+    fn result_of(&self, id: &str) -> String {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.messages.clone())
+            .find_map(|m| match m {
+                warren_llm::Message::Tool {
+                    call_id, content, ..
+                } if call_id == id => Some(content),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no result for {id}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Texted {
+    fn name(&self) -> &str {
+        "openai"
+    }
+    async fn chat(&self, r: &ChatRequest, _e: EventSink<'_>) -> Result<ChatResponse, LlmError> {
+        let n = {
+            let mut reqs = self.requests.lock().unwrap();
+            reqs.push(r.clone());
+            reqs.len() - 1
+        };
+        let (text, calls) = self.turns.get(n).cloned().unwrap_or_default();
+        Ok(ChatResponse {
+            text,
+            tool_calls: calls,
+            usage: Usage::default(),
+            stop_reason: StopReason::EndTurn,
+        })
+    }
+}
+
+fn run_events(agent: &Agent) -> (warren_agent::Report, Vec<warren_agent::AgentEvent>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut seen = Vec::new();
+    let r = rt
+        .block_on(agent.run("write a.py", &mut |e| seen.push(e.clone())))
+        .unwrap();
+    (r, seen)
+}
+
+#[test]
+fn calls_a_local_model_writes_as_text_are_run_like_any_call() {
+    let p = Texted::new(vec![
+        (
+            "I will create the file.\n<tool_call>\n{\"name\": \"write_file\", \"arguments\": {\"path\": \"a.py\", \"content\": \"print(1)\\n\"}}\n</tool_call>\n<tool_response>\nThe file was written.\n</tool_response>",
+            vec![],
+        ),
+        (
+            "```json\n{\"name\": \"finish\", \"arguments\": {\"summary\": \"wrote a.py\"}}\n```",
+            vec![],
+        ),
+    ]);
+    let cell = Arc::new(FakeCell::default());
+    let mut c = config();
+    c.text_tool_calls = true;
+    let (report, events) = run_events(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        c,
+        Arc::new(Unrestricted),
+        None,
+    ));
+    assert_eq!(
+        report.outcome,
+        Outcome::Finished(json!({"summary": "wrote a.py", "success": true}))
+    );
+    let files = cell.files.lock().unwrap().clone();
+    assert_eq!(
+        files
+            .iter()
+            .find(|(k, _)| k.ends_with("a.py"))
+            .map(|(_, v)| v.as_str()),
+        Some("print(1)\n"),
+        "{files:?}"
+    );
+    assert!(
+        p.result_of("text-1-1").contains("wrote"),
+        "the result goes to the call's id"
+    );
+    let taken = events
+        .iter()
+        .filter(|e| matches!(e, warren_agent::AgentEvent::TextToolCalls { .. }))
+        .count();
+    assert_eq!(taken, 2);
+
+    // The same text from a provider that is not OpenAI-compatible (text calls off): nothing
+    // runs; a nudge, then the task stops.
+    let p = Texted::new(vec![
+        (
+            "<tool_call>{\"name\": \"write_file\", \"arguments\": {\"path\": \"b.py\", \"content\": \"x\"}}</tool_call>",
+            vec![],
+        ),
+        (
+            "<tool_call>{\"name\": \"write_file\", \"arguments\": {\"path\": \"b.py\", \"content\": \"x\"}}</tool_call>",
+            vec![],
+        ),
+    ]);
+    let cell = Arc::new(FakeCell::default());
+    let (report, _) = run_events(&Agent::new(
+        p,
+        cell.clone(),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    ));
+    assert!(matches!(report.outcome, Outcome::Stopped(_)));
+    assert!(cell.files.lock().unwrap().is_empty());
+}
+
+#[test]
+fn prose_that_quotes_a_call_runs_nothing_and_is_nudged_once() {
+    let prose = "To write the file you would call ```json\n{\"name\": \"shell\", \"arguments\": {\"command\": \"rm -rf /workspace\"}}\n``` — but I have not done it yet.";
+    let p = Texted::new(vec![(prose, vec![]), (prose, vec![])]);
+    let cell = Arc::new(FakeCell::default());
+    let mut c = config();
+    c.text_tool_calls = true;
+    let (report, events) = run_events(&Agent::new(
+        p.clone(),
+        cell.clone(),
+        c,
+        Arc::new(Unrestricted),
+        None,
+    ));
+    assert_eq!(
+        report.outcome,
+        Outcome::Stopped("the model stopped calling tools without calling finish".into())
+    );
+    assert!(cell.ran.lock().unwrap().is_empty(), "nothing ran");
+    let nudges: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, warren_agent::AgentEvent::Nudged { .. }))
+        .collect();
+    assert_eq!(nudges.len(), 1);
+    let second = &p.requests.lock().unwrap()[1];
+    assert!(
+        matches!(second.messages.last(), Some(warren_llm::Message::User { content }) if content.contains("Call a tool")),
+        "the nudge is the last message the model sees"
+    );
+
+    // Nudges are configurable: none, or several.
+    for (nudges, turns) in [(0, 1), (3, 4)] {
+        let p = Texted::new(vec![("thinking…", vec![]); 5]);
+        let mut c = config();
+        c.max_nudges = nudges;
+        let (report, _) = run_events(&Agent::new(
+            p,
+            Arc::new(FakeCell::default()),
+            c,
+            Arc::new(Unrestricted),
+            None,
+        ));
+        assert_eq!(report.turns, turns, "{nudges} nudges");
+    }
+}
+
+#[test]
+fn finish_in_a_turn_whose_other_calls_failed_is_refused_with_the_reason() {
+    let p = Texted::new(vec![
+        (
+            "",
+            vec![
+                call("e1", "read_file", json!({"path": "missing.py"})),
+                call("r1", "run", json!({"command": "python a.py"})),
+                call("f1", "finish", json!({"summary": "Fixed bug"})),
+            ],
+        ),
+        (
+            "",
+            vec![call(
+                "f2",
+                "finish",
+                json!({"summary": "could not fix it", "success": false}),
+            )],
+        ),
+    ]);
+    let (report, _) = run_events(&Agent::new(
+        p.clone(),
+        Arc::new(FakeCell::default()),
+        config(),
+        Arc::new(Unrestricted),
+        None,
+    ));
+    let refused = p.result_of("f1");
+    assert!(
+        refused.starts_with("finish refused: 2 other call(s) of this turn failed (read_file, run)"),
+        "{refused}"
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Finished(json!({"summary": "could not fix it", "success": false}))
+    );
+    assert_eq!(report.turns, 2);
+}

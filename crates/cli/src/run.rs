@@ -136,6 +136,20 @@ impl View {
                 let _ = write!(err, "{}", crate::term::printable(delta));
                 self.at_line_start = delta.ends_with('\n');
             }
+            AgentEvent::Nudged { remaining, .. } => {
+                self.new_line(err);
+                let _ = writeln!(
+                    err,
+                    "    (no tool call: told to call one or finish; {remaining} more such answer(s) allowed)"
+                );
+            }
+            AgentEvent::TextToolCalls { count, .. } => {
+                self.new_line(err);
+                let _ = writeln!(
+                    err,
+                    "    ({count} tool call(s) written as text, taken as calls)"
+                );
+            }
             AgentEvent::Restart { reason } => {
                 let _ = writeln!(
                     err,

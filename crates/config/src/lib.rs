@@ -162,6 +162,8 @@ pub struct AgentSection {
     /// Wall-clock limit, written e.g. "30m".
     #[serde(default, deserialize_with = "units::de::duration")]
     pub timeout: Option<Duration>,
+    /// Answers without a tool call met with a nudge before one more ends the task (default 1).
+    pub nudges: Option<u32>,
 }
 
 /// `[providers.NAME]`.
@@ -288,6 +290,7 @@ pub const PROJECT_SETTINGS: &[&str] = &[
     "agent.model",
     "agent.max_turns",
     "agent.budget_tokens",
+    "agent.nudges",
     "agent.timeout",
     "llm.idle_timeout",
     "llm.retry_base",
@@ -353,6 +356,7 @@ pub const TEMPLATE: &str = r#"# Warren configuration for this project. Layers, l
 # max_turns = 30
 # budget_tokens = 500000
 # timeout = "30m"
+# nudges = 1                      # answers without a tool call told to call one, before one more stops
 
 # Where requests go (agent.provider, providers.*.base_url) is only taken from this file once
 # you trust it: `warren trust` records this file's SHA-256 in ~/.config/warren/trusted.toml,

@@ -266,6 +266,10 @@ kinds! {
         AgentFinished = "agent.finished",
         /// The agent stopped without finishing (a limit).
         AgentStopped = "agent.stopped",
+        /// The model answered without a tool call and was told to call one (or finish).
+        AgentNudged = "agent.nudged",
+        /// The model wrote its tool calls as text; they are taken as calls.
+        AgentTextToolCalls = "agent.text_tool_calls",
         /// A call waits for a person (the task is `awaiting_approval`).
         ApprovalRequested = "approval.requested",
         /// A person (or the timeout) decided.

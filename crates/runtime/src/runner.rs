@@ -122,6 +122,8 @@ impl Engine {
             return (self.stopped(id, s, &p.dirs), None);
         }
         let mut config = self.agent_config(&manifest, p.model.clone());
+        // Small local models behind OpenAI-compatible servers write calls as text.
+        config.text_tool_calls = p.provider.name() == "openai";
         if !p.skills.is_empty() {
             config.system_prompt.push_str("\n\n");
             config
@@ -863,6 +865,7 @@ impl Engine {
             max_wall: timeout,
             budget_tokens: m.budget_tokens.or(cfg.agent.budget_tokens),
             budget_usd: m.budget_usd,
+            max_nudges: cfg.agent.nudges.unwrap_or(1),
             prices: Some(prices),
             tools: Some(m.tools.clone()),
             // The same effective destinations the task's egress proxy gets (prepare).
@@ -907,6 +910,14 @@ impl Engine {
             "agent.{}",
             payload["event"].as_str().unwrap_or("event")
         ));
+        // What the loop did on its own initiative is audited, not only evented: a nudge, and
+        // calls taken from a model's text (each such call is audited again as a tool call).
+        if matches!(
+            e,
+            AgentEvent::Nudged { .. } | AgentEvent::TextToolCalls { .. }
+        ) {
+            self.audit.record(Some(id), kind.as_str(), &payload);
+        }
         self.event(id, kind, payload);
     }
 }

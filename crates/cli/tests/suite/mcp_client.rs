@@ -101,22 +101,24 @@ fn audit(state: &Path, task: &str) -> Vec<Value> {
         .collect()
 }
 
-fn wait_state(d: &DaemonProc, id: &str, state: &str) -> Value {
+/// Wait until the task is paused for a call whose description contains `call`.
+fn paused_on(d: &DaemonProc, id: &str, call: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, t) = d.call("GET", &format!("/v1/tasks/{id}"), None);
-        if t["state"] == state {
+        if t["state"] == "awaiting_approval"
+            && t["reason"].as_str().unwrap_or_default().contains(call)
+        {
             return t;
         }
         assert!(
             !["succeeded", "failed", "cancelled", "interrupted"]
                 .contains(&t["state"].as_str().unwrap_or_default()),
-            "task {id} ended before it was {state}: {t}"
+            "task {id} ended before it paused on {call}: {t}"
         );
         assert!(
             Instant::now() < deadline,
-            "task {id} never {state}: {t}\n{}",
-            d.log.lock().unwrap()
+            "task {id} never paused on {call}: {t}"
         );
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -148,14 +150,8 @@ fn a_stdio_server_runs_in_a_cell_of_its_own_and_its_tools_are_gated_approved_and
     .unwrap();
     let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
     let id = submit(&d, &ws);
-    let paused = wait_state(&d, &id, "awaiting_approval");
-    assert!(
-        paused["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("mcp__t__delete {\"path\":\"README\"}"),
-        "the person sees the exact call: {paused}"
-    );
+    // The person sees the exact call, its whole arguments.
+    paused_on(&d, &id, "mcp__t__delete {\"path\":\"README\"}");
     let (_, pending) = d.call("GET", &format!("/v1/tasks/{id}/approval"), None);
     assert!(
         pending["reason"]
@@ -437,24 +433,10 @@ mcp_servers:
     .unwrap();
     let d = DaemonProc::start(&state, &mock, &["--policy", policy.to_str().unwrap()]);
     let id = submit(&d, &ws);
-    let paused = wait_state(&d, &id, "awaiting_approval");
-    assert!(
-        paused["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("mcp__git__git_reset"),
-        "{paused}"
-    );
+    paused_on(&d, &id, "mcp__git__git_reset");
     let o = warren_at(&state, &["task", "approve", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let paused = wait_state(&d, &id, "awaiting_approval");
-    assert!(
-        paused["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("git_create_branch"),
-        "{paused}"
-    );
+    paused_on(&d, &id, "mcp__git__git_create_branch");
     let o = warren_at(&state, &["task", "deny", &id, "--reason", "no branches"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let done = d.wait_done(&id, Duration::from_secs(120));
