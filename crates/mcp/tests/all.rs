@@ -360,7 +360,11 @@ async fn a_running_task_is_cancelled_over_mcp_and_its_wait_ends() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let cancelled = call(&c, "cancel_task", json!({"id": id, "reason": "enough"})).await;
-    assert_ne!(cancelled.is_error, Some(true), "{cancelled:?}");
+    if cancelled.is_error == Some(true) {
+        let s = call(&c, "task_status", json!({"id": id})).await;
+        let events = call(&c, "task_events", json!({"id": id})).await;
+        panic!("{cancelled:?}\nthe task: {s:?}\nits events: {events:?}");
+    }
     let done = call(&c, "wait_task", json!({"id": id, "timeout_seconds": 30})).await;
     assert_eq!(structured(&done)["state"], "cancelled", "{done:?}");
     // Cancelling again: the task is over, a conflict.

@@ -140,8 +140,10 @@ impl Engine {
             self.observe(id, e, &mut text);
         };
         let outcome = tokio::select! {
-            r = agent.run(&goal, &mut observe) => Ok(r),
+            // A stop request that has arrived wins over an agent that ends in the same poll.
+            biased;
             s = wait_stop(&mut stop) => Err(Some(s)),
+            r = agent.run(&goal, &mut observe) => Ok(r),
             () = tokio::time::sleep(wall) => Err(None),
         };
         self.flush_text(id, &mut text);
