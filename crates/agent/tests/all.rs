@@ -892,6 +892,13 @@ impl Provider for Texted {
     }
 }
 
+/// An agent on `p`, as for an OpenAI-compatible provider (calls written as text are taken).
+fn local_model(p: &Arc<Texted>, cell: &Arc<FakeCell>) -> Agent {
+    let mut c = config();
+    c.text_tool_calls = true;
+    Agent::new(p.clone(), cell.clone(), c, Arc::new(Unrestricted), None)
+}
+
 fn run_events(agent: &Agent) -> (warren_agent::Report, Vec<warren_agent::AgentEvent>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -917,15 +924,7 @@ fn calls_a_local_model_writes_as_text_are_run_like_any_call() {
         ),
     ]);
     let cell = Arc::new(FakeCell::default());
-    let mut c = config();
-    c.text_tool_calls = true;
-    let (report, events) = run_events(&Agent::new(
-        p.clone(),
-        cell.clone(),
-        c,
-        Arc::new(Unrestricted),
-        None,
-    ));
+    let (report, events) = run_events(&local_model(&p, &cell));
     assert_eq!(
         report.outcome,
         Outcome::Finished(json!({"summary": "wrote a.py", "success": true}))
@@ -978,15 +977,7 @@ fn prose_that_quotes_a_call_runs_nothing_and_is_nudged_once() {
     let prose = "To write the file you would call ```json\n{\"name\": \"shell\", \"arguments\": {\"command\": \"rm -rf /workspace\"}}\n``` — but I have not done it yet.";
     let p = Texted::new(vec![(prose, vec![]), (prose, vec![])]);
     let cell = Arc::new(FakeCell::default());
-    let mut c = config();
-    c.text_tool_calls = true;
-    let (report, events) = run_events(&Agent::new(
-        p.clone(),
-        cell.clone(),
-        c,
-        Arc::new(Unrestricted),
-        None,
-    ));
+    let (report, events) = run_events(&local_model(&p, &cell));
     assert_eq!(
         report.outcome,
         Outcome::Stopped("the model stopped calling tools without calling finish".into())
