@@ -32,9 +32,8 @@ pub(crate) struct Context {
 }
 
 /// What a model that answered without a tool call is told.
-pub(crate) const NUDGE: &str = "You answered without calling a tool. Call a tool to continue \
-(a call written as text is not run), or call finish with a summary if the goal is reached or \
-cannot be reached.";
+pub(crate) const NUDGE: &str = "You answered without calling a tool. Call a tool to continue, \
+or call finish with a summary if the goal is reached or cannot be reached.";
 
 impl Context {
     /// A conversation that starts with `goal`.

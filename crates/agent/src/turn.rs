@@ -49,7 +49,27 @@ impl Agent {
             StreamEvent::ToolCallStarted { .. } => {}
         };
         let asked = Instant::now();
-        let response = self.provider.chat(&request, &mut sink).await;
+        let mut response = self.provider.chat(&request, &mut sink).await;
+        // Some OpenAI-compatible servers (llama-cpp-python's) send no usage in a stream: a
+        // turn that cost nothing would never reach a token budget. Estimate it instead.
+        if let Ok(r) = &mut response
+            && r.usage == warren_llm::Usage::default()
+        {
+            r.usage = warren_llm::Usage {
+                input_tokens: crate::context::estimate_tokens(
+                    &request.system,
+                    &request.tools,
+                    &request.messages,
+                ),
+                output_tokens: ((r.text.len()
+                    + r.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>())
+                    / 4) as u64,
+                cached_input_tokens: 0,
+            };
+        }
         let error = response.as_ref().err().map(ToString::to_string);
         self.gate.model_call(&ModelCallRecord {
             turn,

