@@ -62,9 +62,11 @@ pub const CLIENT_METADATA_URL: &str = "https://conformance-test.local/client-met
 /// Where the authorization server is told to send the browser back (nobody listens: the
 /// driver reads the redirect's `Location` instead of following it).
 const REDIRECT_URI: &str = "http://localhost:3000/callback";
-/// How long a scenario may take: less than the suite's 30 seconds, so that a mock that stops
-/// answering ends in an error of the driver's, not in the suite killing it.
-pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a scenario may take: less than the 120 seconds `.ci/mcp-conformance` gives the
+/// suite (`--timeout 120000`), so that a mock that stops answering ends in an error of the
+/// driver's, not in the suite killing it. The suite starts every scenario at once — some 40
+/// processes on a 2-core machine — and its default 30 seconds was once too short for one.
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(100);
 /// Authorization requests per scenario, at most (the first one and the scope step-ups).
 const MAX_AUTHORIZATIONS: u32 = 3;
 
