@@ -206,14 +206,16 @@ pub(crate) fn offered(config: &AgentConfig, host: Option<&Arc<dyn HostTools>>) -
     tools::specs_for(&config.network)
         .into_iter()
         .chain(host.map(|h| h.specs()).unwrap_or_default())
-        .filter(|s| {
-            s.name == "finish"
-                || config
-                    .tools
-                    .as_ref()
-                    .is_none_or(|allowed| warren_protocol::tools::tool_allowed(allowed, &s.name))
-        })
+        .filter(|s| s.name == "finish" || allowed(config, &s.name))
         .collect()
+}
+
+/// Whether `config`'s tool allowlist (a manifest's `tools`, none: every tool) covers `name`.
+pub(crate) fn allowed(config: &AgentConfig, name: &str) -> bool {
+    config
+        .tools
+        .as_ref()
+        .is_none_or(|tools| warren_protocol::tools::tool_allowed(tools, name))
 }
 
 /// The compiled schemas of the tools a task accepts, by name.

@@ -113,15 +113,11 @@ impl Agent {
     /// Offer tools that run on the host (memory, code search) next to the cell's.
     pub fn with_host_tools(mut self, host: Arc<dyn tools::HostTools>) -> Self {
         self.validators.add(offered(&self.config, Some(&host)));
-        let hidden: Vec<_> =
-            host.hidden_specs()
-                .into_iter()
-                .filter(|s| {
-                    self.config.tools.as_ref().is_none_or(|allowed| {
-                        warren_protocol::tools::tool_allowed(allowed, &s.name)
-                    })
-                })
-                .collect();
+        let hidden: Vec<_> = host
+            .hidden_specs()
+            .into_iter()
+            .filter(|s| gating::allowed(&self.config, &s.name))
+            .collect();
         self.validators.add(hidden);
         if let Some(t) = Arc::get_mut(&mut self.tools) {
             t.host = Some(host);

@@ -87,12 +87,7 @@ fn fenced(text: &str) -> Option<Vec<Value>> {
     let start = body.rfind("```")?;
     let inner = &body[start + 3..];
     let inner = inner.strip_prefix("json").unwrap_or(inner);
-    let inner = inner.strip_prefix('\n').or(Some(inner)).filter(|_| true)?;
-    match serde_json::from_str(inner.trim()).ok()? {
-        Value::Array(a) => Some(a),
-        v @ Value::Object(_) => Some(vec![v]),
-        _ => None,
-    }
+    one_or_many(inner)
 }
 
 /// The whole message as a call object (or a list), optionally after `<|python_tag|>`.
@@ -102,7 +97,12 @@ fn bare(text: &str) -> Option<Vec<Value>> {
     if !t.starts_with(['{', '[']) {
         return None;
     }
-    match serde_json::from_str(t).ok()? {
+    one_or_many(t)
+}
+
+/// `text` as JSON: one object, or a list of them (each checked as a call by [`call`]).
+fn one_or_many(text: &str) -> Option<Vec<Value>> {
+    match serde_json::from_str(text.trim()).ok()? {
         Value::Array(a) => Some(a),
         v @ Value::Object(_) => Some(vec![v]),
         _ => None,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use warren_store::{NewTask, Store};
+use warren_testkit::bench::arg;
 use warren_testkit::mockllm::{MockLlm, Reply, ToolCall, Turn};
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
@@ -32,15 +33,6 @@ model: mock-model
 tools: [shell, finish]
 limits: {memory: 256M, pids: 64, timeout: 10m}
 ";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn tool_results(body: &Value) -> usize {
     body["messages"]

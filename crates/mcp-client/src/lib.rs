@@ -25,7 +25,7 @@
 //!
 //! **Approval by annotation**: a tool whose annotations say `destructiveHint: true`, or that
 //! has no annotations saying it is read-only or not destructive, waits for a person unless the
-//! operator's policy turns that off ([`Session::needs_approval`]). Annotations are the
+//! operator's policy turns that off ([`Offered::approval`]). Annotations are the
 //! server's own word: they can only spare a call the wait when the operator lets them.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -125,14 +125,49 @@ pub struct Session {
     process: Option<stdio::Process>,
 }
 
-fn unreachable_ended(name: &str) -> Result<Session, McpError> {
-    // Only a process ends on its own; an HTTP session has none.
-    Err(McpError::Protocol {
-        server: name.to_owned(),
-        what: "initialize".into(),
-        reason: "ended".into(),
-        stderr: String::new(),
-    })
+/// Resolves when a server's process ends; never for a server without one (HTTP).
+async fn exited(process: Option<&stdio::Process>) {
+    match process {
+        Some(p) => p.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The end of a server's stderr (none for an HTTP server).
+fn stderr(process: Option<&stdio::Process>) -> String {
+    process.map(stdio::Process::stderr).unwrap_or_default()
+}
+
+/// The error for a server whose process ended ([`exited`] resolved).
+async fn ended(process: Option<&stdio::Process>, server: &str) -> McpError {
+    match process {
+        Some(p) => p.ended(server).await,
+        None => McpError::Protocol {
+            server: server.to_owned(),
+            what: "the session".into(),
+            reason: "ended".into(),
+            stderr: String::new(),
+        },
+    }
+}
+
+/// The error for a failed request: a process's end if it ended meanwhile, else the
+/// protocol's.
+async fn failure(
+    process: Option<&stdio::Process>,
+    server: &str,
+    what: &str,
+    reason: String,
+) -> McpError {
+    match process {
+        Some(p) => p.failure(server, what, reason).await,
+        None => McpError::Protocol {
+            server: server.to_owned(),
+            what: what.to_owned(),
+            reason,
+            stderr: String::new(),
+        },
+    }
 }
 
 /// What Warren tells servers about itself.
@@ -190,32 +225,20 @@ impl Session {
                 .map_err(|e| ("tools/list", e.to_string()))?;
             Ok::<_, (&str, String)>((client, tools))
         };
-        let exited = async {
-            match &process {
-                Some(p) => p.exited().await,
-                None => std::future::pending().await,
-            }
-        };
-        let stderr = || {
-            process
-                .as_ref()
-                .map(stdio::Process::stderr)
-                .unwrap_or_default()
-        };
         let outcome = tokio::select! {
             r = started => Some(r),
-            () = exited => None,
+            () = exited(process.as_ref()) => None,
             () = tokio::time::sleep(limit) => {
                 return Err(McpError::Timeout {
                     server: name,
                     what: "initialize and tools/list".into(),
                     after: limit,
-                    stderr: stderr(),
+                    stderr: stderr(process.as_ref()),
                 });
             }
         };
-        match (outcome, &process) {
-            (Some(Ok((client, tools))), _) => {
+        match outcome {
+            Some(Ok((client, tools))) => {
                 let tools = convert::offered(&name, &tools);
                 Ok(Session {
                     name,
@@ -225,34 +248,14 @@ impl Session {
                     process,
                 })
             }
-            (Some(Err((what, reason))), Some(p)) => Err(p.failure(&name, what, reason).await),
-            (Some(Err((what, reason))), None) => Err(McpError::Protocol {
-                server: name,
-                what: what.into(),
-                reason,
-                stderr: String::new(),
-            }),
-            (None, Some(p)) => Err(p.ended(&name).await),
-            (None, None) => unreachable_ended(&name),
+            Some(Err((what, reason))) => Err(failure(process.as_ref(), &name, what, reason).await),
+            None => Err(ended(process.as_ref(), &name).await),
         }
-    }
-
-    /// The server's name (as the manifest declares it).
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The tools it offers, as agent tools.
     pub fn tools(&self) -> &[Offered] {
         &self.tools
-    }
-
-    /// Why a call of the agent tool `tool` needs a person by its annotations, if it does.
-    pub fn needs_approval(&self, tool: &str) -> Option<String> {
-        self.tools
-            .iter()
-            .find(|t| t.spec.name == tool)
-            .and_then(|t| t.approval.clone())
     }
 
     /// Call the server's tool `remote` with `args`: its result as text, or why it failed (a
@@ -275,20 +278,10 @@ impl Session {
                 .await?;
             handle.await_response().await
         };
-        let exited = async {
-            match &self.process {
-                Some(p) => p.exited().await,
-                None => std::future::pending().await,
-            }
-        };
+        let process = self.process.as_ref();
         let answer = tokio::select! {
             r = call => r,
-            () = exited => {
-                if let Some(p) = &self.process {
-                    return Err(p.ended(&self.name).await.to_string());
-                }
-                return Err(format!("MCP server {} is gone", self.name));
-            }
+            () = exited(process) => return Err(ended(process, &self.name).await.to_string()),
         };
         match answer {
             Ok(ServerResult::CallToolResult(r)) => {
@@ -307,30 +300,13 @@ impl Session {
                 server: self.name.clone(),
                 what: format!("tools/call {remote}"),
                 after: timeout,
-                stderr: self.stderr(),
+                stderr: stderr(process),
             }
             .to_string()),
-            Err(e) => match &self.process {
-                Some(p) => Err(p
-                    .failure(&self.name, "tools/call", e.to_string())
-                    .await
-                    .to_string()),
-                None => Err(McpError::Protocol {
-                    server: self.name.clone(),
-                    what: "tools/call".into(),
-                    reason: e.to_string(),
-                    stderr: String::new(),
-                }
+            Err(e) => Err(failure(process, &self.name, "tools/call", e.to_string())
+                .await
                 .to_string()),
-            },
         }
-    }
-
-    fn stderr(&self) -> String {
-        self.process
-            .as_ref()
-            .map(stdio::Process::stderr)
-            .unwrap_or_default()
     }
 
     /// Stop the server (its cell goes with the last reference to it).
@@ -374,11 +350,6 @@ impl McpTools {
     /// Every agent tool of every server.
     pub fn all(&self) -> impl Iterator<Item = &Offered> {
         self.sessions.iter().flat_map(|s| s.tools())
-    }
-
-    /// Why a call of `tool` needs a person by its server's annotations, if it does.
-    pub fn needs_approval(&self, tool: &str) -> Option<String> {
-        self.sessions.iter().find_map(|s| s.needs_approval(tool))
     }
 
     fn search_spec() -> ToolSpec {

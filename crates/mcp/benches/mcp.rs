@@ -31,15 +31,7 @@ use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel};
 use warren_runtime::scheduler::Limits;
 use warren_store::sqlite::SqliteStore;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use warren_testkit::bench::arg;
 
 fn pct(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();

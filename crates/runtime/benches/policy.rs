@@ -17,21 +17,7 @@ use warren_runtime::capabilities::{Capabilities, Layer, PolicyFile};
 use warren_runtime::gate::{Auditor, Redactor, TaskGate};
 use warren_store::sqlite::SqliteStore;
 use warren_store::{NewTask, Store};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
-    (at(0.5), at(0.99))
-}
+use warren_testkit::bench::{arg, pct};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

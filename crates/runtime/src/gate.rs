@@ -301,12 +301,8 @@ pub fn main_argument(tool: &str, args: &Value) -> String {
     ["command", "path", "pattern"]
         .iter()
         .find_map(|k| args[k].as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| match args {
-            Value::Object(m) if m.is_empty() => String::new(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// One task's gate.

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
@@ -23,23 +23,9 @@ use warren_runtime::capabilities::{Capabilities, Layer};
 use warren_runtime::gate::{Auditor, Redactor, TaskGate};
 use warren_store::sqlite::SqliteStore;
 use warren_store::{NewTask, Store};
+use warren_testkit::bench::{arg, pct};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_warren-test-mcp-server");
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
-    (at(0.5), at(0.99))
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

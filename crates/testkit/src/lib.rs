@@ -204,3 +204,25 @@ pub fn assert_blocked(cell: &ProcessCell, args: &[&str]) -> ProbeReport {
     );
     r
 }
+
+/// Benchmarks' shared helpers: options after `--` and percentiles.
+pub mod bench {
+    use std::time::Duration;
+
+    /// The number after `name` among the program's arguments (`-- --calls 500`), or `default`.
+    pub fn arg(name: &str, default: usize) -> usize {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The p50 and p99 of `v`, in microseconds (nearest rank at or below).
+    pub fn pct(mut v: Vec<Duration>) -> (f64, f64) {
+        v.sort();
+        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+        (at(0.5), at(0.99))
+    }
+}
