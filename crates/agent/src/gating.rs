@@ -357,7 +357,7 @@ impl Agent {
         // Results recorded before a restart are reused; only the rest run now.
         let mut replayed: Vec<Option<ToolOutput>> = Vec::with_capacity(calls.len());
         for c in calls {
-            replayed.push(journal.tool(&c.id)?);
+            replayed.push(journal.tool(&c.id, self.tools.resumable(&c.name))?);
         }
         // The choke point: every call about to run is checked; a refusal runs nothing.
         let mut capability: Vec<Option<String>> = vec![None; calls.len()];
@@ -403,8 +403,9 @@ impl Agent {
             let handles: Vec<_> = pending
                 .iter()
                 .map(|&i| {
-                    let (tools, name, args) = (
+                    let (tools, id, name, args) = (
                         Arc::clone(&self.tools),
+                        calls[i].id.clone(),
                         calls[i].name.clone(),
                         checked[i].as_ref().cloned().unwrap_or_default(),
                     );
@@ -412,7 +413,7 @@ impl Agent {
                         i,
                         tokio::task::spawn_blocking(move || {
                             let t = Instant::now();
-                            let out = tools.call(&name, &args);
+                            let out = tools.call_as(&id, &name, &args);
                             (out, t.elapsed())
                         }),
                     )
@@ -472,10 +473,15 @@ impl Agent {
                                 call_id: c.id.clone(),
                             })?;
                         }
-                        let (tools, name, args) =
-                            (Arc::clone(&self.tools), c.name.clone(), args.clone());
+                        let (tools, id, name, args) = (
+                            Arc::clone(&self.tools),
+                            c.id.clone(),
+                            c.name.clone(),
+                            args.clone(),
+                        );
                         let t = Instant::now();
-                        let out = tokio::task::spawn_blocking(move || tools.call(&name, &args))
+                        let out =
+                            tokio::task::spawn_blocking(move || tools.call_as(&id, &name, &args))
                             .await
                             .unwrap_or_else(panicked);
                         (out, t.elapsed())
@@ -521,6 +527,7 @@ impl Agent {
             content: done.output.content.clone(),
             is_error: done.output.is_error,
             finished: done.output.finished.clone(),
+            spent: done.output.spent,
         })?;
         Ok(done)
     }

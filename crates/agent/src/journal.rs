@@ -60,7 +60,14 @@ pub enum Step {
         is_error: bool,
         /// Set by `finish`.
         finished: Option<Value>,
+        /// Model usage the call spent for the task (a delegated child's).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        spent: warren_llm::Usage,
     },
+}
+
+fn is_zero(u: &warren_llm::Usage) -> bool {
+    *u == warren_llm::Usage::default()
 }
 
 /// Where a task's steps are made durable (the store's checkpoints, in the daemon). A task
@@ -220,7 +227,15 @@ impl Replayer {
     /// and its results after (`tool_started, tool_started, tool, tool`): the result is looked
     /// for among the rest of the turn's steps, and an interrupted call's result is recorded
     /// only once every recorded step was replayed (its number is the next free one).
-    pub(crate) fn tool(&mut self, call_id: &str) -> Result<Option<ToolOutput>, JournalError> {
+    ///
+    /// A `resumable` call (a tool that finds its own earlier work by the call's id) that was
+    /// started but has no result runs again instead (`None`): its mark is consumed, and the
+    /// live run records a new one.
+    pub(crate) fn tool(
+        &mut self,
+        call_id: &str,
+        resumable: bool,
+    ) -> Result<Option<ToolOutput>, JournalError> {
         match self.peek() {
             Some(Step::ToolStarted { call_id: c }) if c == call_id => {
                 self.pop();
@@ -229,12 +244,16 @@ impl Replayer {
                     self.seq += 1;
                     return Ok(step.and_then(step_output));
                 }
+                if resumable {
+                    return Ok(None);
+                }
                 let out = ToolOutput::err(INTERRUPTED);
                 self.interrupted.push(Step::Tool {
                     call_id: call_id.into(),
                     content: out.content.clone(),
                     is_error: true,
                     finished: None,
+                    spent: warren_llm::Usage::default(),
                 });
                 if self.live() {
                     self.flush()?;
@@ -271,12 +290,14 @@ fn step_output(s: Step) -> Option<ToolOutput> {
             content,
             is_error,
             finished,
+            spent,
             ..
         } => Some(ToolOutput {
             content,
             is_error,
             full: None,
             finished,
+            spent,
         }),
         _ => None,
     }

@@ -110,6 +110,14 @@ impl Agent {
         self
     }
 
+    /// Judge `finish` with `check` before it ends the task (the manifest's validators).
+    pub fn with_finish_check(mut self, check: Arc<dyn tools::FinishCheck>) -> Self {
+        if let Some(t) = Arc::get_mut(&mut self.tools) {
+            t.finish_check = Some(check);
+        }
+        self
+    }
+
     /// Offer tools that run on the host (memory, code search) next to the cell's.
     pub fn with_host_tools(mut self, host: Arc<dyn tools::HostTools>) -> Self {
         self.validators.add(offered(&self.config, Some(&host)));
@@ -191,6 +199,8 @@ impl Agent {
             let mut finished = None;
             // Each result is already audited and durable (see `act`).
             for d in done {
+                // A delegated child's spend is the task's own (replayed calls' too).
+                budget.charge(d.output.spent);
                 events.emit(AgentEvent::ToolResult {
                     turn,
                     name: d.call.name.clone(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warren_cell::{Cell, Collect, ExecSpec};
-use warren_llm::ToolSpec;
+use warren_llm::{ToolSpec, Usage};
 
 /// What a tool call produced, for the model and for the log.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +26,9 @@ pub struct ToolOutput {
     pub full: Option<String>,
     /// Set by `finish`: the task's result.
     pub finished: Option<Value>,
+    /// Model usage the call spent on the task's behalf (a delegated child's): charged to the
+    /// task's budget like its own turns.
+    pub spent: Usage,
 }
 
 impl ToolOutput {
@@ -35,16 +38,44 @@ impl ToolOutput {
             is_error: false,
             full: None,
             finished: None,
+            spent: Usage::default(),
         }
     }
     pub(crate) fn err(content: impl Into<String>) -> Self {
         ToolOutput {
-            content: content.into(),
             is_error: true,
-            full: None,
-            finished: None,
+            ..ToolOutput::ok(content)
         }
     }
+}
+
+/// What a host tool's call produced (see [`HostTools::call_as`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostOutput {
+    /// `Ok(text)` or `Err(message)` for the model.
+    pub result: Result<String, String>,
+    /// Model usage spent on the task's behalf (charged to its budget).
+    pub spent: Usage,
+}
+
+/// What the task's validators say about a `finish` (see [`FinishCheck`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// The result stands: the task ends.
+    #[default]
+    Pass,
+    /// Not yet: the model is told this and works on.
+    Retry(String),
+    /// Not at all, and no more tries: the task ends unsuccessfully with this reason.
+    Fail(String),
+}
+
+/// Checks a `finish` before it ends the task: a manifest's validators (commands, a JSON
+/// Schema, a pattern, a judge model). Called on the tool's thread, after `/task/result.json`
+/// was written; `call_id` is the `finish` call's (durable across restarts).
+pub trait FinishCheck: Send + Sync {
+    /// Judge the result (`{summary, success, …}` as written to `/task/result.json`).
+    fn check(&self, call_id: &str, result: &Value) -> Verdict;
 }
 
 /// A file tool could not read or write a file in the cell. `path` is as the tool got it (the
@@ -82,6 +113,22 @@ pub trait HostTools: Send + Sync {
     }
     /// Run `name` if it is one of these (`None` otherwise): `Ok(text)` or `Err(message)`.
     fn call(&self, name: &str, args: &Value) -> Option<Result<String, String>>;
+    /// [`HostTools::call`] knowing the call's id (stable across a restart of the task) and
+    /// reporting what it spent on models. Tools that need either implement this one.
+    fn call_as(&self, call_id: &str, name: &str, args: &Value) -> Option<HostOutput> {
+        let _ = call_id;
+        self.call(name, args).map(|result| HostOutput {
+            result,
+            spent: Usage::default(),
+        })
+    }
+    /// Whether a call of `name` interrupted by a restart runs again with the same id instead
+    /// of being reported as of unknown effect: the tool finds its own earlier work by the id
+    /// (`delegate` re-attaches to its child).
+    fn resumable(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// Several sets of host tools as one (memory tools and MCP tools, say): specifications in
@@ -99,6 +146,14 @@ impl HostTools for Chain {
 
     fn call(&self, name: &str, args: &Value) -> Option<Result<String, String>> {
         self.0.iter().find_map(|h| h.call(name, args))
+    }
+
+    fn call_as(&self, call_id: &str, name: &str, args: &Value) -> Option<HostOutput> {
+        self.0.iter().find_map(|h| h.call_as(call_id, name, args))
+    }
+
+    fn resumable(&self, name: &str) -> bool {
+        self.0.iter().any(|h| h.resumable(name))
     }
 }
 
@@ -249,6 +304,8 @@ pub struct Tools {
     /// Host directory the cell sees as `/logs`: shell output is appended to `stdout.log` and
     /// `stderr.log` there, in full.
     pub logs: Option<std::path::PathBuf>,
+    /// Judges `finish` before it ends the task (the manifest's validators).
+    pub finish_check: Option<Arc<dyn FinishCheck>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +354,12 @@ struct Finish {
     success: Option<bool>,
 }
 
+/// Where `finish` writes the task's result in the cell.
+pub const RESULT_FILE: &str = "/task/result.json";
+
+/// A structured result the agent wrote larger than this is not kept by `finish`.
+const MAX_RESULT_BYTES: usize = 1 << 20;
+
 /// Raw result of a command in the cell.
 struct Ran {
     code: Option<i32>,
@@ -323,7 +386,14 @@ impl Tools {
             host: None,
             max_output_chars: 16_000,
             logs: None,
+            finish_check: None,
         }
+    }
+
+    /// Whether a call of `name` interrupted by a restart runs again (see
+    /// [`HostTools::resumable`]).
+    pub fn resumable(&self, name: &str) -> bool {
+        self.host.as_ref().is_some_and(|h| h.resumable(name))
     }
 
     fn run(
@@ -369,12 +439,25 @@ impl Tools {
 
     /// Run one validated tool call. `args` has already been checked against the schema.
     pub fn call(&self, name: &str, args: &Value) -> ToolOutput {
+        self.call_as("", name, args)
+    }
+
+    /// [`Tools::call`] for the call `call_id` (host tools and validators may need it).
+    pub fn call_as(&self, call_id: &str, name: &str, args: &Value) -> ToolOutput {
         if let Some(h) = &self.host
-            && let Some(r) = h.call(name, args)
+            && let Some(r) = h.call_as(call_id, name, args)
         {
-            return match r {
+            let mut out = match r.result {
                 Ok(text) => ToolOutput::ok(text),
                 Err(e) => ToolOutput::err(e),
+            };
+            out.spent = r.spent;
+            return out;
+        }
+        if name == "finish" {
+            return match serde_json::from_value::<Finish>(args.clone()) {
+                Ok(a) => self.finish(call_id, a),
+                Err(e) => ToolOutput::err(format!("invalid arguments: {e}")),
             };
         }
         fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, serde_json::Error> {
@@ -387,7 +470,6 @@ impl Tools {
             "edit_file" => parse(args).map(|a| self.edit_file(a)),
             "list_files" => parse(args).map(|a| self.list_files(a)),
             "grep" => parse(args).map(|a| self.grep(a)),
-            "finish" => parse(args).map(|a| self.finish(a)),
             other => return ToolOutput::err(format!("unknown tool {other:?}")),
         };
         r.unwrap_or_else(|e| ToolOutput::err(format!("invalid arguments: {e}")))
@@ -403,6 +485,7 @@ impl Tools {
             is_error: false,
             full: Some(text),
             finished: None,
+            spent: Usage::default(),
         }
     }
 
@@ -663,17 +746,45 @@ impl Tools {
         }
     }
 
-    fn finish(&self, a: Finish) -> ToolOutput {
-        let result = json!({"summary": a.summary, "success": a.success.unwrap_or(true)});
+    /// `finish`: `/task/result.json` gets the summary and success, kept beside whatever
+    /// structured result the agent wrote there first (a JSON object); then the validators,
+    /// if any, judge it.
+    fn finish(&self, call_id: &str, a: Finish) -> ToolOutput {
+        let mut result = match self.cat(RESULT_FILE) {
+            Ok(t) if t.len() <= MAX_RESULT_BYTES => {
+                match serde_json::from_str::<Value>(&t) {
+                    Ok(Value::Object(m)) => Value::Object(m),
+                    _ => json!({}),
+                }
+            }
+            _ => json!({}),
+        };
+        result["summary"] = Value::String(a.summary);
+        result["success"] = Value::Bool(a.success.unwrap_or(true));
         let text = serde_json::to_string_pretty(&result).unwrap_or_default() + "\n";
-        match self.write("/task/result.json", &text) {
-            Ok(()) => ToolOutput {
-                content: "task finished".into(),
-                is_error: false,
-                full: None,
+        if let Err(e) = self.write(RESULT_FILE, &text) {
+            return ToolOutput::err(e.to_string());
+        }
+        let verdict = match &self.finish_check {
+            Some(c) if result["success"] == Value::Bool(true) => c.check(call_id, &result),
+            // A task that says it failed is not judged: it ends as failed.
+            _ => Verdict::Pass,
+        };
+        match verdict {
+            Verdict::Pass => ToolOutput {
                 finished: Some(result),
+                ..ToolOutput::ok("task finished")
             },
-            Err(e) => ToolOutput::err(e.to_string()),
+            Verdict::Retry(why) => ToolOutput::err(why),
+            Verdict::Fail(why) => {
+                result["success"] = Value::Bool(false);
+                result["claimed"] = result["summary"].take();
+                result["summary"] = Value::String(why);
+                ToolOutput {
+                    finished: Some(result),
+                    ..ToolOutput::ok("task finished: validation failed")
+                }
+            }
         }
     }
 }

@@ -815,6 +815,7 @@ fn a_journal_with_a_turns_marks_before_its_results_still_resumes() {
             content: "ran echo one".into(),
             is_error: false,
             finished: None,
+            spent: Default::default(),
         },
     ];
     for (seq, step) in steps.iter().enumerate() {

@@ -209,6 +209,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
         skills: crate::skills::used_roots(None, false),
         mcp_annotation_approval: policy.capabilities.mcp_approval.unwrap_or_default()
             == warren_runtime::capabilities::McpApproval::Annotations,
+        plans: warren_runtime::plan::PlanLimits::from_policy(&policy.plans),
     };
     let listen = Listen {
         socket_group: a.socket_group,

@@ -132,6 +132,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plans (tasks submitted with `--plan`): show one as a graph of its steps.
+    Plan {
+        /// What to do.
+        #[command(subcommand)]
+        what: tasks::PlanCommand,
+    },
     /// Remembered approvals: list, remove.
     Approvals {
         /// What to do.
@@ -407,6 +413,7 @@ fn main() -> ExitCode {
         Command::History { limit, json } => memory::history(&state, limit, json),
         Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
+        Command::Plan { what } => tasks::plan(what, cli.url.as_deref(), &state),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
         Command::Mcp {
             listen: Some(addr), ..

@@ -107,6 +107,7 @@ impl Remote {
                 self.get::<Vec<EventView>>(&format!("/v1/tasks/{id}/events?after={after}"))
                     .await?,
             ),
+            Query::Plan { id } => Answer::Plan(self.get(&format!("/v1/plans/{id}")).await?),
             Query::Approval { id } => Answer::Approval(
                 self.get::<ApprovalView>(&format!("/v1/tasks/{id}/approval"))
                     .await?,

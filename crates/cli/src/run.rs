@@ -299,6 +299,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         egress_dial: Default::default(),
         skills,
         mcp_annotation_approval: true,
+        plans: Default::default(),
     };
     let engine = Engine::local(store, opts);
     let id = warren_runtime::engine::new_task_id();

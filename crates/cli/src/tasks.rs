@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use warren_protocol::api::{
     ApprovalView, ApproveTask, CancelTask, DenyTask, EventKind, EventView, Health, RetryTask,
-    RuleView, SubmitTask, TaskState, TaskView,
+    PlanView, RuleView, SubmitTask, TaskState, TaskView,
 };
 
 use crate::client::{self, CallError, NO_BODY, Target};
@@ -33,6 +33,10 @@ pub enum TaskCommand {
         /// Give the task no project (an empty scratch workspace).
         #[arg(long)]
         no_workspace: bool,
+        /// Plan first: AGENT is the planner; its plan's steps run as child tasks (see
+        /// `warren plan show ID`).
+        #[arg(long)]
+        plan: bool,
         /// Stream the task's events until it ends; exit 0 only if it succeeded.
         #[arg(long)]
         follow: bool,
@@ -472,6 +476,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
             priority,
             workspace,
             no_workspace,
+            plan,
             follow,
             json,
         } => {
@@ -492,6 +497,7 @@ async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
                 goal,
                 priority,
                 workspace: ws,
+                plan,
             };
             let task: TaskView =
                 match client::call_as(t, Method::POST, "/v1/tasks", Some(&body)).await {
@@ -795,4 +801,106 @@ pub fn approvals(cmd: ApprovalsCommand, url: Option<&str>, state: &Path) -> i32 
             }
         }
     })
+}
+
+/// `warren plan …`.
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Draw a plan task's steps as a graph, with each step's state and task.
+    Show {
+        /// The plan task.
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `warren plan …` against the daemon.
+pub fn plan(cmd: PlanCommand, url: Option<&str>, state: &Path) -> i32 {
+    let target = match client::target(url, state) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 2;
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return 1;
+        }
+    };
+    let PlanCommand::Show { id, json } = cmd;
+    rt.block_on(show(
+        &target,
+        Method::GET,
+        &format!("/v1/plans/{}", enc(&id)),
+        NO_BODY,
+        json,
+        |p: &PlanView| print!("{}", draw_plan(p)),
+    ))
+}
+
+/// A plan as text: one line per step, indented by its level in the graph (the longest chain
+/// of dependencies before it), with its state, task and what it waits for.
+pub fn draw_plan(p: &PlanView) -> String {
+    let mut out = format!(
+        "plan {} ({}{}): {}\n",
+        p.task,
+        p.state.as_str(),
+        p.revision
+            .map(|r| format!(", revision {r}"))
+            .unwrap_or_else(|| ", planning".into()),
+        p.goal.lines().next().unwrap_or_default()
+    );
+    let mut level: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    // Steps arrive in the plan's order; levels settle in at most as many rounds as steps.
+    for _ in 0..p.steps.len() {
+        for s in &p.steps {
+            let l = s
+                .depends_on
+                .iter()
+                .map(|d| level.get(d.as_str()).map_or(1, |x| x + 1))
+                .max()
+                .unwrap_or(0);
+            level.insert(&s.id, l);
+        }
+    }
+    let mut steps: Vec<_> = p.steps.iter().collect();
+    steps.sort_by_key(|s| level.get(s.id.as_str()).copied().unwrap_or(0));
+    for s in steps {
+        let l = level.get(s.id.as_str()).copied().unwrap_or(0);
+        let mark = match s.state.as_str() {
+            "succeeded" => "✓",
+            "failed" | "blocked" | "cancelled" => "✗",
+            "running" | "awaiting_approval" => "▶",
+            _ => "·",
+        };
+        out.push_str(&format!(
+            "{}{mark} {} [{}] {}{}",
+            "  ".repeat(l + 1),
+            s.id,
+            s.role,
+            s.state,
+            s.task
+                .as_ref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default()
+        ));
+        if s.attempts > 1 {
+            out.push_str(&format!(" (attempt {})", s.attempts));
+        }
+        if !s.depends_on.is_empty() {
+            out.push_str(&format!(" ← {}", s.depends_on.join(", ")));
+        }
+        out.push('\n');
+        if matches!(s.state.as_str(), "failed" | "cancelled")
+            && let Some(r) = &s.reason
+        {
+            out.push_str(&format!("{}  {r}\n", "  ".repeat(l + 1)));
+        }
+    }
+    out
 }

@@ -95,7 +95,41 @@ pub struct Manifest {
     pub skills: Vec<String>,
     /// MCP servers whose tools (`mcp__<server>__<tool>`, listed in `tools`) the agent may use.
     pub mcp_servers: Vec<McpServer>,
+    /// Checks run when the agent calls `finish`; a failure is fed back for another try.
+    pub validate: Vec<Validator>,
+    /// Times `finish` may be judged before a failing result ends the task (default 3).
+    pub validations: u32,
 }
+
+/// One check of a `finish` (a manifest's `validate:` list), run in order; the first failure
+/// is what the agent is told.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validator {
+    /// A command in the task's cell must exit 0 (`sh -c`, in `/workspace`).
+    Command {
+        /// The command line.
+        command: String,
+        /// Killed after this long (default 5 minutes).
+        timeout: Duration,
+    },
+    /// `/task/result.json` must be valid against this JSON Schema.
+    Schema(serde_json::Value),
+    /// The result's text (`/task/result.json` as written) must match this regular expression.
+    Regex(String),
+    /// A model scores the result against a rubric, 0 to 1; below `min_score` fails.
+    Judge {
+        /// What a good result is.
+        rubric: String,
+        /// The lowest passing score.
+        min_score: f64,
+        /// The judging model (default: the agent's).
+        model: Option<String>,
+    },
+}
+
+/// The default bound on judged `finish` calls.
+pub const DEFAULT_VALIDATIONS: u32 = 3;
 
 pub use warren_protocol::tools::{MCP_PREFIX, mcp_server_of, tool_allowed};
 
@@ -178,6 +212,26 @@ struct Raw {
     skills: Vec<Spanned<String>>,
     #[serde(default)]
     mcp_servers: Vec<RawMcpServer>,
+    #[serde(default)]
+    validate: Vec<Spanned<RawValidator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidator {
+    command: Option<String>,
+    timeout: Option<Spanned<String>>,
+    schema: Option<serde_json::Value>,
+    regex: Option<String>,
+    judge: Option<RawJudge>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJudge {
+    rubric: String,
+    min_score: f64,
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +287,7 @@ struct RawLimits {
     pids: Option<Spanned<u64>>,
     cpus: Option<Spanned<f64>>,
     timeout: Option<Spanned<String>>,
+    validations: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +414,9 @@ pub enum Problem {
     /// An `mcp__…` tool of a server that is not declared.
     #[error("{0:?} names an MCP server that mcp_servers does not declare")]
     McpUndeclared(String),
+    /// A `validate:` entry that is not exactly one usable check.
+    #[error("validator: {0}")]
+    Validator(String),
 }
 
 /// A path capability's glob that is not a relative workspace glob.
@@ -619,6 +677,17 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
     {
         return Err(at(u.defined, Problem::BudgetUsd));
     }
+    let validate = validators(&raw.validate, &at)?;
+    let validations = match &raw.limits.validations {
+        Some(v) if v.value == 0 => {
+            return Err(at(
+                v.defined,
+                Problem::Validator("limits.validations must be at least 1".into()),
+            ));
+        }
+        Some(v) => v.value,
+        None => DEFAULT_VALIDATIONS,
+    };
     Ok(Manifest {
         name: raw.name.value,
         description: raw.description,
@@ -647,7 +716,72 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             .collect(),
         skills: raw.skills.into_iter().map(|s| s.value).collect(),
         mcp_servers,
+        validate,
+        validations,
     })
+}
+
+fn validators(
+    raw: &[Spanned<RawValidator>],
+    at: &dyn Fn(serde_saphyr::Location, Problem) -> ManifestError,
+) -> Result<Vec<Validator>, ManifestError> {
+    let mut out = Vec::new();
+    for v in raw {
+        let bad = |m: String| at(v.defined, Problem::Validator(m));
+        let r = &v.value;
+        let given = [
+            r.command.is_some(),
+            r.schema.is_some(),
+            r.regex.is_some(),
+            r.judge.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given != 1 {
+            return Err(bad(
+                "each entry needs exactly one of command, schema, regex and judge".into(),
+            ));
+        }
+        if r.timeout.is_some() && r.command.is_none() {
+            return Err(bad("timeout applies to a command only".into()));
+        }
+        out.push(if let Some(c) = &r.command {
+            if c.trim().is_empty() || c.contains('\0') {
+                return Err(bad("command must be a non-empty command line".into()));
+            }
+            let timeout = match &r.timeout {
+                Some(t) => parse_duration(&t.value).map_err(|e| at(t.defined, e.into()))?,
+                None => Duration::from_secs(300),
+            };
+            Validator::Command {
+                command: c.clone(),
+                timeout,
+            }
+        } else if let Some(schema) = &r.schema {
+            jsonschema::validator_for(schema)
+                .map_err(|e| bad(format!("schema is not a usable JSON Schema: {e}")))?;
+            Validator::Schema(schema.clone())
+        } else if let Some(re) = &r.regex {
+            regex::Regex::new(re).map_err(|e| bad(format!("regex: {e}")))?;
+            Validator::Regex(re.clone())
+        } else if let Some(j) = &r.judge {
+            if j.rubric.trim().is_empty() {
+                return Err(bad("judge.rubric must say what a good result is".into()));
+            }
+            if !(0.0..=1.0).contains(&j.min_score) {
+                return Err(bad("judge.min_score must be between 0 and 1".into()));
+            }
+            Validator::Judge {
+                rubric: j.rubric.clone(),
+                min_score: j.min_score,
+                model: j.model.clone(),
+            }
+        } else {
+            return Err(bad("empty entry".into()));
+        });
+    }
+    Ok(out)
 }
 
 fn mcp_servers(

@@ -94,6 +94,7 @@ impl Api {
             egress_dial: HashMap::new(),
             skills: Vec::new(),
             mcp_annotation_approval: true,
+            plans: Default::default(),
         };
         let engine = Engine::new(store, opts).unwrap();
         if schedule {

@@ -96,6 +96,7 @@ fn main() {
             egress_dial: HashMap::new(),
             skills: Vec::new(),
             mcp_annotation_approval: true,
+            plans: Default::default(),
         };
         let engine = Engine::new(store, opts).unwrap();
         tokio::spawn(Arc::clone(&engine).run());

@@ -122,6 +122,10 @@ pub struct Submit {
     /// Higher runs first (default 0).
     #[serde(default)]
     pub priority: Option<i32>,
+    /// Plan first: `agent` is the planner, whose plan's steps run as child tasks (default
+    /// false). Read the plan with the `warren://tasks/{id}/plan` resource.
+    #[serde(default)]
+    pub plan: Option<bool>,
 }
 
 /// Arguments of `wait_task`.
@@ -317,6 +321,7 @@ impl WarrenMcp {
             goal: s.goal,
             priority: s.priority.unwrap_or(0),
             workspace: s.workspace,
+            plan: s.plan.unwrap_or(false),
         });
         match self.backend.handle(op.into()).await {
             Ok(Answer::Task(t)) => ok(to_value(&t)),
@@ -529,7 +534,7 @@ impl WarrenMcp {
 }
 
 /// A task's resources: `warren://tasks/{id}/KIND`, with the MIME type and what it holds.
-const RESOURCES: [(&str, &str, &str); 3] = [
+const RESOURCES: [(&str, &str, &str); 4] = [
     (
         "result",
         "application/json",
@@ -545,6 +550,11 @@ const RESOURCES: [(&str, &str, &str); 3] = [
         "application/json",
         "The task's first 1000 events, as a JSON array (task_events pages them).",
     ),
+    (
+        "plan",
+        "application/json",
+        "A plan task's plan: its steps, their dependencies and inputs, each step's state and task.",
+    ),
 ];
 
 /// `warren://tasks/{id}/{kind}` → the query that reads it.
@@ -559,6 +569,7 @@ fn resource_query(uri: &str) -> Option<(Query, &'static str)> {
     let q = match kind {
         "result" => Query::Result { id },
         "diff" => Query::Diff { id },
+        "plan" => Query::Plan { id },
         _ => Query::Events { id, after: 0 },
     };
     Some((q, mime))
@@ -683,7 +694,7 @@ impl ServerHandler for WarrenMcp {
         }
         let Some((query, mime)) = resource_query(&uri) else {
             return Err(ErrorData::resource_not_found(
-                format!("no resource {uri:?} (warren://tasks/ID/result|diff|events)"),
+                format!("no resource {uri:?} (warren://tasks/ID/result|diff|events|plan)"),
                 None,
             ));
         };
@@ -691,6 +702,7 @@ impl ServerHandler for WarrenMcp {
             Ok(Answer::Result(v)) => v.to_string(),
             Ok(Answer::Diff(d)) => d,
             Ok(Answer::Events(e)) => to_value(&e).to_string(),
+            Ok(Answer::Plan(p)) => to_value(&p).to_string(),
             Ok(_) => return Err(unexpected("resources/read")),
             Err(e) if e.code == warren_protocol::api::ErrorCode::NotFound => {
                 return Err(ErrorData::resource_not_found(e.message, None));

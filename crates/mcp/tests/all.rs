@@ -72,6 +72,7 @@ async fn world(name: &str) -> World {
         egress_dial: HashMap::new(),
         skills: Vec::new(),
         mcp_annotation_approval: true,
+        plans: Default::default(),
     };
     let engine = Engine::new(Arc::clone(&store), opts).unwrap();
     tokio::spawn(Arc::clone(&engine).run());

@@ -274,6 +274,20 @@ kinds! {
         ApprovalRequested = "approval.requested",
         /// A person (or the timeout) decided.
         ApprovalDecided = "approval.decided",
+        /// A plan task's planner made its plan (on the plan task).
+        PlanCreated = "plan.created",
+        /// A plan's step changed state (on the plan task; names the step and its task).
+        PlanStep = "plan.step",
+        /// A step failed past its retries and the planner replanned.
+        PlanReplanned = "plan.replanned",
+        /// The agent delegated a goal to a child task (`delegate`).
+        DelegateStarted = "delegate.started",
+        /// A delegated child did something (its turns and tool calls, on the parent).
+        DelegateProgress = "delegate.progress",
+        /// A delegated child ended.
+        DelegateEnded = "delegate.ended",
+        /// The manifest's validators judged the agent's `finish`.
+        AgentValidation = "agent.validation",
     }
 }
 
@@ -314,6 +328,18 @@ kinds! {
         MemoryReflection = "memory.reflection",
         /// A connection through the task's egress proxy or `/cap/http`.
         Egress = "egress",
+        /// A planner made a plan (its steps) or refused to.
+        PlanCreated = "plan.created",
+        /// A plan step was started as a child task (with its attempt and fingerprint).
+        PlanStep = "plan.step",
+        /// A plan was replanned after a step failed; the steps kept are named.
+        PlanReplanned = "plan.replanned",
+        /// An agent delegated a goal to a child task, with the child's capabilities.
+        DelegateStarted = "delegate.started",
+        /// A delegated child ended (state, spend).
+        DelegateEnded = "delegate.ended",
+        /// The manifest's validators judged an agent's `finish` (iteration, verdicts).
+        Validation = "validation",
     }
 }
 
@@ -345,6 +371,19 @@ pub struct TaskView {
     pub created_ms: i64,
     /// Unix ms.
     pub updated_ms: i64,
+    /// `agent` (an agent in a cell) or `plan` (a planner's steps, each a child task).
+    #[serde(default = "agent_kind")]
+    pub kind: String,
+    /// The plan or delegating task that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The plan step it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+fn agent_kind() -> String {
+    "agent".into()
 }
 
 /// `POST /v1/tasks`.
@@ -363,6 +402,9 @@ pub struct SubmitTask {
     /// Absolute host path of the project; the agent sees it copy-on-write.
     #[serde(default)]
     pub workspace: Option<String>,
+    /// Plan first: the agent is the planner; its plan's steps run as child tasks.
+    #[serde(default)]
+    pub plan: bool,
 }
 
 /// `POST /v1/agents`.
@@ -476,6 +518,47 @@ pub struct EventView {
     pub payload: Value,
     /// Unix ms.
     pub at_ms: i64,
+}
+
+/// A plan: its steps and where each is (`GET /v1/plans/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanView {
+    /// The plan task's id.
+    pub task: String,
+    /// The goal.
+    pub goal: String,
+    /// The plan task's state.
+    pub state: TaskState,
+    /// 0, then one more per replan; none while the planner works.
+    pub revision: Option<u32>,
+    /// The steps of the current revision, in the plan's order.
+    pub steps: Vec<StepView>,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StepView {
+    /// Its id in the plan.
+    pub id: String,
+    /// What it achieves.
+    pub goal: String,
+    /// The agent that runs it.
+    pub role: String,
+    /// Steps it waits for.
+    pub depends_on: Vec<String>,
+    /// Steps whose outputs it reads (`/task/inputs/<step>/`).
+    pub inputs: Vec<String>,
+    /// `waiting` (for its dependencies), `queued`, `running`, `awaiting_approval`,
+    /// `succeeded`, `failed` (past its retries), `blocked` (a dependency failed), `cancelled`.
+    pub state: String,
+    /// The task of its latest attempt.
+    pub task: Option<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Why its latest attempt ended, if it did.
+    pub reason: Option<String>,
 }
 
 /// `GET /health`.

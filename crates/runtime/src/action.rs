@@ -174,6 +174,11 @@ pub enum Query {
         /// The task.
         id: String,
     },
+    /// A plan task's plan, with each step's state.
+    Plan {
+        /// The plan task.
+        id: String,
+    },
     /// Remembered approvals.
     Rules {
         /// Only this agent's.
@@ -223,6 +228,8 @@ pub enum Answer {
     Approval(ApprovalView),
     /// Remembered approvals.
     Rules(Vec<RuleView>),
+    /// A plan.
+    Plan(warren_protocol::api::PlanView),
     /// Done; nothing to show.
     Done,
 }
@@ -304,6 +311,9 @@ pub fn task_view(t: TaskRecord) -> TaskView {
         worker: t.lease_owner,
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,
+        kind: t.lineage.kind.as_str().into(),
+        parent: t.lineage.parent,
+        step: t.lineage.step,
     }
 }
 
@@ -440,6 +450,7 @@ impl Control {
                     state: *state,
                     agent: agent.clone(),
                     limit: Some(limit),
+                    parent: None,
                 })?;
                 Answer::Tasks(list.into_iter().map(task_view).collect())
             }
@@ -467,6 +478,10 @@ impl Control {
             Query::Diff { id } => {
                 check_id(id)?;
                 Answer::Diff(diff(id)?)
+            }
+            Query::Plan { id } => {
+                check_id(id)?;
+                Answer::Plan(crate::plan::view(&**s, id)?)
             }
             Query::Events { id, after } => {
                 check_id(id)?;

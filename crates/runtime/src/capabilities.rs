@@ -52,6 +52,9 @@ pub struct PolicyFile {
     /// The bound on every agent.
     #[serde(default)]
     pub capabilities: PolicySection,
+    /// Bounds on plans and delegation.
+    #[serde(default)]
+    pub plans: PlanSection,
 }
 
 /// `[capabilities]`: omitted keys do not restrict.
@@ -68,6 +71,37 @@ pub struct PolicySection {
     /// server marks destructive or does not mark read-only or non-destructive, and those in
     /// a manifest's `approval_required`) or `listed` (only `approval_required`).
     pub mcp_approval: Option<McpApproval>,
+}
+
+/// `[plans]`: bounds on plans and delegation (omitted keys keep the defaults of
+/// [`crate::plan::PlanLimits`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    /// How deep delegation may nest (a plan's steps are depth 1).
+    pub max_depth: Option<u32>,
+    /// Children one task may start (`delegate` calls, or a plan's steps).
+    pub max_children: Option<u32>,
+    /// Times a plan may be replanned after a step failed past its retries.
+    pub max_replans: Option<u32>,
+    /// Steps one plan may have.
+    pub max_steps: Option<u32>,
+}
+
+/// A capability layer as stored with a child task (see [`Layer::spec`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Where it came from.
+    pub origin: String,
+    /// Tools (none: not restricted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// Workspace path grants: (glob, write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<(String, bool)>>,
+    /// Network destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Vec<String>>,
 }
 
 /// `mcp_approval`: which MCP tool calls wait for a person.
@@ -194,6 +228,63 @@ impl Layer {
         }
     }
 
+    /// A child's request: what a plan step or a `delegate` call asks for (omitted parts do not
+    /// restrict; the layers above it still do).
+    pub fn request(
+        origin: &str,
+        tools: Option<Vec<String>>,
+        paths: Option<Vec<(String, bool)>>,
+        network: Option<Vec<String>>,
+    ) -> Result<Layer, String> {
+        let paths = match paths {
+            None => None,
+            Some(ps) => Some(
+                ps.into_iter()
+                    .map(|(g, w)| {
+                        if g.starts_with('/') || g.split('/').any(|c| c == "..") {
+                            return Err(format!(
+                                "{g:?}: path grants are relative to the workspace, without `..`"
+                            ));
+                        }
+                        rule(&g, w).ok_or_else(|| format!("{g:?} is not a valid glob"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(Layer {
+            origin: origin.into(),
+            tools,
+            paths,
+            network,
+        })
+    }
+
+    /// This layer as stored with a child task.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            origin: self.origin.clone(),
+            tools: self.tools.clone(),
+            paths: self
+                .paths
+                .as_ref()
+                .map(|ps| ps.iter().map(|r| (r.glob.clone(), r.write)).collect()),
+            network: self.network.clone(),
+        }
+    }
+
+    /// A stored layer back (a glob that no longer parses grants nothing).
+    pub fn from_spec(s: &LayerSpec) -> Layer {
+        Layer {
+            origin: s.origin.clone(),
+            tools: s.tools.clone(),
+            paths: s
+                .paths
+                .as_ref()
+                .map(|ps| ps.iter().filter_map(|(g, w)| rule(g, *w)).collect()),
+            network: s.network.clone(),
+        }
+    }
+
     /// Allows everything (`warren run`, where the person at the terminal is the operator).
     pub fn unrestricted(origin: &str) -> Layer {
         Layer {
@@ -299,6 +390,72 @@ impl Capabilities {
         Capabilities::from_layers(layers)
     }
 
+    /// The layers below the operator's bound (the request and any narrowing): what a child
+    /// inherits. The bound is the operator's current policy, applied afresh to every task.
+    pub fn inherited(&self) -> Vec<LayerSpec> {
+        self.layers.iter().skip(1).map(Layer::spec).collect()
+    }
+
+    /// Whether every layer grants `tool`.
+    pub fn allows_tool(&self, tool: &str) -> bool {
+        self.layers.iter().all(|l| {
+            l.tools
+                .as_ref()
+                .is_none_or(|ts| warren_protocol::tools::tool_allowed(ts, tool))
+        })
+    }
+
+    /// Whether a child asking for `request` asks for nothing this task lacks: every tool it
+    /// lists granted here, every path grant within one here (same glob, or beneath a `dir/**`
+    /// grant, with write only where write is granted), every destination allowed here as a
+    /// whole. `Err` names each excess. (Asking more would gain nothing — the child's layers
+    /// include these — but a plan or a call asking for it is refused, not silently narrowed.)
+    pub fn covers(&self, request: &Layer) -> Result<(), String> {
+        let mut excess = Vec::new();
+        for t in request.tools.iter().flatten() {
+            if !self.allows_tool(t) {
+                excess.push(format!("the tool {t:?}"));
+            }
+        }
+        for r in request.paths.iter().flatten() {
+            for l in &self.layers {
+                let Some(rules) = &l.paths else { continue };
+                if !rules
+                    .iter()
+                    .any(|o| (o.write || !r.write) && glob_within(&r.glob, &o.glob))
+                {
+                    excess.push(format!(
+                        "{} access to {:?} ({} grants: {})",
+                        if r.write { "write" } else { "read" },
+                        r.glob,
+                        l.origin,
+                        rules
+                            .iter()
+                            .map(|o| format!("{} {}", o.glob, if o.write { "rw" } else { "ro" }))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    break;
+                }
+            }
+        }
+        for n in request.network.iter().flatten() {
+            let all = self.layers.iter().all(|l| {
+                l.network
+                    .as_ref()
+                    .is_none_or(|outer| narrowest(outer, n).as_deref() == Some(n.as_str()))
+            });
+            if !all {
+                excess.push(format!("the network destination {n:?}"));
+            }
+        }
+        if excess.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("asks for more than its parent has: {}", excess.join("; ")))
+        }
+    }
+
     /// The choke point: `Ok(handle)` of the capability allowing this call, or why not.
     pub fn check(&self, tool: &str, args: &Value) -> Result<String, String> {
         for l in &self.layers {
@@ -400,6 +557,25 @@ impl Capabilities {
             })
             .collect()
     }
+}
+
+/// Every path `inner` matches is matched by `outer`, as far as can be shown without a glob
+/// algebra: the same glob; `outer` is `**` or `dir/**` and `inner` lies beneath `dir`;
+/// or `inner` is a literal path `outer` matches. Anything else is not shown (refused).
+fn glob_within(inner: &str, outer: &str) -> bool {
+    if inner == outer || outer == "**" {
+        return true;
+    }
+    if let Some(dir) = outer.strip_suffix("/**")
+        && !dir.contains(['*', '?', '[', '{'])
+        && inner.starts_with(&format!("{dir}/"))
+        && !inner.split('/').any(|c| c == "..")
+    {
+        return true;
+    }
+    !inner.contains(['*', '?', '[', '{'])
+        && !inner.split('/').any(|c| c == "..")
+        && Glob::new(outer).is_ok_and(|g| g.compile_matcher().is_match(inner))
 }
 
 /// `p` equals or lies beneath `q` (relative paths; `""` is the workspace root).

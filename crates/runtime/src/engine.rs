@@ -82,6 +82,8 @@ pub struct Options {
     /// do not mark them read-only or non-destructive (the operator's policy can turn this off:
     /// `[capabilities] mcp_approval = "listed"`).
     pub mcp_annotation_approval: bool,
+    /// Bounds on plans and delegation (the policy's `[plans]`).
+    pub plans: crate::plan::PlanLimits,
 }
 
 /// Why a running task is being stopped.
@@ -125,8 +127,10 @@ pub struct Metrics {
 pub struct Engine {
     pub(crate) opts: Options,
     pub(crate) store: Arc<dyn Store>,
-    sched: Mutex<Scheduler<dyn Store>>,
-    wake: Notify,
+    pub(crate) sched: Mutex<Scheduler<dyn Store>>,
+    pub(crate) wake: Notify,
+    /// Itself, for work that outlives a borrow (a `delegate` call runs its child here).
+    pub(crate) me: std::sync::Weak<Engine>,
     pub(crate) running: Mutex<HashMap<String, Arc<Running>>>,
     providers: Mutex<HashMap<warren_config::ProviderName, Arc<dyn Provider>>>,
     pub(crate) changed: watch::Sender<u64>,
@@ -159,6 +163,7 @@ pub fn tool_names() -> Vec<String> {
                 .iter()
                 .map(|t| (*t).to_owned()),
         )
+        .chain([crate::delegate::DELEGATE.to_owned()])
         .collect()
 }
 
@@ -225,7 +230,8 @@ impl Engine {
             opts.worker.clone(),
             opts.lease,
         );
-        Arc::new(Engine {
+        Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             opts,
             store,
             sched: Mutex::new(sched),
@@ -367,7 +373,11 @@ impl Engine {
                 "the daemon is shutting down",
             ));
         }
-        let task = self.new_task(s)?;
+        let plan = s.plan;
+        let mut task = self.new_task(s)?;
+        if plan {
+            task.lineage.kind = warren_store::TaskKind::Plan;
+        }
         let rec = lock(&self.sched).submit(task).map_err(|e| match e {
             SchedError::QueueFull { .. } => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -412,13 +422,36 @@ impl Engine {
             goal: s.goal,
             priority: s.priority,
             workspace,
+            lineage: Default::default(),
         })
     }
 
     /// Cancel a task: a queued one at once; a running one has its cell killed, then is
     /// recorded as cancelled. Waits (up to 10 s) for a running task to stop. A task that
     /// reached its end before the cancellation took effect is a conflict, not a success.
-    async fn cancel(&self, id: &str, reason: &str, by: &str) -> Result<TaskView, ActionError> {
+    pub(crate) async fn cancel(
+        &self,
+        id: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<TaskView, ActionError> {
+        let r = self.cancel_one(id, reason, by).await?;
+        // Cancel propagates: a plan's steps, a delegating task's children.
+        self.cancel_children(id, &format!("its parent {id} was cancelled"))
+            .await;
+        Ok(r)
+    }
+
+    /// Cancel every unfinished child of `id` (and theirs).
+    pub(crate) async fn cancel_children(&self, id: &str, reason: &str) {
+        for c in crate::plan::children(&*self.store, id).unwrap_or_default() {
+            if !c.state.is_terminal() {
+                let _ = Box::pin(self.cancel(&c.id, reason, "warren")).await;
+            }
+        }
+    }
+
+    async fn cancel_one(&self, id: &str, reason: &str, by: &str) -> Result<TaskView, ActionError> {
         let t = self.store.get_task(id)?;
         let audit = |id: &str| {
             self.audit.record(
@@ -776,6 +809,7 @@ impl Engine {
                 goal: submit.goal,
                 priority: 0,
                 workspace,
+                lineage: Default::default(),
             },
             &self.opts.worker,
             self.opts.lease,

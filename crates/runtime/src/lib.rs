@@ -14,20 +14,26 @@
 //! - [`memory_tools`]: memory tools (code search, notes, recall), reflections and episodes;
 //! - [`shellcmd`]: the simple commands a shell command line runs (approval rules match each);
 //! - [`provider`]: model providers from configuration;
-//! - [`taskdir`]: a task's `/task` and `/logs` on the host.
+//! - [`taskdir`]: a task's `/task` and `/logs` on the host;
+//! - [`plan`]: plans (a planner's steps as child tasks, executed over the store);
+//! - [`delegate`]: the `delegate` tool (a child task with narrowed capabilities);
+//! - [`validate`]: a manifest's validators, judging `finish`.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod action;
 pub mod capabilities;
 pub mod caphttp;
 pub mod cells;
+pub mod delegate;
 pub mod engine;
 pub mod fake;
 pub mod gate;
 pub mod journal;
 pub mod memory_tools;
+pub mod plan;
 pub mod provider;
 pub mod runner;
 pub mod scheduler;
 pub mod shellcmd;
 pub mod taskdir;
+pub mod validate;

@@ -109,6 +109,9 @@ impl Engine {
                 Err(end) => return (end, None),
             },
         };
+        if task.lineage.kind == warren_store::TaskKind::Plan {
+            return (self.drive_plan(task, &manifest, run, stop).await, None);
+        }
         let mut p = match self.prepare(task, &manifest).await {
             Ok(p) => p,
             Err(end) => return (end, None),
@@ -121,7 +124,7 @@ impl Engine {
             drop_cell(p.cell, &run.cell).await;
             return (self.stopped(id, s, &p.dirs), None);
         }
-        let mut config = self.agent_config(&manifest, p.model.clone());
+        let mut config = self.agent_config(task, &manifest, p.model.clone());
         // Small local models behind OpenAI-compatible servers write calls as text.
         config.text_tool_calls = p.provider.name() == "openai";
         if !p.skills.is_empty() {
@@ -233,7 +236,7 @@ impl Engine {
         let (provider, model) = self
             .provider(manifest)
             .map_err(|e| End::Final(TaskState::Failed, format!("model provider: {e}")))?;
-        let caps = Capabilities::new(Layer::from_manifest(manifest), self.opts.policy.clone());
+        let caps = self.task_caps(task, manifest);
         let mut spec = self
             .cell_spec(task, manifest)
             .map_err(|e| End::Final(TaskState::Interrupted, e.to_string()))?;
@@ -290,6 +293,8 @@ impl Engine {
         let dirs = TaskDirs::create(&self.opts.state_dir, id, &task_spec, identity)
             .map_err(|e| End::Final(TaskState::Failed, format!("task directory: {e}")))?;
         spec.extra_mounts.splice(0..0, dirs.mounts());
+        self.write_inputs(task, &dirs)
+            .map_err(|e| End::Final(TaskState::Failed, format!("its inputs: {e}")))?;
         // A resumed task's predecessor cell (same id, killed with its daemon) may hold its
         // overlay or cgroup for a moment longer: retry its start a few times.
         let tries = if task.attempts > 1 { 8 } else { 1 };
@@ -323,6 +328,30 @@ impl Engine {
             mcp_cells,
             _proxy: proxy,
         })
+    }
+
+    /// A plan step's inputs as files under its `/task/inputs/<step>/` (the task directory is
+    /// read-only in the cell): each producing task's result and diff, from the store.
+    fn write_inputs(&self, task: &TaskRecord, dirs: &TaskDirs) -> std::io::Result<()> {
+        let Some(b) = crate::plan::Bounds::of(task) else {
+            return Ok(());
+        };
+        for (step, producer) in &b.inputs {
+            // Step ids are validated (a-z, 0-9, _, -): never a path of their own.
+            if !step
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                continue;
+            }
+            let dir = dirs.task.join("inputs").join(step);
+            std::fs::create_dir_all(&dir)?;
+            for (artifact, file) in [("result", "result.json"), ("diff", "diff.patch")] {
+                let data = self.store.get_artifact(producer, artifact).unwrap_or_default();
+                std::fs::write(dir.join(file), data)?;
+            }
+        }
+        Ok(())
     }
 
     /// The namespace of a task's stdio MCP servers: the task's own rules (its mounts, path
@@ -546,6 +575,30 @@ impl Engine {
                 }),
             );
         }
+        if manifest.tools.iter().any(|t| t == crate::delegate::DELEGATE) {
+            host.push(Arc::new(crate::delegate::Delegate {
+                engine: self.me.clone(),
+                task: task.clone(),
+                caps: p.caps.clone(),
+                budget_tokens: manifest.budget_tokens,
+                runtime: tokio::runtime::Handle::current(),
+            }));
+        }
+        let agent = if manifest.validate.is_empty() {
+            agent
+        } else {
+            agent.with_finish_check(Arc::new(crate::validate::Validation {
+                engine: self.me.clone(),
+                task: id.clone(),
+                validators: manifest.validate.clone(),
+                max: manifest.validations.max(1),
+                cell: Arc::clone(&p.cell),
+                provider: Arc::clone(&p.provider),
+                model: p.model.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                failed: Mutex::new(crate::validate::failed_so_far(&*self.store, id)),
+            }))
+        };
         let agent = match host.len() {
             0 => agent,
             1 => agent.with_host_tools(host.remove(0)),
@@ -850,9 +903,21 @@ impl Engine {
         Ok(spec)
     }
 
+    /// A task's capabilities: its manifest ∩ the operator's policy ∩ every layer it inherited
+    /// (a plan's step, a delegated child).
+    pub(crate) fn task_caps(&self, task: &TaskRecord, m: &Manifest) -> Capabilities {
+        let mut caps = Capabilities::new(Layer::from_manifest(m), self.opts.policy.clone());
+        if let Some(b) = crate::plan::Bounds::of(task) {
+            for l in &b.layers {
+                caps = caps.narrow(Layer::from_spec(l));
+            }
+        }
+        caps
+    }
+
     /// The agent's configuration: the manifest's limits over the configuration's defaults,
     /// catalog prices, the tool allowlist, the task's network destinations.
-    fn agent_config(&self, m: &Manifest, model: String) -> AgentConfig {
+    fn agent_config(&self, task: &TaskRecord, m: &Manifest, model: String) -> AgentConfig {
         let prices = crate::provider::catalog(&self.opts.loaded).lookup(&model);
         let cfg = &self.opts.loaded.config;
         let context_window = crate::provider::context_window(&self.opts.loaded, &model);
@@ -871,9 +936,16 @@ impl Engine {
             prices: Some(prices),
             tools: Some(m.tools.clone()),
             // The same effective destinations the task's egress proxy gets (prepare).
-            network: Capabilities::new(Layer::from_manifest(m), self.opts.policy.clone()).network(),
+            network: self.task_caps(task, m).network(),
             ..AgentConfig::default()
         };
+        if let Some(b) = crate::plan::Bounds::of(task) {
+            // A child spends at most its bound. (It is offered its manifest's tools; the gate
+            // refuses those its inherited layers do not grant, and says why.)
+            if let Some(t) = b.budget_tokens {
+                config.budget_tokens = Some(config.budget_tokens.map_or(t, |own| own.min(t)));
+            }
+        }
         config.system_prompt = match &m.system_prompt {
             Some(p) => p.clone(),
             None => warren_agent::system_prompt(&config.network),
@@ -939,7 +1011,7 @@ pub(crate) fn diff_limits(within: Duration) -> cow::DiffOptions {
     }
 }
 
-async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
+pub(crate) async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
     loop {
         if let Some(s) = rx.borrow_and_update().clone() {
             return s;

@@ -54,6 +54,9 @@ fn scripts() -> Vec<(&'static str, Vec<Vec<ToolCall>>)> {
     s
 }
 
+#[path = "suite/plans.rs"]
+mod plans;
+
 const MANIFEST: &str =
     "name: coder\ndescription: t\ntools: [shell, read_file, write_file, finish]\n";
 
@@ -100,6 +103,7 @@ impl World {
             egress_dial: HashMap::new(),
             skills: Vec::new(),
             mcp_annotation_approval: true,
+            plans: Default::default(),
         }
     }
 
@@ -146,6 +150,7 @@ async fn submit(e: &Arc<Engine>, goal: &str, ws: Option<&Path>) -> String {
                 goal: goal.into(),
                 priority: 0,
                 workspace: ws.map(|w| w.display().to_string()),
+                plan: false,
             })
             .into(),
         )

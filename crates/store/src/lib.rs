@@ -66,6 +66,68 @@ pub struct TaskRecord {
     pub updated_ms: i64,
     /// The project directory on the host the task works on (copy-on-write), if any.
     pub workspace: Option<String>,
+    /// Where it comes from: a plan or a delegating task, and the bounds it inherited.
+    pub lineage: Lineage,
+}
+
+/// What a task is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// An agent works on the goal in a cell.
+    #[default]
+    Agent,
+    /// A planner splits the goal into steps, each a child task (no cell of its own).
+    Plan,
+}
+
+impl TaskKind {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Agent => "agent",
+            TaskKind::Plan => "plan",
+        }
+    }
+
+    /// Parse a stored name (anything else is an agent task).
+    pub fn parse(s: &str) -> Self {
+        if s == "plan" {
+            TaskKind::Plan
+        } else {
+            TaskKind::Agent
+        }
+    }
+}
+
+/// A task's place in a tree of tasks: a plan's step, or a delegating agent's child.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Agent task or plan.
+    pub kind: TaskKind,
+    /// The task that started it (a plan, or an agent calling `delegate`).
+    pub parent: Option<String>,
+    /// The plan step it runs (its id in the plan).
+    pub step: Option<String>,
+    /// The step's fingerprint: goal, role, capabilities and the tasks whose outputs it takes.
+    /// A step with the same fingerprint after a replan is the same work: its result is kept.
+    pub step_key: Option<String>,
+    /// What it inherited (JSON, written by the runtime): the capability layers of its
+    /// ancestors, its budget, its depth, its inputs. Capabilities only narrow down a tree.
+    pub bounds: Option<String>,
+}
+
+/// A plan as stored: the root task's current, validated plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// The plan's root task.
+    pub task: String,
+    /// 0 for the first plan, then one more per replan.
+    pub revision: u32,
+    /// The plan (JSON, written by the runtime).
+    pub spec: String,
+    /// Unix milliseconds.
+    pub updated_ms: i64,
 }
 
 /// A new task.
@@ -83,6 +145,8 @@ pub struct NewTask {
     pub priority: i32,
     /// Host project directory (copy-on-write in the task's cell), if any.
     pub workspace: Option<String>,
+    /// Plan or delegation it belongs to (default: none, an agent task).
+    pub lineage: Lineage,
 }
 
 /// What a checkpoint records.
@@ -148,6 +212,8 @@ pub struct TaskFilter {
     pub agent: Option<String>,
     /// At most this many (newest first).
     pub limit: Option<u32>,
+    /// Only children of this task (oldest first).
+    pub parent: Option<String>,
 }
 
 /// Store failures.
@@ -325,6 +391,13 @@ pub trait Store: Send + Sync {
         }
         Ok(v.finish())
     }
+
+    /// Store a plan as revision `revision`: the first (0) when none exists, else only over
+    /// revision `revision - 1` (a replan that lost a race to another writer fails with
+    /// [`StoreError::Exists`]).
+    fn put_plan(&self, task: &str, revision: u32, spec: &str) -> Result<PlanRecord, StoreError>;
+    /// A plan task's current plan, if it was made.
+    fn get_plan(&self, task: &str) -> Result<Option<PlanRecord>, StoreError>;
 
     /// Store a named blob of a task (replacing an older one).
     fn put_artifact(&self, task: &str, name: &str, data: &[u8]) -> Result<(), StoreError>;

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::audit::AuditRecord;
 use crate::{
-    AgentRecord, ApprovalRule, Checkpoint, CheckpointKind, EventRecord, NewTask, Store, StoreError,
-    TaskFilter, TaskRecord, TaskState,
+    AgentRecord, ApprovalRule, Checkpoint, CheckpointKind, EventRecord, Lineage, NewTask,
+    PlanRecord, Store, StoreError, TaskFilter, TaskKind, TaskRecord, TaskState,
 };
 
 /// Numbered schema migrations; `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
@@ -93,6 +93,20 @@ CREATE TABLE approval_rules (
     UNIQUE (agent, tool, pattern)
 );
 "#,
+    r#"
+ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent';
+ALTER TABLE tasks ADD COLUMN parent TEXT;
+ALTER TABLE tasks ADD COLUMN step TEXT;
+ALTER TABLE tasks ADD COLUMN step_key TEXT;
+ALTER TABLE tasks ADD COLUMN bounds TEXT;
+CREATE INDEX tasks_parent ON tasks (parent, created_ms);
+CREATE TABLE plans (
+    task TEXT PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
+    revision INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -113,7 +127,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms, workspace";
+const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms, workspace, kind, parent, step, step_key, bounds";
 
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let state: String = r.get(5)?;
@@ -131,6 +145,13 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         created_ms: r.get(10)?,
         updated_ms: r.get(11)?,
         workspace: r.get(12)?,
+        lineage: Lineage {
+            kind: TaskKind::parse(&r.get::<_, String>(13)?),
+            parent: r.get(14)?,
+            step: r.get(15)?,
+            step_key: r.get(16)?,
+            bounds: r.get(17)?,
+        },
     })
 }
 
@@ -329,9 +350,23 @@ fn claim_tx(
 fn insert_tx(tx: &rusqlite::Transaction<'_>, t: &NewTask) -> Result<TaskRecord, StoreError> {
     let now = now_ms();
     let inserted = tx.execute(
-        "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms, workspace) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7)",
-        params![t.id, t.agent, t.agent_version, t.goal, t.priority, now, t.workspace],
+        "INSERT INTO tasks (id, agent, agent_version, goal, priority, state, created_ms, updated_ms, workspace, \
+         kind, parent, step, step_key, bounds) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            t.id,
+            t.agent,
+            t.agent_version,
+            t.goal,
+            t.priority,
+            now,
+            t.workspace,
+            t.lineage.kind.as_str(),
+            t.lineage.parent,
+            t.lineage.step,
+            t.lineage.step_key,
+            t.lineage.bounds
+        ],
     );
     match inserted {
         Err(rusqlite::Error::SqliteFailure(e, _))
@@ -490,6 +525,18 @@ impl Store for SqliteStore {
 
     fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.lock();
+        if let Some(parent) = &f.parent {
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE parent = ?1 \
+                     ORDER BY created_ms, rowid LIMIT ?2"
+                ))
+                .map_err(db)?;
+            let rows = st
+                .query_map(params![parent, f.limit.unwrap_or(10_000)], task_row)
+                .map_err(db)?;
+            return rows.collect::<Result<_, _>>().map_err(db);
+        }
         let mut st = conn
             .prepare(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR agent = ?2) \
@@ -747,6 +794,8 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             tx.execute("DELETE FROM artifacts WHERE task = ?1", [task])
                 .map_err(db)?;
+            tx.execute("DELETE FROM plans WHERE task = ?1", [task])
+                .map_err(db)?;
             Ok(())
         })
     }
@@ -862,6 +911,62 @@ impl Store for SqliteStore {
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn put_plan(&self, task: &str, revision: u32, spec: &str) -> Result<PlanRecord, StoreError> {
+        self.write(|tx| {
+            let current: Option<u32> = tx
+                .query_row("SELECT revision FROM plans WHERE task = ?1", [task], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            let now = now_ms();
+            match (current, revision) {
+                (None, 0) => tx
+                    .execute(
+                        "INSERT INTO plans (task, revision, spec, updated_ms) VALUES (?1, 0, ?2, ?3)",
+                        params![task, spec, now],
+                    )
+                    .map_err(db)?,
+                (Some(c), r) if r == c + 1 => tx
+                    .execute(
+                        "UPDATE plans SET revision = ?2, spec = ?3, updated_ms = ?4 WHERE task = ?1",
+                        params![task, r, spec, now],
+                    )
+                    .map_err(db)?,
+                _ => {
+                    return Err(StoreError::Exists {
+                        what: "plan revision",
+                        id: format!("{task}@{revision}"),
+                    });
+                }
+            };
+            Ok(PlanRecord {
+                task: task.to_owned(),
+                revision,
+                spec: spec.to_owned(),
+                updated_ms: now,
+            })
+        })
+    }
+
+    fn get_plan(&self, task: &str) -> Result<Option<PlanRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT task, revision, spec, updated_ms FROM plans WHERE task = ?1",
+                [task],
+                |r| {
+                    Ok(PlanRecord {
+                        task: r.get(0)?,
+                        revision: r.get(1)?,
+                        spec: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
     }
 
     fn put_artifact(&self, task: &str, name: &str, data: &[u8]) -> Result<(), StoreError> {

@@ -50,7 +50,8 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 use warren_protocol::api::{
     AgentView, ApprovalView, ApproveTask, CancelTask, DenyTask, DeployAgent, ErrorBody, ErrorCode,
-    EventView, Health, RetryTask, RuleView, SubmitTask, TASK_ID_PATTERN, TaskState, TaskView,
+    EventView, Health, PlanView, RetryTask, RuleView, StepView, SubmitTask, TASK_ID_PATTERN,
+    TaskState, TaskView,
 };
 use warren_runtime::action::{ActionError, Answer, Caller, Op};
 use warren_runtime::engine::Engine;
@@ -475,6 +476,7 @@ async fn openapi() -> Response {
         tasks::retry_task,
         tasks::task_result,
         tasks::task_diff,
+        tasks::get_plan,
         approvals::task_approval,
         approvals::approve_task,
         approvals::deny_task,
@@ -490,6 +492,8 @@ async fn openapi() -> Response {
         ErrorCode,
         TaskState,
         TaskView,
+        PlanView,
+        StepView,
         SubmitTask,
         DeployAgent,
         RetryTask,
@@ -569,6 +573,7 @@ pub fn router_with_mcp(
         .route("/v1/tasks/{id}/retry", post(tasks::retry_task))
         .route("/v1/tasks/{id}/result", get(tasks::task_result))
         .route("/v1/tasks/{id}/diff", get(tasks::task_diff))
+        .route("/v1/plans/{id}", get(tasks::get_plan))
         .route("/v1/tasks/{id}/approval", get(approvals::task_approval))
         .route("/v1/tasks/{id}/approve", post(approvals::approve_task))
         .route("/v1/tasks/{id}/deny", post(approvals::deny_task))

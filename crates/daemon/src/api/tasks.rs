@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use warren_protocol::api::{CancelTask, ErrorBody, RetryTask, SubmitTask, TaskState, TaskView};
+use warren_protocol::api::{
+    CancelTask, ErrorBody, PlanView, RetryTask, SubmitTask, TaskState, TaskView,
+};
 use warren_runtime::action::{Action, Answer, Query};
 
 use super::{ApiError, ApiResult, JsonBody, OptionalBody, QueryOf, Shared, TaskId, TaskPath, ask};
@@ -83,6 +85,22 @@ pub(super) async fn get_task(
     TaskId(id): TaskId,
 ) -> ApiResult<axum::Json<TaskView>> {
     Ok(axum::Json(ask(&d, Query::Task { id }, task).await?))
+}
+
+/// A plan task's plan: each step, its dependencies and inputs, its state and its latest task.
+#[utoipa::path(get, path = "/v1/plans/{id}", tag = "tasks", params(TaskPath),
+    responses((status = 200, body = PlanView),
+        (status = 404, body = ErrorBody, description = "no such task, or the task is not a plan")))]
+pub(super) async fn get_plan(
+    State(d): Shared,
+    TaskId(id): TaskId,
+) -> ApiResult<axum::Json<PlanView>> {
+    let p = ask(&d, Query::Plan { id }, |a| match a {
+        Answer::Plan(p) => Some(p),
+        _ => None,
+    })
+    .await?;
+    Ok(axum::Json(p))
 }
 
 /// Cancel a queued or running task (a running task's cell is killed).
