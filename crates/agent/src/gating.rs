@@ -482,8 +482,8 @@ impl Agent {
                         let t = Instant::now();
                         let out =
                             tokio::task::spawn_blocking(move || tools.call_as(&id, &name, &args))
-                            .await
-                            .unwrap_or_else(panicked);
+                                .await
+                                .unwrap_or_else(panicked);
                         (out, t.elapsed())
                     }
                 };

@@ -751,12 +751,10 @@ impl Tools {
     /// if any, judge it.
     fn finish(&self, call_id: &str, a: Finish) -> ToolOutput {
         let mut result = match self.cat(RESULT_FILE) {
-            Ok(t) if t.len() <= MAX_RESULT_BYTES => {
-                match serde_json::from_str::<Value>(&t) {
-                    Ok(Value::Object(m)) => Value::Object(m),
-                    _ => json!({}),
-                }
-            }
+            Ok(t) if t.len() <= MAX_RESULT_BYTES => match serde_json::from_str::<Value>(&t) {
+                Ok(Value::Object(m)) => Value::Object(m),
+                _ => json!({}),
+            },
             _ => json!({}),
         };
         result["summary"] = Value::String(a.summary);

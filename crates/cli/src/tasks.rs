@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use warren_protocol::api::{
-    ApprovalView, ApproveTask, CancelTask, DenyTask, EventKind, EventView, Health, RetryTask,
-    PlanView, RuleView, SubmitTask, TaskState, TaskView,
+    ApprovalView, ApproveTask, CancelTask, DenyTask, EventKind, EventView, Health, PlanView,
+    RetryTask, RuleView, SubmitTask, TaskState, TaskView,
 };
 
 use crate::client::{self, CallError, NO_BODY, Target};
@@ -884,10 +884,7 @@ pub fn draw_plan(p: &PlanView) -> String {
             s.id,
             s.role,
             s.state,
-            s.task
-                .as_ref()
-                .map(|t| format!(" {t}"))
-                .unwrap_or_default()
+            s.task.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
         ));
         if s.attempts > 1 {
             out.push_str(&format!(" (attempt {})", s.attempts));

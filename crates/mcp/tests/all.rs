@@ -246,7 +246,8 @@ async fn a_client_lists_submits_follows_with_progress_and_reads_a_task() {
         [
             "warren://tasks/{id}/result",
             "warren://tasks/{id}/diff",
-            "warren://tasks/{id}/events"
+            "warren://tasks/{id}/events",
+            "warren://tasks/{id}/plan"
         ]
     );
     let read = |kind: &str| {

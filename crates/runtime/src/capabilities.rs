@@ -440,11 +440,10 @@ impl Capabilities {
             }
         }
         for n in request.network.iter().flatten() {
-            let all = self.layers.iter().all(|l| {
-                l.network
-                    .as_ref()
-                    .is_none_or(|outer| narrowest(outer, n).as_deref() == Some(n.as_str()))
-            });
+            let all = self
+                .layers
+                .iter()
+                .all(|l| l.network.as_ref().is_none_or(|outer| covered(outer, n)));
             if !all {
                 excess.push(format!("the network destination {n:?}"));
             }
@@ -452,7 +451,10 @@ impl Capabilities {
         if excess.is_empty() {
             Ok(())
         } else {
-            Err(format!("asks for more than its parent has: {}", excess.join("; ")))
+            Err(format!(
+                "asks for more than its parent has: {}",
+                excess.join("; ")
+            ))
         }
     }
 
@@ -511,9 +513,12 @@ impl Capabilities {
             allowed = Some(match allowed {
                 None => n.clone(),
                 Some(prev) => {
-                    let mut out: Vec<String> =
-                        prev.iter().filter_map(|e| narrowest(n, e)).collect();
-                    out.dedup();
+                    let mut out: Vec<String> = Vec::new();
+                    for d in prev.iter().flat_map(|e| meet(n, e)) {
+                        if !out.contains(&d) {
+                            out.push(d);
+                        }
+                    }
                     out
                 }
             });
@@ -591,42 +596,84 @@ fn prefix(glob: &str) -> String {
         .join("/")
 }
 
-/// `entry` as far as some entry of `outer` allows it: the same host pattern, with only the
-/// ports both allow (no ports means 80 and 443); `None` when nothing is left.
-fn narrowest(outer: &[String], entry: &str) -> Option<String> {
-    let split = |e: &str| {
-        let (h, p) = e.split_once(':').unwrap_or((e, ""));
-        let ports: BTreeSet<u16> = if p.is_empty() {
-            [80, 443].into()
-        } else {
-            p.split(',').filter_map(|x| x.parse().ok()).collect()
-        };
-        (h.to_ascii_lowercase(), ports)
+/// A destination as (lower-case host pattern, ports); no ports means 80 and 443.
+fn split_dest(e: &str) -> (String, BTreeSet<u16>) {
+    let (h, p) = e.split_once(':').unwrap_or((e, ""));
+    let ports: BTreeSet<u16> = if p.is_empty() {
+        [80, 443].into()
+    } else {
+        p.split(',').filter_map(|x| x.parse().ok()).collect()
     };
-    let (host, ports) = split(entry);
-    let mut allowed = BTreeSet::new();
-    for o in outer {
-        let (oh, op) = split(o);
-        let host_ok = match oh.strip_prefix("*.") {
-            Some(dom) => host
-                .strip_prefix("*.")
-                .map_or(host.ends_with(&format!(".{dom}")), |h| {
-                    h == dom || h.ends_with(&format!(".{dom}"))
-                }),
-            None => oh == host,
-        };
-        if host_ok {
-            allowed.extend(ports.intersection(&op).copied());
+    (h.to_ascii_lowercase(), ports)
+}
+
+/// A destination written back: the host alone when its ports are 80 and 443.
+fn join_dest(host: &str, ports: &BTreeSet<u16>) -> String {
+    if *ports == BTreeSet::from([80, 443]) {
+        return host.to_owned();
+    }
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!("{host}:{}", list.join(","))
+}
+
+/// The hosts both patterns allow, as one pattern: the narrower of the two (`*.d` allows
+/// `a.d` and `*.x.d`, not `d` itself), or `None`.
+fn host_meet(a: &str, b: &str) -> Option<String> {
+    let within = |h: &str, wild: &str| {
+        // `h` (exact or wildcard) lies within wildcard `*.dom`.
+        let dom = &wild[2..];
+        match h.strip_prefix("*.") {
+            Some(hd) => hd == dom || hd.ends_with(&format!(".{dom}")),
+            None => h.ends_with(&format!(".{dom}")),
+        }
+    };
+    match (a.starts_with("*."), b.starts_with("*.")) {
+        (false, false) => (a == b).then(|| a.to_owned()),
+        (true, false) => within(b, a).then(|| b.to_owned()),
+        (false, true) => within(a, b).then(|| a.to_owned()),
+        (true, true) => {
+            if within(a, b) {
+                Some(a.to_owned())
+            } else if within(b, a) {
+                Some(b.to_owned())
+            } else {
+                None
+            }
         }
     }
-    if allowed.is_empty() {
-        return None;
+}
+
+/// What of `entry` the entries of `outer` allow: for each outer entry, the narrower host
+/// pattern with the ports both allow (none when nothing is left).
+fn meet(outer: &[String], entry: &str) -> Vec<String> {
+    let (host, ports) = split_dest(entry);
+    let mut out: Vec<String> = Vec::new();
+    for o in outer {
+        let (oh, op) = split_dest(o);
+        if let Some(h) = host_meet(&host, &oh) {
+            let both: BTreeSet<u16> = ports.intersection(&op).copied().collect();
+            if !both.is_empty() {
+                let d = join_dest(&h, &both);
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
     }
-    if allowed == ports && !entry.contains(':') {
-        return Some(entry.to_owned());
+    out
+}
+
+/// Whether `outer` allows all of `entry` (every host it names, on every port).
+fn covered(outer: &[String], entry: &str) -> bool {
+    let (host, ports) = split_dest(entry);
+    let mut left = ports.clone();
+    for o in outer {
+        let (oh, op) = split_dest(o);
+        if host_meet(&host, &oh).as_deref() == Some(host.as_str()) {
+            left.retain(|p| !op.contains(p));
+        }
     }
-    let list: Vec<String> = allowed.iter().map(u16::to_string).collect();
-    Some(format!("{host}:{}", list.join(",")))
+    left.is_empty()
 }
 
 #[cfg(test)]
@@ -743,6 +790,149 @@ mod tests {
                 write: true
             }]
         );
+    }
+
+    /// Thousands of random delegation chains: whatever a child asks, nothing it may do (a tool,
+    /// a path read or write, a destination, a Landlock scope) is beyond any ancestor's grant;
+    /// and a request `covers` accepts gains nothing either.
+    #[test]
+    fn random_delegations_never_escalate() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        const TOOLS: [&str; 5] = ["shell", "read_file", "write_file", "grep", "delegate"];
+        const GLOBS: [&str; 7] = [
+            "**",
+            "src/**",
+            "src/a/**",
+            "docs/*.md",
+            "src/a/x.rs",
+            "b/**",
+            "README.md",
+        ];
+        const HOSTS: [&str; 5] = [
+            "a.example",
+            "*.example",
+            "b.example:443",
+            "c.test",
+            "a.example:80,443",
+        ];
+        const PATHS: [&str; 8] = [
+            "src/a/x.rs",
+            "src/b.rs",
+            "docs/x.md",
+            "docs/x.txt",
+            "README.md",
+            "b/c",
+            "x",
+            "src/a/y/z",
+        ];
+        let pick = |rng: &mut fastrand::Rng, xs: &[&str]| -> Option<Vec<String>> {
+            if rng.u8(..4) == 0 {
+                return None;
+            }
+            Some(
+                xs.iter()
+                    .filter(|_| rng.bool())
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            )
+        };
+        let random_layer = |rng: &mut fastrand::Rng, name: &str| {
+            let paths = if rng.u8(..4) == 0 {
+                None
+            } else {
+                let mut v = Vec::new();
+                for g in GLOBS {
+                    if rng.bool() {
+                        v.push((g.to_owned(), rng.bool()));
+                    }
+                }
+                Some(v)
+            };
+            // Every real layer (a manifest, a policy, a request) states its network: none
+            // stated would mean none allowed.
+            let net = pick(rng, &HOSTS).unwrap_or_default();
+            Layer::request(name, pick(rng, &TOOLS), paths, Some(net)).unwrap()
+        };
+        let mut escalations = 0;
+        let mut kinds = [0u32; 6];
+        for _ in 0..5000 {
+            let mut chain = vec![Capabilities::new(
+                random_layer(&mut rng, "manifest"),
+                random_layer(&mut rng, "policy"),
+            )];
+            for depth in 0..rng.usize(1..4) {
+                let req = random_layer(&mut rng, &format!("child {depth}"));
+                let parent = chain.last().unwrap().clone();
+                let child = parent.narrow(req.clone());
+                // What `covers` accepts is within the parent for every probe below too.
+                let accepted = parent.covers(&req).is_ok();
+                for t in TOOLS {
+                    let args = json!({});
+                    if child.check(t, &args).is_ok()
+                        && chain.iter().any(|a| a.check(t, &args).is_err())
+                    {
+                        escalations += 1;
+                        kinds[0] += 1;
+                    }
+                    if accepted
+                        && req
+                            .tools
+                            .as_ref()
+                            .is_some_and(|ts| ts.iter().any(|x| x == t))
+                        && !parent.allows_tool(t)
+                    {
+                        escalations += 1;
+                        kinds[1] += 1;
+                    }
+                }
+                for p in PATHS {
+                    for (tool, write) in [("read_file", false), ("write_file", true)] {
+                        let args = json!({"path": p});
+                        if child.check(tool, &args).is_ok()
+                            && chain.iter().any(|a| a.check(tool, &args).is_err())
+                        {
+                            escalations += 1;
+                            kinds[2] += 1;
+                        }
+                        if accepted
+                            && req.path(p, write).is_ok_and(|x| x.is_some())
+                            && !parent.layers.iter().all(|l| l.path(p, write).is_ok())
+                        {
+                            escalations += 1;
+                            kinds[3] += 1;
+                        }
+                    }
+                }
+                let net = child.network();
+                for a in &chain {
+                    let outer = a.network();
+                    for n in &net {
+                        if !covered(&outer, n) {
+                            escalations += 1;
+                            kinds[4] += 1;
+                        }
+                    }
+                }
+                for s in child.scopes() {
+                    for a in &chain {
+                        if !a.restricts_paths() {
+                            continue;
+                        }
+                        let within = a.scopes().iter().any(|o| {
+                            (o.write || !s.write)
+                                && (s.path == o.path || s.path.starts_with(&format!("{}/", o.path)))
+                        });
+                        if !within {
+                            escalations += 1;
+                            kinds[5] += 1;
+                        }
+                    }
+                }
+                chain.push(child);
+            }
+        }
+        assert_eq!(escalations, 0, "seed {seed}: {kinds:?}");
     }
 
     #[test]

@@ -65,10 +65,11 @@ struct Args {
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
         name: DELEGATE.into(),
-        description: "Hand a self-contained sub-goal to a child agent in its own cell, with at most \
+        description:
+            "Hand a self-contained sub-goal to a child agent in its own cell, with at most \
                       your capabilities (narrow them with tools, paths and network). Waits for \
                       it and returns its result, or its state and reason if it did not finish."
-            .into(),
+                .into(),
         parameters: json!({"type": "object", "additionalProperties": false, "required": ["goal"],
             "properties": {
                 "goal": {"type": "string", "minLength": 1, "description": "What the child must achieve; it sees nothing else"},
@@ -118,10 +119,7 @@ impl HostTools for Delegate {
 
 impl Delegate {
     fn delegate(&self, call_id: &str, args: &Value) -> Result<HostOutput, String> {
-        let engine = self
-            .engine
-            .upgrade()
-            .ok_or("the daemon is stopping")?;
+        let engine = self.engine.upgrade().ok_or("the daemon is stopping")?;
         let a: Args =
             serde_json::from_value(args.clone()).map_err(|e| format!("invalid arguments: {e}"))?;
         let id = child_id(&self.task.id, call_id);
@@ -173,8 +171,9 @@ impl Delegate {
                 (self.task.agent.clone(), self.task.agent_version)
             }
             None => {
-                return Err("name a deployed agent as role (this task's own agent is not deployed)"
-                    .into());
+                return Err(
+                    "name a deployed agent as role (this task's own agent is not deployed)".into(),
+                );
             }
         };
         let mut layers: Vec<_> = self
@@ -247,13 +246,9 @@ impl Delegate {
             );
         };
         let (tx, rx) = tokio::sync::watch::channel(None);
-        let (ended, report) = self.runtime.block_on(engine.run_claimed(
-            child,
-            None,
-            tx,
-            rx,
-            Some(&mut forward),
-        ));
+        let (ended, report) =
+            self.runtime
+                .block_on(engine.run_claimed(child, None, tx, rx, Some(&mut forward)));
         let spent = report.map(|r| r.usage);
         Ok(self.answer(&engine, &ended, spent))
     }
@@ -282,7 +277,10 @@ impl Delegate {
                     .and_then(|r| serde_json::from_value::<Usage>(r["usage"].clone()).ok())
             })
             .unwrap_or_default();
-        let diff = engine.store.get_artifact(&child.id, "diff").unwrap_or_default();
+        let diff = engine
+            .store
+            .get_artifact(&child.id, "diff")
+            .unwrap_or_default();
         let files = String::from_utf8_lossy(&diff)
             .lines()
             .filter(|l| l.starts_with("+++ b/"))
@@ -304,7 +302,10 @@ impl Delegate {
                 cut -= 1;
             }
             patch.truncate(cut);
-            patch.push_str(&format!("\n[diff cut at {MAX_DIFF} bytes: `warren diff {}`]\n", child.id));
+            patch.push_str(&format!(
+                "\n[diff cut at {MAX_DIFF} bytes: `warren diff {}`]\n",
+                child.id
+            ));
         }
         let body = json!({"task": child.id, "state": child.state.as_str(),
             "reason": child.reason, "result": result.as_ref().map(|r| r["result"].clone()),

@@ -41,7 +41,9 @@ use sha2::{Digest, Sha256};
 use warren_config::manifest::Manifest;
 use warren_llm::{ChatRequest, Message, ToolSpec};
 use warren_protocol::api::{AuditKind, EventKind, PlanView, StepView};
-use warren_store::{Lineage, NewTask, Store, StoreError, TaskFilter, TaskKind, TaskRecord, TaskState};
+use warren_store::{
+    Lineage, NewTask, Store, StoreError, TaskFilter, TaskKind, TaskRecord, TaskState,
+};
 
 use crate::capabilities::{Capabilities, Layer, LayerSpec, PlanSection};
 use crate::engine::{Engine, Running, Stop, lock};
@@ -166,9 +168,7 @@ impl Narrowing {
                     .map(|p| match p.access.as_str() {
                         "read" => Ok((p.glob.clone(), false)),
                         "write" => Ok((p.glob.clone(), true)),
-                        other => Err(format!(
-                            "access must be read or write, not {other:?}"
-                        )),
+                        other => Err(format!("access must be read or write, not {other:?}")),
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
@@ -569,7 +569,11 @@ pub fn children(store: &dyn Store, id: &str) -> Result<Vec<TaskRecord>, StoreErr
 }
 
 /// The planner's system prompt: the format, the agents it may use, the plan's capabilities.
-fn planner_prompt(roles: &HashMap<String, Manifest>, caps: &Capabilities, limits: &PlanLimits) -> String {
+fn planner_prompt(
+    roles: &HashMap<String, Manifest>,
+    caps: &Capabilities,
+    limits: &PlanLimits,
+) -> String {
     let mut agents: Vec<&Manifest> = roles.values().collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     let mut p = format!(
@@ -789,9 +793,15 @@ impl Engine {
                     let summary = format!("all {} steps succeeded", current.0.steps.len());
                     let doc = json!({"outcome": "finished", "success": true, "summary": summary,
                         "steps": result, "revision": current.1});
-                    if let Err(e) = self.store.put_artifact(id, "result", doc.to_string().as_bytes()) {
-                        self.event(id, EventKind::TaskArtifactFailed,
-                            json!({"artifact": "result", "error": e.to_string()}));
+                    if let Err(e) =
+                        self.store
+                            .put_artifact(id, "result", doc.to_string().as_bytes())
+                    {
+                        self.event(
+                            id,
+                            EventKind::TaskArtifactFailed,
+                            json!({"artifact": "result", "error": e.to_string()}),
+                        );
                     }
                     return End::Final(TaskState::Succeeded, summary);
                 }
@@ -814,7 +824,10 @@ impl Engine {
                         Ok(p) => p,
                         Err(e) => {
                             self.cancel_children(id, "its plan failed").await;
-                            return End::Final(TaskState::Failed, format!("{why}; replanning: {e}"));
+                            return End::Final(
+                                TaskState::Failed,
+                                format!("{why}; replanning: {e}"),
+                            );
                         }
                     };
                     let revision = current.1 + 1;
@@ -822,7 +835,9 @@ impl Engine {
                     let kept: Vec<String> = statuses(&planned.plan, &task.agent, &old)
                         .iter()
                         .zip(&planned.plan.steps)
-                        .filter(|(st, _)| matches!(st, StepState::Succeeded(_) | StepState::Active(_)))
+                        .filter(|(st, _)| {
+                            matches!(st, StepState::Succeeded(_) | StepState::Active(_))
+                        })
                         .map(|(_, s)| s.id.clone())
                         .collect();
                     if let Err(e) = self.store_plan(task, &planned, revision, &kept) {
@@ -836,8 +851,12 @@ impl Engine {
                             _ => None,
                         })
                         .collect();
-                    for c in old.iter().filter(|c| !c.state.is_terminal() && !live.contains(&c.id)) {
-                        let _ = Box::pin(self.cancel(&c.id, "its plan was replanned", "warren")).await;
+                    for c in old
+                        .iter()
+                        .filter(|c| !c.state.is_terminal() && !live.contains(&c.id))
+                    {
+                        let _ =
+                            Box::pin(self.cancel(&c.id, "its plan was replanned", "warren")).await;
                     }
                     current = (planned.plan, revision);
                     continue;
@@ -873,7 +892,11 @@ impl Engine {
         let data = json!({"revision": revision, "steps": steps, "kept": kept,
             "planner_tries": p.tries, "usage": p.usage, "plan": p.plan});
         self.audit.record(Some(&task.id), kind.as_str(), &data);
-        self.event(&task.id, ekind, json!({"revision": revision, "steps": steps, "kept": kept}));
+        self.event(
+            &task.id,
+            ekind,
+            json!({"revision": revision, "steps": steps, "kept": kept}),
+        );
         Ok(())
     }
 
@@ -915,12 +938,20 @@ impl Engine {
         for (st, step) in states.iter().zip(&plan.steps) {
             let note = |t: &TaskRecord, announced: &mut HashSet<(String, String)>| {
                 if announced.insert((t.id.clone(), t.state.as_str().into())) {
-                    self.event(&task.id, EventKind::PlanStep, json!({"step": step.id,
-                        "task": t.id, "state": t.state.as_str(), "reason": t.reason}));
+                    self.event(
+                        &task.id,
+                        EventKind::PlanStep,
+                        json!({"step": step.id,
+                        "task": t.id, "state": t.state.as_str(), "reason": t.reason}),
+                    );
                 }
             };
             match st {
-                StepState::Ready { attempt, key, inputs } => {
+                StepState::Ready {
+                    attempt,
+                    key,
+                    inputs,
+                } => {
                     self.submit_step(task, step, *attempt, key, inputs, caps, depth)?;
                 }
                 StepState::Active(t) => note(t, announced),
@@ -931,8 +962,11 @@ impl Engine {
                         .get_artifact(&t.id, "result")
                         .ok()
                         .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-                    done.insert(step.id.clone(), json!({"task": t.id,
-                        "summary": result.as_ref().map(|r| r["summary"].clone())}));
+                    done.insert(
+                        step.id.clone(),
+                        json!({"task": t.id,
+                        "summary": result.as_ref().map(|r| r["summary"].clone())}),
+                    );
                 }
                 StepState::Failed(t) => {
                     note(t, announced);
@@ -983,7 +1017,8 @@ impl Engine {
                 .layer(&format!("plan step {}", step.id))
                 .map_err(|e| format!("step {}: {e}", step.id))?;
             // Checked at validation; checked again here, where it is enforced.
-            caps.covers(&l).map_err(|e| format!("step {}: {e}", step.id))?;
+            caps.covers(&l)
+                .map_err(|e| format!("step {}: {e}", step.id))?;
             layers.push(l.spec());
             budget = n.budget_tokens;
         }
@@ -1027,8 +1062,12 @@ impl Engine {
                         "role": rec.agent, "inputs": inputs, "capabilities": bounds.layers.last()}),
                 );
                 self.audit_submitted(&rec, &format!("plan {}", task.id));
-                self.event(&task.id, EventKind::PlanStep, json!({"step": step.id, "task": rec.id,
-                    "state": "queued", "attempt": attempt}));
+                self.event(
+                    &task.id,
+                    EventKind::PlanStep,
+                    json!({"step": step.id, "task": rec.id,
+                    "state": "queued", "attempt": attempt}),
+                );
                 self.wake.notify_one();
                 Ok(())
             }

@@ -347,7 +347,10 @@ impl Engine {
             let dir = dirs.task.join("inputs").join(step);
             std::fs::create_dir_all(&dir)?;
             for (artifact, file) in [("result", "result.json"), ("diff", "diff.patch")] {
-                let data = self.store.get_artifact(producer, artifact).unwrap_or_default();
+                let data = self
+                    .store
+                    .get_artifact(producer, artifact)
+                    .unwrap_or_default();
                 std::fs::write(dir.join(file), data)?;
             }
         }
@@ -575,7 +578,11 @@ impl Engine {
                 }),
             );
         }
-        if manifest.tools.iter().any(|t| t == crate::delegate::DELEGATE) {
+        if manifest
+            .tools
+            .iter()
+            .any(|t| t == crate::delegate::DELEGATE)
+        {
             host.push(Arc::new(crate::delegate::Delegate {
                 engine: self.me.clone(),
                 task: task.clone(),

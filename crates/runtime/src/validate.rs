@@ -113,7 +113,14 @@ impl Validation {
                     .take(5)
                     .map(|e| {
                         let at = e.instance_path().to_string();
-                        format!("{}{e}", if at.is_empty() { String::new() } else { format!("{at}: ") })
+                        format!(
+                            "{}{e}",
+                            if at.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{at}: ")
+                            }
+                        )
                     })
                     .collect();
                 if errors.is_empty() {
@@ -145,7 +152,9 @@ impl Validation {
                              \"reason\": one sentence}."
                         .into(),
                     messages: vec![Message::User {
-                        content: format!("Judge this result.\n\nRubric:\n{rubric}\n\nResult:\n{text}"),
+                        content: format!(
+                            "Judge this result.\n\nRubric:\n{rubric}\n\nResult:\n{text}"
+                        ),
                     }],
                     tools: Vec::new(),
                     max_tokens: 300,
@@ -163,12 +172,12 @@ impl Validation {
                         .map_err(|e| format!("the judge did not answer in JSON: {e}"))?,
                     _ => return Err("the judge did not answer in JSON".into()),
                 };
-                let score = verdict["score"]
-                    .as_f64()
-                    .ok_or("the judge gave no score")?;
+                let score = verdict["score"].as_f64().ok_or("the judge gave no score")?;
                 let reason = verdict["reason"].as_str().unwrap_or_default();
                 if score >= *min_score {
-                    Ok(format!("the judge scored {score:.2} (≥ {min_score}): {reason}"))
+                    Ok(format!(
+                        "the judge scored {score:.2} (≥ {min_score}): {reason}"
+                    ))
                 } else {
                     Err(format!(
                         "the judge scored {score:.2}, below {min_score}: {reason}"

@@ -26,7 +26,9 @@ struct FnModel {
 }
 
 impl FnModel {
-    fn new(f: impl Fn(&ChatRequest, u32) -> (String, Vec<ToolCall>) + Send + Sync + 'static) -> Arc<Self> {
+    fn new(
+        f: impl Fn(&ChatRequest, u32) -> (String, Vec<ToolCall>) + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(FnModel {
             f: Box::new(f),
             seen: Mutex::new(HashMap::new()),
@@ -127,7 +129,11 @@ async fn plan_of(e: &Arc<Engine>, id: &str) -> PlanView {
 }
 
 fn finish(summary: &str, ok: bool) -> Vec<ToolCall> {
-    vec![call("f", "finish", json!({"summary": summary, "success": ok}))]
+    vec![call(
+        "f",
+        "finish",
+        json!({"summary": summary, "success": ok}),
+    )]
 }
 
 fn plan_call(steps: Value) -> Vec<ToolCall> {
@@ -155,14 +161,17 @@ async fn a_six_step_plan_runs_as_a_graph_retries_a_step_and_passes_outputs_on() 
     let model = FnModel::new(move |r, attempt| {
         let goal = first_user(r);
         if goal.starts_with("Build it") {
-            return (String::new(), plan_call(json!([
-                {"id": "a", "goal": "step a: lay out", "role": "coder"},
-                {"id": "b1", "goal": "step b1: left", "role": "coder", "depends_on": ["a"]},
-                {"id": "b2", "goal": "step b2: right (flaky)", "role": "coder", "depends_on": ["a"], "retries": 1},
-                {"id": "c1", "goal": "step c1: left more", "role": "coder", "depends_on": ["b1"]},
-                {"id": "c2", "goal": "step c2: right more", "role": "coder", "depends_on": ["b2"]},
-                {"id": "d", "goal": "step d: join", "role": "coder", "depends_on": ["c1", "c2"], "inputs": ["c1", "c2", "a"]}
-            ])));
+            return (
+                String::new(),
+                plan_call(json!([
+                    {"id": "a", "goal": "step a: lay out", "role": "coder"},
+                    {"id": "b1", "goal": "step b1: left", "role": "coder", "depends_on": ["a"]},
+                    {"id": "b2", "goal": "step b2: right (flaky)", "role": "coder", "depends_on": ["a"], "retries": 1},
+                    {"id": "c1", "goal": "step c1: left more", "role": "coder", "depends_on": ["b1"]},
+                    {"id": "c2", "goal": "step c2: right more", "role": "coder", "depends_on": ["b2"]},
+                    {"id": "d", "goal": "step d: join", "role": "coder", "depends_on": ["c1", "c2"], "inputs": ["c1", "c2", "a"]}
+                ])),
+            );
         }
         if goal.starts_with("step b2") && attempt == 1 {
             f2.fetch_add(1, Ordering::SeqCst);
@@ -205,30 +214,66 @@ async fn a_six_step_plan_runs_as_a_graph_retries_a_step_and_passes_outputs_on() 
         *per_step.entry(s.as_str()).or_default() += 1;
     }
     assert_eq!(per_step["b2"], 2);
-    assert!(per_step.iter().filter(|(k, _)| **k != "b2").all(|(_, n)| *n == 1), "{per_step:?}");
+    assert!(
+        per_step
+            .iter()
+            .filter(|(k, _)| **k != "b2")
+            .all(|(_, n)| *n == 1),
+        "{per_step:?}"
+    );
     // Ordering from the store's events (global ids, each written with its state change): a
     // dependent's task was created after each dependency's task reached `succeeded`.
     let events = w.store.events_since(None, 0, 100_000).unwrap();
     let ev = |task: &str, to: &str| {
         events
             .iter()
-            .filter(|e| e.task.as_deref() == Some(task) && e.kind == "task.state" && e.payload["to"] == to)
+            .filter(|e| {
+                e.task.as_deref() == Some(task) && e.kind == "task.state" && e.payload["to"] == to
+            })
             .map(|e| e.id)
             .min()
             .unwrap()
     };
-    let task_of = |step: &str| p.steps.iter().find(|s| s.id == step).unwrap().task.clone().unwrap();
+    let task_of = |step: &str| {
+        p.steps
+            .iter()
+            .find(|s| s.id == step)
+            .unwrap()
+            .task
+            .clone()
+            .unwrap()
+    };
     for s in &p.steps {
-        let first = submitted.iter().filter(|(st, _, _)| st == &s.id).map(|x| x.1.clone()).next().unwrap();
+        let first = submitted
+            .iter()
+            .filter(|(st, _, _)| st == &s.id)
+            .map(|x| x.1.clone())
+            .next()
+            .unwrap();
         for d in &s.depends_on {
-            assert!(ev(&task_of(d), "succeeded") < ev(&first, "queued"), "{} started before {d} ended", s.id);
+            assert!(
+                ev(&task_of(d), "succeeded") < ev(&first, "queued"),
+                "{} started before {d} ended",
+                s.id
+            );
         }
     }
     // The join read its inputs as files: each producer's result.
     let d_task = task_of("d");
-    let inputs = w.state.join("tasks").join(&d_task).join("task").join("inputs");
-    for (step, summary) in [("c1", "did step c1"), ("c2", "did step c2"), ("a", "did step a")] {
-        let r: Value = serde_json::from_slice(&std::fs::read(inputs.join(step).join("result.json")).unwrap()).unwrap();
+    let inputs = w
+        .state
+        .join("tasks")
+        .join(&d_task)
+        .join("task")
+        .join("inputs");
+    for (step, summary) in [
+        ("c1", "did step c1"),
+        ("c2", "did step c2"),
+        ("a", "did step a"),
+    ] {
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(inputs.join(step).join("result.json")).unwrap())
+                .unwrap();
         assert_eq!(r["summary"], summary);
         assert!(inputs.join(step).join("diff.patch").is_file());
     }
@@ -244,15 +289,21 @@ async fn a_replan_keeps_the_steps_that_succeeded() {
         let goal = first_user(r);
         if goal.starts_with("Ship it") {
             return if goal.contains("The plan so far") {
-                (String::new(), plan_call(json!([
-                    {"id": "a", "goal": "step a: prepare", "role": "coder"},
-                    {"id": "b2", "goal": "step b2: the other way", "role": "coder", "depends_on": ["a"], "inputs": ["a"]}
-                ])))
+                (
+                    String::new(),
+                    plan_call(json!([
+                        {"id": "a", "goal": "step a: prepare", "role": "coder"},
+                        {"id": "b2", "goal": "step b2: the other way", "role": "coder", "depends_on": ["a"], "inputs": ["a"]}
+                    ])),
+                )
             } else {
-                (String::new(), plan_call(json!([
-                    {"id": "a", "goal": "step a: prepare", "role": "coder"},
-                    {"id": "b", "goal": "step b: doomed", "role": "coder", "depends_on": ["a"], "retries": 0}
-                ])))
+                (
+                    String::new(),
+                    plan_call(json!([
+                        {"id": "a", "goal": "step a: prepare", "role": "coder"},
+                        {"id": "b", "goal": "step b: doomed", "role": "coder", "depends_on": ["a"], "retries": 0}
+                    ])),
+                )
             };
         }
         if goal.starts_with("step b:") {
@@ -275,11 +326,20 @@ async fn a_replan_keeps_the_steps_that_succeeded() {
         .filter(|(k, d)| k == "plan.step" && d["step"] == "a")
         .count();
     assert_eq!(started_a, 1, "a was kept, not re-run");
-    let replanned: Vec<&Value> = a.iter().filter(|(k, _)| k == "plan.replanned").map(|(_, d)| d).collect();
+    let replanned: Vec<&Value> = a
+        .iter()
+        .filter(|(k, _)| k == "plan.replanned")
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(replanned.len(), 1);
     assert_eq!(replanned[0]["kept"], json!(["a"]));
     // The planner saw the failure.
-    let asked = model.requests.lock().unwrap().iter().any(|r| first_user(r).contains("step b failed"));
+    let asked = model
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| first_user(r).contains("step b failed"));
     assert!(asked);
 }
 
@@ -292,15 +352,28 @@ async fn a_step_asking_more_than_its_plan_is_refused_and_the_gate_refuses_it_too
             // First try: a step asking for write_file, which the planner (lead) lacks.
             let errors = r.messages.iter().any(|m| matches!(m, Message::Tool { content, .. } if content.contains("asks for more than its parent has")));
             return if errors {
-                (String::new(), plan_call(json!([{"id": "w", "goal": "step w: write", "role": "coder"}])))
+                (
+                    String::new(),
+                    plan_call(json!([{"id": "w", "goal": "step w: write", "role": "coder"}])),
+                )
             } else {
-                (String::new(), plan_call(json!([{"id": "w", "goal": "step w: write", "role": "coder",
-                    "capabilities": {"tools": ["write_file", "finish"]}}])))
+                (
+                    String::new(),
+                    plan_call(json!([{"id": "w", "goal": "step w: write", "role": "coder",
+                    "capabilities": {"tools": ["write_file", "finish"]}}])),
+                )
             };
         }
         // The step's model tries write_file anyway: coder has it, the plan does not.
         if turn(r) == 0 {
-            return (String::new(), vec![call("w", "write_file", json!({"path": "x", "content": "y"}))]);
+            return (
+                String::new(),
+                vec![call(
+                    "w",
+                    "write_file",
+                    json!({"path": "x", "content": "y"}),
+                )],
+            );
         }
         (String::new(), finish("tried", true))
     });
@@ -310,7 +383,10 @@ async fn a_step_asking_more_than_its_plan_is_refused_and_the_gate_refuses_it_too
     let id = submit_as(&e, "lead", "Edit it", true).await;
     wait_state(&e, &id, TaskState::Succeeded).await;
     let reqs = model.requests.lock().unwrap().clone();
-    let planner: Vec<&ChatRequest> = reqs.iter().filter(|r| first_user(r).starts_with("Edit it")).collect();
+    let planner: Vec<&ChatRequest> = reqs
+        .iter()
+        .filter(|r| first_user(r).starts_with("Edit it"))
+        .collect();
     assert_eq!(planner.len(), 2, "the first plan went back with its error");
     let p = plan_of(&e, &id).await;
     let child = p.steps[0].task.clone().unwrap();
@@ -320,11 +396,19 @@ async fn a_step_asking_more_than_its_plan_is_refused_and_the_gate_refuses_it_too
         .expect("the call was audited");
     assert_eq!(refused.1["decision"], "refused");
     assert!(
-        refused.1["reason"].as_str().unwrap_or_default().contains("does not grant the tool"),
+        refused.1["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not grant the tool"),
         "{:?}",
         refused.1
     );
-    assert!(w.cells.started().iter().all(|c| c.file("/workspace/x").is_none()));
+    assert!(
+        w.cells
+            .started()
+            .iter()
+            .all(|c| c.file("/workspace/x").is_none())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,34 +418,72 @@ async fn delegate_starts_a_narrower_child_and_charges_its_spend() {
         let goal = first_user(r);
         if goal.starts_with("Boss") {
             return match turn(r) {
-                0 => (String::new(), vec![call("d1", "delegate", json!({"goal": "child: widen", "tools": ["write_file"]}))]),
-                1 => (String::new(), vec![call("d2", "delegate", json!({"goal": "child: look", "tools": ["shell", "finish"]}))]),
+                0 => (
+                    String::new(),
+                    vec![call(
+                        "d1",
+                        "delegate",
+                        json!({"goal": "child: widen", "tools": ["write_file"]}),
+                    )],
+                ),
+                1 => (
+                    String::new(),
+                    vec![call(
+                        "d2",
+                        "delegate",
+                        json!({"goal": "child: look", "tools": ["shell", "finish"]}),
+                    )],
+                ),
                 _ => (String::new(), finish("boss done", true)),
             };
         }
         match turn(r) {
-            0 => (String::new(), vec![call("s", "shell", json!({"command": "echo hi"}))]),
+            0 => (
+                String::new(),
+                vec![call("s", "shell", json!({"command": "echo hi"}))],
+            ),
             _ => (String::new(), finish("child done", true)),
         }
     });
     let e = engine(&w, &model);
-    deploy(&e, "name: boss\ndescription: b\ntools: [delegate, shell, finish]\nbudget:\n  tokens: 100000\n").await;
+    deploy(
+        &e,
+        "name: boss\ndescription: b\ntools: [delegate, shell, finish]\nbudget:\n  tokens: 100000\n",
+    )
+    .await;
     let id = submit_as(&e, "boss", "Boss: get it done", false).await;
     wait_state(&e, &id, TaskState::Succeeded).await;
     let a = audit(&w, &id);
-    let started: Vec<&Value> = a.iter().filter(|(k, _)| k == "delegate.started").map(|(_, d)| d).collect();
+    let started: Vec<&Value> = a
+        .iter()
+        .filter(|(k, _)| k == "delegate.started")
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(started.len(), 2);
-    assert!(started[0]["refused"].as_str().unwrap().contains("write_file"), "{:?}", started[0]);
+    assert!(
+        started[0]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("write_file"),
+        "{:?}",
+        started[0]
+    );
     let child = started[1]["child"].as_str().unwrap();
     let c = w.store.get_task(child).unwrap();
     assert_eq!(c.state, TaskState::Succeeded);
     assert_eq!(c.lineage.parent.as_deref(), Some(id.as_str()));
     // The child's tool calls were checked against the parent's layers too.
-    let tools: Vec<String> = audit(&w, child).into_iter().filter(|(k, _)| k == "tool.call").map(|(_, d)| d["tool"].as_str().unwrap().to_owned()).collect();
+    let tools: Vec<String> = audit(&w, child)
+        .into_iter()
+        .filter(|(k, _)| k == "tool.call")
+        .map(|(_, d)| d["tool"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(tools, ["shell", "finish"]);
     // Its spend is the parent's: 2 child turns + 3 own turns, 110 tokens each.
-    let result: Value = serde_json::from_slice(&w.store.get_artifact(&id, "result").unwrap()).unwrap();
-    let used = result["usage"]["input_tokens"].as_u64().unwrap() + result["usage"]["output_tokens"].as_u64().unwrap();
+    let result: Value =
+        serde_json::from_slice(&w.store.get_artifact(&id, "result").unwrap()).unwrap();
+    let used = result["usage"]["input_tokens"].as_u64().unwrap()
+        + result["usage"]["output_tokens"].as_u64().unwrap();
     assert_eq!(used, 5 * 110, "{result}");
     // The parent saw the child's progress.
     let events = w.store.events_since(Some(&id), 0, 10_000).unwrap();
@@ -374,18 +496,30 @@ async fn validators_send_the_agent_back_until_its_result_passes() {
     let w = World::new("rt-validate");
     let model = FnModel::new(move |r, _| match turn(r) {
         0 | 1 => (String::new(), finish("done, trust me", true)),
-        2 => (String::new(), vec![call("w", "write_file", json!({"path": "/task/result.json", "content": "{\"tests_passed\": true}"}))]),
+        2 => (
+            String::new(),
+            vec![call(
+                "w",
+                "write_file",
+                json!({"path": "/task/result.json", "content": "{\"tests_passed\": true}"}),
+            )],
+        ),
         _ => (String::new(), finish("tests pass", true)),
     });
     let e = engine(&w, &model);
     deploy(&e, "name: careful\ndescription: c\ntools: [write_file, finish]\nvalidate:\n  - regex: '\"summary\"'\n  - schema: {type: object, required: [tests_passed], properties: {tests_passed: {const: true}}}\nlimits:\n  validations: 3\n").await;
     let id = submit_as(&e, "careful", "make the tests pass", false).await;
     wait_state(&e, &id, TaskState::Succeeded).await;
-    let v: Vec<Value> = audit(&w, &id).into_iter().filter(|(k, _)| k == "validation").map(|(_, d)| d).collect();
+    let v: Vec<Value> = audit(&w, &id)
+        .into_iter()
+        .filter(|(k, _)| k == "validation")
+        .map(|(_, d)| d)
+        .collect();
     let passed: Vec<bool> = v.iter().map(|d| d["passed"].as_bool().unwrap()).collect();
     assert_eq!(passed, [false, false, true]);
     assert_eq!(v[2]["iteration"], 3);
-    let result: Value = serde_json::from_slice(&w.store.get_artifact(&id, "result").unwrap()).unwrap();
+    let result: Value =
+        serde_json::from_slice(&w.store.get_artifact(&id, "result").unwrap()).unwrap();
     assert_eq!(result["result"]["tests_passed"], true);
     // Every judgment is a checkpointed result of its finish call.
     let failed = w
@@ -393,7 +527,11 @@ async fn validators_send_the_agent_back_until_its_result_passes() {
         .checkpoints(&id)
         .unwrap()
         .iter()
-        .filter(|c| c.payload["content"].as_str().is_some_and(|t| t.starts_with("validation failed")))
+        .filter(|c| {
+            c.payload["content"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("validation failed"))
+        })
         .count();
     assert_eq!(failed, 2);
 }
