@@ -239,6 +239,11 @@ impl Replayer {
         match self.peek() {
             Some(Step::ToolStarted { call_id: c }) if c == call_id => {
                 self.pop();
+                // A resumable call run again after a restart left one mark per life.
+                while matches!(self.peek(), Some(Step::ToolStarted { call_id: c }) if c == call_id)
+                {
+                    self.pop();
+                }
                 if let Some(at) = self.result_in_turn(call_id) {
                     let step = self.recorded.remove(at);
                     self.seq += 1;

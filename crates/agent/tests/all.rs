@@ -841,6 +841,105 @@ fn a_journal_with_a_turns_marks_before_its_results_still_resumes() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A host tool that finds its own earlier work by the call's id (as `delegate` re-attaches
+/// to its child), so a restart runs it again instead of reporting its effect unknown.
+#[derive(Default)]
+struct Resumer {
+    ids: Mutex<Vec<String>>,
+}
+
+impl warren_agent::tools::HostTools for Resumer {
+    fn specs(&self) -> Vec<warren_llm::ToolSpec> {
+        vec![warren_llm::ToolSpec {
+            name: "resumer".into(),
+            description: "r".into(),
+            parameters: json!({"type": "object"}),
+        }]
+    }
+
+    fn call(&self, _name: &str, _args: &serde_json::Value) -> Option<Result<String, String>> {
+        None
+    }
+
+    fn call_as(
+        &self,
+        call_id: &str,
+        name: &str,
+        _args: &serde_json::Value,
+    ) -> Option<warren_agent::tools::HostOutput> {
+        (name == "resumer").then(|| {
+            self.ids.lock().unwrap().push(call_id.to_owned());
+            warren_agent::tools::HostOutput {
+                result: Ok(format!("attached as {call_id}")),
+                spent: Usage {
+                    input_tokens: 7,
+                    output_tokens: 3,
+                    cached_input_tokens: 0,
+                },
+            }
+        })
+    }
+
+    fn resumable(&self, name: &str) -> bool {
+        name == "resumer"
+    }
+}
+
+#[test]
+fn a_resumable_call_interrupted_twice_runs_again_under_its_id_and_then_replays() {
+    let (s, dir) = store("resumable");
+    let journal = Arc::new(StoreJournal::new(s, "t"));
+    // Two lives died while the call ran: two marks, no result.
+    let steps = [
+        Step::Model {
+            response: ChatResponse {
+                text: String::new(),
+                tool_calls: vec![call("r1", "resumer", json!({}))],
+                usage: Usage::default(),
+                stop_reason: StopReason::ToolUse,
+            },
+        },
+        Step::ToolStarted {
+            call_id: "r1".into(),
+        },
+        Step::ToolStarted {
+            call_id: "r1".into(),
+        },
+    ];
+    for (seq, step) in steps.iter().enumerate() {
+        journal.record(seq as u64, step).unwrap();
+    }
+    let cell = Arc::new(FakeCell::default());
+    let tool = Arc::new(Resumer::default());
+    let finish = vec![vec![call("f", "finish", json!({"summary": "done"}))]];
+    let p = scripted(finish.clone());
+    let agent = journalled(&p, &cell, journal.clone()).with_host_tools(tool.clone());
+    let report = run(&agent).unwrap();
+    assert!(matches!(report.outcome, Outcome::Finished(_)));
+    assert_eq!(
+        *tool.ids.lock().unwrap(),
+        ["r1"],
+        "ran again, under its own id"
+    );
+    let told = serde_json::to_string(&p.requests.lock().unwrap()[0].messages).unwrap();
+    assert!(
+        told.contains("attached as r1") && !told.contains("interrupted"),
+        "{told}"
+    );
+    // What it spent is the task's: recorded with its result, and counted again on replay.
+    assert_eq!(p.requests.lock().unwrap().len(), 1);
+    assert_eq!(report.usage.input_tokens, 7 + 10);
+    // The whole journal replays: nothing runs, the same end.
+    let again = Arc::new(Resumer::default());
+    let p2 = scripted(finish);
+    let agent = journalled(&p2, &cell, journal.clone()).with_host_tools(again.clone());
+    let replayed = run(&agent).unwrap();
+    assert!(matches!(replayed.outcome, Outcome::Finished(_)));
+    assert!(again.ids.lock().unwrap().is_empty());
+    assert_eq!(replayed.usage.input_tokens, report.usage.input_tokens);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Answers with text (and calls) from a script, as a small local model does.
 struct Texted {
     turns: Vec<(String, Vec<ToolCall>)>,

@@ -210,6 +210,52 @@ mod payload {
     use serde::Deserialize;
     use warren_llm::Usage;
 
+    /// `plan.created`, `plan.replanned`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Planned {
+        pub revision: u32,
+        pub steps: Vec<String>,
+        pub kept: Vec<String>,
+    }
+
+    /// `plan.step`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Step {
+        pub step: String,
+        pub task: String,
+        pub state: String,
+        pub reason: Option<String>,
+    }
+
+    /// `delegate.started`, `delegate.ended`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Child {
+        pub child: String,
+        pub goal: String,
+        pub state: String,
+        pub reason: Option<String>,
+    }
+
+    /// `agent.validation`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Validation {
+        pub iteration: u32,
+        pub passed: bool,
+        pub checks: Vec<Check>,
+    }
+
+    /// One check of `agent.validation`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    pub struct Check {
+        pub passed: bool,
+        pub note: String,
+    }
+
     /// `agent.text`.
     #[derive(Default, Deserialize)]
     #[serde(default)]
@@ -384,6 +430,73 @@ fn render(e: &EventView, at_line_start: &mut bool) {
             let r: payload::Resumed = of(p);
             let _ = writeln!(out, "[task resumed from {} checkpoints]", r.checkpoints);
         }
+        EventKind::PlanCreated | EventKind::PlanReplanned => {
+            nl(&mut out, at_line_start);
+            let pl: payload::Planned = of(p);
+            let kept = if pl.kept.is_empty() {
+                String::new()
+            } else {
+                format!(", kept {}", pl.kept.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "[plan revision {}: {}{kept}]",
+                pl.revision,
+                crate::term::printable(&pl.steps.join(", "))
+            );
+        }
+        EventKind::PlanStep => {
+            nl(&mut out, at_line_start);
+            let st: payload::Step = of(p);
+            let reason = st
+                .reason
+                .map(|r| format!(" ({})", crate::term::printable(&r)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "[step {} {} {}]{reason}",
+                crate::term::printable(&st.step),
+                st.state,
+                st.task
+            );
+        }
+        EventKind::DelegateStarted | EventKind::DelegateEnded => {
+            nl(&mut out, at_line_start);
+            let c: payload::Child = of(p);
+            if c.state.is_empty() {
+                let goal: String = c.goal.chars().take(100).collect();
+                let _ = writeln!(
+                    out,
+                    "  ⇢ child {}: {}",
+                    c.child,
+                    crate::term::printable(&goal)
+                );
+            } else {
+                let reason = c
+                    .reason
+                    .map(|r| format!(" ({})", crate::term::printable(&r)))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  ⇠ child {} {}{reason}", c.child, c.state);
+            }
+        }
+        EventKind::AgentValidation => {
+            nl(&mut out, at_line_start);
+            let v: payload::Validation = of(p);
+            let mark = if v.passed { "✓" } else { "✗" };
+            let note = v
+                .checks
+                .iter()
+                .find(|c| !c.passed)
+                .or(v.checks.last())
+                .map(|c| c.note.lines().next().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {mark} validation {}: {}",
+                v.iteration,
+                crate::term::printable(&note)
+            );
+        }
         _ => {}
     }
 }
@@ -451,21 +564,23 @@ async fn logs(t: &Target, id: &str, follow: bool, json: bool) -> Result<(), Call
 
 /// Run a task subcommand.
 pub fn run(cmd: TaskCommand, url: Option<&str>, state: &Path) -> i32 {
-    let target = match client::target(url, state) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 2;
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 1;
-        }
-    };
-    rt.block_on(run_async(cmd, &target))
+    match connect(url, state) {
+        Ok((target, rt)) => rt.block_on(run_async(cmd, &target)),
+        Err(code) => code,
+    }
+}
+
+/// The daemon target and a runtime to call it on, or the exit code of why not.
+fn connect(url: Option<&str>, state: &Path) -> Result<(Target, tokio::runtime::Runtime), i32> {
+    let target = client::target(url, state).map_err(|e| {
+        eprintln!("warren: {e}");
+        2
+    })?;
+    let rt = runtime().map_err(|e| {
+        eprintln!("warren: {e}");
+        1
+    })?;
+    Ok((target, rt))
 }
 
 async fn run_async(cmd: TaskCommand, t: &Target) -> i32 {
@@ -740,19 +855,9 @@ pub enum ApprovalsCommand {
 
 /// Run an approvals subcommand.
 pub fn approvals(cmd: ApprovalsCommand, url: Option<&str>, state: &Path) -> i32 {
-    let target = match client::target(url, state) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 2;
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 1;
-        }
+    let (target, rt) = match connect(url, state) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     rt.block_on(async {
         match cmd {
@@ -818,19 +923,9 @@ pub enum PlanCommand {
 
 /// `warren plan …` against the daemon.
 pub fn plan(cmd: PlanCommand, url: Option<&str>, state: &Path) -> i32 {
-    let target = match client::target(url, state) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 2;
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return 1;
-        }
+    let (target, rt) = match connect(url, state) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let PlanCommand::Show { id, json } = cmd;
     rt.block_on(show(

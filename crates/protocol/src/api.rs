@@ -601,10 +601,10 @@ mod tests {
             assert_eq!(&AuditKind::parse(k.as_str()), k);
         }
         assert_eq!(
-            EventKind::parse("plan.step"),
-            EventKind::Other("plan.step".into())
+            EventKind::parse("future.kind"),
+            EventKind::Other("future.kind".into())
         );
-        assert_eq!(EventKind::parse("plan.step").as_str(), "plan.step");
+        assert_eq!(EventKind::parse("future.kind").as_str(), "future.kind");
     }
 
     #[test]

@@ -527,7 +527,7 @@ pub fn view(store: &dyn Store, id: &str) -> Result<PlanView, StoreError> {
                     .filter(|c| c.lineage.step_key == t.lineage.step_key)
                     .count() as u32
             };
-            let (task, attempts, reason) = match &st {
+            let (latest, attempts, reason) = match &st {
                 StepState::Active(t) | StepState::Succeeded(t) | StepState::Failed(t) => {
                     (Some(t.id.clone()), key_tries(t), t.reason.clone())
                 }
@@ -537,11 +537,11 @@ pub fn view(store: &dyn Store, id: &str) -> Result<PlanView, StoreError> {
             steps.push(StepView {
                 id: s.id.clone(),
                 goal: s.goal.clone(),
-                role: s.role.clone().unwrap_or_else(|| task_agent(id, store)),
+                role: s.role.clone().unwrap_or_else(|| task.agent.clone()),
                 depends_on: s.depends_on.clone(),
                 inputs: s.inputs.clone(),
                 state: state_name(&st),
-                task,
+                task: latest,
                 attempts,
                 reason,
             });
@@ -554,10 +554,6 @@ pub fn view(store: &dyn Store, id: &str) -> Result<PlanView, StoreError> {
         revision,
         steps,
     })
-}
-
-fn task_agent(id: &str, store: &dyn Store) -> String {
-    store.get_task(id).map(|t| t.agent).unwrap_or_default()
 }
 
 /// A task's children, oldest first.
@@ -793,15 +789,27 @@ impl Engine {
                     let summary = format!("all {} steps succeeded", current.0.steps.len());
                     let doc = json!({"outcome": "finished", "success": true, "summary": summary,
                         "steps": result, "revision": current.1});
-                    if let Err(e) =
-                        self.store
-                            .put_artifact(id, "result", doc.to_string().as_bytes())
-                    {
-                        self.event(
-                            id,
-                            EventKind::TaskArtifactFailed,
-                            json!({"artifact": "result", "error": e.to_string()}),
-                        );
+                    // The plan's diff: each step's, in the plan's order, under a comment line
+                    // naming the step (each step changed its own layer of the workspace).
+                    let mut diff = String::new();
+                    for s in &current.0.steps {
+                        let Some(t) = result[&s.id]["task"].as_str() else {
+                            continue;
+                        };
+                        let d = self.store.get_artifact(t, "diff").unwrap_or_default();
+                        if !d.is_empty() {
+                            diff.push_str(&format!("# step {} (task {t})\n", s.id));
+                            diff.push_str(&String::from_utf8_lossy(&d));
+                        }
+                    }
+                    for (name, bytes) in [("result", doc.to_string()), ("diff", diff)] {
+                        if let Err(e) = self.store.put_artifact(id, name, bytes.as_bytes()) {
+                            self.event(
+                                id,
+                                EventKind::TaskArtifactFailed,
+                                json!({"artifact": name, "error": e.to_string()}),
+                            );
+                        }
                     }
                     return End::Final(TaskState::Succeeded, summary);
                 }

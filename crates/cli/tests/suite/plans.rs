@@ -11,6 +11,7 @@ use warren_testkit::mockllm::MockLlm;
 use warren_testkit::{TempDir, require_process_tier};
 
 use super::daemon::{DaemonProc, MANIFEST, deploy, goal_of, reply, tool_results, workspace};
+use super::resume::Lcg;
 
 const LEAD: &str = "name: lead
 description: plans
@@ -133,19 +134,6 @@ fn a_plans_branches_overlap_and_a_dependent_starts_when_its_own_dependency_ends(
         lag(r1, r2),
         tl["j"].1 - l2.2.max(r2.2)
     );
-}
-
-/// A small deterministic generator (the seed is printed, so a failure can be replayed).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[test]

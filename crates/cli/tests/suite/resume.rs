@@ -21,10 +21,10 @@ const STEPS: usize = 6;
 const KILLS: usize = 20;
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
-struct Lcg(u64);
+pub struct Lcg(pub u64);
 
 impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)

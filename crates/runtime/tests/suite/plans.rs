@@ -546,3 +546,88 @@ async fn validation_that_never_passes_ends_the_task_as_failed() {
     let t = wait_state(&e, &id, TaskState::Failed).await;
     assert!(t.reason.unwrap().contains("validation failed 2 times"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_below_its_minimum_score_sends_the_agent_back() {
+    let w = World::new("rt-judge");
+    let judged = Arc::new(AtomicU32::new(0));
+    let j2 = Arc::clone(&judged);
+    let model = FnModel::new(move |r, _| {
+        if first_user(r).starts_with("Judge this result") {
+            // The first result is judged weak, the second good.
+            let n = j2.fetch_add(1, Ordering::SeqCst);
+            let score = if n == 0 { 0.3 } else { 0.9 };
+            return (
+                format!("{{\"score\": {score}, \"reason\": \"judged {n}\"}}"),
+                Vec::new(),
+            );
+        }
+        (
+            String::new(),
+            finish(if turn(r) == 0 { "meh" } else { "thorough" }, true),
+        )
+    });
+    let e = engine(&w, &model);
+    deploy(&e, "name: judged\ndescription: j\ntools: [finish]\nvalidate:\n  - judge: {rubric: 'explains every change', min_score: 0.7}\n").await;
+    let id = submit_as(&e, "judged", "explain the change", false).await;
+    wait_state(&e, &id, TaskState::Succeeded).await;
+    assert_eq!(judged.load(Ordering::SeqCst), 2);
+    let v: Vec<Value> = audit(&w, &id)
+        .into_iter()
+        .filter(|(k, _)| k == "validation")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(v.len(), 2);
+    assert!(
+        v[0]["checks"][0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("below 0.7"),
+        "{:?}",
+        v[0]
+    );
+    assert_eq!(v[1]["passed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_plan_cancels_its_running_steps() {
+    let w = World::new("rt-plan-cancel");
+    let model = FnModel::new(move |r, _| {
+        if first_user(r).starts_with("Long") {
+            return (
+                String::new(),
+                plan_call(json!([{"id": "s", "goal": "step s: wait", "role": "coder"}])),
+            );
+        }
+        (
+            String::new(),
+            vec![call("z", "shell", json!({"command": "sleep 100"}))],
+        )
+    });
+    let e = engine(&w, &model);
+    deploy(&e, LEAD).await;
+    deploy(&e, CODER).await;
+    let id = submit_as(&e, "lead", "Long plan", true).await;
+    let child = loop {
+        let p = plan_of(&e, &id).await;
+        if let Some(t) = p.steps.first().and_then(|s| s.task.clone())
+            && w.store.get_task(&t).unwrap().state == TaskState::Running
+        {
+            break t;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    e.handle(
+        &op(),
+        Action::Cancel {
+            id: id.clone(),
+            reason: Some("enough".into()),
+        }
+        .into(),
+    )
+    .await
+    .unwrap();
+    wait_state(&e, &id, TaskState::Cancelled).await;
+    let c = wait_state(&e, &child, TaskState::Cancelled).await;
+    assert!(c.reason.unwrap().contains("was cancelled"));
+}
