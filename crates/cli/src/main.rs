@@ -13,6 +13,7 @@ mod exec;
 mod exec_policy;
 mod mcp;
 mod memory;
+mod package;
 mod run;
 mod skills;
 mod tasks;
@@ -137,6 +138,20 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         what: tasks::PlanCommand,
+    },
+    /// Write the model provider's key where the packaged service reads it (/etc/warren/env,
+    /// root-only): asked for, or `--key-from-env VAR`.
+    Configure(package::ConfigureArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions {
+        /// The shell.
+        shell: package::Shell,
+    },
+    /// Write man pages (warren.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
     },
     /// Remembered approvals: list, remove.
     Approvals {
@@ -363,6 +378,7 @@ fn main() -> ExitCode {
             | Command::Config { .. }
             | Command::Trust(_)
             | Command::Check { .. }
+            | Command::Completions { .. }
     ) {
         // SAFETY: restoring the default disposition before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -414,6 +430,9 @@ fn main() -> ExitCode {
         Command::Approvals { what } => tasks::approvals(what, cli.url.as_deref(), &state),
         Command::Task { what } => tasks::run(what, cli.url.as_deref(), &state),
         Command::Plan { what } => tasks::plan(what, cli.url.as_deref(), &state),
+        Command::Configure(a) => package::configure(a),
+        Command::Completions { shell } => package::completions::<Cli>(shell),
+        Command::Manpages { dir } => package::manpages::<Cli>(&dir),
         Command::Status { json } => tasks::status(cli.url.as_deref(), &state, json),
         Command::Mcp {
             listen: Some(addr), ..

@@ -10,6 +10,7 @@ mod mcp;
 mod mcp_client;
 mod memory;
 mod own_files;
+mod package;
 mod plans;
 mod policy;
 mod resume;
