@@ -87,13 +87,16 @@ pub struct ConfigureArgs {
 fn ask(prompt: &str, secret: bool) -> std::io::Result<String> {
     eprint!("{prompt}");
     std::io::stderr().flush()?;
+    // SAFETY: isatty on stdin has no preconditions.
     let tty = unsafe { libc::isatty(0) } == 1;
-    // SAFETY: termios calls on stdin with a valid, zeroed struct.
     let saved = if secret && tty {
+        // SAFETY: termios is plain data; an all-zero value is valid and is filled in below.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr on stdin writes into a valid, owned termios.
         if unsafe { libc::tcgetattr(0, &mut t) } == 0 {
             let mut quiet = t;
             quiet.c_lflag &= !libc::ECHO;
+            // SAFETY: tcsetattr on stdin with a valid termios derived from the current one.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
             Some(t)
         } else {
