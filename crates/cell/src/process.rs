@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use warren_protocol::guest::{
@@ -87,9 +87,14 @@ pub struct StartInfo {
 /// The cell's supervisor: our child (direct exec), a fork server's child (held by pidfd),
 /// or our own fork running the jail in process ([`ProcessCell::start_in_process`]).
 enum Supervisor {
-    Child(Child),
-    Forked { pidfd: OwnedFd },
-    Own { pid: i32, pidfd: OwnedFd },
+    /// Spawned (by a thread that waits for it) or forked by the fork server: a pidfd.
+    Forked {
+        pidfd: OwnedFd,
+    },
+    Own {
+        pid: i32,
+        pidfd: OwnedFd,
+    },
 }
 
 /// The jail's entry for a supervisor forked in process (`warren_jail::main_in_process`):
@@ -404,17 +409,59 @@ impl ProcessCell {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| CellError::Spawn {
-            program: jail.program.clone(),
-            source,
-        })?;
+        // The supervisor's parent-death signal fires when the *thread* that spawned it exits
+        // (not the process), and the caller may be a pooled thread that exits when idle (a
+        // tokio blocking thread: after 10 s without work), which would take the cell down in
+        // the middle of a task. So a thread of the cell's own spawns it and lives exactly as
+        // long as it (it reaps it); the cell holds a pidfd.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("warren-cell".into())
+            .spawn(move || {
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let pid = child.id() as i32;
+                // SAFETY: pidfd_open on our own child, not reaped before the wait below.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                let opened = if fd < 0 {
+                    let e = std::io::Error::last_os_error();
+                    let _ = child.kill();
+                    Err(e)
+                } else {
+                    // SAFETY: a fresh descriptor we own.
+                    Ok((
+                        pid,
+                        unsafe { OwnedFd::from_raw_fd(fd as i32) },
+                        child.stdin.take(),
+                    ))
+                };
+                let _ = tx.send(opened);
+                // Reaps it when it exits (killed above if its pidfd could not be opened).
+                let _ = child.wait();
+            })
+            .map_err(|source| CellError::Spawn {
+                program: jail.program.clone(),
+                source,
+            })?;
+        let (pid, pidfd, stdin) = rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread died")))
+            .map_err(|source| CellError::Spawn {
+                program: jail.program.clone(),
+                source,
+            })?;
         drop(status_w);
-        self.info.supervisor_pid = child.id() as i32;
+        self.info.supervisor_pid = pid;
         let json = serde_json::to_vec(config).map_err(|e| CellError::Spec(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
+        if let Some(mut stdin) = stdin {
             let _ = stdin.write_all(&json);
         }
-        self.supervisor = Some(Supervisor::Child(child));
+        self.supervisor = Some(Supervisor::Forked { pidfd });
         self.read_report(status_r)
     }
 
@@ -502,15 +549,9 @@ impl ProcessCell {
             }
             Ok(StartReport::Refused { step, reason }) => Err(CellError::Refused { step, reason }),
             Err(_) => {
-                let status = match self.supervisor.as_mut() {
-                    Some(Supervisor::Child(c)) => c.wait().ok().map(|s| s.to_string()),
-                    _ => None,
-                };
                 Err(CellError::Refused {
                     step: "start".into(),
-                    reason: format!(
-                        "the cell supervisor exited without a report ({status:?}); run with WARREN_JAIL_DEBUG=1 to see its stderr"
-                    ),
+                    reason: "the cell supervisor exited without a report; run with WARREN_JAIL_DEBUG=1 to see its stderr".into(),
                 })
             }
         }
@@ -615,10 +656,6 @@ impl ProcessCell {
     /// cancellation while other threads still hold the cell inside a command.)
     pub fn terminate(&self) {
         match &self.supervisor {
-            // SAFETY: signalling our own child, not yet reaped (it is reaped in kill_now).
-            Some(Supervisor::Child(child)) => unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            },
             Some(Supervisor::Forked { pidfd } | Supervisor::Own { pidfd, .. }) => {
                 pidfd_signal(pidfd, libc::SIGTERM);
             }
@@ -633,22 +670,6 @@ impl ProcessCell {
         // SIGTERM asks the supervisor to kill the init (taking the whole pid namespace with it)
         // and remove the cgroups; it exits promptly. Wait on a pidfd, not a sleep loop.
         match self.supervisor.take() {
-            Some(Supervisor::Child(mut child)) => {
-                let pid = child.id() as i32;
-                // SAFETY: pidfd_open on our own, not yet reaped, child.
-                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-                let exited = pidfd >= 0 && {
-                    // SAFETY: a fresh descriptor we own.
-                    let fd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-                    wait_readable(&fd, Duration::from_secs(5))
-                };
-                if !exited {
-                    let _ = child.kill();
-                }
-                let _ = child.wait();
-            }
             Some(Supervisor::Own { pid, pidfd }) => {
                 pidfd_signal(&pidfd, libc::SIGTERM);
                 if !wait_readable(&pidfd, Duration::from_secs(5)) {

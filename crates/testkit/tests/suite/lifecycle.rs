@@ -504,3 +504,24 @@ fn private_fork_server_jail() -> warren_cell::JailProgram {
         fork_server: true,
     }
 }
+
+/// A host with threads starts cells from whichever thread is at hand — `warren run` from a
+/// tokio blocking thread, which exits after 10 s idle. The supervisor's parent-death signal
+/// follows the *thread* that spawned it, so a cell must not die with that thread (it did:
+/// every tool call after a slow model turn failed with "connection refused").
+#[test]
+fn a_cell_outlives_the_thread_that_started_it() {
+    if !require_process_tier() {
+        return;
+    }
+    let state = TempDir::new("state");
+    let spec = spec_with_probe(state.path(), PROBE);
+    let cell = std::thread::spawn(move || start(&spec, JAIL))
+        .join()
+        .unwrap();
+    // The starting thread is gone; give a parent-death signal time to land.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (o, out) = run(&cell, &["/bin/echo", "still here"], Some(5_000));
+    assert_eq!(o.exit.code, Some(0), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+}
