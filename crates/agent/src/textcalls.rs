@@ -3,8 +3,9 @@
 //! `tool_calls`. [`parse`] recognizes the shapes they use and nothing else:
 //!
 //! - Hermes / Qwen tags: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, one or more;
-//! - a fenced JSON block: ```` ```json {"name": …, "arguments": {…}} ``` ```` (or a list of
-//!   such objects);
+//! - fenced JSON blocks: ```` ```json {"name": …, "arguments": {…}} ``` ```` (or a list of
+//!   such objects), one or several in a row — the last possibly echoed once more as bare JSON,
+//!   as small Qwen models do;
 //! - Llama style: the whole message is the JSON object (`"parameters"` or `"arguments"`),
 //!   optionally after `<|python_tag|>`.
 //!
@@ -27,6 +28,7 @@ pub fn parse(text: &str, offered: &[&str], turn: u32) -> Vec<ToolCall> {
     let text = text.split("<tool_response>").next().unwrap_or_default();
     let calls = tagged(text)
         .or_else(|| fenced(text))
+        .or_else(|| fenced_then_echo(text, offered))
         .or_else(|| bare(text))
         .unwrap_or_default();
     let mut out = Vec::new();
@@ -81,13 +83,44 @@ fn tagged(text: &str) -> Option<Vec<Value>> {
     rest.trim().is_empty().then_some(out)
 }
 
-/// A fenced block (```json or ```) ending the text: one call object or a list of them.
+/// The fenced blocks (```json or ```) ending the text, separated by nothing but whitespace:
+/// each one call object or a list of them, in order. Models that call several tools write one
+/// block per call; taking only the last would run a `finish` without the write before it. A
+/// block that is not JSON (a code block) ends the run of calls; if the last block is not JSON,
+/// there are none.
 fn fenced(text: &str) -> Option<Vec<Value>> {
-    let body = text.trim_end().strip_suffix("```")?;
-    let start = body.rfind("```")?;
-    let inner = &body[start + 3..];
-    let inner = inner.strip_prefix("json").unwrap_or(inner);
-    one_or_many(inner)
+    let mut rest = text.trim_end();
+    let mut blocks: Vec<Vec<Value>> = Vec::new();
+    while let Some(body) = rest.strip_suffix("```") {
+        let Some(start) = body.rfind("```") else {
+            break;
+        };
+        let inner = &body[start + 3..];
+        let inner = inner.strip_prefix("json").unwrap_or(inner);
+        match one_or_many(inner) {
+            Some(calls) => blocks.push(calls),
+            None if blocks.is_empty() => return None,
+            None => break,
+        }
+        rest = body[..start].trim_end();
+    }
+    if blocks.is_empty() {
+        return None;
+    }
+    blocks.reverse();
+    Some(blocks.concat())
+}
+
+/// Fenced calls followed by the last of them again as bare JSON (small Qwen models echo the
+/// call the way their chat template shows earlier calls, arguments as a string): the calls,
+/// once. Any other text after the blocks makes it no call.
+fn fenced_then_echo(text: &str, offered: &[&str]) -> Option<Vec<Value>> {
+    let at = text.rfind("```")?;
+    let (head, tail) = (&text[..at + 3], &text[at + 3..]);
+    let echo: Value = serde_json::from_str(tail.trim()).ok()?;
+    let calls = fenced(head)?;
+    let last = calls.last()?;
+    (call(last, offered).is_some() && call(last, offered) == call(&echo, offered)).then_some(calls)
 }
 
 /// The whole message as a call object (or a list), optionally after `<|python_tag|>`.
@@ -142,6 +175,30 @@ mod tests {
             "<tool_call>{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}}</tool_call>\n<tool_call>{\"name\": \"finish\", \"arguments\": {}}</tool_call>",
         );
         assert_eq!(two.len(), 2);
+        // One fenced block per call (seen from Qwen2.5-Coder-1.5B): every call, in order — not
+        // only the last, which would finish without the write before it.
+        let fenced: Vec<String> = names(
+            "```json\n{\"name\": \"write_file\", \"arguments\": {\"path\": \"a.py\", \"content\": \"x\"}}\n```\n\n```json\n{\"name\": \"finish\", \"arguments\": {\"summary\": \"done\"}}\n```",
+        )
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+        assert_eq!(fenced, ["write_file", "finish"]);
+        // A code block before the call block is content, not a call.
+        let after_code: Vec<String> = names(
+            "Here is the code:\n```python\nprint('hi')\n```\n```json\n{\"name\": \"finish\", \"arguments\": {\"summary\": \"done\"}}\n```",
+        )
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+        assert_eq!(after_code, ["finish"]);
+        // The last call echoed once more as bare JSON, arguments as a string: taken once.
+        assert_eq!(
+            names(
+                "```json\n{\"name\": \"write_file\", \"arguments\": {\"path\": \"a.py\", \"content\": \"x\"}}\n```\n{\"name\": \"write_file\", \"arguments\": \"{\\\"path\\\": \\\"a.py\\\", \\\"content\\\": \\\"x\\\"}\"}"
+            ),
+            want
+        );
         let ids: Vec<String> = parse(
             "[{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}}, {\"name\": \"finish\"}]",
             TOOLS,
@@ -166,6 +223,10 @@ mod tests {
             "```json\n{\"path\": \"a.py\"}\n```",
             "```json\n{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}, \"why\": \"x\"}\n```",
             "{\"name\": \"shell\", \"arguments\": [\"ls\"]}",
+            // A fenced call followed by a different bare call: ambiguous, nothing runs.
+            "```json\n{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}}\n```\n{\"name\": \"shell\", \"arguments\": {\"command\": \"rm -rf /\"}}",
+            // Calls in a row, then prose.
+            "```json\n{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}}\n```\n```json\n{\"name\": \"finish\"}\n```\nThat should do it.",
             // One malformed block among good ones.
             "<tool_call>{\"name\": \"shell\", \"arguments\": {\"command\": \"ls\"}}</tool_call><tool_call>{oops}</tool_call>",
             "Done. The file is written.",

@@ -746,3 +746,44 @@ fn a_real_small_model_that_never_calls_a_tool_is_nudged_once_then_stopped() {
     assert!(!err.contains("tokens: 0 in"), "usage is estimated: {err}");
     assert!(err.contains("no changes to the workspace"), "{err}");
 }
+
+/// A transcript recorded from Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF from PyPI, served by
+/// llama-cpp-python 0.3.36 with the model's own chat template), the model the weak-model issue
+/// was found with: it never fills `tool_calls`, it writes each call as a fenced JSON block.
+/// Taken as calls, they write hello.py, run it in the cell and finish: the goal is met.
+#[test]
+fn a_real_small_model_writing_its_calls_as_fenced_json_completes_the_goal() {
+    if !require_process_tier() {
+        return;
+    }
+    let s = TempDir::new("state");
+    let ws = TempDir::new("ws");
+    std::fs::write(ws.path().join("README.md"), "# hello project\n").unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen2.5-coder-1.5b-text-calls.jsonl");
+    let out = std::process::Command::new(WARREN)
+        .args(["run", "--replay"])
+        .arg(&fixture)
+        .args([
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--no-apply",
+            "--json",
+        ])
+        .arg("Create hello.py that prints hello, run it with python3, and finish.")
+        .env("WARREN_STATE_DIR", s.path())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{events}");
+    assert_eq!(
+        events.matches("\"event\":\"text_tool_calls\"").count(),
+        3,
+        "{events}"
+    );
+    assert!(events.contains("\"name\":\"shell\""), "{events}");
+    assert!(events.contains("hello printed successfully"), "{events}");
+}
