@@ -5,7 +5,8 @@
 //! - Hermes / Qwen tags: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, one or more;
 //! - fenced JSON blocks: ```` ```json {"name": …, "arguments": {…}} ``` ```` (or a list of
 //!   such objects), one or several in a row — the last possibly echoed once more as bare JSON,
-//!   as small Qwen models do;
+//!   or followed by a name-less block of the result the model imagined, as small Qwen models
+//!   do;
 //! - Llama style: the whole message is the JSON object (`"parameters"` or `"arguments"`),
 //!   optionally after `<|python_tag|>`.
 //!
@@ -91,6 +92,7 @@ fn tagged(text: &str) -> Option<Vec<Value>> {
 fn fenced(text: &str) -> Option<Vec<Value>> {
     let mut rest = text.trim_end();
     let mut blocks: Vec<Vec<Value>> = Vec::new();
+    let mut imagined = false;
     while let Some(body) = rest.strip_suffix("```") {
         let Some(start) = body.rfind("```") else {
             break;
@@ -98,6 +100,16 @@ fn fenced(text: &str) -> Option<Vec<Value>> {
         let inner = &body[start + 3..];
         let inner = inner.strip_prefix("json").unwrap_or(inner);
         match one_or_many(inner) {
+            // A last block that is an object without a name is the result the model imagined
+            // for its call (`{"success": true, …}`), like an invented `<tool_response>`:
+            // dropped, once; the calls must come before it.
+            Some(v)
+                if blocks.is_empty()
+                    && !imagined
+                    && matches!(v.as_slice(), [Value::Object(o)] if !o.contains_key("name")) =>
+            {
+                imagined = true;
+            }
             Some(calls) => blocks.push(calls),
             None if blocks.is_empty() => return None,
             None => break,
@@ -192,6 +204,13 @@ mod tests {
         .map(|(n, _)| n)
         .collect();
         assert_eq!(after_code, ["finish"]);
+        // A call followed by the result the model imagined for it: the call.
+        assert_eq!(
+            names(
+                "```json\n{\"name\": \"write_file\", \"arguments\": {\"path\": \"a.py\", \"content\": \"x\"}}\n```\n```json\n{\"success\": true, \"summary\": \"written\"}\n```"
+            ),
+            want
+        );
         // The last call echoed once more as bare JSON, arguments as a string: taken once.
         assert_eq!(
             names(
