@@ -241,7 +241,8 @@ pub struct Context<'a> {
     pub limits: &'a PlanLimits,
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` can be a step id (1-32 of a-z, 0-9, `_`, `-`): never a path of its own.
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 32
         && id

@@ -337,11 +337,8 @@ impl Engine {
             return Ok(());
         };
         for (step, producer) in &b.inputs {
-            // Step ids are validated (a-z, 0-9, _, -): never a path of their own.
-            if !step
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-            {
+            // Step ids were validated with the plan; checked again where one becomes a path.
+            if !crate::plan::valid_id(step) {
                 continue;
             }
             let dir = dirs.task.join("inputs").join(step);
