@@ -243,17 +243,39 @@ fn running_pid(paths: &Paths) -> Option<i32> {
     (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
 
+/// The addresses in the daemon's ready line (`warren daemon: worker W ready on WHERE (pid P)`),
+/// if the log has one past byte `from`.
+fn ready_line(log: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut text = String::new();
+    // A log past a few hundred KiB at start is not ours to read whole.
+    f.take(256 * 1024).read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix("warren daemon: worker ")?;
+        let (_, on) = rest.split_once(" ready on ")?;
+        let (listening, _) = on.rsplit_once(" (pid ")?;
+        Some(listening.to_owned())
+    })
+}
+
 /// `warren daemon start|stop|status`.
 pub fn manage(action: DaemonAction, state: &Path) -> i32 {
     let paths = Paths::of(state);
     match action {
         DaemonAction::Status { json } => crate::tasks::status(None, state, json),
         DaemonAction::Start { args: a, json } => {
-            let say = |started: bool, pid: u32, msg: String| {
+            let say = |started: bool, pid: u32, msg: String, listening: Option<&str>| {
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"running": started, "pid": pid, "message": msg})
+                        serde_json::json!({
+                            "running": started,
+                            "pid": pid,
+                            "message": msg,
+                            "listening": listening,
+                        })
                     );
                 } else {
                     eprintln!("warren: {msg}");
@@ -264,6 +286,7 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
                     true,
                     pid as u32,
                     format!("a daemon is already running (pid {pid})"),
+                    None,
                 );
                 return 0;
             }
@@ -282,6 +305,8 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
                     return 1;
                 }
             };
+            // The daemon's ready line is looked for after what the log holds now.
+            let log_from = log.metadata().map(|m| m.len()).unwrap_or(0);
             let exe = match std::env::current_exe() {
                 Ok(e) => e,
                 Err(e) => {
@@ -336,26 +361,43 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
                     Ok(())
                 });
             }
-            let child = match cmd.spawn() {
+            let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("warren: starting the daemon: {e}");
                     return 1;
                 }
             };
+            // Started means every listener is bound and serving: the daemon logs its ready
+            // line only then. (A connectable socket is not enough: the unix socket is bound
+            // before the TCP listener, and a client reading the log for the TCP address
+            // could find it missing.)
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
+                if let Some(listening) = ready_line(&paths.log, log_from) {
                     say(
                         true,
                         child.id(),
                         format!(
-                            "daemon started (pid {}); log: {}",
+                            "daemon started (pid {}) on {listening}; log: {}",
                             child.id(),
                             paths.log.display()
                         ),
+                        Some(&listening),
                     );
                     return 0;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    say(
+                        false,
+                        child.id(),
+                        format!(
+                            "the daemon exited at start ({status}); see {}",
+                            paths.log.display()
+                        ),
+                        None,
+                    );
+                    return 1;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -366,6 +408,7 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
                     "the daemon did not come up within 15s; see {}",
                     paths.log.display()
                 ),
+                None,
             );
             1
         }

@@ -872,7 +872,11 @@ fn a_background_daemon_starts_serves_remote_clients_and_stops() {
         &["daemon", "start", "--listen", "127.0.0.1:0", "--json"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(json_of(&o)["running"], true);
+    let started = json_of(&o);
+    assert_eq!(started["running"], true);
+    // `start` returns once every listener is bound, and says where.
+    let listening = started["listening"].as_str().unwrap().to_owned();
+    assert!(listening.starts_with("unix:"), "{listening}");
     let again = warren_at(&state, &["daemon", "start", "--json"]);
     assert!(
         json_of(&again)["message"]
@@ -884,8 +888,7 @@ fn a_background_daemon_starts_serves_remote_clients_and_stops() {
     assert_eq!(st["status"], "ok");
 
     // A remote client: TCP with the token.
-    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
-    let addr = log
+    let addr = listening
         .split("http://")
         .nth(1)
         .unwrap()
