@@ -11,13 +11,17 @@
 //! - **Artifacts**: named blobs of a task (result, diff).
 //!
 //! Everything is behind [`Store`]; [`sqlite::SqliteStore`] is the embedded default (WAL mode,
-//! versioned migrations). A PostgreSQL implementation for several nodes comes later.
+//! versioned migrations); [`postgres::PgStore`] is one database shared by several nodes
+//! (`SKIP LOCKED` claims, LISTEN/NOTIFY wake-ups, one audit chain). [`open`] picks one from a
+//! `--store` argument. The same test suite runs against both.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod audit;
+pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -276,6 +280,66 @@ pub enum StoreError {
     },
 }
 
+/// What another process changed (see [`Store::on_change`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A task was queued: the scheduler should look.
+    Queue,
+    /// Events were recorded: streams should read.
+    Events,
+}
+
+/// Where a daemon keeps its state: `--store` on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (the default: the state directory's `warren.db`).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database shared with other nodes (`postgres://…` or `postgresql://…`).
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://…`/`postgresql://…` is a database; anything else a SQLite file path.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_owned())
+        } else {
+            Location::Sqlite(s.into())
+        }
+    }
+
+    /// How to name it in messages: a PostgreSQL URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Open (creating or migrating) the store at `loc`.
+pub fn open(loc: &Location) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match loc {
+        Location::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+        Location::Postgres(url) => Arc::new(postgres::PgStore::connect(url)?),
+    })
+}
+
 /// Persistence for agents, tasks, checkpoints, events and artifacts.
 pub trait Store: Send + Sync {
     /// Deploy a manifest: a new version of `name`.
@@ -390,6 +454,12 @@ pub trait Store: Send + Sync {
             }
         }
         Ok(v.finish())
+    }
+
+    /// Call `wake` when another process (another node) may have changed the store: a task
+    /// queued, an event recorded. Stores that cannot tell do nothing; the engine polls them.
+    fn on_change(&self, wake: Arc<dyn Fn(StoreChange) + Send + Sync>) {
+        let _ = wake;
     }
 
     /// Store a plan as revision `revision`: the first (0) when none exists, else only over

@@ -1,4 +1,5 @@
-//! Integration tests of the SQLite store on real files.
+//! Integration tests of the store: the same suite against SQLite (real files) and PostgreSQL
+//! (a real server: `warren_testkit::pg`), plus what only one backend has.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashSet;
@@ -7,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use warren_store::postgres::PgStore;
 use warren_store::sqlite::{SCHEMA_VERSION, SqliteStore};
-use warren_store::{Checkpoint, CheckpointKind, NewTask, Store, StoreError, TaskFilter, TaskState};
+use warren_store::{
+    Checkpoint, CheckpointKind, NewTask, Store, StoreChange, StoreError, TaskFilter, TaskState,
+};
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -30,6 +34,67 @@ fn dir(name: &str) -> Dir {
     Dir(d)
 }
 
+/// One test's database, on one backend. [`Db::open`] gives a new handle each time: another
+/// connection to the same file, or another node on the same PostgreSQL database.
+enum Db {
+    Sqlite(Dir),
+    Postgres(String),
+}
+
+impl Db {
+    fn sqlite(name: &str) -> Option<Db> {
+        Some(Db::Sqlite(dir(name)))
+    }
+
+    fn postgres(name: &str) -> Option<Db> {
+        warren_testkit::pg::fresh_database(name).map(Db::Postgres)
+    }
+
+    fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite(d) => Arc::new(SqliteStore::open(&d.0.join("w.db")).unwrap()),
+            Db::Postgres(url) => Arc::new(PgStore::connect(url).unwrap()),
+        }
+    }
+}
+
+/// `both!(name, …)`: each `fn name(db: &Db)` runs once per backend (`name::sqlite`,
+/// `name::postgres`).
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                if let Some(db) = super::Db::sqlite(stringify!($name)) {
+                    super::$name(&db);
+                }
+            }
+            #[test]
+            fn postgres() {
+                if let Some(db) = super::Db::postgres(stringify!($name)) {
+                    super::$name(&db);
+                }
+            }
+        }
+    )*};
+}
+
+both!(
+    data_and_migrations_survive_reopening,
+    agents_are_versioned,
+    claims_follow_priority_then_submission_order,
+    concurrent_workers_never_double_claim,
+    the_lifecycle_is_enforced_and_recorded_as_events,
+    expired_leases_are_recovered_with_their_checkpoints,
+    a_restarted_worker_releases_its_own_leases_at_once,
+    checkpoints_are_gapless_and_never_written_twice,
+    events_resume_from_an_id_and_artifacts_round_trip,
+    events_written_concurrently_reach_a_tailing_reader_once_each_in_order,
+    the_audit_chain_stays_one_chain_under_concurrent_writers,
+    plans_are_revised_one_revision_at_a_time,
+    approval_rules_are_kept_once,
+);
+
 fn task(id: &str, priority: i32) -> NewTask {
     NewTask {
         id: id.into(),
@@ -41,14 +106,9 @@ fn task(id: &str, priority: i32) -> NewTask {
     }
 }
 
-#[test]
-fn wal_migrations_and_data_survive_reopening() {
-    let d = dir("reopen");
-    let path = d.0.join("warren.db");
+fn data_and_migrations_survive_reopening(db: &Db) {
     {
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.journal_mode().unwrap(), "wal");
-        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let s = db.open();
         s.put_agent("coder", "name: coder\n").unwrap();
         s.submit(task("t1", 0)).unwrap();
         s.checkpoint(&Checkpoint {
@@ -60,21 +120,29 @@ fn wal_migrations_and_data_survive_reopening() {
         .unwrap();
         // Dropped without any shutdown step, as a killed process would leave it.
     }
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(
-        s.schema_version().unwrap(),
-        SCHEMA_VERSION,
-        "migrations are idempotent"
-    );
+    // Opening again runs the migrations again: they are idempotent.
+    let s = db.open();
     assert_eq!(s.get_task("t1").unwrap().state, TaskState::Queued);
     assert_eq!(s.checkpoints("t1").unwrap().len(), 1);
     assert_eq!(s.get_agent("coder", None).unwrap().version, 1);
+    match db {
+        Db::Sqlite(d) => {
+            let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+            assert_eq!(s.journal_mode().unwrap(), "wal");
+            assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        }
+        Db::Postgres(url) => {
+            let s = PgStore::connect(url).unwrap();
+            assert_eq!(
+                s.schema_version().unwrap(),
+                warren_store::postgres::SCHEMA_VERSION
+            );
+        }
+    }
 }
 
-#[test]
-fn agents_are_versioned() {
-    let d = dir("agents");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn agents_are_versioned(db: &Db) {
+    let s = db.open();
     assert_eq!(s.put_agent("coder", "v1").unwrap().version, 1);
     assert_eq!(s.put_agent("coder", "v2").unwrap().version, 2);
     s.put_agent("reviewer", "r1").unwrap();
@@ -98,10 +166,8 @@ fn agents_are_versioned() {
     ));
 }
 
-#[test]
-fn claims_follow_priority_then_submission_order() {
-    let d = dir("order");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn claims_follow_priority_then_submission_order(db: &Db) {
+    let s = db.open();
     for (id, p) in [("low1", 0), ("high", 10), ("low2", 0), ("mid", 5)] {
         s.submit(task(id, p)).unwrap();
     }
@@ -122,21 +188,17 @@ fn claims_follow_priority_then_submission_order() {
     assert!(s.claim("w", Duration::from_secs(1)).unwrap().is_none());
 }
 
-#[test]
-fn concurrent_workers_on_one_file_never_double_claim() {
-    let d = dir("concurrent");
-    let path = d.0.join("w.db");
-    let setup = SqliteStore::open(&path).unwrap();
+fn concurrent_workers_never_double_claim(db: &Db) {
+    let setup = db.open();
     for i in 0..200 {
         setup.submit(task(&format!("t{i:03}"), i % 3)).unwrap();
     }
-    // Four workers, each with its own connection (as separate processes would have).
+    // Four workers, each with its own connection (as separate processes or nodes would have).
     let claimed: Vec<Vec<String>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..4)
             .map(|w| {
-                let path = path.clone();
                 sc.spawn(move || {
-                    let s = SqliteStore::open(&path).unwrap();
+                    let s = db.open();
                     std::iter::from_fn(|| {
                         s.claim(&format!("w{w}"), Duration::from_secs(60))
                             .unwrap()
@@ -154,10 +216,8 @@ fn concurrent_workers_on_one_file_never_double_claim() {
     assert_eq!(unique.len(), 200, "no task claimed twice");
 }
 
-#[test]
-fn the_lifecycle_is_enforced_and_recorded_as_events() {
-    let d = dir("lifecycle");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn the_lifecycle_is_enforced_and_recorded_as_events(db: &Db) {
+    let s = db.open();
     s.submit(task("t", 0)).unwrap();
     assert!(matches!(
         s.transition("t", TaskState::Succeeded, None),
@@ -221,10 +281,8 @@ fn the_lifecycle_is_enforced_and_recorded_as_events() {
     );
 }
 
-#[test]
-fn expired_leases_are_recovered_with_their_checkpoints() {
-    let d = dir("leases");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn expired_leases_are_recovered_with_their_checkpoints(db: &Db) {
+    let s = db.open();
     s.submit(task("t", 0)).unwrap();
     s.submit(task("u", 0)).unwrap();
     s.claim("dead-worker", Duration::from_millis(1)).unwrap();
@@ -266,10 +324,8 @@ fn expired_leases_are_recovered_with_their_checkpoints() {
     assert_eq!((again.id.as_str(), again.attempts), ("t", 2));
 }
 
-#[test]
-fn a_restarted_worker_releases_its_own_leases_at_once() {
-    let d = dir("release");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn a_restarted_worker_releases_its_own_leases_at_once(db: &Db) {
+    let s = db.open();
     let mut t = task("mine", 0);
     t.workspace = Some("/srv/project".into());
     s.submit(t).unwrap();
@@ -287,10 +343,8 @@ fn a_restarted_worker_releases_its_own_leases_at_once() {
     assert!(s.release_worker("node-a").unwrap().is_empty());
 }
 
-#[test]
-fn checkpoints_are_gapless_and_never_written_twice() {
-    let d = dir("checkpoints");
-    let s = SqliteStore::open(&d.0.join("w.db")).unwrap();
+fn checkpoints_are_gapless_and_never_written_twice(db: &Db) {
+    let s = db.open();
     s.submit(task("t", 0)).unwrap();
     let cp = |seq: u64, kind| Checkpoint {
         task: "t".into(),
@@ -333,10 +387,8 @@ fn checkpoints_are_gapless_and_never_written_twice() {
     s.checkpoint(&cp(0, CheckpointKind::ModelTurn)).unwrap();
 }
 
-#[test]
-fn events_resume_from_an_id_and_artifacts_round_trip() {
-    let d = dir("events");
-    let s = Arc::new(SqliteStore::open(&d.0.join("w.db")).unwrap());
+fn events_resume_from_an_id_and_artifacts_round_trip(db: &Db) {
+    let s = db.open();
     s.submit(task("t", 0)).unwrap();
     let first = s
         .append_event(Some("t"), "tool.call", &json!({"name": "shell"}))
@@ -370,7 +422,7 @@ fn events_resume_from_an_id_and_artifacts_round_trip() {
 }
 
 #[test]
-fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
+fn the_sqlite_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
     use warren_store::audit::GENESIS;
     let d = dir("audit");
     let path = d.0.join("w.db");
@@ -448,4 +500,270 @@ fn the_audit_log_is_append_only_and_verify_finds_every_kind_of_tampering() {
     let r = s.audit_verify().unwrap();
     assert!(r.problems.is_empty());
     assert_ne!(r.head, head, "compare the head with a copy kept elsewhere");
+}
+
+fn events_written_concurrently_reach_a_tailing_reader_once_each_in_order(db: &Db) {
+    // Four writers (their own connections) append while a reader tails by id, as an event
+    // stream does. An id that became visible before a smaller one would make the reader skip
+    // the smaller one for ever.
+    const WRITERS: usize = 4;
+    const EACH: usize = 150;
+    let setup = db.open();
+    setup.submit(task("t", 0)).unwrap();
+    let start = setup.events_since(None, 0, 10_000).unwrap().len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let seen = std::thread::scope(|sc| {
+        for w in 0..WRITERS {
+            let done = &done;
+            sc.spawn(move || {
+                let s = db.open();
+                for i in 0..EACH {
+                    s.append_event(Some("t"), "tool.call", &json!({"w": w, "i": i}))
+                        .unwrap();
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let reader = sc.spawn(|| {
+            let s = db.open();
+            let mut after = 0;
+            let mut seen = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst) == WRITERS;
+                let batch = s.events_since(None, after, 37).unwrap();
+                if batch.is_empty() && finished {
+                    return seen;
+                }
+                for e in batch {
+                    after = e.id;
+                    seen.push(e);
+                }
+            }
+        });
+        reader.join().unwrap()
+    });
+    let ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend");
+    let mine: HashSet<(i64, i64)> = seen
+        .iter()
+        .filter(|e| e.kind == "tool.call")
+        .map(|e| {
+            (
+                e.payload["w"].as_i64().unwrap(),
+                e.payload["i"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mine.len(),
+        WRITERS * EACH,
+        "every event reached the tailing reader (it saw {} of {}, {} before)",
+        mine.len(),
+        WRITERS * EACH,
+        start
+    );
+}
+
+fn the_audit_chain_stays_one_chain_under_concurrent_writers(db: &Db) {
+    // Three "nodes", two threads each, appending at once: one chain, no gap, no fork.
+    std::thread::scope(|sc| {
+        for node in 0..3 {
+            sc.spawn(move || {
+                let s = db.open();
+                std::thread::scope(|sc| {
+                    for t in 0..2 {
+                        let s = &s;
+                        sc.spawn(move || {
+                            for i in 0..40 {
+                                s.audit_append(
+                                    Some("t"),
+                                    "tool.call",
+                                    &json!({"node": node, "thread": t, "i": i}),
+                                )
+                                .unwrap();
+                            }
+                        });
+                    }
+                });
+            });
+        }
+    });
+    let s = db.open();
+    let r = s.audit_verify().unwrap();
+    assert!(r.problems.is_empty(), "{r:?}");
+    assert_eq!(r.records, 240);
+    let all = s.audit_records(0, None, 1000).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=240).collect::<Vec<u64>>()
+    );
+}
+
+fn plans_are_revised_one_revision_at_a_time(db: &Db) {
+    let s = db.open();
+    s.submit(task("p", 0)).unwrap();
+    assert!(s.get_plan("p").unwrap().is_none());
+    assert!(matches!(
+        s.put_plan("p", 1, "{}"),
+        Err(StoreError::Exists { .. })
+    ));
+    s.put_plan("p", 0, r#"{"steps": []}"#).unwrap();
+    assert!(matches!(
+        s.put_plan("p", 0, "{}"),
+        Err(StoreError::Exists { .. })
+    ));
+    let r = s.put_plan("p", 1, r#"{"steps": [1]}"#).unwrap();
+    assert_eq!(r.revision, 1);
+    let got = s.get_plan("p").unwrap().unwrap();
+    assert_eq!((got.revision, got.spec.as_str()), (1, r#"{"steps": [1]}"#));
+    // Two writers racing for revision 2: exactly one wins.
+    let wins = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                sc.spawn(move || {
+                    db.open()
+                        .put_plan("p", 2, &format!("{{\"by\": {i}}}"))
+                        .is_ok()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count()
+    });
+    assert_eq!(wins, 1);
+    // Children of a task, oldest first.
+    let mut child = task("c1", 0);
+    child.lineage.parent = Some("p".into());
+    child.lineage.step = Some("build".into());
+    s.submit(child).unwrap();
+    let kids = s
+        .list_tasks(&TaskFilter {
+            parent: Some("p".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(kids.len(), 1);
+    assert_eq!(kids[0].lineage.step.as_deref(), Some("build"));
+}
+
+fn approval_rules_are_kept_once(db: &Db) {
+    let s = db.open();
+    let a = s
+        .add_approval_rule("coder", "shell", "cargo test*")
+        .unwrap();
+    let b = s
+        .add_approval_rule("coder", "shell", "cargo test*")
+        .unwrap();
+    assert_eq!(a.id, b.id, "the same rule twice is one rule");
+    s.add_approval_rule("reviewer", "shell", "ls*").unwrap();
+    assert_eq!(s.approval_rules(Some("coder")).unwrap().len(), 1);
+    assert_eq!(s.approval_rules(None).unwrap().len(), 2);
+    s.remove_approval_rule(a.id).unwrap();
+    assert!(matches!(
+        s.remove_approval_rule(a.id),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Run SQL on the test database directly (as someone with the database's password would).
+fn pg_raw(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(&sql).await.map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+            })
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_postgres_audit_log_is_append_only_and_verify_finds_tampering() {
+    let Some(Db::Postgres(url)) = Db::postgres("audit") else {
+        return;
+    };
+    let s = PgStore::connect(&url).unwrap();
+    for i in 0..6 {
+        s.audit_append(Some("t"), "tool.call", &json!({"i": i}))
+            .unwrap();
+    }
+    for sql in [
+        "UPDATE audit SET data = '{}' WHERE seq = 1",
+        "DELETE FROM audit WHERE seq = 1",
+        "TRUNCATE audit",
+    ] {
+        let e = pg_raw(&url, sql).unwrap_err();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    // Someone who drops the triggers is caught by verify.
+    pg_raw(
+        &url,
+        "ALTER TABLE audit DISABLE TRIGGER USER; UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3;",
+    )
+    .unwrap();
+    let r = s.audit_verify().unwrap();
+    assert_eq!(r.problems.len(), 1, "{r:?}");
+    assert!(r.problems[0].what.contains("modified"), "{r:?}");
+}
+
+#[test]
+fn postgres_nodes_wake_each_other_through_notify() {
+    let Some(db) = Db::postgres("notify") else {
+        return;
+    };
+    let (a, b) = (db.open(), db.open());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    a.on_change(Arc::new(move |c| {
+        let _ = tx.lock().unwrap().send(c);
+    }));
+    // The first calls come when the listener is up (something may have changed before).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {
+        assert!(std::time::Instant::now() < deadline);
+    }
+    b.submit(task("t", 0)).unwrap();
+    let mut got = Vec::new();
+    while let Ok(c) = rx.recv_timeout(Duration::from_secs(5)) {
+        got.push(c);
+        if got.contains(&StoreChange::Queue) && got.contains(&StoreChange::Events) {
+            break;
+        }
+    }
+    assert!(got.contains(&StoreChange::Queue), "{got:?}");
+    assert!(got.contains(&StoreChange::Events), "{got:?}");
+    // An event alone (no queue change) wakes streams only.
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    b.append_event(Some("t"), "tool.call", &json!({})).unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        StoreChange::Events
+    );
+}
+
+#[test]
+fn a_bad_postgres_address_is_a_clear_error() {
+    let e = PgStore::connect("postgres://nobody@127.0.0.1:1/none")
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("connecting to PostgreSQL"), "{e}");
+    let e = PgStore::connect("postgres://[oops").err().unwrap();
+    assert!(e.to_string().contains("connection string"), "{e}");
+    assert_eq!(
+        warren_store::redact_password("postgres://u:secret@db.example/warren"),
+        "postgres://u:***@db.example/warren"
+    );
 }

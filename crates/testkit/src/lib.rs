@@ -9,6 +9,7 @@
 
 pub mod fault;
 pub mod mockllm;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 
