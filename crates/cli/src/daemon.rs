@@ -55,6 +55,22 @@ pub struct DaemonArgs {
     /// default), openai, local, hash; or $WARREN_EMBEDDER.
     #[arg(long, value_name = "NAME")]
     embedder: Option<String>,
+    /// Where tasks, checkpoints, events and the audit log live: a `postgres://…` URL shared by
+    /// several daemons (each with its own --worker name and state directory; any of them
+    /// claims any task, and resumes those of a node that died), or a SQLite file (default:
+    /// warren.db in the state directory).
+    #[arg(
+        long,
+        value_name = "URL|FILE",
+        env = "WARREN_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
+    /// Task directories and cells' copy-on-write layers (default: the state directory). Nodes
+    /// sharing a PostgreSQL store need a directory they all mount (NFS, CephFS): a task resumed
+    /// on another node continues from the workspace changes it made on the first.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// Keep model prompts (system prompt and messages, secrets redacted) in the audit log.
     #[arg(long)]
     audit_prompts: bool,
@@ -185,6 +201,7 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
     let opts = Options {
         memory,
         state_dir: state.to_owned(),
+        work_dir: a.work_dir.clone(),
         worker: a.worker.unwrap_or_else(hostname),
         limits: Limits {
             global: a.max_running.max(1),
@@ -224,7 +241,8 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
             eprintln!("warren daemon: shutting down; running tasks are requeued for resume")
         }
     };
-    match warren_daemon::server::run(opts, listen, &notify) {
+    let store = a.store.as_deref().map(warren_store::Location::parse);
+    match warren_daemon::server::run(opts, listen, store, &notify) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("warren daemon: {e}");
@@ -330,6 +348,14 @@ pub fn manage(action: DaemonAction, state: &Path) -> i32 {
             }
             if let Some(e) = &a.embedder {
                 cmd.arg("--embedder").arg(e);
+            }
+            if let Some(w) = &a.work_dir {
+                cmd.arg("--work-dir")
+                    .arg(std::fs::canonicalize(w).unwrap_or_else(|_| w.clone()));
+            }
+            if let Some(s) = &a.store {
+                // Through the environment: a URL may hold a password, and argv is public.
+                cmd.env("WARREN_STORE", s);
             }
             if let Some(p) = &a.policy {
                 cmd.arg("--policy")

@@ -280,6 +280,7 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
     let skills = crate::skills::used_roots(Some(&host), trusted);
     let opts = Options {
         state_dir: state.to_owned(),
+        work_dir: None,
         worker: format!("warren-run:{}", std::process::id()),
         limits: warren_runtime::scheduler::Limits::default(),
         lease: Duration::from_secs(30),

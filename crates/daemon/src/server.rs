@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use warren_store::Store;
-use warren_store::sqlite::SqliteStore;
 
 use warren_runtime::engine::{Engine, Options};
 
@@ -217,6 +216,7 @@ pub enum Notice {
 pub fn run(
     opts: Options,
     listen: Listen,
+    store: Option<warren_store::Location>,
     notify: &(dyn Fn(Notice) + Send + Sync),
 ) -> Result<(), ServeError> {
     let state = opts.state_dir.clone();
@@ -225,11 +225,14 @@ pub fn run(
     let _lock = lock_exclusive(&paths.lock)?;
     std::fs::write(&paths.pid, format!("{}\n", std::process::id()))
         .map_err(file_error(&paths.pid))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db)?);
-    // Tasks and transcripts are the operator's business only (SQLite gives its -wal and -shm
-    // files the database file's mode). The state directory itself stays traversable: cells
-    // reach their task directories through it.
-    let _ = std::fs::set_permissions(&paths.db, std::fs::Permissions::from_mode(0o600));
+    let location = store.unwrap_or_else(|| warren_store::Location::Sqlite(paths.db.clone()));
+    let store: Arc<dyn Store> = warren_store::open(&location)?;
+    if let warren_store::Location::Sqlite(db) = &location {
+        // Tasks and transcripts are the operator's business only (SQLite gives its -wal and
+        // -shm files the database file's mode). The state directory itself stays traversable:
+        // cells reach their task directories through it.
+        let _ = std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600));
+    }
     let token = match listen.tcp {
         Some(_) => Some(ensure_token(&paths.token).map_err(file_error(&paths.token))?),
         None => None,

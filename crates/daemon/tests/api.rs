@@ -77,6 +77,7 @@ impl Api {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&state.join("warren.db")).unwrap());
         let opts = Options {
             state_dir: state.clone(),
+            work_dir: None,
             worker: "w1".into(),
             limits: Limits::default(),
             lease: Duration::from_secs(5),

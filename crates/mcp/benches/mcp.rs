@@ -79,6 +79,7 @@ fn main() {
         let store = Arc::new(SqliteStore::open(&dir.join("warren.db")).unwrap());
         let opts = Options {
             state_dir: dir.clone(),
+            work_dir: None,
             worker: "bench".into(),
             limits: Limits::default(),
             lease: Duration::from_secs(30),

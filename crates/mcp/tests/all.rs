@@ -55,6 +55,7 @@ async fn world(name: &str) -> World {
     ]);
     let opts = Options {
         state_dir: state.clone(),
+        work_dir: None,
         worker: "w1".into(),
         limits: Limits::default(),
         lease: Duration::from_secs(5),

@@ -30,7 +30,7 @@ use warren_config::Loaded;
 use warren_config::manifest::Manifest;
 use warren_llm::Provider;
 use warren_protocol::api::{AuditKind, ErrorCode, EventKind, SubmitTask, TaskView};
-use warren_store::{NewTask, Store, StoreError, TaskRecord, TaskState};
+use warren_store::{NewTask, Store, StoreChange, StoreError, TaskRecord, TaskState};
 
 use crate::action::{Action, ActionError, Answer, Caller, Control, Op, Query};
 use crate::capabilities::Layer;
@@ -41,8 +41,12 @@ use crate::scheduler::{Limits, SchedError, Scheduler};
 
 /// How the engine runs.
 pub struct Options {
-    /// Cells' layers, task directories, the database.
+    /// This node's own state: its token, and (by default) the work directory.
     pub state_dir: PathBuf,
+    /// Where task directories and cells' copy-on-write layers live, when not in `state_dir`.
+    /// Nodes sharing a PostgreSQL store share this directory too (a network filesystem), so a
+    /// task resumed on another node finds the workspace changes it made before.
+    pub work_dir: Option<PathBuf>,
     /// This daemon's name on leases (stable across restarts, so it resumes its own tasks).
     pub worker: String,
     /// Concurrency and queue limits.
@@ -153,6 +157,13 @@ pub fn new_task_id() -> String {
     id
 }
 
+impl Options {
+    /// Task directories' and copy-on-write layers' root: `work_dir`, else `state_dir`.
+    pub fn work_dir(&self) -> &Path {
+        self.work_dir.as_deref().unwrap_or(&self.state_dir)
+    }
+}
+
 /// Tool names the agent offers (what a manifest may list).
 pub fn tool_names() -> Vec<String> {
     warren_agent::tools::specs()
@@ -203,6 +214,17 @@ impl Engine {
             );
         }
         let engine = Self::build(store, opts);
+        // Other nodes sharing the store: a task they queue wakes the scheduler, an event they
+        // record wakes the streams (stores that cannot tell are polled).
+        let weak = Arc::downgrade(&engine);
+        engine.store.on_change(Arc::new(move |change| {
+            if let Some(e) = weak.upgrade() {
+                e.touch();
+                if change == StoreChange::Queue {
+                    e.wake.notify_one();
+                }
+            }
+        }));
         engine.audit.record(
             None,
             AuditKind::DaemonStart.as_str(),
@@ -539,7 +561,7 @@ impl Engine {
         let fresh = fresh || reached_outcome;
         if fresh {
             self.store.clear_progress(id)?;
-            let layer = warren_cell::spec::CowLayer::at(&self.opts.state_dir, id);
+            let layer = warren_cell::spec::CowLayer::at(self.opts.work_dir(), id);
             if let Err(e) = cow::discard(&layer) {
                 return Err(ActionError::internal(format!(
                     "task {id}: discarding its changes to start over: {e}"
@@ -580,7 +602,7 @@ impl Engine {
 
     /// The unified diff of a task's workspace changes (empty when none).
     pub fn diff(&self, id: &str) -> Result<String, ActionError> {
-        stored_diff(&*self.store, &self.opts.state_dir, id)
+        stored_diff(&*self.store, self.opts.work_dir(), id)
     }
 
     fn finished_metric(&self, s: TaskState) {

@@ -290,7 +290,7 @@ impl Engine {
                 .map(|m| (m.disk_uid, m.disk_gid)),
         };
         let task_spec = json!({"id": id, "agent": task.agent, "goal": task.goal, "model": model});
-        let dirs = TaskDirs::create(&self.opts.state_dir, id, &task_spec, identity)
+        let dirs = TaskDirs::create(self.opts.work_dir(), id, &task_spec, identity)
             .map_err(|e| End::Final(TaskState::Failed, format!("task directory: {e}")))?;
         spec.extra_mounts.splice(0..0, dirs.mounts());
         self.write_inputs(task, &dirs)
@@ -432,7 +432,7 @@ impl Engine {
     }
 
     fn skills_dir(&self, id: &str) -> PathBuf {
-        self.opts.state_dir.join("tasks").join(id).join("skills")
+        self.opts.work_dir().join("tasks").join(id).join("skills")
     }
 
     /// The skills the manifest names, from the engine's skill folders, copied into the task's
@@ -627,7 +627,7 @@ impl Engine {
         let mut config = warren_egress::Config::new(policy);
         config.resolve_override = self.opts.egress_resolve.clone();
         config.dial_override = self.opts.egress_dial.clone();
-        let dir = self.opts.state_dir.join("tasks").join(id).join("net");
+        let dir = self.opts.work_dir().join("tasks").join(id).join("net");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let socket = dir.join("proxy.sock");
         let _ = std::fs::remove_file(&socket);
@@ -649,7 +649,7 @@ impl Engine {
             audit: self.audit.clone(),
         });
         let config = Arc::new(config);
-        let cap_dir = self.opts.state_dir.join("tasks").join(id).join("cap-http");
+        let cap_dir = self.opts.work_dir().join("tasks").join(id).join("cap-http");
         crate::caphttp::prepare(&cap_dir, (uid, gid))
             .map_err(|e| format!("{}: {e}", cap_dir.display()))?;
         let cap = crate::caphttp::serve(
@@ -872,7 +872,12 @@ impl Engine {
     }
 
     fn cell_spec(&self, task: &TaskRecord, m: &Manifest) -> Result<CellSpec, WorkspaceGone> {
-        let mut spec = CellSpec::new(&self.opts.state_dir);
+        let mut spec = CellSpec::new(self.opts.work_dir());
+        if self.opts.work_dir.is_some() {
+            // The node's own state (database, socket, token) is masked or refused like the
+            // work directory.
+            spec.private_dirs.push(self.opts.state_dir.clone());
+        }
         spec.id = Some(task.id.clone());
         spec.workspace = match &task.workspace {
             Some(ws) => {

@@ -86,6 +86,7 @@ impl World {
     fn opts(&self) -> Options {
         Options {
             state_dir: self.state.clone(),
+            work_dir: None,
             worker: "w1".into(),
             limits: Limits::default(),
             lease: Duration::from_secs(5),

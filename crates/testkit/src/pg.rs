@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 /// The server every test of this process uses.
 struct Server {
-    /// A connection string for the server's superuser, without a database name.
+    /// A `postgresql://` URL for the server's superuser, without a database name.
     base: String,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
-/// A connection string for a new, empty database on the test server, or `None` after
+/// A `postgresql://` URL of a new, empty database on the test server, or `None` after
 /// [`crate::skip`] (which fails in CI) when no PostgreSQL can be found or started here.
 pub fn fresh_database(prefix: &str) -> Option<String> {
     let server = SERVER.get_or_init(start);
@@ -48,7 +48,7 @@ pub fn fresh_database(prefix: &str) -> Option<String> {
         std::process::id(),
         NEXT_DB.fetch_add(1, Ordering::SeqCst)
     );
-    let admin = format!("{} dbname=postgres", server.base);
+    let admin = format!("{}/postgres", server.base);
     let sql = format!("CREATE DATABASE {name}");
     // Its own thread and runtime: callers may be inside a tokio runtime or not.
     let created = std::thread::spawn(move || {
@@ -72,12 +72,14 @@ pub fn fresh_database(prefix: &str) -> Option<String> {
     if let Err(e) = created {
         panic!("test PostgreSQL server: {e}");
     }
-    Some(format!("{} dbname={name}", server.base))
+    Some(format!("{}/{name}", server.base))
 }
 
 fn start() -> Result<Server, String> {
     if let Ok(url) = std::env::var("WARREN_TEST_PG") {
-        return Ok(Server { base: url });
+        return Ok(Server {
+            base: url.trim_end_matches('/').to_owned(),
+        });
     }
     let bin = bindir().ok_or("no initdb/postgres found (Debian: apt install postgresql)")?;
     reap_stale();
@@ -170,8 +172,14 @@ fn start() -> Result<Server, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            // A unix socket directory is the URL's host, percent-encoded.
+            let host = dir
+                .display()
+                .to_string()
+                .replace('%', "%25")
+                .replace('/', "%2F");
             return Ok(Server {
-                base: format!("host={} user=warren", dir.display()),
+                base: format!("postgresql://warren@{host}"),
             });
         }
         std::thread::sleep(Duration::from_millis(50));

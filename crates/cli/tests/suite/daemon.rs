@@ -87,11 +87,22 @@ impl DaemonProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> DaemonProc {
+        Self::start_worker(state, mock, "test-worker", extra, env)
+    }
+
+    /// A daemon with its own worker name (one node of several).
+    pub fn start_worker(
+        state: &Path,
+        mock: &MockLlm,
+        worker: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> DaemonProc {
         let mut c = Command::new(WARREN);
         c.envs(env.iter().copied());
         c.arg("--state-dir")
             .arg(state)
-            .args(["daemon", "--worker", "test-worker"])
+            .args(["daemon", "--worker", worker])
             .args(extra)
             .env("OPENAI_BASE_URL", format!("{}/v1", mock.base_url()))
             .env("OPENAI_API_KEY", "sk-test-key-must-not-leak")

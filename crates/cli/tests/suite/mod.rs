@@ -1,5 +1,6 @@
 mod agents;
 mod check;
+mod cluster;
 mod config;
 mod daemon;
 mod equivalence;
