@@ -18,6 +18,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod audit;
+mod pgwire;
 pub mod postgres;
 pub mod sqlite;
 

@@ -27,13 +27,18 @@
 //! (a restarted server) are re-opened on next use. No TLS: reach the server over a unix socket
 //! or a trusted network (a TLS connector is a small addition when needed).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error as PgError, GenericClient, Row, Statement, Transaction};
+
+use crate::pgwire::{self, Link, drive};
 
 use crate::audit::AuditRecord;
 use crate::{
@@ -150,11 +155,10 @@ type Watcher = Arc<dyn Fn(StoreChange) + Send + Sync>;
 
 /// A store in a PostgreSQL database.
 pub struct PgStore {
-    config: String,
-    rt: tokio::runtime::Handle,
-    /// Ends the runtime thread when the store is dropped.
-    _stop: tokio::sync::oneshot::Sender<()>,
-    pool: Vec<Mutex<Client>>,
+    config: tokio_postgres::Config,
+    /// Ends the listening thread when the store is dropped.
+    stop: Arc<AtomicBool>,
+    pool: Vec<Mutex<Pooled>>,
     next: AtomicUsize,
     watchers: Arc<Mutex<Vec<Watcher>>>,
     listening: Mutex<bool>,
@@ -181,13 +185,31 @@ fn now_ms() -> i64 {
 /// if it returns `Ok`, roll back (the transaction dropped) if it fails.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:block) => {{
-        let mut conn = $store.conn()?;
-        block(async {
-            let $tx = conn.transaction().await.map_err(pg)?;
+        let mut guard = $store.conn()?;
+        let pooled = &mut *guard;
+        let Link {
+            client,
+            conn,
+            fd,
+            write_blocked,
+        } = &mut pooled.link;
+        let stmts = &pooled.stmts;
+        drive(conn, *fd, write_blocked, async {
+            let raw = client.transaction().await.map_err(pg)?;
+            let $tx = Db { c: &raw, stmts };
             let out: Result<_, StoreError> = async { $body }.await;
-            let out = out?;
-            $tx.commit().await.map_err(pg)?;
-            Ok(out)
+            // Ended here, on the server, before the call returns: an idle connection must not
+            // keep a transaction (and its row locks) open until its next use.
+            match out {
+                Ok(v) => {
+                    raw.commit().await.map_err(pg)?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = raw.rollback().await;
+                    Err(e)
+                }
+            }
         })
     }};
 }
@@ -195,19 +217,22 @@ macro_rules! in_tx {
 /// `on_conn!(self, |c| { … })`: run the body on a pooled connection, outside a transaction.
 macro_rules! on_conn {
     ($store:expr, |$c:ident| $body:block) => {{
-        let conn = $store.conn()?;
-        block(async {
-            let $c: &Client = &conn;
+        let mut guard = $store.conn()?;
+        let pooled = &mut *guard;
+        let Link {
+            client,
+            conn,
+            fd,
+            write_blocked,
+        } = &mut pooled.link;
+        let stmts = &pooled.stmts;
+        drive(conn, *fd, write_blocked, async {
+            let $c = Db { c: &*client, stmts };
+            let $c = &$c;
             let out: Result<_, StoreError> = async { $body }.await;
             out
         })
     }};
-}
-
-/// Wait for a future on this thread (inside tokio or not): the connections are driven by the
-/// store's own runtime thread, so nothing here needs the caller's runtime.
-fn block<F: Future>(f: F) -> F::Output {
-    futures_executor::block_on(f)
 }
 
 const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms, workspace, kind, parent, step, step_key, bounds";
@@ -265,6 +290,17 @@ fn kind_str(k: CheckpointKind) -> &'static str {
     }
 }
 
+/// `col = $n` when filtering by a value, else `$n::text IS NULL` (true, and keeps the
+/// parameter typed): one statement text per case, because a prepared statement's generic plan
+/// cannot drop `($n IS NULL OR col = $n)` and then never uses the column's index.
+fn filter(col: &str, n: u8, by: bool) -> String {
+    if by {
+        format!("{col} = ${n}")
+    } else {
+        format!("${n}::text IS NULL")
+    }
+}
+
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
@@ -272,35 +308,36 @@ fn lease_ms(lease: Duration) -> i64 {
 /// Record an event in `tx`: takes the events lock (held to commit, so ids become visible in
 /// order) and notifies the other nodes at commit.
 async fn event_tx(
-    tx: &Transaction<'_>,
+    tx: &Db<'_, Transaction<'_>>,
     task: Option<&str>,
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<i64, StoreError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_EVENTS])
-        .await
-        .map_err(pg)?;
+    // One statement: the lock (before the id is drawn), the notification, the insert.
     let row = tx
         .query_one(
-            "INSERT INTO events (task, kind, payload, at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&task, &kind, &payload.to_string(), &now_ms()],
+            "WITH l AS (SELECT pg_advisory_xact_lock($1::bigint)), \
+                  n AS (SELECT pg_notify('warren_events', '')) \
+             INSERT INTO events (task, kind, payload, at_ms) \
+             SELECT $2::text, $3::text, $4::text, $5::bigint FROM l, n RETURNING id",
+            &[&LOCK_EVENTS, &task, &kind, &payload.to_string(), &now_ms()],
         )
-        .await
-        .map_err(pg)?;
-    tx.execute(&format!("NOTIFY {CHANNEL_EVENTS}"), &[])
         .await
         .map_err(pg)?;
     Ok(row.get(0))
 }
 
-async fn notify_queue(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute(&format!("NOTIFY {CHANNEL_QUEUE}"), &[])
+async fn notify_queue(tx: &Db<'_, Transaction<'_>>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify('warren_queue', '')", &[])
         .await
         .map_err(pg)
         .map(drop)
 }
 
-async fn get_task_in(c: &impl GenericClient, id: &str) -> Result<TaskRecord, StoreError> {
+async fn get_task_in<C: GenericClient + Sync>(
+    c: &Db<'_, C>,
+    id: &str,
+) -> Result<TaskRecord, StoreError> {
     c.query_opt(
         &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"),
         &[&id],
@@ -316,7 +353,7 @@ async fn get_task_in(c: &impl GenericClient, id: &str) -> Result<TaskRecord, Sto
 
 /// Move queued task `id` (locked by the caller) to running under `worker`'s lease.
 async fn claim_tx(
-    tx: &Transaction<'_>,
+    tx: &Db<'_, Transaction<'_>>,
     id: &str,
     worker: &str,
     lease: Duration,
@@ -343,7 +380,7 @@ async fn claim_tx(
 }
 
 /// Insert a queued task, with its `task.state` event.
-async fn insert_tx(tx: &Transaction<'_>, t: &NewTask) -> Result<TaskRecord, StoreError> {
+async fn insert_tx(tx: &Db<'_, Transaction<'_>>, t: &NewTask) -> Result<TaskRecord, StoreError> {
     let now = now_ms();
     let version = i32::try_from(t.agent_version).unwrap_or(i32::MAX);
     let inserted = tx
@@ -390,42 +427,15 @@ impl PgStore {
     /// Connect to the database named by `config` (a `postgres://` URL or `key=value` pairs, as
     /// libpq takes them) and bring its schema to this build's version.
     pub fn connect(config: &str) -> Result<Self, StoreError> {
-        // Check the string before starting anything, for a clear error.
-        config
+        let config = config
             .parse::<tokio_postgres::Config>()
             .map_err(|e| StoreError::Db(format!("the PostgreSQL connection string: {e}")))?;
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("warren-pg".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = handle_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = handle_tx.send(Ok(rt.handle().clone()));
-                // Runs the connections until the store is dropped.
-                let _ = rt.block_on(stop_rx);
-            })
-            .map_err(|e| StoreError::Db(format!("starting the PostgreSQL thread: {e}")))?;
-        let rt = handle_rx
-            .recv()
-            .map_err(|e| StoreError::Db(e.to_string()))?
-            .map_err(|e| StoreError::Db(format!("the PostgreSQL runtime: {e}")))?;
-        let open = |rt: &tokio::runtime::Handle| open_on(rt, config);
         let pool = (0..POOL)
-            .map(|_| open(&rt).map(Mutex::new))
+            .map(|_| open(&config).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let store = PgStore {
-            config: config.to_owned(),
-            rt,
-            _stop: stop_tx,
+            config,
+            stop: Arc::new(AtomicBool::new(false)),
             pool,
             next: AtomicUsize::new(0),
             watchers: Arc::new(Mutex::new(Vec::new())),
@@ -436,7 +446,7 @@ impl PgStore {
     }
 
     /// A connection of the pool (re-opened if the server dropped it).
-    fn conn(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+    fn conn(&self) -> Result<MutexGuard<'_, Pooled>, StoreError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // A free one if there is, else wait for ours.
         let mut guard = (0..POOL)
@@ -446,16 +456,14 @@ impl PgStore {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
             });
-        if guard.is_closed() {
-            *guard = open_on(&self.rt, &self.config)?;
+        if guard.link.broken() {
+            *guard = open(&self.config)?;
         }
         Ok(guard)
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut c = self.conn()?;
-        block(async {
-            let tx = c.transaction().await.map_err(pg)?;
+        in_tx!(self, |tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
                 .await
                 .map_err(pg)?;
@@ -487,7 +495,7 @@ impl PgStore {
                     .await
                     .map_err(pg)?;
             }
-            tx.commit().await.map_err(pg)
+            Ok(())
         })
     }
 
@@ -509,23 +517,37 @@ impl PgStore {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let mut c = self.conn()?;
-        block(async {
-            let tx = c.transaction().await.map_err(pg)?;
-            let next = tx
+        let now = now_ms();
+        in_tx!(self, |tx| {
+            // One statement: pick the next queued row no other node holds, and take it.
+            // (One text per case: with `($1 IS NULL OR agent = $1)` the generic plan sorted
+            // every queued row on each claim, 3× slower.)
+            let which = filter("agent", 1, agent.is_some());
+            let row = tx
                 .query_opt(
-                    "SELECT id FROM tasks WHERE state = 'queued' AND ($1::text IS NULL OR agent = $1) \
-                     ORDER BY priority DESC, created_ms, seq LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    &[&agent],
+                    &format!(
+                        "WITH next AS (SELECT id AS next_id FROM tasks \
+                           WHERE state = 'queued' AND {which} \
+                           ORDER BY priority DESC, created_ms, seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                         UPDATE tasks SET state = 'running', attempts = attempts + 1, \
+                           lease_owner = $2, lease_until_ms = $3, updated_ms = $4 \
+                         FROM next WHERE id = next.next_id RETURNING {TASK_COLUMNS}"
+                    ),
+                    &[&agent, &worker, &(now + lease_ms(lease)), &now],
                 )
                 .await
                 .map_err(pg)?;
-            let Some(next) = next else {
+            let Some(row) = row else {
                 return Ok(None);
             };
-            let id: String = next.get(0);
-            let t = claim_tx(&tx, &id, worker, lease).await?;
-            tx.commit().await.map_err(pg)?;
+            let t = task_row(&row);
+            event_tx(
+                &tx,
+                Some(&t.id),
+                "task.state",
+                &serde_json::json!({"from": "queued", "to": "running", "worker": worker}),
+            )
+            .await?;
             Ok(Some(t))
         })
     }
@@ -538,9 +560,7 @@ impl PgStore {
         arg: &(dyn tokio_postgres::types::ToSql + Sync),
         reason: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn()?;
-        block(async {
-            let tx = c.transaction().await.map_err(pg)?;
+        in_tx!(self, |tx| {
             let rows = tx
                 .query(
                     &format!(
@@ -568,13 +588,13 @@ impl PgStore {
                 )
                 .await?;
             }
-            tx.commit().await.map_err(pg)?;
             Ok(ids.into_iter().map(|(_, id)| id).collect())
         })
     }
 
-    /// Start the node's listening connection (once): notifications call the watchers; a lost
-    /// connection is re-opened, and the watchers called, since something may have been missed.
+    /// Start the node's listening connection (once), on a thread of its own: notifications
+    /// call the watchers. A lost connection is opened again, and the watchers called, since
+    /// something may have changed meanwhile.
     fn listen(&self) {
         let mut started = self.listening.lock().unwrap_or_else(|p| p.into_inner());
         if *started {
@@ -583,58 +603,131 @@ impl PgStore {
         *started = true;
         let config = self.config.clone();
         let watchers = Arc::clone(&self.watchers);
-        self.rt.spawn(async move {
-            let call = |change: StoreChange| {
-                let ws: Vec<Watcher> = watchers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                for w in ws {
-                    w(change);
-                }
-            };
-            loop {
-                if let Ok((client, mut conn)) = tokio_postgres::connect(&config, NoTls).await {
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                    let driver = tokio::spawn(async move {
-                        use futures_util::StreamExt;
-                        let mut messages =
-                            futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                        while let Some(Ok(m)) = messages.next().await {
-                            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                                let _ = tx.send(n.channel().to_owned());
+        let stop = Arc::clone(&self.stop);
+        let call = move |change: StoreChange| {
+            let ws: Vec<Watcher> = watchers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for w in ws {
+                w(change);
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("warren-pg-listen".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(mut link) = pgwire::connect(&config) {
+                        let Link {
+                            client,
+                            conn,
+                            fd,
+                            write_blocked,
+                        } = &mut link;
+                        let listened = drive(
+                            conn,
+                            *fd,
+                            write_blocked,
+                            client.batch_execute(&format!(
+                                "LISTEN {CHANNEL_QUEUE}; LISTEN {CHANNEL_EVENTS}"
+                            )),
+                        );
+                        if listened.is_ok() {
+                            call(StoreChange::Queue);
+                            call(StoreChange::Events);
+                            while !stop.load(Ordering::Relaxed) {
+                                let Ok(channels) = link.notifications() else {
+                                    break;
+                                };
+                                let queue = channels.iter().any(|c| c == CHANNEL_QUEUE);
+                                if queue {
+                                    call(StoreChange::Queue);
+                                }
+                                if channels.iter().any(|c| c != CHANNEL_QUEUE) || queue {
+                                    call(StoreChange::Events);
+                                }
                             }
                         }
-                    });
-                    let listened = client
-                        .batch_execute(&format!("LISTEN {CHANNEL_QUEUE}; LISTEN {CHANNEL_EVENTS}"))
-                        .await;
-                    if listened.is_ok() {
-                        call(StoreChange::Queue);
-                        call(StoreChange::Events);
-                        while let Some(channel) = rx.recv().await {
-                            call(if channel == CHANNEL_QUEUE {
-                                StoreChange::Queue
-                            } else {
-                                StoreChange::Events
-                            });
-                        }
                     }
-                    driver.abort();
+                    std::thread::sleep(Duration::from_millis(500));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
+            });
+        if spawned.is_err() {
+            *started = false;
+        }
     }
 }
 
-/// Open a connection driven by the store's runtime.
-fn open_on(rt: &tokio::runtime::Handle, config: &str) -> Result<Client, StoreError> {
-    let config = config.to_owned();
-    block(rt.spawn(async move {
-        let (client, conn) = tokio_postgres::connect(&config, NoTls).await?;
-        tokio::spawn(conn);
-        Ok::<_, tokio_postgres::Error>(client)
-    }))
-    .map_err(|e| StoreError::Db(e.to_string()))?
-    .map_err(|e| StoreError::Db(format!("connecting to PostgreSQL: {e}")))
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A pooled connection and the statements prepared on it.
+struct Pooled {
+    link: Link,
+    stmts: RefCell<HashMap<String, Statement>>,
+}
+
+impl Pooled {
+    fn new(link: Link) -> Self {
+        Pooled {
+            link,
+            stmts: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// Queries through a connection's statement cache: each SQL text is parsed once per
+/// connection, then every call is one round trip (an unprepared query costs two).
+struct Db<'a, C> {
+    c: &'a C,
+    stmts: &'a RefCell<HashMap<String, Statement>>,
+}
+
+impl<C: GenericClient + Sync> Db<'_, C> {
+    async fn st(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = self.stmts.borrow().get(sql).cloned();
+        if let Some(s) = cached {
+            return Ok(s);
+        }
+        let s = self.c.prepare(sql).await?;
+        self.stmts.borrow_mut().insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, PgError> {
+        let s = self.st(sql).await?;
+        self.c.query(&s, p).await
+    }
+
+    async fn query_one(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Row, PgError> {
+        let s = self.st(sql).await?;
+        self.c.query_one(&s, p).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        p: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, PgError> {
+        let s = self.st(sql).await?;
+        self.c.query_opt(&s, p).await
+    }
+
+    async fn execute(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+        let s = self.st(sql).await?;
+        self.c.execute(&s, p).await
+    }
+
+    async fn batch_execute(&self, sql: &str) -> Result<(), PgError> {
+        self.c.batch_execute(sql).await
+    }
+}
+
+/// Open a pooled connection.
+fn open(config: &tokio_postgres::Config) -> Result<Pooled, StoreError> {
+    pgwire::connect(config)
+        .map(Pooled::new)
+        .map_err(|e| StoreError::Db(format!("connecting to PostgreSQL: {e}")))
 }
 
 impl Store for PgStore {
@@ -686,9 +779,15 @@ impl Store for PgStore {
         let version = version.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
         let found = on_conn!(self, |c| {
             c.query_opt(
-                "SELECT name, version, manifest, created_ms FROM agents \
-                 WHERE name = $1 AND ($2::integer IS NULL OR version = $2) \
-                 ORDER BY version DESC LIMIT 1",
+                &format!(
+                    "SELECT name, version, manifest, created_ms FROM agents \
+                     WHERE name = $1 AND {} ORDER BY version DESC LIMIT 1",
+                    if version.is_some() {
+                        "version = $2"
+                    } else {
+                        "$2::integer IS NULL"
+                    }
+                ),
                 &[&name, &version],
             )
             .await
@@ -767,9 +866,10 @@ impl Store for PgStore {
                 let limit = i64::from(f.limit.unwrap_or(1000));
                 c.query(
                     &format!(
-                        "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1::text IS NULL OR state = $1) \
-                         AND ($2::text IS NULL OR agent = $2) \
-                         ORDER BY created_ms DESC, seq DESC LIMIT $3"
+                        "SELECT {TASK_COLUMNS} FROM tasks WHERE {} AND {} \
+                         ORDER BY created_ms DESC, seq DESC LIMIT $3",
+                        filter("state", 1, f.state.is_some()),
+                        filter("agent", 2, f.agent.is_some()),
                     ),
                     &[&f.state.map(TaskState::as_str), &f.agent, &limit],
                 )
@@ -1031,8 +1131,11 @@ impl Store for PgStore {
         on_conn!(self, |c| {
             let rows = c
                 .query(
-                    "SELECT id, agent, tool, pattern, created_ms FROM approval_rules \
-                     WHERE $1::text IS NULL OR agent = $1 ORDER BY id",
+                    &format!(
+                        "SELECT id, agent, tool, pattern, created_ms FROM approval_rules \
+                         WHERE {} ORDER BY id",
+                        filter("agent", 1, agent.is_some())
+                    ),
                     &[&agent],
                 )
                 .await
@@ -1085,8 +1188,11 @@ impl Store for PgStore {
         on_conn!(self, |c| {
             let rows = c
                 .query(
-                    "SELECT id, task, kind, payload, at_ms FROM events \
-                     WHERE id > $1 AND ($2::text IS NULL OR task = $2) ORDER BY id LIMIT $3",
+                    &format!(
+                        "SELECT id, task, kind, payload, at_ms FROM events \
+                         WHERE id > $1 AND {} ORDER BY id LIMIT $3",
+                        filter("task", 2, task.is_some())
+                    ),
                     &[&after, &task, &i64::from(limit)],
                 )
                 .await
@@ -1157,8 +1263,11 @@ impl Store for PgStore {
         on_conn!(self, |c| {
             let rows = c
                 .query(
-                    "SELECT seq, at_ms, task, kind, data, prev, hash FROM audit \
-                     WHERE seq > $1 AND ($2::text IS NULL OR task = $2) ORDER BY seq LIMIT $3",
+                    &format!(
+                        "SELECT seq, at_ms, task, kind, data, prev, hash FROM audit \
+                         WHERE seq > $1 AND {} ORDER BY seq LIMIT $3",
+                        filter("task", 2, task.is_some())
+                    ),
                     &[
                         &i64::try_from(after).unwrap_or(i64::MAX),
                         &task,

@@ -26,6 +26,15 @@ struct Server {
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Start the private server (when this process starts one) with PostgreSQL's durable
+/// defaults — `fsync`, `synchronous_commit` and `full_page_writes` on — instead of the test
+/// settings: for benchmarks, whose figures must be a real server's. Call before the first
+/// [`fresh_database`].
+pub fn use_durable_server() {
+    DURABLE.store(true, Ordering::SeqCst);
+}
 
 /// A `postgresql://` URL of a new, empty database on the test server, or `None` after
 /// [`crate::skip`] (which fails in CI) when no PostgreSQL can be found or started here.
@@ -50,25 +59,7 @@ pub fn fresh_database(prefix: &str) -> Option<String> {
     );
     let admin = format!("{}/postgres", server.base);
     let sql = format!("CREATE DATABASE {name}");
-    // Its own thread and runtime: callers may be inside a tokio runtime or not.
-    let created = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| format!("connecting to {admin}: {e}"))?;
-            tokio::spawn(conn);
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| format!("{sql}: {e}"))
-        })
-    })
-    .join()
-    .unwrap_or_else(|_| Err("the database thread panicked".into()));
+    let created = run_sql(&admin, &sql);
     if let Err(e) = created {
         panic!("test PostgreSQL server: {e}");
     }
@@ -124,29 +115,27 @@ fn start() -> Result<Server, String> {
         ));
     }
     let mut cmd = as_user(Command::new(bin.join("postgres")), ids);
-    cmd.arg("-D")
-        .arg(&data)
-        .arg("-k")
-        .arg(&dir)
-        .args([
-            "-c",
-            "listen_addresses=",
+    cmd.arg("-D").arg(&data).arg("-k").arg(&dir).args([
+        "-c",
+        "listen_addresses=",
+        "-c",
+        "max_connections=300",
+    ]);
+    if !DURABLE.load(Ordering::SeqCst) {
+        cmd.args([
             "-c",
             "fsync=off",
             "-c",
             "synchronous_commit=off",
             "-c",
             "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join("server.log"))
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        );
+        ]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+        std::fs::File::create(dir.join("server.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+    );
     // SAFETY: prctl is async-signal-safe. Set after the user change (which clears it): the
     // server gets SIGQUIT (immediate shutdown) when the thread that spawned it exits.
     unsafe {
@@ -168,19 +157,18 @@ fn start() -> Result<Server, String> {
         }
     });
     rx.recv().map_err(|e| e.to_string())??;
-    let socket = dir.join(".s.PGSQL.5432");
+    // A unix socket directory is the URL's host, percent-encoded.
+    let host = dir
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('/', "%2F");
+    let base = format!("postgresql://warren@{host}");
+    // Ready when it answers a query (the socket appears while it still starts up).
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            // A unix socket directory is the URL's host, percent-encoded.
-            let host = dir
-                .display()
-                .to_string()
-                .replace('%', "%25")
-                .replace('/', "%2F");
-            return Ok(Server {
-                base: format!("postgresql://warren@{host}"),
-            });
+        if run_sql(&format!("{base}/postgres"), "SELECT 1").is_ok() {
+            return Ok(Server { base });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -188,6 +176,34 @@ fn start() -> Result<Server, String> {
         "the test server did not start: {}",
         std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
     ))
+}
+
+/// Run `sql` on the database at `url`, on a thread and runtime of its own (callers may be
+/// inside a tokio runtime or not).
+pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let message = |e: tokio_postgres::Error| {
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+        };
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("connecting to {url}: {}", message(e)))?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| format!("{sql}: {}", message(e)))
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the database thread panicked".into()))
 }
 
 /// Run `cmd` as `ids` (uid, gid) when given.
