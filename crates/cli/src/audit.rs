@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
-use warren_store::Store;
 use warren_store::audit::AuditRecord;
-use warren_store::sqlite::SqliteStore;
 
 /// `warren audit …`.
 #[derive(Subcommand, Debug)]
@@ -101,17 +99,23 @@ fn human(r: &AuditRecord) -> String {
     )
 }
 
-/// Run an audit subcommand.
-pub fn run(cmd: AuditCommand, state: &Path) -> i32 {
-    let db = state.join("warren.db");
-    if !db.exists() {
-        eprintln!("warren: no store at {} (nothing audited yet)", db.display());
-        return 1;
-    }
-    let store = match SqliteStore::open(&db) {
+/// Run an audit subcommand on the store at `store` (default: the state directory's SQLite file).
+pub fn run(cmd: AuditCommand, state: &Path, store: Option<&str>) -> i32 {
+    let location = match store {
+        Some(s) => warren_store::Location::parse(s),
+        None => {
+            let db = state.join("warren.db");
+            if !db.exists() {
+                eprintln!("warren: no store at {} (nothing audited yet)", db.display());
+                return 1;
+            }
+            warren_store::Location::Sqlite(db)
+        }
+    };
+    let store = match warren_store::open(&location) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("warren: {e}");
+            eprintln!("warren: {}: {e}", location.display());
             return 1;
         }
     };

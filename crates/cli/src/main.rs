@@ -161,6 +161,16 @@ enum Command {
     },
     /// The tamper-evident audit log: tail, export, verify.
     Audit {
+        /// The store holding the log: a `postgres://…` URL shared by several daemons, or a
+        /// SQLite file (default: warren.db in the state directory).
+        #[arg(
+            long,
+            value_name = "URL|FILE",
+            env = "WARREN_STORE",
+            hide_env_values = true,
+            global = true
+        )]
+        store: Option<String>,
         /// What to do.
         #[command(subcommand)]
         what: audit::AuditCommand,
@@ -419,7 +429,7 @@ fn main() -> ExitCode {
             action: Some(action),
             ..
         } => daemon::manage(action, &state),
-        Command::Audit { what } => audit::run(what, &state),
+        Command::Audit { what, store } => audit::run(what, &state, store.as_deref()),
         Command::Index {
             dir,
             embedder,

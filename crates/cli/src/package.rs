@@ -82,6 +82,11 @@ pub struct ConfigureArgs {
     /// The environment file to write (root-only, mode 0600).
     #[arg(long, value_name = "FILE", default_value = SERVICE_ENV)]
     env_file: PathBuf,
+    /// Keep the daemon's state in this PostgreSQL database (`postgres://…`), shared with other
+    /// nodes (written as WARREN_STORE; the URL may hold a password, so it goes here and not
+    /// on the command line of the service).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 fn ask(prompt: &str, secret: bool) -> std::io::Result<String> {
@@ -177,6 +182,17 @@ fn configure_inner(a: ConfigureArgs) -> Result<PathBuf, String> {
     let mut set = vec![(key_var, key)];
     if let Some(u) = url {
         set.push((url_var, u));
+    }
+    if let Some(store) = &a.store {
+        if !matches!(
+            warren_store::Location::parse(store),
+            warren_store::Location::Postgres(_)
+        ) {
+            return Err(format!(
+                "--store {store:?}: a postgres://… or postgresql://… URL"
+            ));
+        }
+        set.push(("WARREN_STORE", env_value("the store URL", store)?));
     }
     write_env(&a.env_file, &set)?;
     Ok(a.env_file)

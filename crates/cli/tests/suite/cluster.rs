@@ -143,6 +143,16 @@ fn three_nodes_share_a_postgres_store_and_resume_a_killed_node_s_tasks() {
     assert_eq!(ran_on.len(), NODES, "every node ran tasks: {ran_on:?}");
     let r = store.audit_verify().unwrap();
     assert!(r.problems.is_empty(), "one audit chain: {r:?}");
+    // The operator's check of the shared chain, from any machine that reaches the database.
+    let o = std::process::Command::new(super::WARREN)
+        .args(["audit", "verify", "--json", "--store", &url])
+        .env("WARREN_STATE_DIR", t.path().join("operator"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", super::stderr(&o)));
+    assert!(o.status.success(), "{report}");
+    assert_eq!(report["records"], r.records, "{report}");
     let max = reclaims.iter().max().unwrap();
     eprintln!(
         "{TASKS} tasks on {NODES} nodes, 2 nodes killed, {resumed} tasks resumed elsewhere; \

@@ -103,6 +103,20 @@ fn configure_writes_the_key_root_only_and_refuses_bad_input() {
             .unwrap()
             .contains("LD_PRELOAD")
     );
+    // The shared store's URL (it may hold a password) goes to the same root-only file.
+    let url = "postgres://warren:pw@db.internal/warren";
+    let out = run(&["--key-from-env", "THE_KEY", "--store", url], "sk-2");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        std::fs::read_to_string(&env)
+            .unwrap()
+            .ends_with(&format!("WARREN_STORE={url}\n"))
+    );
+    let out = run(
+        &["--key-from-env", "THE_KEY", "--store", "/var/lib/x.db"],
+        "sk-2",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = run(&["--key-from-env", "NOT_SET_ANYWHERE"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_SET_ANYWHERE is not set"));
