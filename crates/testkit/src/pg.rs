@@ -206,8 +206,10 @@ pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
     .unwrap_or_else(|_| Err("the database thread panicked".into()))
 }
 
-/// Run `cmd` as `ids` (uid, gid) when given.
+/// Run `cmd` as `ids` (uid, gid) when given, from the temp directory (the test's own working
+/// directory may be closed to that user).
 fn as_user(mut cmd: Command, ids: Option<(u32, u32)>) -> Command {
+    cmd.current_dir(std::env::temp_dir());
     if let Some((uid, gid)) = ids {
         cmd.uid(uid).gid(gid);
         // SAFETY: setgroups is async-signal-safe; drops root's supplementary groups.
