@@ -164,6 +164,25 @@ pub enum CheckpointKind {
     ToolResult,
 }
 
+impl CheckpointKind {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::ModelTurn => "model_turn",
+            CheckpointKind::ToolResult => "tool_result",
+        }
+    }
+
+    /// Parse a stored name (anything else is a tool result).
+    pub fn parse(s: &str) -> Self {
+        if s == "model_turn" {
+            CheckpointKind::ModelTurn
+        } else {
+            CheckpointKind::ToolResult
+        }
+    }
+}
+
 /// One step of a task, durable before it is acted on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -279,6 +298,37 @@ pub enum StoreError {
         /// Worker.
         worker: String,
     },
+}
+
+/// Unix milliseconds now (what both backends stamp records with).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Why recovery moved a task back to the queue (both backends record the same words).
+pub(crate) const REASON_LEASE_EXPIRED: &str =
+    "lease expired: its worker stopped; resuming from checkpoints";
+/// Why a restarted worker's own tasks went back to the queue.
+pub(crate) const REASON_WORKER_RESTARTED: &str = "its worker restarted; resuming from checkpoints";
+
+/// The gapless rule for checkpoints: `cp` must be number `expected` (the task's next).
+pub(crate) fn check_checkpoint_seq(cp: &Checkpoint, expected: u64) -> Result<(), StoreError> {
+    if cp.seq < expected {
+        return Err(StoreError::DuplicateCheckpoint {
+            task: cp.task.clone(),
+            seq: cp.seq,
+        });
+    }
+    if cp.seq > expected {
+        return Err(StoreError::CheckpointGap {
+            task: cp.task.clone(),
+            seq: cp.seq,
+            expected,
+        });
+    }
+    Ok(())
 }
 
 /// What another process changed (see [`Store::on_change`]).

@@ -41,6 +41,7 @@ use tokio_postgres::{Error as PgError, GenericClient, Row, Statement, Transactio
 use crate::pgwire::{self, Link, drive};
 
 use crate::audit::AuditRecord;
+use crate::now_ms;
 use crate::{
     AgentRecord, ApprovalRule, Checkpoint, CheckpointKind, EventRecord, Lineage, NewTask,
     PlanRecord, Store, StoreChange, StoreError, TaskFilter, TaskKind, TaskRecord, TaskState,
@@ -175,12 +176,6 @@ fn is(e: &tokio_postgres::Error, state: &SqlState) -> bool {
     e.code() == Some(state)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// `in_tx!(self, |tx| { … })`: run the body in one transaction of a pooled connection; commit
 /// if it returns `Ok`, roll back (the transaction dropped) if it fails.
 macro_rules! in_tx {
@@ -280,13 +275,6 @@ fn rule_row(r: &Row) -> ApprovalRule {
         tool: r.get(2),
         pattern: r.get(3),
         created_ms: r.get(4),
-    }
-}
-
-fn kind_str(k: CheckpointKind) -> &'static str {
-    match k {
-        CheckpointKind::ModelTurn => "model_turn",
-        CheckpointKind::ToolResult => "tool_result",
     }
 }
 
@@ -1001,16 +989,12 @@ impl Store for PgStore {
         self.requeue_running(
             "lease_until_ms < $1",
             &now_ms(),
-            "lease expired: its worker stopped; resuming from checkpoints",
+            crate::REASON_LEASE_EXPIRED,
         )
     }
 
     fn release_worker(&self, worker: &str) -> Result<Vec<String>, StoreError> {
-        self.requeue_running(
-            "lease_owner = $1",
-            &worker,
-            "its worker restarted; resuming from checkpoints",
-        )
+        self.requeue_running("lease_owner = $1", &worker, crate::REASON_WORKER_RESTARTED)
     }
 
     fn checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
@@ -1035,26 +1019,14 @@ impl Store for PgStore {
                 .map_err(pg)?
                 .get::<_, i64>(0)
                 .max(0) as u64;
-            if cp.seq < expected {
-                return Err(StoreError::DuplicateCheckpoint {
-                    task: cp.task.clone(),
-                    seq: cp.seq,
-                });
-            }
-            if cp.seq > expected {
-                return Err(StoreError::CheckpointGap {
-                    task: cp.task.clone(),
-                    seq: cp.seq,
-                    expected,
-                });
-            }
+            crate::check_checkpoint_seq(cp, expected)?;
             let inserted = tx
                 .execute(
                     "INSERT INTO checkpoints (task, seq, kind, payload) VALUES ($1, $2, $3, $4)",
                     &[
                         &cp.task,
                         &(cp.seq as i64),
-                        &kind_str(cp.kind),
+                        &cp.kind.as_str(),
                         &cp.payload.to_string(),
                     ],
                 )
@@ -1089,11 +1061,7 @@ impl Store for PgStore {
                     Checkpoint {
                         task: r.get(0),
                         seq: r.get::<_, i64>(1).max(0) as u64,
-                        kind: if kind == "model_turn" {
-                            CheckpointKind::ModelTurn
-                        } else {
-                            CheckpointKind::ToolResult
-                        },
+                        kind: CheckpointKind::parse(&kind),
                         payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
                     }
                 })

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::audit::AuditRecord;
+use crate::now_ms;
 use crate::{
     AgentRecord, ApprovalRule, Checkpoint, CheckpointKind, EventRecord, Lineage, NewTask,
     PlanRecord, Store, StoreError, TaskFilter, TaskKind, TaskRecord, TaskState,
@@ -121,12 +122,6 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 const TASK_COLUMNS: &str = "id, agent, agent_version, goal, priority, state, attempts, lease_owner, lease_until_ms, reason, created_ms, updated_ms, workspace, kind, parent, step, step_key, bounds";
 
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -163,13 +158,6 @@ fn rule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRule> {
         pattern: r.get(3)?,
         created_ms: r.get(4)?,
     })
-}
-
-fn kind_str(k: CheckpointKind) -> &'static str {
-    match k {
-        CheckpointKind::ModelTurn => "model_turn",
-        CheckpointKind::ToolResult => "tool_result",
-    }
 }
 
 impl SqliteStore {
@@ -664,16 +652,12 @@ impl Store for SqliteStore {
         self.requeue_running(
             "lease_until_ms < ?1",
             &now_ms(),
-            "lease expired: its worker stopped; resuming from checkpoints",
+            crate::REASON_LEASE_EXPIRED,
         )
     }
 
     fn release_worker(&self, worker: &str) -> Result<Vec<String>, StoreError> {
-        self.requeue_running(
-            "lease_owner = ?1",
-            &worker,
-            "its worker restarted; resuming from checkpoints",
-        )
+        self.requeue_running("lease_owner = ?1", &worker, crate::REASON_WORKER_RESTARTED)
     }
 
     fn audit_append(
@@ -823,25 +807,13 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?
                 .max(0) as u64;
-            if cp.seq < expected {
-                return Err(StoreError::DuplicateCheckpoint {
-                    task: cp.task.clone(),
-                    seq: cp.seq,
-                });
-            }
-            if cp.seq > expected {
-                return Err(StoreError::CheckpointGap {
-                    task: cp.task.clone(),
-                    seq: cp.seq,
-                    expected,
-                });
-            }
+            crate::check_checkpoint_seq(cp, expected)?;
             tx.execute(
                 "INSERT INTO checkpoints (task, seq, kind, payload) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     cp.task,
                     cp.seq as i64,
-                    kind_str(cp.kind),
+                    cp.kind.as_str(),
                     cp.payload.to_string()
                 ],
             )
@@ -864,11 +836,7 @@ impl Store for SqliteStore {
                 Ok(Checkpoint {
                     task: r.get(0)?,
                     seq: r.get::<_, i64>(1)?.max(0) as u64,
-                    kind: if kind == "model_turn" {
-                        CheckpointKind::ModelTurn
-                    } else {
-                        CheckpointKind::ToolResult
-                    },
+                    kind: CheckpointKind::parse(&kind),
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
                 })
             })
