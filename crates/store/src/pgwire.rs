@@ -292,8 +292,17 @@ impl std::task::Wake for Woken {
 }
 
 impl Link {
-    /// Whether the connection ended: open another.
-    pub fn broken(&self) -> bool {
+    /// Whether the connection ended: open another. Reads what the server sent while the
+    /// connection sat idle first (one nonblocking read), so a backend the server ended (a
+    /// restart, `pg_terminate_backend`, an idle timeout) is noticed before a request is
+    /// written to it, and the request goes to a new connection instead of failing.
+    pub fn broken(&mut self) -> bool {
+        if let Some(c) = self.conn.as_mut() {
+            let mut cx = Context::from_waker(Waker::noop());
+            if Pin::new(c).poll(&mut cx).is_ready() {
+                self.conn = None;
+            }
+        }
         self.conn.is_none() || self.client.is_closed()
     }
 

@@ -767,3 +767,37 @@ fn a_bad_postgres_address_is_a_clear_error() {
         "postgres://u:***@db.example/warren"
     );
 }
+
+#[test]
+fn a_postgres_store_reconnects_when_the_server_ends_its_connections() {
+    let Some(Db::Postgres(url)) = Db::postgres("reconnect") else {
+        return;
+    };
+    let s = PgStore::connect(&url).unwrap();
+    s.submit(task("t", 0)).unwrap();
+    let (base, db) = url.rsplit_once('/').unwrap();
+    // What a server restart or an idle timeout does to every connection of the store.
+    let kill = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    );
+    for round in 0..3 {
+        warren_testkit::pg::run_sql(&format!("{base}/postgres"), &kill).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Every call after it goes through: idle pooled connections are found closed and
+        // opened again before a request is written to them.
+        for _ in 0..8 {
+            assert_eq!(s.get_task("t").unwrap().id, "t", "round {round}");
+        }
+        s.append_event(Some("t"), "tool.call", &json!({"round": round}))
+            .unwrap();
+    }
+    assert_eq!(
+        s.events_since(Some("t"), 0, 100)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "tool.call")
+            .count(),
+        3
+    );
+}
