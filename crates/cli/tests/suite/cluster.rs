@@ -39,7 +39,16 @@ fn three_nodes_share_a_postgres_store_and_resume_a_killed_node_s_tasks() {
             &state,
             &mock,
             &format!("node{i}"),
-            &["--work-dir", &work_arg, "--lease", LEASE],
+            // Two slots each: the nine tasks spread over the nodes (one node alone would take
+            // eight), so each victim holds running tasks when it is killed.
+            &[
+                "--work-dir",
+                &work_arg,
+                "--lease",
+                LEASE,
+                "--max-running",
+                "2",
+            ],
             &[("WARREN_STORE", url.as_str())],
         )
     };
