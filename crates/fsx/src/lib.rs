@@ -444,14 +444,57 @@ impl Dir {
                 wanted: Kind::File,
             });
         }
+        self.reopen(&path_fd, rel, &st, OFlags::RDONLY)
+    }
+
+    /// Open `rel` for reading and writing: a regular file reached without links. With
+    /// `create`, a missing file is made (mode 0644, `O_EXCL`: never an existing object, and a
+    /// link planted in its place is not written through but refused as a link). A FIFO, a
+    /// device or a socket is refused by kind without being opened for I/O.
+    pub fn open_file_rw(&self, rel: impl AsRef<Path>, create: bool) -> Result<(File, Stat)> {
+        let rel = rel.as_ref();
+        if create {
+            match open_beneath(
+                self.fd.as_fd(),
+                rel,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NONBLOCK,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => {
+                    let st = Stat::from_raw(&rustix::fs::fstat(&fd).map_err(io_err("stat", rel))?);
+                    return Ok((File::from(fd), st));
+                }
+                Err(Error::Io { source, .. })
+                    if source.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let path_fd = open_beneath(self.fd.as_fd(), rel, OFlags::PATH, Mode::empty())?;
+        let st = Stat::from_raw(&rustix::fs::fstat(&path_fd).map_err(io_err("stat", rel))?);
+        if st.kind != Kind::File {
+            return Err(Error::WrongKind {
+                path: rel.into(),
+                found: st.kind,
+                wanted: Kind::File,
+            });
+        }
+        self.reopen(&path_fd, rel, &st, OFlags::RDWR)
+    }
+
+    /// Open for I/O the very inode an `O_PATH` descriptor holds (no second resolution), and
+    /// check it is still that regular file.
+    fn reopen(
+        &self,
+        path_fd: &OwnedFd,
+        rel: &Path,
+        st: &Stat,
+        access: OFlags,
+    ) -> Result<(File, Stat)> {
         // Re-open the very inode the O_PATH descriptor holds (no second resolution).
-        let proc = format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&path_fd)
-        );
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(path_fd));
         let fd = match rustix::fs::open(
             proc.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            access | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
@@ -460,7 +503,7 @@ impl Dir {
             Err(_) => open_beneath(
                 self.fd.as_fd(),
                 rel,
-                OFlags::RDONLY | OFlags::NONBLOCK,
+                access | OFlags::NONBLOCK,
                 Mode::empty(),
             )?,
         };

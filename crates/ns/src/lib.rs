@@ -5,8 +5,9 @@
 //! served by a [`FileService`]. A service can be a tree in memory ([`mem::MemFs`], e.g. `/tmp`
 //! with a size cap), a fixed map of files ([`map::MapFs`], e.g. `/task`), files computed when
 //! read or answered when written ([`func::FuncFs`], e.g. `/cap/http/request`: write a request,
-//! read the response on the same handle), an append-only log ([`log::LogFs`], `/logs`), or a
-//! copy-on-write overlay of two services ([`cow::CowFs`]).
+//! read the response on the same handle), an append-only log ([`log::LogFs`], `/logs`), a host
+//! directory reached only beneath itself ([`dir::DirFs`]), or a copy-on-write overlay of two
+//! services ([`cow::CowFs`]).
 //!
 //! Everything here is host code acting on what a cell chose (paths, sizes, write orders), so:
 //!
@@ -24,6 +25,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cow;
+pub mod dir;
 pub mod func;
 pub mod log;
 pub mod map;

@@ -380,3 +380,140 @@ fn an_overlay_behaves_like_a_plain_tree_under_random_operations() {
         );
     }
 }
+
+mod host_dir {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use warren_ns::dir::DirFs;
+
+    struct Tmp(std::path::PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A project directory a cell (or a hostile repository) has prepared, and a secret beside
+    /// it that must stay out of reach.
+    fn planted() -> (Tmp, std::path::PathBuf) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "warren-ns-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let ws = base.join("ws");
+        std::fs::create_dir_all(ws.join("src")).unwrap();
+        std::fs::write(base.join("secret"), "host secret").unwrap();
+        std::fs::write(ws.join("README"), "project").unwrap();
+        symlink(base.join("secret"), ws.join("link-to-secret")).unwrap();
+        symlink(&base, ws.join("link-to-outside")).unwrap();
+        symlink(base.join("not-yet"), ws.join("dangling")).unwrap();
+        let fifo = std::ffi::CString::new(ws.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        (Tmp(base), ws)
+    }
+
+    fn fs(ws: &std::path::Path, writable: bool) -> DirFs {
+        DirFs::new(warren_fsx::Dir::open(ws).unwrap(), writable, 1024)
+    }
+
+    #[test]
+    fn links_and_special_files_are_neither_followed_nor_shown() {
+        let (t, ws) = planted();
+        let d = fs(&ws, true);
+        let names: Vec<String> = d
+            .list(&NsPath::root())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["README", "src"], "links and the FIFO are not shown");
+        assert_eq!(
+            warren_ns::read_all(&d, &p("/README"), 100).unwrap(),
+            b"project"
+        );
+        for path in ["/link-to-secret", "/link-to-outside/secret", "/dangling"] {
+            let e = warren_ns::read_all(&d, &p(path), 100).unwrap_err();
+            assert!(matches!(e, NsError::Denied(_)), "{path}: {e:?}");
+            let e = warren_ns::write_all(&d, &p(path), b"pwned").unwrap_err();
+            assert!(
+                matches!(e, NsError::Denied(_) | NsError::Exists(_)),
+                "{path}: {e:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(t.0.join("secret")).unwrap(),
+            "host secret"
+        );
+        assert!(
+            !t.0.join("not-yet").exists(),
+            "nothing created through the dangling link"
+        );
+        // `..` never leaves the namespace, so never the directory.
+        assert!(matches!(
+            warren_ns::read_all(&d, &p("/../secret"), 100),
+            Err(NsError::NotFound(_))
+        ));
+        // A FIFO is refused by kind, at once (opening it for reading would block).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d2 = fs(&ws, false);
+        std::thread::spawn(move || {
+            let _ = tx.send(d2.open(&p("/fifo"), OpenMode::read()).err());
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO must not block");
+        assert!(matches!(e, Some(NsError::Denied(_))), "{e:?}");
+        assert!(matches!(d.remove(&p("/fifo")), Err(NsError::Denied(_))));
+    }
+
+    #[test]
+    fn writes_are_capped_per_file_and_refused_when_read_only() {
+        let (_t, ws) = planted();
+        let d = fs(&ws, true);
+        warren_ns::write_all(&d, &p("/src/main.rs"), b"fn main() {}").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ws.join("src/main.rs")).unwrap(),
+            "fn main() {}"
+        );
+        let mut h = d.open(&p("/src/main.rs"), OpenMode::read_write()).unwrap();
+        assert!(matches!(
+            h.write_at(1000, &[0u8; 100]),
+            Err(NsError::NoSpace { limit: 1024, .. })
+        ));
+        assert!(matches!(h.set_len(1 << 30), Err(NsError::NoSpace { .. })));
+        d.mkdir(&p("/src/sub")).unwrap();
+        assert!(matches!(d.mkdir(&p("/src/sub")), Err(NsError::Exists(_))));
+        assert!(matches!(d.remove(&p("/src")), Err(NsError::NotEmpty(_))));
+        d.remove(&p("/src/sub")).unwrap();
+        let ro = fs(&ws, false);
+        assert!(matches!(
+            warren_ns::write_all(&ro, &p("/README"), b"x"),
+            Err(NsError::Denied(_))
+        ));
+        assert!(matches!(ro.mkdir(&p("/x")), Err(NsError::Denied(_))));
+        assert!(matches!(ro.remove(&p("/README")), Err(NsError::Denied(_))));
+    }
+
+    #[test]
+    fn a_host_directory_under_an_overlay_is_never_written() {
+        let (_t, ws) = planted();
+        let lower: Arc<dyn FileService> = Arc::new(fs(&ws, false));
+        let cow = CowFs::new(lower, Arc::new(MemFs::new(1 << 20)), 1 << 20);
+        let mut h = cow.open(&p("/README"), OpenMode::read_write()).unwrap();
+        h.write_at(7, b" changed").unwrap();
+        cow.remove(&p("/src")).unwrap();
+        assert_eq!(
+            warren_ns::read_all(&cow, &p("/README"), 100).unwrap(),
+            b"project changed"
+        );
+        assert!(cow.stat(&p("/src")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(ws.join("README")).unwrap(),
+            "project"
+        );
+        assert!(ws.join("src").is_dir());
+    }
+}
