@@ -6,7 +6,6 @@
 //! response shape (volatile fields redacted; `CI=true` fails on a mismatch and writes nothing).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +17,8 @@ use tokio::sync::watch;
 use warren_daemon::conn::{self, ConnLimits};
 use warren_llm::Provider;
 use warren_protocol::api::TaskState;
-use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call};
-use warren_runtime::scheduler::Limits;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 use warren_testkit::TempDir;
@@ -75,28 +72,8 @@ impl Api {
         let state = t.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&state.join("warren.db")).unwrap());
-        let opts = Options {
-            state_dir: state.clone(),
-            work_dir: None,
-            worker: "w1".into(),
-            limits: Limits::default(),
-            lease: Duration::from_secs(5),
-            cells: FakeCells::new(),
-            provider: Some((scripted() as Arc<dyn Provider>, "m".into())),
-            loaded: warren_config::load(&state, None, &[]).unwrap(),
-            env: HashMap::new(),
-            max_attempts: 3,
-            policy: Layer::unrestricted("test"),
-            max_turns: None,
-            approval_timeout: Duration::from_secs(60),
-            memory: None,
-            audit_prompts: false,
-            egress_resolve: HashMap::new(),
-            egress_dial: HashMap::new(),
-            skills: Vec::new(),
-            mcp_annotation_approval: true,
-            plans: Default::default(),
-        };
+        let opts =
+            Options::for_tests(&state, FakeCells::new(), scripted() as Arc<dyn Provider>).unwrap();
         let engine = Engine::new(store, opts).unwrap();
         if schedule {
             tokio::spawn(Arc::clone(&engine).run());

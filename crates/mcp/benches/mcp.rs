@@ -16,7 +16,6 @@
     clippy::print_stdout
 )]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,10 +25,8 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use warren_mcp::{EngineBackend, WarrenMcp};
 use warren_runtime::action::{Action, Caller, Op, Query};
-use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel};
-use warren_runtime::scheduler::Limits;
 use warren_store::sqlite::SqliteStore;
 use warren_testkit::bench::arg;
 
@@ -77,28 +74,10 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(SqliteStore::open(&dir.join("warren.db")).unwrap());
-        let opts = Options {
-            state_dir: dir.clone(),
-            work_dir: None,
-            worker: "bench".into(),
-            limits: Limits::default(),
-            lease: Duration::from_secs(30),
-            cells: FakeCells::new() as _,
-            provider: Some((ScriptedModel::new(vec![]) as _, "m".into())),
-            loaded: warren_config::load(&dir, None, &[]).unwrap(),
-            env: HashMap::new(),
-            max_attempts: 3,
-            policy: Layer::unrestricted("bench"),
-            max_turns: None,
-            approval_timeout: Duration::from_secs(60),
-            memory: None,
-            audit_prompts: false,
-            egress_resolve: HashMap::new(),
-            egress_dial: HashMap::new(),
-            skills: Vec::new(),
-            mcp_annotation_approval: true,
-            plans: Default::default(),
-        };
+        let mut opts =
+            Options::for_tests(&dir, FakeCells::new(), ScriptedModel::new(vec![]) as _).unwrap();
+        opts.worker = "bench".into();
+        opts.lease = Duration::from_secs(30);
         let engine = Engine::new(store, opts).unwrap();
         tokio::spawn(Arc::clone(&engine).run());
         let op = Caller::operator("bench");

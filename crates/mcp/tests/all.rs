@@ -4,7 +4,6 @@
 //! mapping, progress, paging, refusals and the audit of what an MCP caller did.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +15,8 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use warren_mcp::{EngineBackend, WarrenMcp};
 use warren_runtime::action::{Action, Caller, Op};
-use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call};
-use warren_runtime::scheduler::Limits;
 use warren_store::sqlite::SqliteStore;
 use warren_store::{Store, TaskFilter};
 use warren_testkit::TempDir;
@@ -53,28 +50,7 @@ async fn world(name: &str) -> World {
             )]],
         ),
     ]);
-    let opts = Options {
-        state_dir: state.clone(),
-        work_dir: None,
-        worker: "w1".into(),
-        limits: Limits::default(),
-        lease: Duration::from_secs(5),
-        cells: FakeCells::new() as _,
-        provider: Some((model as _, "m".into())),
-        loaded: warren_config::load(&state, None, &[]).unwrap(),
-        env: HashMap::new(),
-        max_attempts: 3,
-        policy: Layer::unrestricted("test"),
-        max_turns: None,
-        approval_timeout: Duration::from_secs(60),
-        memory: None,
-        audit_prompts: false,
-        egress_resolve: HashMap::new(),
-        egress_dial: HashMap::new(),
-        skills: Vec::new(),
-        mcp_annotation_approval: true,
-        plans: Default::default(),
-    };
+    let opts = Options::for_tests(&state, FakeCells::new(), model as _).unwrap();
     let engine = Engine::new(Arc::clone(&store), opts).unwrap();
     tokio::spawn(Arc::clone(&engine).run());
     engine

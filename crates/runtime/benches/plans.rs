@@ -11,7 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +18,8 @@ use serde_json::json;
 use warren_llm::Provider;
 use warren_protocol::api::{SubmitTask, TaskState};
 use warren_runtime::action::{Action, Answer, Caller, Op};
-use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call};
-use warren_runtime::scheduler::Limits;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 use warren_testkit::bench::arg;
@@ -55,30 +52,17 @@ fn main() {
         )]],
     )]);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("warren.db")).unwrap());
-    let opts = Options {
-        state_dir: dir.clone(),
-        work_dir: None,
-        worker: "bench".into(),
-        limits: Limits::default(),
-        lease: Duration::from_secs(30),
-        cells: FakeCells::new() as _,
-        provider: Some((Arc::clone(&model) as Arc<dyn Provider>, "m".into())),
-        loaded: warren_config::load(&dir, None, &[]).unwrap(),
-        env: HashMap::new(),
-        max_attempts: 3,
-        policy: Layer::unrestricted("bench"),
-        max_turns: None,
-        approval_timeout: Duration::from_secs(60),
-        memory: None,
-        audit_prompts: false,
-        egress_resolve: HashMap::new(),
-        egress_dial: HashMap::new(),
-        skills: Vec::new(),
-        mcp_annotation_approval: true,
-        plans: warren_runtime::plan::PlanLimits {
-            max_steps: steps as u32,
-            ..Default::default()
-        },
+    let mut opts = Options::for_tests(
+        &dir,
+        FakeCells::new(),
+        Arc::clone(&model) as Arc<dyn Provider>,
+    )
+    .unwrap();
+    opts.worker = "bench".into();
+    opts.lease = Duration::from_secs(30);
+    opts.plans = warren_runtime::plan::PlanLimits {
+        max_steps: steps as u32,
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -158,6 +158,38 @@ pub fn new_task_id() -> String {
 }
 
 impl Options {
+    /// An engine's options for tests and benchmarks: worker `w1`, a 5 s lease, default
+    /// limits, no policy restrictions, `cells` and `model` (named `m`), the configuration
+    /// defaults of `state_dir`. Change fields after, as a test needs.
+    pub fn for_tests(
+        state_dir: &Path,
+        cells: Arc<dyn Cells>,
+        model: Arc<dyn Provider>,
+    ) -> Result<Options, warren_config::ConfigError> {
+        Ok(Options {
+            state_dir: state_dir.to_owned(),
+            work_dir: None,
+            worker: "w1".into(),
+            limits: Limits::default(),
+            lease: Duration::from_secs(5),
+            cells,
+            provider: Some((model, "m".into())),
+            loaded: warren_config::load(state_dir, None, &[])?,
+            env: HashMap::new(),
+            max_attempts: 3,
+            policy: Layer::unrestricted("test"),
+            max_turns: None,
+            approval_timeout: Duration::from_secs(60),
+            memory: None,
+            audit_prompts: false,
+            egress_resolve: HashMap::new(),
+            egress_dial: HashMap::new(),
+            skills: Vec::new(),
+            mcp_annotation_approval: true,
+            plans: Default::default(),
+        })
+    }
+
     /// Task directories' and copy-on-write layers' root: `work_dir`, else `state_dir`.
     pub fn work_dir(&self) -> &Path {
         self.work_dir.as_deref().unwrap_or(&self.state_dir)

@@ -4,7 +4,6 @@
 //! by the root end-to-end suites (crates/cli/tests, crates/testkit/tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +13,8 @@ use warren_cell::Cell;
 use warren_llm::{Provider, ToolCall};
 use warren_protocol::api::{ErrorCode, SubmitTask, TaskState};
 use warren_runtime::action::{Action, Answer, Caller, Local, Op, Query};
-use warren_runtime::capabilities::Layer;
 use warren_runtime::engine::{Engine, Options};
 use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call as call};
-use warren_runtime::scheduler::Limits;
 use warren_store::Store;
 use warren_store::sqlite::SqliteStore;
 use warren_testkit::TempDir;
@@ -84,28 +81,12 @@ impl World {
     }
 
     fn opts(&self) -> Options {
-        Options {
-            state_dir: self.state.clone(),
-            work_dir: None,
-            worker: "w1".into(),
-            limits: Limits::default(),
-            lease: Duration::from_secs(5),
-            cells: Arc::clone(&self.cells) as _,
-            provider: Some((Arc::clone(&self.model) as Arc<dyn Provider>, "m".into())),
-            loaded: warren_config::load(&self.state, None, &[]).unwrap(),
-            env: HashMap::new(),
-            max_attempts: 3,
-            policy: Layer::unrestricted("test"),
-            max_turns: None,
-            approval_timeout: Duration::from_secs(60),
-            memory: None,
-            audit_prompts: false,
-            egress_resolve: HashMap::new(),
-            egress_dial: HashMap::new(),
-            skills: Vec::new(),
-            mcp_annotation_approval: true,
-            plans: Default::default(),
-        }
+        Options::for_tests(
+            &self.state,
+            Arc::clone(&self.cells) as _,
+            Arc::clone(&self.model) as Arc<dyn Provider>,
+        )
+        .unwrap()
     }
 
     fn engine(&self) -> Arc<Engine> {
