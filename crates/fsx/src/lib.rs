@@ -435,16 +435,7 @@ impl Dir {
     /// be read). Returns the file and its `fstat`.
     pub fn open_file(&self, rel: impl AsRef<Path>) -> Result<(File, Stat)> {
         let rel = rel.as_ref();
-        let path_fd = open_beneath(self.fd.as_fd(), rel, OFlags::PATH, Mode::empty())?;
-        let st = Stat::from_raw(&rustix::fs::fstat(&path_fd).map_err(io_err("stat", rel))?);
-        if st.kind != Kind::File {
-            return Err(Error::WrongKind {
-                path: rel.into(),
-                found: st.kind,
-                wanted: Kind::File,
-            });
-        }
-        self.reopen(&path_fd, rel, &st, OFlags::RDONLY)
+        self.open_regular(rel, OFlags::RDONLY)
     }
 
     /// Open `rel` for reading and writing: a regular file reached without links. With
@@ -469,6 +460,12 @@ impl Dir {
                 Err(e) => return Err(e),
             }
         }
+        self.open_regular(rel, OFlags::RDWR)
+    }
+
+    /// Open `rel` with `access`: first `O_PATH` (no I/O, no links) to check it is a regular
+    /// file, then that very inode for I/O.
+    fn open_regular(&self, rel: &Path, access: OFlags) -> Result<(File, Stat)> {
         let path_fd = open_beneath(self.fd.as_fd(), rel, OFlags::PATH, Mode::empty())?;
         let st = Stat::from_raw(&rustix::fs::fstat(&path_fd).map_err(io_err("stat", rel))?);
         if st.kind != Kind::File {
@@ -478,7 +475,7 @@ impl Dir {
                 wanted: Kind::File,
             });
         }
-        self.reopen(&path_fd, rel, &st, OFlags::RDWR)
+        self.reopen(&path_fd, rel, &st, access)
     }
 
     /// Open for I/O the very inode an `O_PATH` descriptor holds (no second resolution), and
