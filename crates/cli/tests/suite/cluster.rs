@@ -176,3 +176,64 @@ fn three_nodes_share_a_postgres_store_and_resume_a_killed_node_s_tasks() {
 fn node(nodes: &[Option<DaemonProc>], i: usize) -> &DaemonProc {
     nodes[i].as_ref().unwrap()
 }
+
+#[test]
+fn with_a_work_directory_the_node_s_own_state_directory_stays_out_of_cells() {
+    if !require_process_tier() {
+        return;
+    }
+    let Some(url) = warren_testkit::pg::fresh_database("ownstate") else {
+        return;
+    };
+    // The node's state directory (its token, socket, pid) inside the project a task works on,
+    // the work directory (layers, task directories) elsewhere.
+    let t = TempDir::new("cluster-own");
+    let ws = t.path().join("project");
+    let state = ws.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("token"), "PLANTED-API-TOKEN\n").unwrap();
+    let work = t.path().join("work");
+    let look =
+        "cat /workspace/state/token 2>&1 || true; echo \"state:[$(ls -A /workspace/state)]\"";
+    let mock = warren_testkit::mockllm::MockLlm::start_responder(move |b| {
+        if super::daemon::tool_results(b) == 0 {
+            super::daemon::reply(vec![("c0", "shell", json!({"command": look}))])
+        } else {
+            super::daemon::reply(vec![("f", "finish", json!({"summary": "looked"}))])
+        }
+    })
+    .unwrap();
+    let work_arg = work.display().to_string();
+    let d = DaemonProc::start_worker(
+        &state,
+        &mock,
+        "node0",
+        &["--work-dir", &work_arg],
+        &[("WARREN_STORE", url.as_str())],
+    );
+    let (code, a) = d.call("POST", "/v1/agents", Some(&json!({"manifest": MANIFEST})));
+    assert_eq!(code, 201, "{a}");
+    let (code, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "coder", "goal": "look", "workspace": ws.display().to_string()})),
+    );
+    assert_eq!(code, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = d.wait_done(&id, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let store = warren_store::postgres::PgStore::connect(&url).unwrap();
+    let seen: Vec<String> = store
+        .checkpoints(&id)
+        .unwrap()
+        .iter()
+        .filter(|c| c.payload["step"] == "tool")
+        .map(|c| c.payload["content"].to_string())
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].contains("state:[]"), "{seen:?}");
+    assert!(!seen[0].contains("PLANTED"), "{seen:?}");
+    // The layer went to the work directory, not the state directory.
+    assert!(work.join("changes").join(&id).is_dir());
+    assert!(!state.join("changes").exists());
+}
