@@ -1,6 +1,6 @@
 //! Several nodes, one PostgreSQL store: three real daemons (`--store postgres://…`, their own
 //! worker names and state directories, one shared work directory) run tasks in real cells.
-//! Nodes are SIGKILLed while tasks run; the survivors resume those tasks once the dead node's
+//! Two nodes are SIGKILLed while tasks run; the survivor resumes those tasks once the dead nodes'
 //! lease expires. At the end no task is lost, none ended other than succeeded, no command ran
 //! twice and no model turn was recorded twice (the checks of the single-node kill test).
 
@@ -75,48 +75,53 @@ fn three_nodes_share_a_postgres_store_and_resume_a_killed_node_s_tasks() {
         ids.push((task["id"].as_str().unwrap().to_owned(), goal));
     }
 
-    // Kill node0, then node1, each while it holds running tasks; time how long until another
-    // node holds each of them.
-    let mut reclaims = Vec::new();
-    for victim in [0usize, 1] {
-        let name = format!("node{victim}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let held = loop {
-            let held: Vec<String> = ids
-                .iter()
-                .filter(|(id, _)| {
-                    let r = store.get_task(id).unwrap();
-                    r.lease_owner.as_deref() == Some(name.as_str()) && !r.state.is_terminal()
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            if !held.is_empty() {
-                break held;
-            }
-            assert!(Instant::now() < deadline, "{name} never ran a task");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        nodes[victim].take().unwrap().kill();
-        let killed = Instant::now();
-        eprintln!("{name} SIGKILLed holding {held:?}");
-        let mut waiting: HashSet<String> = held.into_iter().collect();
-        let deadline = killed + Duration::from_secs(60);
-        while !waiting.is_empty() {
-            waiting.retain(|id| {
+    // Kill node0 and node1 together, once each holds running tasks (right after the
+    // submissions, while there is work left: killing one, then waiting for the other to hold
+    // a task, raced with the tasks' end on a loaded machine). Time how long until node2 holds
+    // each of their tasks.
+    let holding = |name: &str| -> Vec<String> {
+        ids.iter()
+            .filter(|(id, _)| {
                 let r = store.get_task(id).unwrap();
-                let moved =
-                    r.state.is_terminal() || r.lease_owner.as_deref().is_some_and(|o| o != name);
-                if moved {
-                    reclaims.push(killed.elapsed());
-                }
-                !moved
-            });
-            assert!(
-                Instant::now() < deadline,
-                "tasks of {name} not resumed: {waiting:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+                r.lease_owner.as_deref() == Some(name) && !r.state.is_terminal()
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let (a, b) = (holding("node0"), holding("node1"));
+        if !a.is_empty() && !b.is_empty() {
+            break [a, b].concat();
         }
+        assert!(
+            Instant::now() < deadline,
+            "node0 and node1 never both ran a task: {a:?} {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for victim in [0usize, 1] {
+        nodes[victim].take().unwrap().kill();
+    }
+    let killed = Instant::now();
+    eprintln!("node0 and node1 SIGKILLed holding {held:?}");
+    let mut reclaims = Vec::new();
+    let mut waiting: HashSet<String> = held.into_iter().collect();
+    let deadline = killed + Duration::from_secs(60);
+    while !waiting.is_empty() {
+        waiting.retain(|id| {
+            let r = store.get_task(id).unwrap();
+            let moved = r.state.is_terminal() || r.lease_owner.as_deref() == Some("node2");
+            if moved {
+                reclaims.push(killed.elapsed());
+            }
+            !moved
+        });
+        assert!(
+            Instant::now() < deadline,
+            "tasks of the killed nodes not resumed: {waiting:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     // The last node finishes everything.
