@@ -216,6 +216,50 @@ pub fn serve(
     })
 }
 
+/// The README of the live `/cap/http` (the WASI tier's).
+pub const LIVE_README: &str = "Open /cap/http/request for reading and writing, write one JSON request, e.g.\n  {\"url\": \"http://api.example.com/x\"}\n(optional: method, headers as [[name, value]], body, max_body_bytes, timeout_ms),\nseek back to the start and read the response (status, headers, body, error) on the same\nhandle. Only destinations your task may reach are allowed; every request is audited.\n";
+
+/// The largest request the live service takes.
+pub const LIVE_MAX_REQUEST: usize = 1 << 20;
+
+/// `/cap/http` as a live file service, for tiers whose files the host serves itself (the WASI
+/// tier): each handle on `request` is one exchange — the request written to it is run under
+/// `config`'s egress policy and audited when the handle is first read after the write, and the
+/// read returns the response (the same JSON fields as the process tier's `responses/ID.json`;
+/// no `id` is needed). A request that is not valid JSON gets `status` 0 and `error`. The
+/// request runs on a thread of its own, so this may be read from any thread, inside a tokio
+/// runtime or not.
+pub fn service(
+    config: Arc<warren_egress::Config>,
+    audit: Arc<dyn warren_egress::Audit>,
+) -> warren_ns::Result<warren_ns::func::FuncFs> {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| warren_ns::NsError::Failed(format!("cap/http runtime: {e}")))?,
+    );
+    warren_ns::func::FuncFs::new()
+        .computed("README", || Ok(LIVE_README.as_bytes().to_vec()))?
+        .request("request", LIVE_MAX_REQUEST, move |body| {
+            let answer = match serde_json::from_slice::<warren_egress::FetchRequest>(body) {
+                Ok(req) => {
+                    let (rt, config, audit) = (rt.clone(), config.clone(), audit.clone());
+                    let r = std::thread::scope(|s| {
+                        s.spawn(move || {
+                            rt.block_on(warren_egress::fetch(&config, audit.as_ref(), &req))
+                        })
+                        .join()
+                    })
+                    .map_err(|_| warren_ns::NsError::Failed("cap/http: request failed".into()))?;
+                    serde_json::to_value(&r).unwrap_or_default()
+                }
+                Err(e) => json!({"status": 0, "error": format!("invalid request: {e}")}),
+            };
+            Ok(serde_json::to_vec(&answer).unwrap_or_default())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -53,6 +53,8 @@ fn scripts() -> Vec<(&'static str, Vec<Vec<ToolCall>>)> {
 
 #[path = "suite/plans.rs"]
 mod plans;
+#[path = "suite/wasi.rs"]
+mod wasi;
 
 const MANIFEST: &str =
     "name: coder\ndescription: t\ntools: [shell, read_file, write_file, finish]\n";

@@ -612,7 +612,12 @@ fn path_open(
         && s.kind == Kind::Dir
     {
         if write || oflags & OFLAG_CREAT != 0 {
-            return Err(if oflags & OFLAG_EXCL != 0 { EEXIST } else { EISDIR }.into());
+            return Err(if oflags & OFLAG_EXCL != 0 {
+                EEXIST
+            } else {
+                EISDIR
+            }
+            .into());
         }
         let n = ctx.insert(Fd::Dir { path })?;
         return put_u32(m, out, n);
@@ -638,7 +643,12 @@ fn path_open(
     put_u32(m, out, n)
 }
 
-fn path_op(c: &mut Caller<'_, Ctx>, fd: i32, p: i32, plen: i32) -> Result<(NsPath, Arc<MountTable>), Fail> {
+fn path_op(
+    c: &mut Caller<'_, Ctx>,
+    fd: i32,
+    p: i32,
+    plen: i32,
+) -> Result<(NsPath, Arc<MountTable>), Fail> {
     let (m, ctx) = mem(c)?;
     let rel = path_arg(m, p, plen)?;
     let path = ctx.resolve(fd, &rel)?;
@@ -664,7 +674,15 @@ fn remove(c: &mut Caller<'_, Ctx>, fd: i32, p: i32, plen: i32, dir: bool) -> R {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn path_rename(c: &mut Caller<'_, Ctx>, fd: i32, p: i32, plen: i32, fd2: i32, q: i32, qlen: i32) -> R {
+fn path_rename(
+    c: &mut Caller<'_, Ctx>,
+    fd: i32,
+    p: i32,
+    plen: i32,
+    fd2: i32,
+    q: i32,
+    qlen: i32,
+) -> R {
     let (from, ns) = path_op(c, fd, p, plen)?;
     let (to, _) = path_op(c, fd2, q, qlen)?;
     let (sa, _) = ns.resolve_path(&from)?;
@@ -680,10 +698,12 @@ fn path_rename(c: &mut Caller<'_, Ctx>, fd: i32, p: i32, plen: i32, fd2: i32, q:
     }
     // Services have no rename: a copy and a remove (not atomic; a file past RENAME_MAX is
     // refused rather than half-copied).
-    let data = ns.read(&from.to_string(), RENAME_MAX).map_err(|e| match e {
-        NsError::NoSpace { .. } => Fail::Errno(ENOTSUP),
-        e => e.into(),
-    })?;
+    let data = ns
+        .read(&from.to_string(), RENAME_MAX)
+        .map_err(|e| match e {
+            NsError::NoSpace { .. } => Fail::Errno(ENOTSUP),
+            e => e.into(),
+        })?;
     ns.write(&to.to_string(), &data)?;
     Ok(ns.remove(&from.to_string())?)
 }
@@ -697,7 +717,9 @@ fn poll_oneoff(c: &mut Caller<'_, Ctx>, subs: i32, events: i32, n: i32, nout: i3
     let mut ready: Vec<[u8; 32]> = Vec::new();
     let mut sleep: Option<(Duration, Vec<u64>)> = None;
     for i in 0..n {
-        let at = (subs as u32).checked_add(i * 48).ok_or(Fail::Errno(EFAULT))? as i32;
+        let at = (subs as u32)
+            .checked_add(i * 48)
+            .ok_or(Fail::Errno(EFAULT))? as i32;
         let s = slice(m, at, 48)?;
         let userdata = u64::from_le_bytes(s[0..8].try_into().unwrap_or([0; 8]));
         let tag = s[8];
@@ -740,7 +762,9 @@ fn poll_oneoff(c: &mut Caller<'_, Ctx>, subs: i32, events: i32, n: i32, nout: i3
                 // Every descriptor here is always ready: report it at once.
                 let fd = u32::from_le_bytes(s[16..20].try_into().unwrap_or([0; 4]));
                 let avail = match ctx.fd(fd as i32) {
-                    Ok(Fd::Stdin) if tag == 1 => (ctx.stdin.len() - ctx.stdin_pos.min(ctx.stdin.len())) as u64,
+                    Ok(Fd::Stdin) if tag == 1 => {
+                        (ctx.stdin.len() - ctx.stdin_pos.min(ctx.stdin.len())) as u64
+                    }
                     Ok(_) => 0,
                     Err(_) => {
                         ev[8..10].copy_from_slice(&EBADF.to_le_bytes());
@@ -799,35 +823,57 @@ fn random(c: &mut Caller<'_, Ctx>, buf: i32, len: i32) -> R {
 /// Define every preview-1 function in `linker`.
 pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     const M: &str = "wasi_snapshot_preview1";
-    l.func_wrap(M, "args_sizes_get", |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
-        ret(mem(&mut c).and_then(|(m, x)| args_sizes(&x.args, m, a, b)))
-    })?;
+    l.func_wrap(
+        M,
+        "args_sizes_get",
+        |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
+            ret(mem(&mut c).and_then(|(m, x)| args_sizes(&x.args, m, a, b)))
+        },
+    )?;
     l.func_wrap(M, "args_get", |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
         ret(mem(&mut c).and_then(|(m, x)| args_write(&x.args, m, a, b)))
     })?;
-    l.func_wrap(M, "environ_sizes_get", |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
-        ret(mem(&mut c).and_then(|(m, x)| args_sizes(&x.env, m, a, b)))
-    })?;
-    l.func_wrap(M, "environ_get", |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
-        ret(mem(&mut c).and_then(|(m, x)| args_write(&x.env, m, a, b)))
-    })?;
-    l.func_wrap(M, "clock_res_get", |mut c: Caller<'_, Ctx>, id: i32, p: i32| {
-        ret(mem(&mut c).and_then(|(m, x)| {
-            if !x.policy.clock {
-                return Err(ENOTCAPABLE.into());
-            }
-            if !(0..=1).contains(&id) {
-                return Err(EINVAL.into());
-            }
-            put_u64(m, p, 1)
-        }))
-    })?;
-    l.func_wrap(M, "clock_time_get", |mut c: Caller<'_, Ctx>, id: i32, _prec: i64, p: i32| {
-        ret(clock_time(&mut c, id, p))
-    })?;
-    l.func_wrap(M, "fd_write", |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, nw: i32| {
-        ret(fd_write(&mut c, fd, iovs, n, None, nw))
-    })?;
+    l.func_wrap(
+        M,
+        "environ_sizes_get",
+        |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
+            ret(mem(&mut c).and_then(|(m, x)| args_sizes(&x.env, m, a, b)))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "environ_get",
+        |mut c: Caller<'_, Ctx>, a: i32, b: i32| {
+            ret(mem(&mut c).and_then(|(m, x)| args_write(&x.env, m, a, b)))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "clock_res_get",
+        |mut c: Caller<'_, Ctx>, id: i32, p: i32| {
+            ret(mem(&mut c).and_then(|(m, x)| {
+                if !x.policy.clock {
+                    return Err(ENOTCAPABLE.into());
+                }
+                if !(0..=1).contains(&id) {
+                    return Err(EINVAL.into());
+                }
+                put_u64(m, p, 1)
+            }))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "clock_time_get",
+        |mut c: Caller<'_, Ctx>, id: i32, _prec: i64, p: i32| ret(clock_time(&mut c, id, p)),
+    )?;
+    l.func_wrap(
+        M,
+        "fd_write",
+        |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, nw: i32| {
+            ret(fd_write(&mut c, fd, iovs, n, None, nw))
+        },
+    )?;
     l.func_wrap(
         M,
         "fd_pwrite",
@@ -835,9 +881,13 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             ret(fd_write(&mut c, fd, iovs, n, Some(off as u64), nw))
         },
     )?;
-    l.func_wrap(M, "fd_read", |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, nr: i32| {
-        ret(fd_read(&mut c, fd, iovs, n, None, nr))
-    })?;
+    l.func_wrap(
+        M,
+        "fd_read",
+        |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, nr: i32| {
+            ret(fd_read(&mut c, fd, iovs, n, None, nr))
+        },
+    )?;
     l.func_wrap(
         M,
         "fd_pread",
@@ -845,9 +895,13 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             ret(fd_read(&mut c, fd, iovs, n, Some(off as u64), nr))
         },
     )?;
-    l.func_wrap(M, "fd_seek", |mut c: Caller<'_, Ctx>, fd: i32, off: i64, wh: i32, p: i32| {
-        ret(fd_seek(&mut c, fd, off, wh, p))
-    })?;
+    l.func_wrap(
+        M,
+        "fd_seek",
+        |mut c: Caller<'_, Ctx>, fd: i32, off: i64, wh: i32, p: i32| {
+            ret(fd_seek(&mut c, fd, off, wh, p))
+        },
+    )?;
     l.func_wrap(M, "fd_tell", |mut c: Caller<'_, Ctx>, fd: i32, p: i32| {
         ret(fd_seek(&mut c, fd, 0, 1, p))
     })?;
@@ -857,44 +911,64 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             x.fds[fd as usize] = None;
         }))
     })?;
-    l.func_wrap(M, "fd_renumber", |mut c: Caller<'_, Ctx>, from: i32, to: i32| {
-        let x = c.data_mut();
-        ret((|| {
-            x.fd(from)?;
-            x.fd(to)?;
-            let f = x.fds[from as usize].take();
-            x.fds[to as usize] = f;
-            Ok(())
-        })())
-    })?;
-    l.func_wrap(M, "fd_fdstat_get", |mut c: Caller<'_, Ctx>, fd: i32, p: i32| {
-        ret(fd_fdstat(&mut c, fd, p))
-    })?;
-    l.func_wrap(M, "fd_fdstat_set_flags", |mut c: Caller<'_, Ctx>, fd: i32, fl: i32| {
-        ret(match c.data_mut().fd(fd) {
-            Ok(Fd::File { append, .. }) => {
-                *append = fl & FDFLAG_APPEND != 0;
+    l.func_wrap(
+        M,
+        "fd_renumber",
+        |mut c: Caller<'_, Ctx>, from: i32, to: i32| {
+            let x = c.data_mut();
+            ret((|| {
+                x.fd(from)?;
+                x.fd(to)?;
+                let f = x.fds[from as usize].take();
+                x.fds[to as usize] = f;
                 Ok(())
-            }
-            Ok(_) => Err(ENOTSUP.into()),
-            Err(e) => Err(e),
-        })
-    })?;
-    l.func_wrap(M, "fd_fdstat_set_rights", |mut c: Caller<'_, Ctx>, fd: i32, _b: i64, _i: i64| {
-        ret(c.data_mut().fd(fd).and(Err(ENOTSUP.into())))
-    })?;
-    l.func_wrap(M, "fd_filestat_get", |mut c: Caller<'_, Ctx>, fd: i32, p: i32| {
-        ret(fd_filestat(&mut c, fd, p))
-    })?;
-    l.func_wrap(M, "fd_filestat_set_size", |mut c: Caller<'_, Ctx>, fd: i32, size: i64| {
-        ret(match c.data_mut().fd(fd) {
-            Ok(Fd::File { h, write: true, .. }) => h.set_len(size as u64).map_err(Fail::from),
-            Ok(Fd::File { .. }) => Err(EBADF.into()),
-            Ok(Fd::Dir { .. }) => Err(EISDIR.into()),
-            Ok(_) => Err(EINVAL.into()),
-            Err(e) => Err(e),
-        })
-    })?;
+            })())
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_fdstat_get",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32| ret(fd_fdstat(&mut c, fd, p)),
+    )?;
+    l.func_wrap(
+        M,
+        "fd_fdstat_set_flags",
+        |mut c: Caller<'_, Ctx>, fd: i32, fl: i32| {
+            ret(match c.data_mut().fd(fd) {
+                Ok(Fd::File { append, .. }) => {
+                    *append = fl & FDFLAG_APPEND != 0;
+                    Ok(())
+                }
+                Ok(_) => Err(ENOTSUP.into()),
+                Err(e) => Err(e),
+            })
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_fdstat_set_rights",
+        |mut c: Caller<'_, Ctx>, fd: i32, _b: i64, _i: i64| {
+            ret(c.data_mut().fd(fd).and(Err(ENOTSUP.into())))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_filestat_get",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32| ret(fd_filestat(&mut c, fd, p)),
+    )?;
+    l.func_wrap(
+        M,
+        "fd_filestat_set_size",
+        |mut c: Caller<'_, Ctx>, fd: i32, size: i64| {
+            ret(match c.data_mut().fd(fd) {
+                Ok(Fd::File { h, write: true, .. }) => h.set_len(size as u64).map_err(Fail::from),
+                Ok(Fd::File { .. }) => Err(EBADF.into()),
+                Ok(Fd::Dir { .. }) => Err(EISDIR.into()),
+                Ok(_) => Err(EINVAL.into()),
+                Err(e) => Err(e),
+            })
+        },
+    )?;
     l.func_wrap(
         M,
         "fd_filestat_set_times",
@@ -902,38 +976,54 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             ret(c.data_mut().fd(fd).and(Err(ENOTSUP.into())))
         },
     )?;
-    l.func_wrap(M, "fd_advise", |mut c: Caller<'_, Ctx>, fd: i32, _o: i64, _l: i64, _a: i32| {
-        ret(c.data_mut().fd(fd).map(|_| ()))
-    })?;
-    l.func_wrap(M, "fd_allocate", |mut c: Caller<'_, Ctx>, fd: i32, _o: i64, _l: i64| {
-        ret(c.data_mut().fd(fd).and(Err(ENOTSUP.into())))
-    })?;
+    l.func_wrap(
+        M,
+        "fd_advise",
+        |mut c: Caller<'_, Ctx>, fd: i32, _o: i64, _l: i64, _a: i32| {
+            ret(c.data_mut().fd(fd).map(|_| ()))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_allocate",
+        |mut c: Caller<'_, Ctx>, fd: i32, _o: i64, _l: i64| {
+            ret(c.data_mut().fd(fd).and(Err(ENOTSUP.into())))
+        },
+    )?;
     for name in ["fd_sync", "fd_datasync"] {
         // Every service is synchronous: a write has landed when it returns.
         l.func_wrap(M, name, |mut c: Caller<'_, Ctx>, fd: i32| {
             ret(c.data_mut().fd(fd).map(|_| ()))
         })?;
     }
-    l.func_wrap(M, "fd_prestat_get", |mut c: Caller<'_, Ctx>, fd: i32, p: i32| {
-        ret(mem(&mut c).and_then(|(m, _)| {
-            if fd != 3 {
-                return Err(EBADF.into());
-            }
-            put(m, p, &[0, 0, 0, 0])?;
-            put_u32(m, p.wrapping_add(4), 1)
-        }))
-    })?;
-    l.func_wrap(M, "fd_prestat_dir_name", |mut c: Caller<'_, Ctx>, fd: i32, p: i32, len: i32| {
-        ret(mem(&mut c).and_then(|(m, _)| {
-            if fd != 3 {
-                return Err(EBADF.into());
-            }
-            if len < 1 {
-                return Err(ENAMETOOLONG.into());
-            }
-            put(m, p, b"/")
-        }))
-    })?;
+    l.func_wrap(
+        M,
+        "fd_prestat_get",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32| {
+            ret(mem(&mut c).and_then(|(m, _)| {
+                if fd != 3 {
+                    return Err(EBADF.into());
+                }
+                put(m, p, &[0, 0, 0, 0])?;
+                put_u32(m, p.wrapping_add(4), 1)
+            }))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_prestat_dir_name",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32, len: i32| {
+            ret(mem(&mut c).and_then(|(m, _)| {
+                if fd != 3 {
+                    return Err(EBADF.into());
+                }
+                if len < 1 {
+                    return Err(ENAMETOOLONG.into());
+                }
+                put(m, p, b"/")
+            }))
+        },
+    )?;
     l.func_wrap(
         M,
         "fd_readdir",
@@ -953,9 +1043,7 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
          rights: i64,
          _inherit: i64,
          fdflags: i32,
-         out: i32| {
-            ret(path_open(&mut c, fd, p, plen, oflags, rights, fdflags, out))
-        },
+         out: i32| { ret(path_open(&mut c, fd, p, plen, oflags, rights, fdflags, out)) },
     )?;
     l.func_wrap(
         M,
@@ -967,19 +1055,35 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     l.func_wrap(
         M,
         "path_filestat_set_times",
-        |mut c: Caller<'_, Ctx>, fd: i32, _fl: i32, p: i32, plen: i32, _a: i64, _m: i64, _f: i32| {
-            ret(path_op(&mut c, fd, p, plen).and(Err(ENOTSUP.into())))
+        |mut c: Caller<'_, Ctx>,
+         fd: i32,
+         _fl: i32,
+         p: i32,
+         plen: i32,
+         _a: i64,
+         _m: i64,
+         _f: i32| { ret(path_op(&mut c, fd, p, plen).and(Err(ENOTSUP.into()))) },
+    )?;
+    l.func_wrap(
+        M,
+        "path_create_directory",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| {
+            ret(path_op(&mut c, fd, p, plen)
+                .and_then(|(path, ns)| Ok(ns.mkdir(&path.to_string())?)))
         },
     )?;
-    l.func_wrap(M, "path_create_directory", |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| {
-        ret(path_op(&mut c, fd, p, plen).and_then(|(path, ns)| Ok(ns.mkdir(&path.to_string())?)))
-    })?;
-    l.func_wrap(M, "path_remove_directory", |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| {
-        ret(remove(&mut c, fd, p, plen, true))
-    })?;
-    l.func_wrap(M, "path_unlink_file", |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| {
-        ret(remove(&mut c, fd, p, plen, false))
-    })?;
+    l.func_wrap(
+        M,
+        "path_remove_directory",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| ret(remove(&mut c, fd, p, plen, true)),
+    )?;
+    l.func_wrap(
+        M,
+        "path_unlink_file",
+        |mut c: Caller<'_, Ctx>, fd: i32, p: i32, plen: i32| {
+            ret(remove(&mut c, fd, p, plen, false))
+        },
+    )?;
     l.func_wrap(
         M,
         "path_rename",
@@ -1007,18 +1111,29 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     l.func_wrap(
         M,
         "path_link",
-        |mut c: Caller<'_, Ctx>, fd: i32, _fl: i32, p: i32, plen: i32, _fd2: i32, _q: i32, _ql: i32| {
-            ret(path_op(&mut c, fd, p, plen).and(Err(ENOTSUP.into())))
-        },
+        |mut c: Caller<'_, Ctx>,
+         fd: i32,
+         _fl: i32,
+         p: i32,
+         plen: i32,
+         _fd2: i32,
+         _q: i32,
+         _ql: i32| { ret(path_op(&mut c, fd, p, plen).and(Err(ENOTSUP.into()))) },
     )?;
     l.func_wrap(
         M,
         "poll_oneoff",
-        |mut c: Caller<'_, Ctx>, s: i32, e: i32, n: i32, out: i32| ret(poll_oneoff(&mut c, s, e, n, out)),
+        |mut c: Caller<'_, Ctx>, s: i32, e: i32, n: i32, out: i32| {
+            ret(poll_oneoff(&mut c, s, e, n, out))
+        },
     )?;
-    l.func_wrap(M, "proc_exit", |_c: Caller<'_, Ctx>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(Stop::Exit(code)))
-    })?;
+    l.func_wrap(
+        M,
+        "proc_exit",
+        |_c: Caller<'_, Ctx>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(Stop::Exit(code)))
+        },
+    )?;
     l.func_wrap(M, "proc_raise", |_c: Caller<'_, Ctx>, _sig: i32| -> i32 {
         i32::from(ENOTSUP)
     })?;
@@ -1027,9 +1142,11 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         ret(random(&mut c, b, n))
     })?;
     // No sockets exist in a cell: the network is reached only through /cap/http.
-    l.func_wrap(M, "sock_accept", |_c: Caller<'_, Ctx>, _fd: i32, _f: i32, _o: i32| -> i32 {
-        i32::from(ENOTCAPABLE)
-    })?;
+    l.func_wrap(
+        M,
+        "sock_accept",
+        |_c: Caller<'_, Ctx>, _fd: i32, _f: i32, _o: i32| -> i32 { i32::from(ENOTCAPABLE) },
+    )?;
     l.func_wrap(
         M,
         "sock_recv",
@@ -1044,8 +1161,10 @@ pub(crate) fn link(l: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             i32::from(ENOTCAPABLE)
         },
     )?;
-    l.func_wrap(M, "sock_shutdown", |_c: Caller<'_, Ctx>, _fd: i32, _h: i32| -> i32 {
-        i32::from(ENOTCAPABLE)
-    })?;
+    l.func_wrap(
+        M,
+        "sock_shutdown",
+        |_c: Caller<'_, Ctx>, _fd: i32, _h: i32| -> i32 { i32::from(ENOTCAPABLE) },
+    )?;
     Ok(())
 }

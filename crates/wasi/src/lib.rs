@@ -37,6 +37,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod abi;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

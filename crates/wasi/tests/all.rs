@@ -13,6 +13,7 @@ use warren_ns::func::FuncFs;
 use warren_ns::map::MapFs;
 use warren_ns::mem::MemFs;
 use warren_ns::{FileService, MountTable};
+use warren_wasi::probe::{exchange, module, s};
 use warren_wasi::{Invocation, Outcome, Policy, Runtime, RuntimeConfig, Status, WasiError};
 
 const ENOENT: i32 = 44;
@@ -21,66 +22,6 @@ const ENOTSUP: i32 = 58;
 const EFAULT: i32 = 21;
 const EMFILE: i32 = 33;
 const EACCES: i32 = 2;
-
-/// The imports and helpers every probe shares; `$body` is `_start`'s code. Strings go at
-/// 1024 (see [`data`]), scratch at 0..64, a read buffer at 8192.
-fn module(body: &str, data: &[&str]) -> String {
-    let mut segs = String::new();
-    let mut at = 1024;
-    for d in data {
-        segs.push_str(&format!("(data (i32.const {at}) \"{}\")\n", escape(d)));
-        at += 256;
-    }
-    format!(
-        r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_symlink" (func $path_symlink (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
-  (memory (export "memory") 1)
-  (table 1 funcref)
-  {segs}
-  ;; write(fd, ptr, len) -> errno
-  (func $write (param $fd i32) (param $p i32) (param $l i32) (result i32)
-    (i32.store (i32.const 0) (local.get $p))
-    (i32.store (i32.const 4) (local.get $l))
-    (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
-  ;; read(fd) into 8192.. (up to 4096 bytes) -> errno; the count at 8
-  (func $read (param $fd i32) (result i32)
-    (i32.store (i32.const 0) (i32.const 8192))
-    (i32.store (i32.const 4) (i32.const 4096))
-    (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
-  ;; open(dirfd, ptr, len, oflags, rights) -> errno; the fd at 16
-  (func $open (param $d i32) (param $p i32) (param $l i32) (param $o i32) (param $r i64) (result i32)
-    (call $path_open (local.get $d) (i32.const 0) (local.get $p) (local.get $l) (local.get $o)
-      (local.get $r) (i64.const 0) (i32.const 0) (i32.const 16)))
-  ;; exit with $e unless it is 0
-  (func $check (param $e i32)
-    (if (local.get $e) (then (call $proc_exit (local.get $e)))))
-  (func (export "_start")
-    {body})
-)"#
-    )
-}
-
-fn escape(s: &str) -> String {
-    s.bytes().map(|b| format!("\\{b:02x}")).collect()
-}
-
-/// `(i32.const ptr) (i32.const len)` of data string `i`.
-fn s(i: usize, data: &[&str]) -> String {
-    format!("(i32.const {}) (i32.const {})", 1024 + 256 * i, data[i].len())
-}
 
 const READ: i64 = 2;
 const WRITE: i64 = 64;
@@ -116,7 +57,11 @@ fn ns_with(workspace: &std::path::Path, upper: Option<&std::path::Path>) -> Moun
     let ws: Arc<dyn FileService> = match upper {
         Some(u) => Arc::new(warren_ns::cow::CowFs::new(
             lower,
-            Arc::new(DirFs::new(warren_fsx::Dir::open(u).expect("upper"), true, 1 << 20)),
+            Arc::new(DirFs::new(
+                warren_fsx::Dir::open(u).expect("upper"),
+                true,
+                1 << 20,
+            )),
             1 << 20,
         )),
         None => lower,
@@ -127,7 +72,8 @@ fn ns_with(workspace: &std::path::Path, upper: Option<&std::path::Path>) -> Moun
         Arc::new(MapFs::new().with("/goal", "probe").expect("map")),
     )
     .expect("mount");
-    ns.mount("/tmp", Arc::new(MemFs::new(1 << 20))).expect("mount");
+    ns.mount("/tmp", Arc::new(MemFs::new(1 << 20)))
+        .expect("mount");
     ns
 }
 
@@ -142,7 +88,10 @@ fn run(rt: &Runtime, wat: &str, ns: MountTable, f: impl FnOnce(&mut Invocation))
 fn exit_of(o: &Outcome) -> i32 {
     match &o.status {
         Status::Exited(c) => *c,
-        s => panic!("expected an exit, got {s:?} (stderr {:?})", String::from_utf8_lossy(&o.stderr)),
+        s => panic!(
+            "expected an exit, got {s:?} (stderr {:?})",
+            String::from_utf8_lossy(&o.stderr)
+        ),
     }
 }
 
@@ -179,7 +128,10 @@ fn attack_paths_cannot_leave_the_namespace() {
     let ns = || ns_with(&ws, None);
     // `..` above the preopen, and absolute paths: refused as WASI does (not clamped).
     assert_eq!(open_errno(&rt, ns(), "../etc/passwd", 0, READ), ENOTCAPABLE);
-    assert_eq!(open_errno(&rt, ns(), "workspace/../../etc/passwd", 0, READ), ENOTCAPABLE);
+    assert_eq!(
+        open_errno(&rt, ns(), "workspace/../../etc/passwd", 0, READ),
+        ENOTCAPABLE
+    );
     assert_eq!(open_errno(&rt, ns(), "/etc/passwd", 0, READ), ENOTCAPABLE);
     // Inside the namespace but not mounted: nothing is there.
     assert_eq!(open_errno(&rt, ns(), "etc/passwd", 0, READ), ENOENT);
@@ -188,7 +140,10 @@ fn attack_paths_cannot_leave_the_namespace() {
     assert_eq!(open_errno(&rt, ns(), "workspace/inside", 0, READ), 0);
     // A host symlink inside the workspace is never followed, to a file or to `..`.
     assert_eq!(open_errno(&rt, ns(), "workspace/link", 0, READ), EACCES);
-    assert_eq!(open_errno(&rt, ns(), "workspace/up/etc/passwd", 0, READ), EACCES);
+    assert_eq!(
+        open_errno(&rt, ns(), "workspace/up/etc/passwd", 0, READ),
+        EACCES
+    );
     // A FIFO is refused by kind, without blocking on it.
     assert_eq!(open_errno(&rt, ns(), "workspace/fifo", 0, READ), EACCES);
     // A read-only workspace refuses writes and creation.
@@ -213,7 +168,10 @@ fn attack_a_directory_descriptor_confines_relative_paths_to_itself() {
         s(0, &d),
         s(1, &d)
     );
-    assert_eq!(exit_of(&run(&rt, &module(&body, &d), ns_with(&ws, None), |_| {})), ENOTCAPABLE);
+    assert_eq!(
+        exit_of(&run(&rt, &module(&body, &d), ns_with(&ws, None), |_| {})),
+        ENOTCAPABLE
+    );
     let _ = std::fs::remove_dir_all(&ws);
 }
 
@@ -227,7 +185,10 @@ fn attack_links_cannot_be_made() {
         s(1, &d)
     );
     let ws = tmpdir("ln");
-    assert_eq!(exit_of(&run(&rt, &module(&body, &d), ns_with(&ws, None), |_| {})), ENOTSUP);
+    assert_eq!(
+        exit_of(&run(&rt, &module(&body, &d), ns_with(&ws, None), |_| {})),
+        ENOTSUP
+    );
     let _ = std::fs::remove_dir_all(&ws);
 }
 
@@ -244,7 +205,10 @@ fn attack_pointers_outside_memory_are_efault_not_a_crash() {
     }
     // A path whose pointer is out of range.
     let body = "(call $proc_exit (call $open (i32.const 3) (i32.const 70000) (i32.const 4) (i32.const 0) (i64.const 2)))";
-    assert_eq!(exit_of(&run(&rt, &module(body, &[]), MountTable::new(), |_| {})), EFAULT);
+    assert_eq!(
+        exit_of(&run(&rt, &module(body, &[]), MountTable::new(), |_| {})),
+        EFAULT
+    );
 }
 
 #[test]
@@ -257,7 +221,9 @@ fn descriptors_are_bounded() {
         "(loop $l (call $check (call $open (i32.const 3) {} (i32.const 0) (i64.const 2))) (br $l))",
         s(0, &d)
     );
-    let o = run(&rt, &module(&body, &d), ns_with(&ws, None), |i| i.limits.fds = 16);
+    let o = run(&rt, &module(&body, &d), ns_with(&ws, None), |i| {
+        i.limits.fds = 16
+    });
     assert_eq!(exit_of(&o), EMFILE);
     let _ = std::fs::remove_dir_all(&ws);
 }
@@ -290,7 +256,10 @@ fn a_sleep_past_the_deadline_is_stopped_at_it() {
     assert_eq!(o.status, Status::TimedOut);
     // A short sleep is a sleep.
     let short = body.replace("60000000000", "1000000");
-    assert_eq!(run(&rt, &module(&short, &[]), MountTable::new(), |_| {}).status, Status::Exited(0));
+    assert_eq!(
+        run(&rt, &module(&short, &[]), MountTable::new(), |_| {}).status,
+        Status::Exited(0)
+    );
 }
 
 #[test]
@@ -298,17 +267,24 @@ fn memory_growth_past_the_limit_is_reported_like_an_oom() {
     let rt = rt();
     // Grow by 64 pages (4 MiB) with a 1 MiB limit; a module that ignores -1 would go on.
     let body = "(drop (memory.grow (i32.const 64))) (call $proc_exit (i32.const 0))";
-    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| i.limits.memory = 1 << 20);
+    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| {
+        i.limits.memory = 1 << 20
+    });
     match &o.status {
         Status::MemoryLimit(m) => assert!(m.contains("memory limit"), "{m}"),
         s => panic!("{s:?}"),
     }
     assert_eq!(o.status.code(), 137);
     // Within the limit it grows.
-    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| i.limits.memory = 8 << 20);
+    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| {
+        i.limits.memory = 8 << 20
+    });
     assert_eq!(o.status, Status::Exited(0));
     // A module whose initial memory is already past the limit does not start.
-    let big = module("", &[]).replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 100)");
+    let big = module("", &[]).replace(
+        "(memory (export \"memory\") 1)",
+        "(memory (export \"memory\") 100)",
+    );
     let o = run(&rt, &big, MountTable::new(), |i| i.limits.memory = 1 << 20);
     assert!(matches!(o.status, Status::MemoryLimit(_)), "{:?}", o.status);
 }
@@ -316,9 +292,16 @@ fn memory_growth_past_the_limit_is_reported_like_an_oom() {
 #[test]
 fn table_growth_past_the_limit_is_stopped() {
     let rt = rt();
-    let body = "(drop (table.grow (ref.null func) (i32.const 5000))) (call $proc_exit (i32.const 0))";
-    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| i.limits.table_elements = 1000);
-    assert!(matches!(o.status, Status::MemoryLimit(ref m) if m.contains("table")), "{:?}", o.status);
+    let body =
+        "(drop (table.grow (ref.null func) (i32.const 5000))) (call $proc_exit (i32.const 0))";
+    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| {
+        i.limits.table_elements = 1000
+    });
+    assert!(
+        matches!(o.status, Status::MemoryLimit(ref m) if m.contains("table")),
+        "{:?}",
+        o.status
+    );
 }
 
 #[test]
@@ -330,7 +313,9 @@ fn output_past_the_cap_is_dropped_and_counted() {
         (call $check (call $write (i32.const 1) (i32.const 8192) (i32.const 4096)))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br_if $l (i32.lt_u (local.get $i) (i32.const 64))))";
-    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| i.limits.output = 100_000);
+    let o = run(&rt, &module(body, &[]), MountTable::new(), |i| {
+        i.limits.output = 100_000
+    });
     assert_eq!(o.status, Status::Exited(0));
     assert_eq!(o.stdout.len(), 100_000);
     assert_eq!(o.stdout_dropped, 64 * 4096 - 100_000);
@@ -339,7 +324,8 @@ fn output_past_the_cap_is_dropped_and_counted() {
 #[test]
 fn no_ambient_authority_unless_the_policy_allows_it() {
     let rt = rt();
-    let clock = "(call $proc_exit (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 64)))";
+    let clock =
+        "(call $proc_exit (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 64)))";
     let random = "(call $proc_exit (call $random_get (i32.const 64) (i32.const 32)))";
     let sock = "(call $proc_exit (call $sock_accept (i32.const 3) (i32.const 0) (i32.const 64)))";
     let env = "(call $check (call $environ_sizes_get (i32.const 64) (i32.const 68)))
@@ -389,11 +375,22 @@ fn files_are_live_in_tmp_and_a_cow_workspace_keeps_the_lower_layer() {
     let mut inv = Invocation::new(vec!["probe".into()], ns.clone());
     inv.limits.timeout = Duration::from_secs(20);
     let o = rt.run(&p, inv);
-    assert_eq!(o.status, Status::Exited(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status,
+        Status::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.stdout, b"changed");
     // The change is in the upper layer; the project is untouched.
-    assert_eq!(std::fs::read_to_string(upper.join("file")).expect("upper"), "changed");
-    assert_eq!(std::fs::read_to_string(ws.join("file")).expect("lower"), "original");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("file")).expect("upper"),
+        "changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("file")).expect("lower"),
+        "original"
+    );
     // The same namespace is live for the host after the run (nothing to copy out).
     assert_eq!(ns.read("/tmp/scratch", 100).expect("read"), b"changed");
     let _ = std::fs::remove_dir_all(&ws);
@@ -414,8 +411,13 @@ fn tmp_is_capped() {
         s(0, &d)
     );
     let mut ns = MountTable::new();
-    ns.mount("/tmp", Arc::new(MemFs::new(64 << 10))).expect("mount");
-    assert_eq!(exit_of(&run(&rt, &module(&body, &d), ns, |_| {})), 51, "ENOSPC");
+    ns.mount("/tmp", Arc::new(MemFs::new(64 << 10)))
+        .expect("mount");
+    assert_eq!(
+        exit_of(&run(&rt, &module(&body, &d), ns, |_| {})),
+        51,
+        "ENOSPC"
+    );
 }
 
 #[test]
@@ -433,17 +435,8 @@ fn a_capability_file_is_answered_within_the_call() {
         .expect("func");
     let mut ns = MountTable::new();
     ns.mount("/cap/http", Arc::new(svc)).expect("mount");
-    let d = ["cap/http/request", "{\"url\":\"http://x/\"}"];
-    let body = format!(
-        "(call $check (call $open (i32.const 3) {} (i32.const 0) (i64.const 66)))
-         (call $check (call $write (i32.load (i32.const 16)) {}))
-         (call $check (call $fd_seek (i32.load (i32.const 16)) (i64.const 0) (i32.const 0) (i32.const 32)))
-         (call $check (call $read (i32.load (i32.const 16))))
-         (call $check (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 8))))",
-        s(0, &d),
-        s(1, &d)
-    );
-    let o = run(&rt, &module(&body, &d), ns, |_| {});
+    let wat = exchange("/cap/http/request", "{\"url\":\"http://x/\"}");
+    let o = run(&rt, &wat, ns, |_| {});
     assert_eq!(o.status, Status::Exited(0));
     assert_eq!(o.stdout, b"answer to {\"url\":\"http://x/\"}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -453,7 +446,12 @@ fn a_capability_file_is_answered_within_the_call() {
 #[test]
 fn the_root_lists_only_the_mount_points() {
     let ns = ns_with(&tmpdir("list"), None);
-    let names: Vec<String> = ns.list("/").expect("list").into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = ns
+        .list("/")
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["task", "tmp", "workspace"]);
     assert!(ns.stat("/etc").is_err());
 }
@@ -528,7 +526,9 @@ fn concurrent_runs_past_the_pool_fail_cleanly() {
         })
         .expect("rt"),
     );
-    let p = rt.load(module("(loop $l (br $l))", &[]).as_bytes()).expect("load");
+    let p = rt
+        .load(module("(loop $l (br $l))", &[]).as_bytes())
+        .expect("load");
     let r2 = rt.clone();
     let p2 = p.clone();
     let busy = std::thread::spawn(move || {
@@ -540,6 +540,10 @@ fn concurrent_runs_past_the_pool_fail_cleanly() {
     let mut inv = Invocation::new(vec![], Arc::new(MountTable::new()));
     inv.limits.timeout = Duration::from_millis(100);
     let o = rt.run(&p, inv);
-    assert!(matches!(o.status, Status::Trapped(ref m) if m.contains("limit") || m.contains("pool")), "{:?}", o.status);
+    assert!(
+        matches!(o.status, Status::Trapped(ref m) if m.contains("limit") || m.contains("pool")),
+        "{:?}",
+        o.status
+    );
     assert_eq!(busy.join().expect("join").status, Status::TimedOut);
 }

@@ -1,0 +1,112 @@
+//! `/cap/http` served live to a WebAssembly module: the module writes a request and reads the
+//! answer on the same handle, the host runs it under the egress policy against a real local
+//! HTTP server, and audits it.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use warren_egress::{Config, Decision, Policy, RecordingAudit};
+use warren_ns::MountTable;
+use warren_wasi::{Invocation, Runtime, RuntimeConfig, Status, probe};
+
+/// A one-route HTTP server on 127.0.0.1:0 answering every request with `pong <path>`.
+fn origin() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+            let body = format!("pong {path}");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+fn namespace(audit: Arc<RecordingAudit>) -> MountTable {
+    let server = origin();
+    let mut config = Config::new(Policy::parse(&["api.test:80".to_string()]).expect("policy"));
+    let public: IpAddr = "203.0.113.20".parse().expect("ip");
+    for name in ["api.test", "other.test"] {
+        config.resolve_override.insert(name.into(), vec![public]);
+    }
+    config.dial_override.insert(public, server);
+    let svc = warren_runtime::caphttp::service(Arc::new(config), audit).expect("service");
+    let mut ns = MountTable::new();
+    ns.mount("/cap/http", Arc::new(svc)).expect("mount");
+    ns
+}
+
+fn exchange(rt: &Runtime, ns: MountTable, request: &str) -> (Status, Value) {
+    let p = rt
+        .load(probe::exchange("/cap/http/request", request).as_bytes())
+        .expect("load");
+    let o = rt.run(&p, Invocation::new(vec!["probe".into()], Arc::new(ns)));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status, v)
+}
+
+#[test]
+fn a_module_reaches_an_allowed_server_through_cap_http_within_one_call() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let audit = Arc::new(RecordingAudit::new());
+    let (status, v) = exchange(
+        &rt,
+        namespace(audit.clone()),
+        r#"{"url": "http://api.test/ping"}"#,
+    );
+    assert_eq!(status, Status::Exited(0));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], "pong /ping");
+    let seen = audit.attempts();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].host, "api.test");
+    assert_eq!(seen[0].decision, Decision::Allowed);
+}
+
+#[test]
+fn attack_cap_http_refuses_what_the_policy_does_not_allow_and_audits_it() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let audit = Arc::new(RecordingAudit::new());
+    // A name outside the allowlist (resolvable, so the refusal is the policy's).
+    let (status, v) = exchange(
+        &rt,
+        namespace(audit.clone()),
+        r#"{"url": "http://other.test/"}"#,
+    );
+    assert_eq!(status, Status::Exited(0));
+    assert_eq!(v["status"], 0, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    let seen = audit.attempts();
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0].decision, Decision::Allowed);
+    // Garbage is answered, not run.
+    let (_, v) = exchange(&rt, namespace(audit.clone()), "not json");
+    assert_eq!(v["status"], 0);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid request")),
+        "{v}"
+    );
+    assert_eq!(
+        audit.attempts().len(),
+        1,
+        "nothing was attempted for garbage"
+    );
+    // Without the capability, the file is not there at all.
+    let (status, _) = exchange(&rt, MountTable::new(), r#"{"url": "http://api.test/"}"#);
+    assert_eq!(status, Status::Exited(44), "ENOENT");
+}
