@@ -967,6 +967,71 @@ fn step(
     Ok(())
 }
 
+/// Record in `layer` that the workspace path `rel` was removed, as overlayfs would: a whiteout
+/// (a 0/0 character device) at `rel` in the upper directory, or, when the upper directory
+/// already has a directory there (removed, then made again), that directory marked opaque.
+/// For tiers whose copy-on-write view the host serves itself (the WASI tier), so [`changes`],
+/// [`diff`] and [`apply`] read their layers like any other. Parents are created beneath the
+/// upper directory without following links. A whiteout needs `mknod` (root, or
+/// `CAP_MKNOD`); without it the removal is reported as an error and not kept.
+pub fn record_removal(layer: &CowLayer, rel: &Path) -> Result<(), CellError> {
+    let err = |e: warren_fsx::Error| CellError::Spec(format!("{}: {e}", rel.display()));
+    let names: Vec<&OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = names.split_last() else {
+        return Err(CellError::Spec("the workspace root cannot be removed".into()));
+    };
+    let mut dir = warren_fsx::Dir::open(&layer.upper).map_err(err)?;
+    for p in parents {
+        dir = dir.ensure_dir(p, 0o755).map_err(err)?;
+    }
+    match dir.stat(last).map_err(err)? {
+        Some(st) if st.kind == warren_fsx::Kind::Dir => {
+            let sub = dir.sub(last).map_err(err)?;
+            set_opaque(&sub).map_err(|e| CellError::io("mark opaque", rel)(e))
+        }
+        // Made again as a file: the upper file is the change; nothing more to record.
+        Some(_) => Ok(()),
+        None => {
+            let name = std::ffi::CString::new(last.as_encoded_bytes())
+                .map_err(|_| CellError::Spec(format!("{}: a NUL in the name", rel.display())))?;
+            // SAFETY: mknodat reads a NUL-terminated name and a live directory descriptor.
+            let r = unsafe {
+                libc::mknodat(
+                    std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd()),
+                    name.as_ptr(),
+                    libc::S_IFCHR | 0o600,
+                    0,
+                )
+            };
+            if r != 0 {
+                return Err(CellError::io("record the removal of", rel)(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn set_opaque(dir: &warren_fsx::Dir) -> std::io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd());
+    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+        // SAFETY: fsetxattr reads a NUL-terminated name and one byte of value from live
+        // buffers, on a live descriptor.
+        let r = unsafe { libc::fsetxattr(fd, name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    Err(std::io::Error::last_os_error())
+}
+
 /// Delete a layer and everything in it.
 pub fn discard(layer: &CowLayer) -> Result<(), CellError> {
     // Overlayfs leaves `work/work` with mode 000; make it removable for non-root callers.

@@ -61,13 +61,36 @@ pub struct ExecArgs {
     policy: Option<PathBuf>,
     /// Forward this process's stdin to the command (default: /dev/null).
     #[arg(long, short = 'i')]
-    interactive: bool,
+    pub(crate) interactive: bool,
     /// Print one JSON object with the outcome and captured output instead of streaming.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Where the command runs: `process` (a jailed process, the default) or `wasi` (CMD is a
+    /// WebAssembly module, `.wasm` or `.wat`, run on wasmtime in a namespace the host serves).
+    #[arg(long, value_enum, default_value_t = Tier::Process)]
+    pub(crate) tier: Tier,
+    /// wasi tier: let the module read the clocks (default: ENOTCAPABLE).
+    #[arg(long)]
+    pub(crate) allow_clock: bool,
+    /// wasi tier: let the module draw random bytes (default: ENOTCAPABLE).
+    #[arg(long)]
+    pub(crate) allow_random: bool,
+    /// wasi tier: a destination `/cap/http` may reach, as in an agent's `network:` list
+    /// (`api.example.com`, `*.example.com:8443`; repeatable). Without one, no `/cap/http`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) net: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, value_name = "CMD")]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
+}
+
+/// Cell tiers `warren exec` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// A process in namespaces, Landlock, seccomp and a cgroup.
+    Process,
+    /// A WebAssembly module on wasmtime.
+    Wasi,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -199,6 +222,16 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
+    if a.tier == Tier::Wasi {
+        return crate::exec_wasi::run(&a, &p, state);
+    }
+    if a.allow_clock || a.allow_random || !a.net.is_empty() {
+        return refuse(
+            "--allow-clock, --allow-random and --net are for --tier wasi (a process cell has the \
+             clock and randomness, and no network in `warren exec`)"
+                .into(),
+        );
+    }
     let spec = match cell_spec(&p, state) {
         Ok(s) => s,
         Err(e) => return refuse(e),

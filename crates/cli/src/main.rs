@@ -11,6 +11,7 @@ mod client;
 mod daemon;
 mod exec;
 mod exec_policy;
+mod exec_wasi;
 mod mcp;
 mod memory;
 mod package;
