@@ -18,6 +18,7 @@ mod resume;
 mod run;
 mod skills;
 mod stop;
+mod wasi;
 
 use std::process::{Command, Output};
 
