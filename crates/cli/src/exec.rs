@@ -75,8 +75,9 @@ pub struct ExecArgs {
     /// wasi tier: let the module draw random bytes (default: ENOTCAPABLE).
     #[arg(long)]
     pub(crate) allow_random: bool,
-    /// wasi tier: a destination `/cap/http` may reach, as in an agent's `network:` list
-    /// (`api.example.com`, `*.example.com:8443`; repeatable). Without one, no `/cap/http`.
+    /// wasi tier: a destination `/cap/http` and `/cap/ws` may reach, as in an agent's
+    /// `network:` list (`api.example.com`, `*.example.com:8443`; repeatable). Without one,
+    /// neither exists.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) net: Vec<String>,
     /// The command and its arguments.

@@ -3,7 +3,7 @@
 //! The module's world is a namespace served live by the host (see `warren-wasi`): `/tmp` in
 //! memory with the `--tmp-size` cap, `/workspace` when one is given — read-only, read-write, or
 //! copy-on-write into a layer that `warren diff`, `apply` and `discard` treat like the process
-//! tier's — and `/cap/http` when `--net` allows destinations. Limits are the engine's: a
+//! tier's — and `/cap/http` and `/cap/ws` when `--net` allows destinations. Limits are the engine's: a
 //! deadline (`--timeout`), a memory limit (`--memory`), output caps; `--pids`, `--cpus` and
 //! `--disk` have no meaning for one module and are refused rather than ignored.
 
@@ -264,12 +264,11 @@ fn namespace(a: &ExecArgs, p: &Policy, state: &Path, id: &str) -> Result<(MountT
     if !a.net.is_empty() {
         let policy = warren_egress::Policy::parse(&a.net).map_err(|e| format!("--net: {e}"))?;
         let audit = Arc::new(warren_egress::RecordingAudit::new());
-        let svc = warren_runtime::caphttp::service(
-            Arc::new(warren_egress::Config::new(policy)),
-            audit.clone(),
-        )
-        .map_err(ns_err)?;
+        let config = Arc::new(warren_egress::Config::new(policy));
+        let svc = warren_runtime::caphttp::service(config.clone(), audit.clone()).map_err(ns_err)?;
         ns.mount("/cap/http", Arc::new(svc)).map_err(ns_err)?;
+        let ws = warren_runtime::capws::WsFs::new(config, audit.clone()).map_err(ns_err)?;
+        ns.mount("/cap/ws", Arc::new(ws)).map_err(ns_err)?;
         net = Some(audit);
     }
     Ok((ns, ws, net))

@@ -284,6 +284,33 @@ impl Refusal {
     }
 }
 
+/// A TCP connection to `host:port` through the whole gate — the policy by name, one
+/// resolution, the address check on every answer, a dial of a checked address — for a
+/// capability that speaks its own protocol over it (`/cap/ws`). The attempt is recorded in
+/// `audit` under `method` (e.g. `WEBSOCKET`) as allowed once connected, or with the refusal
+/// or failure; the bytes that later cross the connection are the caller's to count.
+pub async fn connect(
+    config: &Config,
+    audit: &dyn Audit,
+    method: &str,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, Decision> {
+    let mut rec = Recorder::new(audit);
+    rec.attempt().method = method.to_string();
+    match open(config, host, port, rec.attempt()).await {
+        Ok(s) => {
+            rec.finish(Decision::Allowed);
+            Ok(s)
+        }
+        Err(r) => {
+            let d = r.decision();
+            rec.finish(d.clone());
+            Err(d)
+        }
+    }
+}
+
 /// The whole gate, in order: the policy by name, one resolution, the address check on every
 /// answer, then a connection to a checked address. Fills in the attempt's host, port,
 /// resolved and dialed fields as it learns them.

@@ -181,6 +181,9 @@ fn attack_no_network_without_the_capability() {
     assert_eq!(v["status"], 0, "{v}");
     assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     assert!(stderr(&o).contains("/cap/http: GET other.example.com:80 refused"), "{}", stderr(&o));
+    // The same grant mounts /cap/ws beside it, and nothing else.
+    let o = wasi(&t, &["--net", "api.example.com"], &["ls", "/cap"]);
+    assert_eq!(stdout(&o), "http\nws\n");
 }
 
 #[test]

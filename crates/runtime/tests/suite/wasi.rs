@@ -110,3 +110,85 @@ fn attack_cap_http_refuses_what_the_policy_does_not_allow_and_audits_it() {
     let (status, _) = exchange(&rt, MountTable::new(), r#"{"url": "http://api.test/"}"#);
     assert_eq!(status, Status::Exited(44), "ENOENT");
 }
+
+/// A module that opens a WebSocket through `/cap/ws/ctl`, sends `hello` on `1/out`, reads the
+/// echo from `1/in` and prints the control answer, the echo and the status.
+fn ws_module(url: &str) -> String {
+    use warren_wasi::probe::{module, s};
+    let connect = format!("connect {url}");
+    let d = ["cap/ws/ctl", connect.as_str(), "cap/ws/1/out", "hello over ws", "cap/ws/1/in", "cap/ws/1/status"];
+    let body = format!(
+        "(call $check (call $open (i32.const 3) {ctl} (i32.const 0) (i64.const 66)))
+         (call $check (call $write (i32.load (i32.const 16)) {connect}))
+         (call $check (call $fd_seek (i32.load (i32.const 16)) (i64.const 0) (i32.const 0) (i32.const 32)))
+         (call $check (call $read (i32.load (i32.const 16))))
+         (call $check (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 8))))
+         (call $check (call $open (i32.const 3) {out} (i32.const 0) (i64.const 64)))
+         (call $check (call $write (i32.load (i32.const 16)) {hello}))
+         (call $check (call $open (i32.const 3) {inn} (i32.const 0) (i64.const 2)))
+         (call $check (call $read (i32.load (i32.const 16))))
+         (call $check (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 8))))
+         (call $check (call $open (i32.const 3) {status} (i32.const 0) (i64.const 2)))
+         (call $check (call $read (i32.load (i32.const 16))))
+         (call $check (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 8))))",
+        ctl = s(0, &d),
+        connect = s(1, &d),
+        out = s(2, &d),
+        hello = s(3, &d),
+        inn = s(4, &d),
+        status = s(5, &d),
+    );
+    module(&body, &d)
+}
+
+fn ws_namespace(audit: Arc<RecordingAudit>) -> MountTable {
+    let server = warren_testkit::ws::echo_server();
+    let mut config = Config::new(Policy::parse(&["echo.test:80".to_string()]).expect("policy"));
+    let public: IpAddr = "203.0.113.21".parse().expect("ip");
+    for name in ["echo.test", "other.test"] {
+        config.resolve_override.insert(name.into(), vec![public]);
+    }
+    config.dial_override.insert(public, server);
+    let svc = warren_runtime::capws::WsFs::new(Arc::new(config), audit).expect("service");
+    let mut ns = MountTable::new();
+    ns.mount("/cap/ws", Arc::new(svc)).expect("mount");
+    ns
+}
+
+#[test]
+fn a_module_talks_over_a_websocket_as_files() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let audit = Arc::new(RecordingAudit::new());
+    let p = rt.load(ws_module("ws://echo.test/chat").as_bytes()).expect("load");
+    let o = rt.run(&p, Invocation::new(vec![], Arc::new(ws_namespace(audit.clone()))));
+    assert_eq!(o.status, Status::Exited(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1\nhello over wsopen\n");
+    let seen = audit.attempts();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "WEBSOCKET");
+    assert_eq!(seen[0].host, "echo.test");
+    assert_eq!(seen[0].decision, Decision::Allowed);
+}
+
+#[test]
+fn attack_cap_ws_refuses_destinations_outside_the_policy() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let audit = Arc::new(RecordingAudit::new());
+    let ns = ws_namespace(audit.clone());
+    let p = rt
+        .load(probe::exchange("/cap/ws/ctl", "connect ws://other.test/").as_bytes())
+        .expect("load");
+    let o = rt.run(&p, Invocation::new(vec![], Arc::new(ns.clone())));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with("error: refused"), "{out}");
+    assert_ne!(audit.attempts()[0].decision, Decision::Allowed);
+    // Malformed control lines and URLs are answered, not attempted.
+    for line in ["connect http://echo.test/", "connect ws://u@echo.test/", "open ws://echo.test/", "connect wss://echo.test/"] {
+        let p = rt.load(probe::exchange("/cap/ws/ctl", line).as_bytes()).expect("load");
+        let o = rt.run(&p, Invocation::new(vec![], Arc::new(ns.clone())));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("error:"), "{line}");
+    }
+    assert_eq!(audit.attempts().len(), 1);
+    // No connection, no files for it.
+    assert!(ns.stat("/cap/ws/1").is_err());
+}
