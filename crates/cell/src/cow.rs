@@ -984,7 +984,9 @@ pub fn record_removal(layer: &CowLayer, rel: &Path) -> Result<(), CellError> {
         })
         .collect();
     let Some((last, parents)) = names.split_last() else {
-        return Err(CellError::Spec("the workspace root cannot be removed".into()));
+        return Err(CellError::Spec(
+            "the workspace root cannot be removed".into(),
+        ));
     };
     let mut dir = warren_fsx::Dir::open(&layer.upper).map_err(err)?;
     for p in parents {

@@ -80,6 +80,14 @@ pub struct ExecArgs {
     /// neither exists.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) net: Vec<String>,
+    /// wasi tier: mount `/cap/nostr`, the host's Nostr identity (its key stays in the state
+    /// directory; the module can only ask for signatures).
+    #[arg(long)]
+    pub(crate) nostr: bool,
+    /// wasi tier: a relay `/cap/nostr/publish` sends to (`ws://…`, repeatable; implies
+    /// `--nostr`; the relay must also be allowed by `--net`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) nostr_relay: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, value_name = "CMD")]
     pub(crate) command: Vec<String>,
@@ -226,9 +234,10 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
     if a.tier == Tier::Wasi {
         return crate::exec_wasi::run(&a, &p, state);
     }
-    if a.allow_clock || a.allow_random || !a.net.is_empty() {
+    if a.allow_clock || a.allow_random || !a.net.is_empty() || a.nostr || !a.nostr_relay.is_empty()
+    {
         return refuse(
-            "--allow-clock, --allow-random and --net are for --tier wasi (a process cell has the \
+            "--allow-clock, --allow-random, --net and --nostr are for --tier wasi (a process cell has the \
              clock and randomness, and no network in `warren exec`)"
                 .into(),
         );

@@ -3,7 +3,8 @@
 //! The module's world is a namespace served live by the host (see `warren-wasi`): `/tmp` in
 //! memory with the `--tmp-size` cap, `/workspace` when one is given — read-only, read-write, or
 //! copy-on-write into a layer that `warren diff`, `apply` and `discard` treat like the process
-//! tier's — and `/cap/http` and `/cap/ws` when `--net` allows destinations. Limits are the engine's: a
+//! tier's — `/cap/http` and `/cap/ws` when `--net` allows destinations, and `/cap/nostr`
+//! (the host's signing identity) with `--nostr`. Limits are the engine's: a
 //! deadline (`--timeout`), a memory limit (`--memory`), output caps; `--pids`, `--cpus` and
 //! `--disk` have no meaning for one module and are refused rather than ignored.
 
@@ -93,7 +94,9 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
         Err(e) => {
             discard_empty(&ws);
             return match e {
-                warren_wasi::WasiError::Io(_, ref io) if io.kind() == std::io::ErrorKind::NotFound => {
+                warren_wasi::WasiError::Io(_, ref io)
+                    if io.kind() == std::io::ErrorKind::NotFound =>
+                {
                     eprintln!("warren: {e}");
                     exit::NOT_FOUND
                 }
@@ -210,7 +213,12 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
 
 type Net = Option<Arc<warren_egress::RecordingAudit>>;
 
-fn namespace(a: &ExecArgs, p: &Policy, state: &Path, id: &str) -> Result<(MountTable, Ws, Net), String> {
+fn namespace(
+    a: &ExecArgs,
+    p: &Policy,
+    state: &Path,
+    id: &str,
+) -> Result<(MountTable, Ws, Net), String> {
     let mut ns = MountTable::new();
     let ns_err = |e: warren_ns::NsError| e.to_string();
     ns.mount(
@@ -260,15 +268,37 @@ fn namespace(a: &ExecArgs, p: &Policy, state: &Path, id: &str) -> Result<(MountT
     } else if p.mode.is_some() {
         return Err("--rw/--ro/--cow need --workspace DIR".into());
     }
+    let nostr = a.nostr || !a.nostr_relay.is_empty();
     let mut net = None;
-    if !a.net.is_empty() {
+    if !a.net.is_empty() || nostr {
+        // One policy and one audit for every capability that leaves the host.
         let policy = warren_egress::Policy::parse(&a.net).map_err(|e| format!("--net: {e}"))?;
         let audit = Arc::new(warren_egress::RecordingAudit::new());
         let config = Arc::new(warren_egress::Config::new(policy));
-        let svc = warren_runtime::caphttp::service(config.clone(), audit.clone()).map_err(ns_err)?;
-        ns.mount("/cap/http", Arc::new(svc)).map_err(ns_err)?;
-        let ws = warren_runtime::capws::WsFs::new(config, audit.clone()).map_err(ns_err)?;
-        ns.mount("/cap/ws", Arc::new(ws)).map_err(ns_err)?;
+        if !a.net.is_empty() {
+            let http =
+                warren_runtime::caphttp::service(config.clone(), audit.clone()).map_err(ns_err)?;
+            ns.mount("/cap/http", Arc::new(http)).map_err(ns_err)?;
+            let ws =
+                warren_runtime::capws::WsFs::new(config.clone(), audit.clone()).map_err(ns_err)?;
+            ns.mount("/cap/ws", Arc::new(ws)).map_err(ns_err)?;
+        }
+        if nostr {
+            let identity = warren_runtime::capnostr::Identity::load_or_create(
+                &state.join("nostr").join("identity.key"),
+            )?;
+            let svc = warren_runtime::capnostr::service(
+                Arc::new(identity),
+                warren_runtime::capnostr::NostrGrant {
+                    relays: a.nostr_relay.clone(),
+                    kinds: Vec::new(),
+                },
+                config,
+                audit.clone(),
+            )
+            .map_err(ns_err)?;
+            ns.mount("/cap/nostr", Arc::new(svc)).map_err(ns_err)?;
+        }
         net = Some(audit);
     }
     Ok((ns, ws, net))
@@ -284,7 +314,10 @@ fn finish_workspace(ws: &Ws) -> (Vec<cow::Change>, bool, Vec<String>) {
     for removed in view.changes().removed {
         let rel = Path::new(removed.trim_start_matches('/'));
         if let Err(e) = cow::record_removal(layer, rel) {
-            errors.push(format!("the removal of {} was not kept: {e}", rel.display()));
+            errors.push(format!(
+                "the removal of {} was not kept: {e}",
+                rel.display()
+            ));
         }
     }
     let changes = cow::changes(layer, host).unwrap_or_default();

@@ -75,7 +75,10 @@ fn main() {
             vec!["probe".into()],
         ),
     };
-    println!("WASI tier benchmark, module: {label} ({} bytes)", bytes.len());
+    println!(
+        "WASI tier benchmark, module: {label} ({} bytes)",
+        bytes.len()
+    );
 
     // Compile, and the cached path a second process takes.
     let cache = std::env::temp_dir().join(format!("warren-bench-wasi-{}", std::process::id()));
@@ -105,7 +108,12 @@ fn main() {
     let mut whole = Vec::with_capacity(runs);
     for _ in 0..runs {
         let o = rt.run(&p, Invocation::new(argv.clone(), ns.clone()));
-        assert_eq!(o.status, Status::Exited(0), "{:?}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status,
+            Status::Exited(0),
+            "{:?}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         inst.push(o.instantiate);
         whole.push(o.elapsed);
     }
@@ -120,7 +128,8 @@ fn main() {
     );
 
     // The same module in wasmtime's Python embedding (default configuration).
-    let module_path = std::env::temp_dir().join(format!("warren-bench-{}.wasm", std::process::id()));
+    let module_path =
+        std::env::temp_dir().join(format!("warren-bench-{}.wasm", std::process::id()));
     let binary = wat_or_wasm(&bytes);
     std::fs::write(&module_path, &binary).unwrap();
     if let Some(py) = sarg("--py") {
@@ -174,7 +183,10 @@ print(p(inst, .5), p(inst, .99), p(whole, .5), p(whole, .99))
                     );
                 }
             }
-            Ok(o) => println!("peer wasmtime-py failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => println!(
+                "peer wasmtime-py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => println!("peer wasmtime-py: {py}: {e}"),
         }
     } else {
@@ -207,7 +219,9 @@ print(p(inst, .5), p(inst, .99), p(whole, .5), p(whole, .99))
     let server = origin();
     let mut config = Config::new(Policy::parse(&["api.test:80".to_string()]).unwrap());
     let public: IpAddr = "203.0.113.20".parse().unwrap();
-    config.resolve_override.insert("api.test".into(), vec![public]);
+    config
+        .resolve_override
+        .insert("api.test".into(), vec![public]);
     config.dial_override.insert(public, server);
     let config = Arc::new(config);
     let audit = Arc::new(RecordingAudit::new());
@@ -263,10 +277,16 @@ print(p(inst, .5), p(inst, .99), p(whole, .5), p(whole, .99))
         }
         Some(pct(v))
     };
-    let state = std::env::temp_dir().join(format!("warren-bench-wasi-state-{}", std::process::id()));
+    let state =
+        std::env::temp_dir().join(format!("warren-bench-wasi-state-{}", std::process::id()));
     let warren = sarg("--warren").map(PathBuf::from).filter(|p| p.exists());
     let ours = warren.as_ref().and_then(|w| {
-        let mut args = vec!["exec".to_string(), "--tier".into(), "wasi".into(), "--".into()];
+        let mut args = vec![
+            "exec".to_string(),
+            "--tier".into(),
+            "wasi".into(),
+            "--".into(),
+        ];
         args.push(module_path.display().to_string());
         args.extend(argv.iter().skip(1).cloned());
         time_cmd(&mut || {

@@ -49,7 +49,10 @@ impl Conn {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
     fn status(&self) -> String {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -107,7 +110,12 @@ impl WsFs {
                 Ok(id) => format!("{id}\n"),
                 Err(e) => format!("error: {e}\n"),
             },
-            "close" => match arg.trim().parse::<u32>().ok().and_then(|n| self.conns().remove(&n)) {
+            "close" => match arg
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| self.conns().remove(&n))
+            {
                 Some(c) => {
                     let _ = c.lock().close(None);
                     let _ = c.lock().flush();
@@ -205,8 +213,7 @@ fn parse_ws_url(url: &str) -> std::result::Result<(String, u16, String), String>
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(']') || h.ends_with(']') => (
             h.to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("bad port {p:?}"))?,
+            p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
         ),
         _ => (authority.to_string(), 80),
     };
@@ -260,7 +267,9 @@ impl FileService for WsFs {
                 v.sort();
                 Ok(v)
             }
-            [id] => self.conn(id, path).map(|_| vec![f("in"), f("out"), f("status")]),
+            [id] => self
+                .conn(id, path)
+                .map(|_| vec![f("in"), f("out"), f("status")]),
             _ => Err(NsError::NotADirectory(path.to_string())),
         }
     }
@@ -339,7 +348,11 @@ impl Handle for Ctl {
         if self.answer.is_none() {
             self.answer = Some(self.svc.control(&self.request).into_bytes());
         }
-        Ok(read_from(self.answer.as_deref().unwrap_or_default(), offset, buf))
+        Ok(read_from(
+            self.answer.as_deref().unwrap_or_default(),
+            offset,
+            buf,
+        ))
     }
     fn write_at(&mut self, _offset: u64, data: &[u8]) -> Result<usize> {
         if self.request.len() + data.len() > MAX_CTL {
@@ -425,9 +438,7 @@ impl Handle for In {
                         ) =>
                     {
                         drop(ws);
-                        return Err(NsError::Failed(format!(
-                            "no message within {READ_WAIT:?}"
-                        )));
+                        return Err(NsError::Failed(format!("no message within {READ_WAIT:?}")));
                     }
                     Err(e) => break Err(format!("closed: {e}")),
                 }
@@ -441,7 +452,11 @@ impl Handle for In {
                 }
             }
         }
-        Ok(read_from(self.message.as_deref().unwrap_or_default(), offset, buf))
+        Ok(read_from(
+            self.message.as_deref().unwrap_or_default(),
+            offset,
+            buf,
+        ))
     }
     fn write_at(&mut self, _: u64, _: &[u8]) -> Result<usize> {
         Err(NsError::Denied("/cap/ws/ID/in is read-only".into()))

@@ -11,6 +11,7 @@
 //! - [`capabilities`]: capabilities (manifest request ∩ operator policy), checked by the
 //!   [`gate::TaskGate`] every tool call passes, which also writes the audit log;
 //! - [`caphttp`]: `/cap/http`, HTTP requests as files under the task's egress policy;
+//! - [`capnostr`]: `/cap/nostr`, a signing identity whose key stays on the host;
 //! - [`capws`]: `/cap/ws`, WebSocket connections as files, under the same policy;
 //! - [`memory_tools`]: memory tools (code search, notes, recall), reflections and episodes;
 //! - [`shellcmd`]: the simple commands a shell command line runs (approval rules match each);
@@ -24,6 +25,7 @@
 pub mod action;
 pub mod capabilities;
 pub mod caphttp;
+pub mod capnostr;
 pub mod capws;
 pub mod cells;
 pub mod delegate;

@@ -10,6 +10,7 @@
 pub mod fault;
 pub mod mockllm;
 pub mod pg;
+pub mod relay;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

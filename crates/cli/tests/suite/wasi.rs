@@ -20,7 +20,10 @@ fn probe() -> Option<PathBuf> {
         let zig = std::env::var_os("WARREN_TEST_ZIG")
             .map(PathBuf::from)
             .filter(|p| p.exists())
-            .ok_or_else(|| "WARREN_TEST_ZIG (zig, from PyPI's ziglang) is not set; .ci/run installs it".to_string())?;
+            .ok_or_else(|| {
+                "WARREN_TEST_ZIG (zig, from PyPI's ziglang) is not set; .ci/run installs it"
+                    .to_string()
+            })?;
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wasm/probe.c");
         let out = std::env::temp_dir().join(format!("warren-probe-{}.wasm", std::process::id()));
         let o = std::process::Command::new(&zig)
@@ -29,7 +32,11 @@ fn probe() -> Option<PathBuf> {
             .arg(&src)
             .output()
             .map_err(|e| format!("{}: {e}", zig.display()))?;
-        assert!(o.status.success(), "zig cc failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "zig cc failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         Ok(out)
     });
     match r {
@@ -97,19 +104,42 @@ fn attack_wasi_paths_links_and_special_files_stay_inside() {
     let w = ws.to_str().expect("utf8");
     let cat = |path: &str| stdout(&wasi(&t, &["--workspace", w, "--ro"], &["cat", path]));
     // wasi-libc resolves `..` against the preopen: the host refuses to climb above it.
-    assert!(cat("/workspace/../../../etc/passwd").starts_with("errno 76"), "ENOTCAPABLE");
+    assert!(
+        cat("/workspace/../../../etc/passwd").starts_with("errno 76"),
+        "ENOTCAPABLE"
+    );
     // Host paths are not in the namespace at all.
     for p in ["/etc/passwd", "/proc/self/environ", "/workspace2/README"] {
         assert!(cat(p).starts_with("errno 44"), "{p}: ENOENT");
     }
     // Links planted in the workspace are not followed; a FIFO is refused without blocking.
-    for p in ["/workspace/passwd", "/workspace/root/etc/passwd", "/workspace/fifo"] {
-        assert!(cat(p).starts_with("errno 2 "), "{p}: EACCES, got {}", cat(p));
+    for p in [
+        "/workspace/passwd",
+        "/workspace/root/etc/passwd",
+        "/workspace/fifo",
+    ] {
+        assert!(
+            cat(p).starts_with("errno 2 "),
+            "{p}: EACCES, got {}",
+            cat(p)
+        );
     }
     // No links can be made, and a read-only workspace takes no writes.
-    let o = wasi(&t, &["--workspace", w, "--ro"], &["symlink", "/etc/passwd", "/workspace/l"]);
-    assert!(stdout(&o).starts_with("errno 58"), "ENOTSUP: {}", stdout(&o));
-    let o = wasi(&t, &["--workspace", w, "--ro"], &["write", "/workspace/new", "x"]);
+    let o = wasi(
+        &t,
+        &["--workspace", w, "--ro"],
+        &["symlink", "/etc/passwd", "/workspace/l"],
+    );
+    assert!(
+        stdout(&o).starts_with("errno 58"),
+        "ENOTSUP: {}",
+        stdout(&o)
+    );
+    let o = wasi(
+        &t,
+        &["--workspace", w, "--ro"],
+        &["write", "/workspace/new", "x"],
+    );
     assert!(stdout(&o).starts_with("errno 2 "), "{}", stdout(&o));
     assert!(!ws.join("new").exists() && !ws.join("l").exists());
 }
@@ -123,20 +153,34 @@ fn a_cow_workspace_keeps_changes_for_diff_and_apply() {
     let ws = project(&t);
     let w = ws.to_str().expect("utf8");
     let state = t.path().join("state");
-    let o = wasi(&t, &["--workspace", w, "--json"], &["write", "/workspace/src/new.txt", "new\n"]);
+    let o = wasi(
+        &t,
+        &["--workspace", w, "--json"],
+        &["write", "/workspace/src/new.txt", "new\n"],
+    );
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["exit_code"], 0, "{v}");
     assert_eq!(v["changes_kept"], true);
     let id = v["cell"].as_str().expect("id").to_owned();
-    assert!(!ws.join("src/new.txt").exists(), "the project is untouched until apply");
+    assert!(
+        !ws.join("src/new.txt").exists(),
+        "the project is untouched until apply"
+    );
     let o = warren(&state, &["diff", &id]);
     assert!(stdout(&o).contains("+new"), "{}", stdout(&o));
     let o = warren(&state, &["apply", &id]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(ws.join("src/new.txt")).expect("applied"), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("src/new.txt")).expect("applied"),
+        "new\n"
+    );
     // A removal is kept as a whiteout (root: mknod) and applied as a deletion.
     if warren_testkit::require_root("a whiteout is a 0/0 device") {
-        let o = wasi(&t, &["--workspace", w, "--json"], &["rm", "/workspace/src/old.txt"]);
+        let o = wasi(
+            &t,
+            &["--workspace", w, "--json"],
+            &["rm", "/workspace/src/old.txt"],
+        );
         let v: Value = serde_json::from_slice(&o.stdout).expect("json");
         assert_eq!(v["changes"][0]["change"], "deleted", "{v}");
         let id = v["cell"].as_str().expect("id").to_owned();
@@ -176,30 +220,60 @@ fn attack_no_network_without_the_capability() {
     let o = wasi(&t, &[], &["http", "http://example.com/"]);
     assert!(stdout(&o).starts_with("errno 44"), "{}", stdout(&o));
     // With --net, a destination outside it is refused by the policy and reported.
-    let o = wasi(&t, &["--net", "api.example.com"], &["http", "http://other.example.com/"]);
+    let o = wasi(
+        &t,
+        &["--net", "api.example.com"],
+        &["http", "http://other.example.com/"],
+    );
     let v: Value = serde_json::from_slice(&o.stdout).expect("a JSON answer");
     assert_eq!(v["status"], 0, "{v}");
     assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
-    assert!(stderr(&o).contains("/cap/http: GET other.example.com:80 refused"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/cap/http: GET other.example.com:80 refused"),
+        "{}",
+        stderr(&o)
+    );
     // The same grant mounts /cap/ws beside it, and nothing else.
     let o = wasi(&t, &["--net", "api.example.com"], &["ls", "/cap"]);
     assert_eq!(stdout(&o), "http\nws\n");
+    // --nostr mounts the signing identity; its key stays in the state directory.
+    let o = wasi(&t, &["--nostr"], &["ls", "/cap/nostr"]);
+    assert_eq!(
+        stdout(&o),
+        "README\npubkey\npublish\nsign\n",
+        "{}",
+        stderr(&o)
+    );
+    let key = std::fs::read_to_string(t.path().join("state/nostr/identity.key")).expect("key");
+    let o = wasi(&t, &["--nostr"], &["cat", "/cap/nostr/pubkey"]);
+    assert_eq!(stdout(&o).trim().len(), 64);
+    assert!(!stdout(&o).contains(key.trim()));
 }
 
 #[test]
 fn wasi_refuses_what_it_cannot_honour_and_names_bad_modules() {
     let t = TempDir::new("wasi-refuse");
     let state = t.path().join("state");
-    let o = warren(&state, &["exec", "--tier", "wasi", "--pids", "4", "--", "x.wasm"]);
+    let o = warren(
+        &state,
+        &["exec", "--tier", "wasi", "--pids", "4", "--", "x.wasm"],
+    );
     assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).contains("--pids has no meaning in the wasi tier"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--pids has no meaning in the wasi tier"),
+        "{}",
+        stderr(&o)
+    );
     let o = warren(&state, &["exec", "--net", "example.com", "--", "true"]);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     let o = warren(&state, &["exec", "--tier", "wasi", "--", "missing.wasm"]);
     assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
     let junk = t.path().join("junk.wasm");
     std::fs::write(&junk, "not a module").expect("write");
-    let o = warren(&state, &["exec", "--tier", "wasi", "--", junk.to_str().expect("utf8")]);
+    let o = warren(
+        &state,
+        &["exec", "--tier", "wasi", "--", junk.to_str().expect("utf8")],
+    );
     assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
     // A module in the text format runs as it is.
     let wat = t.path().join("seven.wat");
@@ -209,6 +283,9 @@ fn wasi_refuses_what_it_cannot_honour_and_names_bad_modules() {
            (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 7))))"#,
     )
     .expect("write");
-    let o = warren(&state, &["exec", "--tier", "wasi", "--", wat.to_str().expect("utf8")]);
+    let o = warren(
+        &state,
+        &["exec", "--tier", "wasi", "--", wat.to_str().expect("utf8")],
+    );
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
 }

@@ -116,7 +116,14 @@ fn attack_cap_http_refuses_what_the_policy_does_not_allow_and_audits_it() {
 fn ws_module(url: &str) -> String {
     use warren_wasi::probe::{module, s};
     let connect = format!("connect {url}");
-    let d = ["cap/ws/ctl", connect.as_str(), "cap/ws/1/out", "hello over ws", "cap/ws/1/in", "cap/ws/1/status"];
+    let d = [
+        "cap/ws/ctl",
+        connect.as_str(),
+        "cap/ws/1/out",
+        "hello over ws",
+        "cap/ws/1/in",
+        "cap/ws/1/status",
+    ];
     let body = format!(
         "(call $check (call $open (i32.const 3) {ctl} (i32.const 0) (i64.const 66)))
          (call $check (call $write (i32.load (i32.const 16)) {connect}))
@@ -159,9 +166,19 @@ fn ws_namespace(audit: Arc<RecordingAudit>) -> MountTable {
 fn a_module_talks_over_a_websocket_as_files() {
     let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
     let audit = Arc::new(RecordingAudit::new());
-    let p = rt.load(ws_module("ws://echo.test/chat").as_bytes()).expect("load");
-    let o = rt.run(&p, Invocation::new(vec![], Arc::new(ws_namespace(audit.clone()))));
-    assert_eq!(o.status, Status::Exited(0), "{}", String::from_utf8_lossy(&o.stdout));
+    let p = rt
+        .load(ws_module("ws://echo.test/chat").as_bytes())
+        .expect("load");
+    let o = rt.run(
+        &p,
+        Invocation::new(vec![], Arc::new(ws_namespace(audit.clone()))),
+    );
+    assert_eq!(
+        o.status,
+        Status::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "1\nhello over wsopen\n");
     let seen = audit.attempts();
     assert_eq!(seen.len(), 1);
@@ -183,12 +200,161 @@ fn attack_cap_ws_refuses_destinations_outside_the_policy() {
     assert!(out.starts_with("error: refused"), "{out}");
     assert_ne!(audit.attempts()[0].decision, Decision::Allowed);
     // Malformed control lines and URLs are answered, not attempted.
-    for line in ["connect http://echo.test/", "connect ws://u@echo.test/", "open ws://echo.test/", "connect wss://echo.test/"] {
-        let p = rt.load(probe::exchange("/cap/ws/ctl", line).as_bytes()).expect("load");
+    for line in [
+        "connect http://echo.test/",
+        "connect ws://u@echo.test/",
+        "open ws://echo.test/",
+        "connect wss://echo.test/",
+    ] {
+        let p = rt
+            .load(probe::exchange("/cap/ws/ctl", line).as_bytes())
+            .expect("load");
         let o = rt.run(&p, Invocation::new(vec![], Arc::new(ns.clone())));
-        assert!(String::from_utf8_lossy(&o.stdout).starts_with("error:"), "{line}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with("error:"),
+            "{line}"
+        );
     }
     assert_eq!(audit.attempts().len(), 1);
     // No connection, no files for it.
     assert!(ns.stat("/cap/ws/1").is_err());
+}
+
+fn nostr_namespace(
+    relay_allowed: bool,
+) -> (
+    MountTable,
+    warren_testkit::relay::Events,
+    Arc<RecordingAudit>,
+    String,
+) {
+    let (relay, events) = warren_testkit::relay::start(|v| {
+        serde_json::from_value::<warren_runtime::capnostr::Event>(v.clone())
+            .is_ok_and(|e| warren_runtime::capnostr::verify(&e))
+    });
+    let allow = if relay_allowed {
+        "relay.test:80"
+    } else {
+        "elsewhere.test:80"
+    };
+    let mut config = Config::new(Policy::parse(&[allow.to_string()]).expect("policy"));
+    let public: IpAddr = "203.0.113.22".parse().expect("ip");
+    config
+        .resolve_override
+        .insert("relay.test".into(), vec![public]);
+    config.dial_override.insert(public, relay);
+    let secret = [0x42u8; 32];
+    let identity = Arc::new(warren_runtime::capnostr::Identity::from_secret(&secret).expect("key"));
+    let audit = Arc::new(RecordingAudit::new());
+    let svc = warren_runtime::capnostr::service(
+        identity,
+        warren_runtime::capnostr::NostrGrant {
+            relays: vec!["ws://relay.test/".into()],
+            kinds: vec![(1, 1), (5000, 5999)],
+        },
+        Arc::new(config),
+        audit.clone(),
+    )
+    .expect("service");
+    let mut ns = MountTable::new();
+    ns.mount("/cap/nostr", Arc::new(svc)).expect("mount");
+    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    (ns, events, audit, secret_hex)
+}
+
+fn module_exchange(rt: &Runtime, ns: &MountTable, path: &str, body: &str) -> Value {
+    let p = rt
+        .load(probe::exchange(path, body).as_bytes())
+        .expect("load");
+    let o = rt.run(&p, Invocation::new(vec![], Arc::new(ns.clone())));
+    assert_eq!(o.status, Status::Exited(0));
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_module_signs_and_publishes_nostr_events_without_seeing_the_key() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let (ns, events, audit, secret) = nostr_namespace(true);
+    // NIP-01: a text note, signed by the host; the signature verifies independently.
+    let e = module_exchange(
+        &rt,
+        &ns,
+        "/cap/nostr/sign",
+        r#"{"kind": 1, "content": "hello nostr", "tags": [["t", "warren"]]}"#,
+    );
+    let ev: warren_runtime::capnostr::Event = serde_json::from_value(e.clone()).expect("an event");
+    assert!(warren_runtime::capnostr::verify(&ev), "{e}");
+    assert_eq!(
+        format!("{}\n", ev.pubkey).as_bytes(),
+        ns.read("/cap/nostr/pubkey", 100).expect("pubkey")
+    );
+    // NIP-90: a job request (kind 5050, input and param tags), published to the relay.
+    let r = module_exchange(
+        &rt,
+        &ns,
+        "/cap/nostr/publish",
+        r#"{"kind": 5050, "content": "", "tags": [["i", "What is 2+2?", "text"], ["param", "model", "small"]]}"#,
+    );
+    assert_eq!(r["relays"][0]["accepted"], true, "{r}");
+    let stored = events.lock().expect("lock").clone();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["kind"], 5050);
+    assert_eq!(stored[0]["id"], r["event"]["id"]);
+    assert_eq!(audit.attempts()[0].method, "WEBSOCKET");
+    // The secret key is nowhere in the namespace.
+    for f in ["README", "pubkey"] {
+        let text =
+            String::from_utf8_lossy(&ns.read(&format!("/cap/nostr/{f}"), 1 << 20).expect("read"))
+                .to_string();
+        assert!(!text.contains(&secret), "{f}");
+    }
+    assert!(!e.to_string().contains(&secret) && !r.to_string().contains(&secret));
+}
+
+#[test]
+fn attack_nostr_refuses_forged_fields_other_kinds_and_unlisted_relays() {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("rt");
+    let (ns, events, audit, _) = nostr_namespace(false);
+    // A template may not bring its own id, pubkey or signature.
+    let v = module_exchange(
+        &rt,
+        &ns,
+        "/cap/nostr/sign",
+        r#"{"kind": 1, "content": "x", "pubkey": "00"}"#,
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field")),
+        "{v}"
+    );
+    // Only the granted kinds.
+    let v = module_exchange(
+        &rt,
+        &ns,
+        "/cap/nostr/sign",
+        r#"{"kind": 4, "content": "dm"}"#,
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not allowed")),
+        "{v}"
+    );
+    // A relay the egress policy does not allow is refused and audited; nothing arrives.
+    let v = module_exchange(
+        &rt,
+        &ns,
+        "/cap/nostr/publish",
+        r#"{"kind": 1, "content": "x"}"#,
+    );
+    assert_eq!(v["relays"][0]["accepted"], false, "{v}");
+    assert!(
+        v["relays"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("refused")),
+        "{v}"
+    );
+    assert!(events.lock().expect("lock").is_empty());
+    assert_ne!(audit.attempts()[0].decision, Decision::Allowed);
 }
