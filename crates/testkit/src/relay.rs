@@ -14,6 +14,7 @@ use tungstenite::Message;
 pub type Events = Arc<Mutex<Vec<Value>>>;
 
 /// Start a relay; it lives as long as the test process.
+#[allow(clippy::expect_used)]
 pub fn start(verify: impl Fn(&Value) -> bool + Send + Sync + 'static) -> (SocketAddr, Events) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");

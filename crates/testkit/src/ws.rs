@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use tungstenite::Message;
 
 /// Start the server; it lives as long as the test process.
+#[allow(clippy::expect_used)]
 pub fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -21,10 +22,8 @@ pub fn echo_server() -> SocketAddr {
                             let _ = ws.close(None);
                             let _ = ws.flush();
                         }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(m).is_err() {
-                                return;
-                            }
+                        Message::Text(_) | Message::Binary(_) if ws.send(m.clone()).is_err() => {
+                            return;
                         }
                         Message::Close(_) => return,
                         _ => {}

@@ -4,6 +4,8 @@
 //! Modules are written in WebAssembly text here, so the tests need no wasm toolchain: each
 //! probe's exit code is the errno (or value) it observed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
