@@ -216,6 +216,20 @@ pub fn serve(
     })
 }
 
+/// Run `f` to completion on `rt` from synchronous code: on this thread when it is outside any
+/// tokio runtime (a WASI run's thread: no thread spawned per request), else on a scoped thread
+/// of its own (`block_on` must not be called from inside a runtime). `Err` if it panicked.
+pub(crate) fn block_on<F>(rt: &tokio::runtime::Runtime, f: F) -> Result<F::Output, ()>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(rt.block_on(f));
+    }
+    std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join()).map_err(|_| ())
+}
+
 /// The README of the live `/cap/http` (the WASI tier's).
 pub const LIVE_README: &str = "Open /cap/http/request for reading and writing, write one JSON request, e.g.\n  {\"url\": \"http://api.example.com/x\"}\n(optional: method, headers as [[name, value]], body, max_body_bytes, timeout_ms),\nseek back to the start and read the response (status, headers, body, error) on the same\nhandle. Only destinations your task may reach are allowed; every request is audited.\n";
 
@@ -244,14 +258,8 @@ pub fn service(
         .request("request", LIVE_MAX_REQUEST, move |body| {
             let answer = match serde_json::from_slice::<warren_egress::FetchRequest>(body) {
                 Ok(req) => {
-                    let (rt, config, audit) = (rt.clone(), config.clone(), audit.clone());
-                    let r = std::thread::scope(|s| {
-                        s.spawn(move || {
-                            rt.block_on(warren_egress::fetch(&config, audit.as_ref(), &req))
-                        })
-                        .join()
-                    })
-                    .map_err(|_| warren_ns::NsError::Failed("cap/http: request failed".into()))?;
+                    let r = block_on(&rt, warren_egress::fetch(&config, audit.as_ref(), &req))
+                        .map_err(|_| warren_ns::NsError::Failed("cap/http: request failed".into()))?;
                     serde_json::to_value(&r).unwrap_or_default()
                 }
                 Err(e) => json!({"status": 0, "error": format!("invalid request: {e}")}),

@@ -314,19 +314,11 @@ fn publish(
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url}: bad port"))?),
         None => (authority, 80),
     };
-    let stream = std::thread::scope(|s| {
-        s.spawn(|| {
-            rt.block_on(warren_egress::connect(
-                config,
-                audit,
-                "WEBSOCKET",
-                host,
-                port,
-            ))
-        })
-        .join()
-    })
-    .map_err(|_| "the connection attempt failed".to_string())?
+    let stream = crate::caphttp::block_on(
+        rt,
+        warren_egress::connect(config, audit, "WEBSOCKET", host, port),
+    )
+    .map_err(|()| "the connection attempt failed".to_string())?
     .map_err(|d| match d {
         warren_egress::Decision::Denied(why) => format!("refused: {why}"),
         warren_egress::Decision::Failed(why) => format!("failed: {why}"),

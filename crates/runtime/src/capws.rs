@@ -133,19 +133,11 @@ impl WsFs {
         }
         let (host, port, path) = parse_ws_url(url)?;
         let inner = &self.0;
-        let stream = std::thread::scope(|s| {
-            s.spawn(|| {
-                inner.rt.block_on(warren_egress::connect(
-                    &inner.config,
-                    inner.audit.as_ref(),
-                    "WEBSOCKET",
-                    &host,
-                    port,
-                ))
-            })
-            .join()
-        })
-        .map_err(|_| "the connection attempt failed".to_string())?
+        let stream = crate::caphttp::block_on(
+            &inner.rt,
+            warren_egress::connect(&inner.config, inner.audit.as_ref(), "WEBSOCKET", &host, port),
+        )
+        .map_err(|()| "the connection attempt failed".to_string())?
         .map_err(|d| match d {
             warren_egress::Decision::Denied(why) => format!("refused: {why}"),
             warren_egress::Decision::Failed(why) => format!("failed: {why}"),
