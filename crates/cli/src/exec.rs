@@ -111,7 +111,17 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-struct Streaming;
+/// Output passed through to this process's stdout and stderr as it comes.
+pub(crate) struct Streaming;
+
+impl warren_wasi::Sink for Streaming {
+    fn stdout(&mut self, b: &[u8]) {
+        OutputSink::stdout(self, b);
+    }
+    fn stderr(&mut self, b: &[u8]) {
+        OutputSink::stderr(self, b);
+    }
+}
 
 impl OutputSink for Streaming {
     fn stdout(&mut self, b: &[u8]) {

@@ -8,7 +8,7 @@
 //! deadline (`--timeout`), a memory limit (`--memory`), output caps; `--pids`, `--cpus` and
 //! `--disk` have no meaning for one module and are refused rather than ignored.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,30 +20,15 @@ use warren_ns::dir::DirFs;
 use warren_ns::mem::MemFs;
 use warren_ns::{FileService, MountTable};
 use warren_protocol::exit;
-use warren_wasi::{Invocation, Limits, Runtime, RuntimeConfig, Sink, Status};
+use warren_wasi::{Invocation, Limits, Runtime, RuntimeConfig, Status};
 
-use crate::exec::{ExecArgs, change_summary};
+use crate::exec::{ExecArgs, Streaming, change_summary};
 use crate::exec_policy::{Mode, Policy};
 
 /// The largest file a module may write into a workspace (and copy up from it).
 const MAX_FILE: u64 = 1 << 30;
 /// The most stdin `-i` forwards to a module (it is read before the run starts).
 const MAX_STDIN: u64 = 64 << 20;
-
-struct Streaming;
-
-impl Sink for Streaming {
-    fn stdout(&mut self, b: &[u8]) {
-        let mut o = std::io::stdout().lock();
-        let _ = o.write_all(b);
-        let _ = o.flush();
-    }
-    fn stderr(&mut self, b: &[u8]) {
-        let mut e = std::io::stderr().lock();
-        let _ = e.write_all(b);
-        let _ = e.flush();
-    }
-}
 
 /// What the namespace's workspace is, for the report after the run.
 enum Ws {

@@ -247,19 +247,16 @@ pub fn service(
     config: Arc<warren_egress::Config>,
     audit: Arc<dyn warren_egress::Audit>,
 ) -> warren_ns::Result<warren_ns::func::FuncFs> {
-    let rt = Arc::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| warren_ns::NsError::Failed(format!("cap/http runtime: {e}")))?,
-    );
+    let rt = Arc::new(crate::capws::io_runtime("cap/http")?);
     warren_ns::func::FuncFs::new()
         .computed("README", || Ok(LIVE_README.as_bytes().to_vec()))?
         .request("request", LIVE_MAX_REQUEST, move |body| {
             let answer = match serde_json::from_slice::<warren_egress::FetchRequest>(body) {
                 Ok(req) => {
                     let r = block_on(&rt, warren_egress::fetch(&config, audit.as_ref(), &req))
-                        .map_err(|_| warren_ns::NsError::Failed("cap/http: request failed".into()))?;
+                        .map_err(|_| {
+                            warren_ns::NsError::Failed("cap/http: request failed".into())
+                        })?;
                     serde_json::to_value(&r).unwrap_or_default()
                 }
                 Err(e) => json!({"status": 0, "error": format!("invalid request: {e}")}),

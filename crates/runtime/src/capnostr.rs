@@ -22,7 +22,6 @@
 //! can see, with `O_EXCL` (never through a planted link).
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +32,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tungstenite::Message;
-use warren_ns::NsError;
 
 /// The README placed in `/cap/nostr`.
 pub const README: &str = "A Nostr identity held by the host. Read /cap/nostr/pubkey. Write an event template\n  {\"kind\": 1, \"content\": \"hello\", \"tags\": []}\nto /cap/nostr/sign and read the signed event from the same handle, or to\n/cap/nostr/publish to sign it and send it to the task's relays (the answer lists each\nrelay's reply). NIP-90 job requests are kinds 5000-5999. The secret key is never visible.\n";
@@ -253,12 +251,7 @@ pub fn service(
     config: Arc<warren_egress::Config>,
     audit: Arc<dyn warren_egress::Audit>,
 ) -> warren_ns::Result<warren_ns::func::FuncFs> {
-    let rt = Arc::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| NsError::Failed(format!("cap/nostr runtime: {e}")))?,
-    );
+    let rt = Arc::new(crate::capws::io_runtime("cap/nostr")?);
     let (id_sign, kinds_sign) = (identity.clone(), grant.kinds.clone());
     let pubkey = identity.pubkey.clone();
     warren_ns::func::FuncFs::new()
@@ -300,47 +293,7 @@ fn publish(
     url: &str,
     event: &Event,
 ) -> Result<(bool, String), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: only ws:// relays are supported yet"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.contains('@') || authority.is_empty() {
-        return Err(format!("{url}: malformed relay URL"));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url}: bad port"))?),
-        None => (authority, 80),
-    };
-    let stream = crate::caphttp::block_on(
-        rt,
-        warren_egress::connect(config, audit, "WEBSOCKET", host, port),
-    )
-    .map_err(|()| "the connection attempt failed".to_string())?
-    .map_err(|d| match d {
-        warren_egress::Decision::Denied(why) => format!("refused: {why}"),
-        warren_egress::Decision::Failed(why) => format!("failed: {why}"),
-        warren_egress::Decision::Allowed => "failed".into(),
-    })?;
-    let stream: TcpStream = stream
-        .into_std()
-        .and_then(|s| s.set_nonblocking(false).map(|()| s))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(RELAY_WAIT))
-        .and_then(|()| stream.set_write_timeout(Some(RELAY_WAIT)))
-        .map_err(|e| e.to_string())?;
-    let cfg = tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20));
-    let (mut ws, _) = tungstenite::client::client_with_config(
-        format!("ws://{authority}{path}"),
-        stream,
-        Some(cfg),
-    )
-    .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let mut ws = crate::capws::dial(rt, config, audit, url, RELAY_WAIT)?;
     ws.send(Message::text(json!(["EVENT", event]).to_string()))
         .map_err(|e| format!("send: {e}"))?;
     // Wait for this event's OK; other messages (NOTICE, …) are skipped, a handful at most.

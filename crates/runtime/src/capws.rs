@@ -74,10 +74,7 @@ impl WsFs {
         config: Arc<warren_egress::Config>,
         audit: Arc<dyn warren_egress::Audit>,
     ) -> Result<WsFs> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| NsError::Failed(format!("cap/ws runtime: {e}")))?;
+        let rt = io_runtime("cap/ws")?;
         Ok(WsFs(Arc::new(Inner {
             config,
             audit,
@@ -131,40 +128,14 @@ impl WsFs {
         if self.conns().len() >= MAX_CONNECTIONS {
             return Err(format!("at most {MAX_CONNECTIONS} connections at once"));
         }
-        let (host, port, path) = parse_ws_url(url)?;
         let inner = &self.0;
-        let stream = crate::caphttp::block_on(
+        let socket = dial(
             &inner.rt,
-            warren_egress::connect(&inner.config, inner.audit.as_ref(), "WEBSOCKET", &host, port),
-        )
-        .map_err(|()| "the connection attempt failed".to_string())?
-        .map_err(|d| match d {
-            warren_egress::Decision::Denied(why) => format!("refused: {why}"),
-            warren_egress::Decision::Failed(why) => format!("failed: {why}"),
-            warren_egress::Decision::Allowed => "failed".into(),
-        })?;
-        let stream = stream
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-            .map_err(|e| format!("failed: {e}"))?;
-        stream
-            .set_read_timeout(Some(READ_WAIT))
-            .and_then(|()| stream.set_write_timeout(Some(READ_WAIT)))
-            .map_err(|e| format!("failed: {e}"))?;
-        let authority = if port == 80 {
-            host.clone()
-        } else {
-            format!("{host}:{port}")
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
-        let (socket, _) = tungstenite::client::client_with_config(
-            format!("ws://{authority}{path}"),
-            stream,
-            Some(config),
-        )
-        .map_err(|e| format!("failed: WebSocket handshake: {e}"))?;
+            &inner.config,
+            inner.audit.as_ref(),
+            url,
+            READ_WAIT,
+        )?;
         let mut next = inner.next.lock().unwrap_or_else(|p| p.into_inner());
         let id = *next;
         *next += 1;
@@ -177,6 +148,56 @@ impl WsFs {
         );
         Ok(id)
     }
+}
+
+/// A WebSocket client connection to `url` (`ws://` only, parsed strictly) through the egress
+/// gate (audited as `WEBSOCKET`), with `wait` as its read and write timeout and messages
+/// capped at [`MAX_MESSAGE`]. Errors say `refused: …` or `failed: …`.
+pub(crate) fn dial(
+    rt: &tokio::runtime::Runtime,
+    config: &warren_egress::Config,
+    audit: &dyn warren_egress::Audit,
+    url: &str,
+    wait: Duration,
+) -> std::result::Result<WebSocket<TcpStream>, String> {
+    let (host, port, path) = parse_ws_url(url)?;
+    let stream = crate::caphttp::block_on(
+        rt,
+        warren_egress::connect(config, audit, "WEBSOCKET", &host, port),
+    )
+    .map_err(|()| "failed: the connection attempt failed".to_string())?
+    .map_err(|d| match d {
+        warren_egress::Decision::Denied(why) => format!("refused: {why}"),
+        warren_egress::Decision::Failed(why) => format!("failed: {why}"),
+        warren_egress::Decision::Allowed => "failed".into(),
+    })?;
+    let stream = stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        .map_err(|e| format!("failed: {e}"))?;
+    stream
+        .set_read_timeout(Some(wait))
+        .and_then(|()| stream.set_write_timeout(Some(wait)))
+        .map_err(|e| format!("failed: {e}"))?;
+    let authority = if port == 80 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    tungstenite::client::client_with_config(format!("ws://{authority}{path}"), stream, Some(config))
+        .map(|(socket, _)| socket)
+        .map_err(|e| format!("failed: WebSocket handshake: {e}"))
+}
+
+/// A current-thread tokio runtime for a capability service's I/O.
+pub(crate) fn io_runtime(what: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NsError::Failed(format!("{what} runtime: {e}")))
 }
 
 /// `ws://host[:port][/path]` → (host, port, path). Only `ws://`; no user info, no fragment.
