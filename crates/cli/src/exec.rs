@@ -363,16 +363,22 @@ pub fn run(a: ExecArgs, state: &Path) -> i32 {
         );
     }
     if layer.is_some() {
-        if changes.is_empty() {
-            eprintln!("warren: no changes to the workspace");
-        } else {
-            eprint!("{}", change_summary(&changes, &id));
-            eprintln!(
-                "warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
-            );
-        }
+        report_changes(&changes, &id);
     }
     code
+}
+
+/// What `warren exec` says after a copy-on-write run: nothing changed, or the kept changes and
+/// how to review them.
+pub(crate) fn report_changes(changes: &[cow::Change], id: &str) {
+    if changes.is_empty() {
+        eprintln!("warren: no changes to the workspace");
+    } else {
+        eprint!("{}", change_summary(changes, id));
+        eprintln!(
+            "warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
+        );
+    }
 }
 
 /// How many changed paths `warren exec` lists before it only counts (`--json` lists all).

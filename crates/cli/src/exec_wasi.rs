@@ -22,7 +22,7 @@ use warren_ns::{FileService, MountTable};
 use warren_protocol::exit;
 use warren_wasi::{Invocation, Limits, Runtime, RuntimeConfig, Status};
 
-use crate::exec::{ExecArgs, Streaming, change_summary};
+use crate::exec::{ExecArgs, Streaming, report_changes};
 use crate::exec_policy::{Mode, Policy};
 
 /// The largest file a module may write into a workspace (and copy up from it).
@@ -184,14 +184,7 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
         );
     }
     if let Ws::Cow { .. } = ws {
-        if changes.is_empty() {
-            eprintln!("warren: no changes to the workspace");
-        } else {
-            eprint!("{}", change_summary(&changes, &id));
-            eprintln!(
-                "warren: review with `warren diff {id}`, then `warren apply {id}` or `warren discard {id}`"
-            );
-        }
+        report_changes(&changes, &id);
     }
     code
 }
