@@ -453,7 +453,6 @@ impl Runtime {
         let started = Instant::now();
         let deadline = started + inv.limits.timeout;
         let ctx = abi::Ctx::new(&inv, deadline);
-        let limits = inv.limits;
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|c| &mut c.limiter);
         let ticks = inv.limits.timeout.as_nanos() / TICK.as_nanos() + 1;
@@ -472,7 +471,6 @@ impl Runtime {
             Err(e) => classify(&e),
         };
         let ctx = store.into_data();
-        let _ = limits;
         Outcome {
             status,
             stdout: ctx.out[0].kept.clone(),
