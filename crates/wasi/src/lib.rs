@@ -11,7 +11,7 @@
 //! `fd_write` goes straight to the [`warren_ns::FileService`] mounted there. `/workspace` is the
 //! same copy-on-write layer the process tier writes, `/tmp` is memory with a cap, `/cap/http`
 //! answers a request on the read that follows the write. Preview 1 is what Rust's
-//! `wasm32-wasip1`, wasi-sdk's C and most other toolchains emit; its ~45 functions are small,
+//! `wasm32-wasip1`, wasi-sdk's C and most other toolchains emit; its 46 functions are small,
 //! and each one here is bounds-checked against the guest's memory before it touches anything.
 //!
 //! # Limits
