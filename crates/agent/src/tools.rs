@@ -357,6 +357,9 @@ struct Finish {
 /// Where `finish` writes the task's result in the cell.
 pub const RESULT_FILE: &str = "/task/result.json";
 
+/// The largest file a file tool reads from a tier that serves its files itself.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// A structured result the agent wrote larger than this is not kept by `finish`.
 const MAX_RESULT_BYTES: usize = 1 << 20;
 
@@ -544,6 +547,14 @@ impl Tools {
 
     /// The content of `path` in the cell.
     fn cat(&self, path: &str) -> Result<String, FileError> {
+        if let Some(r) = self.cell.read_file(&resolve_path(path), MAX_FILE_BYTES) {
+            return r
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|reason| FileError::Read {
+                    path: path.to_owned(),
+                    reason,
+                });
+        }
         let r = self.run(&["/bin/cat", "--", &cell_arg(path)], None, None, vec![], 60);
         let reason = match (r.failure, r.code) {
             (Some(f), _) => f,
@@ -558,6 +569,15 @@ impl Tools {
 
     /// Replace `path` in the cell by `content`, creating its directories.
     fn write(&self, path: &str, content: &str) -> Result<(), FileError> {
+        if let Some(r) = self
+            .cell
+            .write_file(&resolve_path(path), content.as_bytes())
+        {
+            return r.map_err(|reason| FileError::Write {
+                path: path.to_owned(),
+                reason,
+            });
+        }
         let arg = cell_arg(path);
         let r = self.run(
             &[

@@ -32,11 +32,25 @@ pub use process::{JailProgram, ProcessCell, StartInfo};
 pub use spec::{CellSpec, Limits, Workspace, WorkspaceMode};
 pub use warren_protocol::guest::{ExecSpec, ExitInfo, FailureCode};
 
-/// Isolation tiers. Only `Process` exists in this version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Isolation tiers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Tier {
     /// Linux namespaces, Landlock, seccomp, cgroups.
+    #[default]
     Process,
+    /// WebAssembly modules (WASI preview 1) in the host's engine, over a namespace the host
+    /// serves itself (`warren-wasi`); commands are the modules a manifest names.
+    Wasi,
+}
+
+impl Tier {
+    /// Its name in manifests and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Process => "process",
+            Tier::Wasi => "wasi",
+        }
+    }
 }
 
 /// Receives a command's output as it streams.
@@ -109,6 +123,19 @@ pub trait Cell: Send + Sync {
     /// Where the cell keeps its copy-on-write workspace changes (none for a read-only or
     /// read-write workspace, or none at all).
     fn cow_layer(&self) -> Option<&spec::CowLayer> {
+        None
+    }
+    /// Read the file at `path` (absolute, or relative to the session's directory) directly,
+    /// at most `max` bytes — for tiers whose files the host serves itself. `None`: this tier
+    /// has no such path, and file tools run commands (`cat`) in the cell instead.
+    fn read_file(&self, path: &str, max: u64) -> Option<Result<Vec<u8>, String>> {
+        let _ = (path, max);
+        None
+    }
+    /// Replace the file at `path` with `data`, creating its directories; `None` as for
+    /// [`Cell::read_file`].
+    fn write_file(&self, path: &str, data: &[u8]) -> Option<Result<(), String>> {
+        let _ = (path, data);
         None
     }
 }

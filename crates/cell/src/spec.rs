@@ -96,6 +96,11 @@ pub struct CellSpec {
     /// ([`default_private_dirs`]). None of them is ever visible in a cell: one inside the
     /// workspace is masked, a workspace inside one is refused ([`CellSpec::mount_spec`]).
     pub private_dirs: Vec<PathBuf>,
+    /// The tier to start (default: the process tier).
+    pub tier: crate::Tier,
+    /// WebAssembly modules the cell may run (absolute host paths, from the operator's
+    /// manifest): the wasi tier's only commands; ignored by the process tier.
+    pub wasm_modules: Vec<PathBuf>,
 }
 
 /// Where the egress proxy's socket directory appears in a cell.
@@ -118,6 +123,8 @@ impl CellSpec {
             egress: None,
             id: None,
             private_dirs: default_private_dirs(),
+            tier: crate::Tier::Process,
+            wasm_modules: Vec::new(),
         }
     }
 }

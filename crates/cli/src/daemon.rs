@@ -210,7 +210,12 @@ pub fn foreground(a: DaemonArgs, state: &Path) -> i32 {
             max_queued: a.max_queued,
         },
         lease: a.lease.max(Duration::from_secs(1)),
-        cells: Arc::new(warren_runtime::cells::ProcessCells { jail }),
+        cells: Arc::new(warren_runtime::wasicell::TieredCells {
+            process: Arc::new(warren_runtime::cells::ProcessCells { jail }),
+            wasi: Arc::new(warren_runtime::wasicell::WasiCells::new(Some(
+                state.join("wasm-cache"),
+            ))),
+        }),
         provider: None,
         max_turns: None,
         loaded,

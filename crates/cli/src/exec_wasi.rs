@@ -24,9 +24,8 @@ use warren_wasi::{Invocation, Limits, Runtime, RuntimeConfig, Status};
 
 use crate::exec::{ExecArgs, Streaming, report_changes};
 use crate::exec_policy::{Mode, Policy};
+use warren_runtime::wasicell::MAX_FILE;
 
-/// The largest file a module may write into a workspace (and copy up from it).
-const MAX_FILE: u64 = 1 << 30;
 /// The most stdin `-i` forwards to a module (it is read before the run starts).
 const MAX_STDIN: u64 = 64 << 20;
 
@@ -71,7 +70,10 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
         ..RuntimeConfig::default()
     }) {
         Ok(r) => r,
-        Err(e) => return refuse(e),
+        Err(e) => {
+            discard_empty(&ws);
+            return refuse(e);
+        }
     };
     let module = Path::new(&a.command[0]);
     let program = match rt.load_file(module) {
@@ -96,6 +98,7 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
     if a.interactive
         && let Err(e) = std::io::stdin().take(MAX_STDIN).read_to_end(&mut stdin)
     {
+        discard_empty(&ws);
         return refuse(format!("stdin: {e}"));
     }
     let defaults = Limits::default();
@@ -117,12 +120,7 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
         inv.sink = Box::new(Streaming);
     }
     let outcome = rt.run(&program, inv);
-    let code = match &outcome.status {
-        Status::Exited(c) => *c,
-        Status::TimedOut => exit::TIMEOUT,
-        Status::MemoryLimit(_) => exit::OUT_OF_MEMORY,
-        Status::Trapped(_) => exit::for_signal(libc::SIGABRT),
-    };
+    let code = outcome.status.code();
     let (changes, kept, removal_errors) = finish_workspace(&ws);
     let attempts = net.map(|a| a.attempts()).unwrap_or_default();
     if a.json {
@@ -175,6 +173,7 @@ pub fn run(a: &ExecArgs, p: &Policy, state: &Path) -> i32 {
         ),
         Status::MemoryLimit(m) => eprintln!("warren: stopped at the memory limit: {m}"),
         Status::Trapped(m) => eprintln!("warren: the module trapped: {m}"),
+        Status::Terminated => eprintln!("warren: terminated"),
         Status::Exited(_) => {}
     }
     if outcome.stdout_dropped > 0 || outcome.stderr_dropped > 0 {
@@ -270,6 +269,7 @@ fn namespace(
                 warren_runtime::capnostr::NostrGrant {
                     relays: a.nostr_relay.clone(),
                     kinds: Vec::new(),
+                    ..Default::default()
                 },
                 config,
                 audit.clone(),
@@ -288,16 +288,7 @@ fn finish_workspace(ws: &Ws) -> (Vec<cow::Change>, bool, Vec<String>) {
     let Ws::Cow { layer, host, view } = ws else {
         return (Vec::new(), false, Vec::new());
     };
-    let mut errors = Vec::new();
-    for removed in view.changes().removed {
-        let rel = Path::new(removed.trim_start_matches('/'));
-        if let Err(e) = cow::record_removal(layer, rel) {
-            errors.push(format!(
-                "the removal of {} was not kept: {e}",
-                rel.display()
-            ));
-        }
-    }
+    let errors = warren_runtime::wasicell::record_removals(layer, view);
     let changes = cow::changes(layer, host).unwrap_or_default();
     if changes.is_empty() {
         let _ = cow::discard(layer);

@@ -284,7 +284,12 @@ pub fn run(a: RunArgs, state: &Path) -> i32 {
         worker: format!("warren-run:{}", std::process::id()),
         limits: warren_runtime::scheduler::Limits::default(),
         lease: Duration::from_secs(30),
-        cells: Arc::new(ProcessCells { jail }),
+        cells: Arc::new(warren_runtime::wasicell::TieredCells {
+            process: Arc::new(ProcessCells { jail }),
+            wasi: Arc::new(warren_runtime::wasicell::WasiCells::new(Some(
+                state.join("wasm-cache"),
+            ))),
+        }),
         provider: Some((provider, model.clone())),
         loaded,
         env: std::env::vars().collect(),

@@ -12,7 +12,7 @@
 //!   workspace: cow              # cow | ro | rw
 //!   mounts:
 //!     - {target: /data, source: /srv/datasets, mode: ro}
-//! tier: process
+//! tier: process                 # process | wasi (tools are WebAssembly modules, below)
 //! limits: {memory: 2G, disk: 4G, pids: 256, cpus: 1.5, timeout: 30m}
 //! budget: {tokens: 500000, usd: 5.0}
 //! approval_required: [shell]
@@ -33,6 +33,21 @@
 //!     - {glob: "src/**", access: write}
 //!     - {glob: "**", access: read}
 //!   network: [api.github.com:443, "*.pypi.org"]   # default: none
+//!   nostr:                      # /cap/nostr: sign with the agent's host-held key, publish
+//!     relays: ["ws://relay.example.com:7777"]      # each host must also be in network
+//!     kinds: ["1", "5000-5999"]                    # default: any kind
+//! ```
+//!
+//!
+//! In the wasi tier an agent's commands are WebAssembly modules (WASI preview 1) the operator
+//! names, each offered as a tool of its own; the file tools, `finish` and the host tools work
+//! as in the process tier, `shell`, `list_files` and `grep` (which run host programs) do not:
+//!
+//! ```yaml
+//! tier: wasi
+//! tools: [wc, read_file, write_file, finish]
+//! modules:
+//!   wc: {path: /opt/warren/tools/wc.wasm, description: Count lines of files under /workspace}
 //! ```
 //!
 //! Every error — YAML syntax, a wrong type, an unknown key, or a value that makes no sense
@@ -66,8 +81,10 @@ pub struct Manifest {
     pub workspace: String,
     /// Extra mounts.
     pub mounts: Vec<MountDecl>,
-    /// Isolation tier.
+    /// Isolation tier: `process` or `wasi`.
     pub tier: String,
+    /// The wasi tier's WebAssembly modules, each offered as a tool of its name.
+    pub modules: Vec<WasmModule>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
     /// Disk bound of a copy-on-write workspace's changes, in bytes (`limits.disk`).
@@ -95,6 +112,8 @@ pub struct Manifest {
     pub skills: Vec<String>,
     /// MCP servers whose tools (`mcp__<server>__<tool>`, listed in `tools`) the agent may use.
     pub mcp_servers: Vec<McpServer>,
+    /// `/cap/nostr`: the agent may sign (and publish) Nostr events (`capabilities.nostr`).
+    pub nostr: Option<NostrDecl>,
     /// Checks run when the agent calls `finish`; a failure is fed back for another try.
     pub validate: Vec<Validator>,
     /// Times `finish` may be judged before a failing result ends the task (default 3).
@@ -176,6 +195,29 @@ pub struct PathGrant {
     pub write: bool,
 }
 
+/// A WebAssembly module an agent of the wasi tier may run, offered as the tool `name`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WasmModule {
+    /// The tool's name (`[a-z0-9_-]`, 1–64), listed in `tools`.
+    pub name: String,
+    /// Absolute host path of the `.wasm` file (compiled once, cached by its hash).
+    pub path: String,
+    /// What the model is told the tool does.
+    pub description: String,
+}
+
+/// What `/cap/nostr` may do for an agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NostrDecl {
+    /// `ws://` relays `publish` sends to (each host must also be a network destination).
+    pub relays: Vec<String>,
+    /// Kinds that may be signed, as inclusive ranges (empty: any).
+    pub kinds: Vec<(u16, u16)>,
+}
+
+/// Tools that run host programs in the cell, which the wasi tier has none of.
+pub const PROCESS_ONLY_TOOLS: [&str; 3] = ["shell", "list_files", "grep"];
+
 /// An extra mount.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MountDecl {
@@ -201,6 +243,8 @@ struct Raw {
     namespace: RawNamespace,
     tier: Option<Spanned<String>>,
     #[serde(default)]
+    modules: std::collections::BTreeMap<String, Spanned<RawModule>>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     budget: RawBudget,
@@ -214,6 +258,14 @@ struct Raw {
     mcp_servers: Vec<RawMcpServer>,
     #[serde(default)]
     validate: Vec<Spanned<RawValidator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModule {
+    path: String,
+    #[serde(default)]
+    description: String,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +306,16 @@ struct RawCapabilities {
     paths: Option<Vec<RawPath>>,
     #[serde(default)]
     network: Vec<Spanned<String>>,
+    nostr: Option<RawNostr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNostr {
+    #[serde(default)]
+    relays: Vec<Spanned<String>>,
+    #[serde(default)]
+    kinds: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -372,8 +434,19 @@ pub enum Problem {
     #[error("mode must be ro or rw, not {0:?}")]
     MountMode(String),
     /// A tier this version does not have.
-    #[error("tier {0:?} is not available in this version (only process)")]
+    #[error("tier {0:?} is not available in this version (process or wasi)")]
     Tier(String),
+    /// Something only the process tier has, asked of another.
+    #[error("{0} needs tier: process (the wasi tier runs only WebAssembly modules)")]
+    NeedsProcess(String),
+    /// A `modules:` entry that is not usable.
+    #[error("module {name:?}: {problem}")]
+    Module {
+        /// The module's tool name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A size (`limits.memory`, `limits.disk`) or duration (`limits.timeout`).
     #[error(transparent)]
     Unit(#[from] UnitError),
@@ -414,6 +487,9 @@ pub enum Problem {
     /// An `mcp__…` tool of a server that is not declared.
     #[error("{0:?} names an MCP server that mcp_servers does not declare")]
     McpUndeclared(String),
+    /// A `capabilities.nostr` relay or kind that is not usable.
+    #[error("nostr: {0}")]
+    Nostr(String),
     /// A `validate:` entry that is not exactly one usable check.
     #[error("validator: {0}")]
     Validator(String),
@@ -529,7 +605,7 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
                 )
             })?;
         }
-        if !known_tools.contains(&name.as_str()) {
+        if !known_tools.contains(&name.as_str()) && !raw.modules.contains_key(&name) {
             return Err(at(
                 t.defined,
                 Problem::UnknownTool {
@@ -641,9 +717,11 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
     }
     let tier = match &raw.tier {
         None => "process".to_owned(),
-        Some(t) if t.value == "process" => t.value.clone(),
+        Some(t) if t.value == "process" || t.value == "wasi" => t.value.clone(),
         Some(t) => return Err(at(t.defined, Problem::Tier(t.value.clone()))),
     };
+    let modules = modules(&raw, &tier, known_tools, &at)?;
+    let nostr = nostr(raw.capabilities.nostr.as_ref(), &at)?;
     let memory = raw
         .limits
         .memory
@@ -698,6 +776,7 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
         workspace,
         mounts,
         tier,
+        modules,
         memory,
         disk,
         pids: raw.limits.pids.map(|p| p.value),
@@ -716,9 +795,135 @@ pub fn parse(file: &Path, text: &str, known_tools: &[&str]) -> Result<Manifest, 
             .collect(),
         skills: raw.skills.into_iter().map(|s| s.value).collect(),
         mcp_servers,
+        nostr,
         validate,
         validations,
     })
+}
+
+/// `capabilities.nostr`: `ws://host[:port][/path]` relays and `N` or `A-B` kind ranges.
+fn nostr(
+    raw: Option<&RawNostr>,
+    at: &dyn Fn(serde_saphyr::Location, Problem) -> ManifestError,
+) -> Result<Option<NostrDecl>, ManifestError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mut out = NostrDecl::default();
+    for r in &raw.relays {
+        let host = r.value.strip_prefix("ws://").map(|rest| {
+            let authority = rest.split('/').next().unwrap_or("");
+            authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+        });
+        match host {
+            Some(h)
+                if !h.is_empty()
+                    && !r.value.contains('@')
+                    && !r.value.contains(char::is_whitespace) =>
+            {
+                out.relays.push(r.value.clone());
+            }
+            _ => {
+                return Err(at(
+                    r.defined,
+                    Problem::Nostr(format!(
+                        "relay {:?} must be ws://host[:port][/path]",
+                        r.value
+                    )),
+                ));
+            }
+        }
+    }
+    for k in &raw.kinds {
+        let v = k.value.trim();
+        let (a, b) = v.split_once('-').unwrap_or((v, v));
+        match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+            (Ok(a), Ok(b)) if a <= b => out.kinds.push((a, b)),
+            _ => {
+                return Err(at(
+                    k.defined,
+                    Problem::Nostr(format!(
+                        "kind {:?} must be N or A-B (0-65535, A <= B)",
+                        k.value
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The `modules:` of a manifest, checked against its tier and tools (tools that need host
+/// programs are refused in the wasi tier, where they could never run).
+fn modules(
+    raw: &Raw,
+    tier: &str,
+    known_tools: &[&str],
+    at: &dyn Fn(serde_saphyr::Location, Problem) -> ManifestError,
+) -> Result<Vec<WasmModule>, ManifestError> {
+    if tier != "wasi" {
+        if let Some((name, m)) = raw.modules.iter().next() {
+            return Err(at(
+                m.defined,
+                Problem::Module {
+                    name: name.clone(),
+                    problem: "modules need tier: wasi".into(),
+                },
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    for t in &raw.tools {
+        if PROCESS_ONLY_TOOLS.contains(&t.value.as_str()) {
+            return Err(at(
+                t.defined,
+                Problem::NeedsProcess(format!("tool {:?}", t.value)),
+            ));
+        }
+    }
+    for v in &raw.validate {
+        if v.value.command.is_some() {
+            return Err(at(
+                v.defined,
+                Problem::NeedsProcess("a command validator".into()),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, m) in &raw.modules {
+        let bad = |problem: &str| {
+            at(
+                m.defined,
+                Problem::Module {
+                    name: name.clone(),
+                    problem: problem.into(),
+                },
+            )
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(bad("a name is 1-64 characters of a-z, 0-9, - and _"));
+        }
+        if known_tools.contains(&name.as_str()) || name.starts_with(MCP_PREFIX) {
+            return Err(bad("the name of a built-in or MCP tool"));
+        }
+        if !absolute_normal(&m.value.path) {
+            return Err(bad(
+                "path must be an absolute host path without '.', '..' or '//'",
+            ));
+        }
+        if !raw.tools.iter().any(|t| &t.value == name) {
+            return Err(bad("declared but not listed in tools"));
+        }
+        out.push(WasmModule {
+            name: name.clone(),
+            path: m.value.path.clone(),
+            description: m.value.description.clone(),
+        });
+    }
+    Ok(out)
 }
 
 fn validators(
@@ -1045,6 +1250,103 @@ mod tests {
         ] {
             let e = err(&text);
             assert!(e.starts_with(at) && e.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn wasi_manifests_name_their_modules_and_refuse_what_needs_processes() {
+        let m = parse(
+            Path::new("a.yaml"),
+            "name: c\ntier: wasi\ntools: [wc, read_file, finish]\nmodules:\n  wc: {path: /opt/wc.wasm, description: count}\n",
+            TOOLS,
+        )
+        .unwrap();
+        assert_eq!(m.tier, "wasi");
+        assert_eq!(
+            m.modules,
+            [WasmModule {
+                name: "wc".into(),
+                path: "/opt/wc.wasm".into(),
+                description: "count".into()
+            }]
+        );
+        let module = "modules:\n  wc: {path: /opt/wc.wasm}\n";
+        for (text, at, what) in [
+            (
+                "name: c\ntier: vm\ntools: [finish]\n".to_owned(),
+                "a.yaml:2:7:",
+                "process or wasi",
+            ),
+            (
+                format!("name: c\ntier: wasi\ntools: [wc, shell, finish]\n{module}"),
+                "a.yaml:3:13:",
+                "needs tier: process",
+            ),
+            (
+                format!("name: c\ntools: [wc, finish]\n{module}"),
+                "a.yaml:4:7:",
+                "need tier: wasi",
+            ),
+            (
+                "name: c\ntier: wasi\ntools: [wc]\nmodules:\n  wc: {path: wc.wasm}\n".into(),
+                "a.yaml:5:7:",
+                "absolute host path",
+            ),
+            (
+                "name: c\ntier: wasi\ntools: [finish]\nmodules:\n  wc: {path: /x/../wc.wasm}\n"
+                    .into(),
+                "a.yaml:5:7:",
+                "absolute host path",
+            ),
+            (
+                "name: c\ntier: wasi\ntools: [finish]\nmodules:\n  wc: {path: /wc.wasm}\n".into(),
+                "a.yaml:5:7:",
+                "not listed in tools",
+            ),
+            (
+                "name: c\ntier: wasi\ntools: [finish]\nmodules:\n  finish: {path: /f.wasm}\n"
+                    .into(),
+                "a.yaml:5:11:",
+                "built-in",
+            ),
+            (
+                format!(
+                    "name: c\ntier: wasi\ntools: [wc]\n{module}validate:\n  - command: make test\n"
+                ),
+                "a.yaml:7:5:",
+                "command validator",
+            ),
+            (
+                "name: c\ntools: [nope]\n".into(),
+                "a.yaml:2:9:",
+                "unknown tool",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.starts_with(at) && e.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn nostr_capabilities_parse_and_bad_ones_are_located() {
+        let m = parse(
+            Path::new("a.yaml"),
+            "name: c\ntools: [finish]\ncapabilities:\n  nostr:\n    relays: [\"ws://relay.test:7777/\"]\n    kinds: [\"1\", \"5000-5999\"]\n",
+            TOOLS,
+        )
+        .unwrap();
+        let n = m.nostr.unwrap();
+        assert_eq!(n.relays, ["ws://relay.test:7777/"]);
+        assert_eq!(n.kinds, [(1, 1), (5000, 5999)]);
+        for (text, at) in [
+            ("    relays: [\"http://relay.test/\"]\n", "a.yaml:5:14:"),
+            ("    relays: [\"ws://u@relay.test/\"]\n", "a.yaml:5:14:"),
+            ("    kinds: [\"9-2\"]\n", "a.yaml:5:13:"),
+            ("    kinds: [\"70000\"]\n", "a.yaml:5:13:"),
+        ] {
+            let text = format!("name: c\ntools: [finish]\ncapabilities:\n  nostr:\n{text}");
+            let e = err(&text);
+            assert!(e.starts_with(at) && e.contains("nostr"), "{text}: {e}");
         }
     }
 

@@ -6,8 +6,9 @@
 //! with a size cap), a fixed map of files ([`map::MapFs`], e.g. `/task`), files computed when
 //! read or answered when written ([`func::FuncFs`], e.g. `/cap/http/request`: write a request,
 //! read the response on the same handle), an append-only log ([`log::LogFs`], `/logs`), a host
-//! directory reached only beneath itself ([`dir::DirFs`]), or a copy-on-write overlay of two
-//! services ([`cow::CowFs`]).
+//! directory reached only beneath itself ([`dir::DirFs`]), a copy-on-write overlay of two
+//! services ([`cow::CowFs`]), or another service narrowed to path grants ([`scope::ScopedFs`],
+//! Landlock's rules applied by the host).
 //!
 //! Everything here is host code acting on what a cell chose (paths, sizes, write orders), so:
 //!
@@ -30,6 +31,7 @@ pub mod func;
 pub mod log;
 pub mod map;
 pub mod mem;
+pub mod scope;
 
 use std::fmt;
 use std::sync::Arc;

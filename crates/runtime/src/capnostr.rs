@@ -231,6 +231,16 @@ impl Identity {
     }
 }
 
+/// Called with every event the identity signed (the task's audit).
+#[derive(Clone)]
+pub struct SignHook(pub Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl std::fmt::Debug for SignHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignHook")
+    }
+}
+
 /// Settings of one task's `/cap/nostr`.
 #[derive(Clone, Debug, Default)]
 pub struct NostrGrant {
@@ -238,6 +248,8 @@ pub struct NostrGrant {
     pub relays: Vec<String>,
     /// Kinds that may be signed, as inclusive ranges (empty: any).
     pub kinds: Vec<(u16, u16)>,
+    /// Told of every signature.
+    pub on_sign: Option<SignHook>,
 }
 
 fn parse_template(body: &[u8]) -> Result<Template, String> {
@@ -253,20 +265,31 @@ pub fn service(
 ) -> warren_ns::Result<warren_ns::func::FuncFs> {
     let rt = Arc::new(crate::capws::io_runtime("cap/nostr")?);
     let (id_sign, kinds_sign) = (identity.clone(), grant.kinds.clone());
+    let (hook_sign, hook_publish) = (grant.on_sign.clone(), grant.on_sign.clone());
     let pubkey = identity.pubkey.clone();
     warren_ns::func::FuncFs::new()
         .computed("README", || Ok(README.as_bytes().to_vec()))?
         .computed("pubkey", move || Ok(format!("{pubkey}\n").into_bytes()))?
         .request("sign", MAX_TEMPLATE, move |body| {
             let v = match parse_template(body).and_then(|t| id_sign.sign(t, &kinds_sign)) {
-                Ok(e) => serde_json::to_value(&e).unwrap_or_default(),
+                Ok(e) => {
+                    if let Some(h) = &hook_sign {
+                        (h.0)(&e);
+                    }
+                    serde_json::to_value(&e).unwrap_or_default()
+                }
                 Err(e) => json!({"error": e}),
             };
             Ok(serde_json::to_vec(&v).unwrap_or_default())
         })?
         .request("publish", MAX_TEMPLATE, move |body| {
             let event = match parse_template(body).and_then(|t| identity.sign(t, &grant.kinds)) {
-                Ok(e) => e,
+                Ok(e) => {
+                    if let Some(h) = &hook_publish {
+                        (h.0)(&e);
+                    }
+                    e
+                }
                 Err(e) => return Ok(serde_json::to_vec(&json!({"error": e})).unwrap_or_default()),
             };
             let relays: Vec<Value> = grant

@@ -19,7 +19,10 @@
 //! - [`taskdir`]: a task's `/task` and `/logs` on the host;
 //! - [`plan`]: plans (a planner's steps as child tasks, executed over the store);
 //! - [`delegate`]: the `delegate` tool (a child task with narrowed capabilities);
-//! - [`validate`]: a manifest's validators, judging `finish`.
+//! - [`validate`]: a manifest's validators, judging `finish`;
+//! - [`wasicell`]: the wasi tier's cells (WebAssembly modules over a namespace the host
+//!   serves) and [`wasicell::TieredCells`], which sends each spec to its tier;
+//! - [`wasmtools`]: a wasi-tier manifest's modules, offered to the model as tools.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod action;
@@ -41,3 +44,5 @@ pub mod scheduler;
 pub mod shellcmd;
 pub mod taskdir;
 pub mod validate;
+pub mod wasicell;
+pub mod wasmtools;

@@ -89,6 +89,8 @@ struct Prepared {
     mcp: Vec<Arc<warren_mcp_client::Session>>,
     mcp_cells: Vec<Arc<dyn Cell>>,
     _proxy: Option<EgressProxy>,
+    /// `/cap/ws` and `/cap/nostr`, served live over FUSE (detached when the task ends).
+    _caps: Vec<warren_nsfuse::Mounted>,
 }
 
 impl Engine {
@@ -261,6 +263,10 @@ impl Engine {
                 },
             });
         }
+        let (cap_mounts, live_caps) = self
+            .live_caps(task, manifest, &caps, &spec)
+            .map_err(|e| End::Final(TaskState::Failed, format!("capability files: {e}")))?;
+        spec.extra_mounts.extend(cap_mounts);
         let skills = self.skills(id, manifest).await?;
         if !skills.is_empty() {
             spec.extra_mounts.push(Mount {
@@ -327,6 +333,7 @@ impl Engine {
             mcp,
             mcp_cells,
             _proxy: proxy,
+            _caps: live_caps,
         })
     }
 
@@ -366,6 +373,8 @@ impl Engine {
     ) -> Result<CellSpec, WorkspaceGone> {
         let mut s = self.cell_spec(task, manifest)?;
         s.id = None;
+        // A server is a program: it runs in a process cell whatever the agent's tier.
+        s.tier = warren_cell::Tier::Process;
         if let Some(w) = &mut s.workspace {
             w.mode = WorkspaceMode::ReadOnly;
         }
@@ -575,6 +584,12 @@ impl Engine {
                 }),
             );
         }
+        if !manifest.modules.is_empty() {
+            host.push(Arc::new(crate::wasmtools::WasmTools {
+                cell: Arc::clone(&p.cell),
+                modules: manifest.modules.clone(),
+            }));
+        }
         if manifest
             .tools
             .iter()
@@ -686,6 +701,95 @@ impl Engine {
             cap,
             tcp,
         }))
+    }
+
+    /// `/cap/ws` (when the task may reach the network) and `/cap/nostr` (when its manifest
+    /// asks for it), served live from the host over FUSE and bind-mounted into the cell —
+    /// the same services a WebAssembly module reaches through the host's own calls. Without
+    /// FUSE here (not root, no `/dev/fuse`) they are left out, and the audit says why.
+    fn live_caps(
+        &self,
+        task: &TaskRecord,
+        manifest: &Manifest,
+        caps: &Capabilities,
+        spec: &CellSpec,
+    ) -> Result<(Vec<Mount>, Vec<warren_nsfuse::Mounted>), String> {
+        let id = &task.id;
+        let network = caps.network();
+        let mut wanted = Vec::new();
+        if !network.is_empty() {
+            wanted.push("/cap/ws");
+        }
+        if manifest.nostr.is_some() {
+            wanted.push("/cap/nostr");
+        }
+        if wanted.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if let Err(why) = warren_nsfuse::available() {
+            self.audit.record(
+                Some(id),
+                "cap.unavailable",
+                &json!({"caps": wanted, "reason": why}),
+            );
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let policy = warren_egress::Policy::parse(&network).map_err(|e| e.to_string())?;
+        let mut config = warren_egress::Config::new(policy);
+        config.resolve_override = self.opts.egress_resolve.clone();
+        config.dial_override = self.opts.egress_dial.clone();
+        let config = Arc::new(config);
+        let audit: Arc<dyn warren_egress::Audit> = Arc::new(crate::gate::EgressAudit {
+            task: id.to_owned(),
+            audit: self.audit.clone(),
+        });
+        let owner = warren_cell::spec::resolve_identity(spec);
+        let base = self.opts.work_dir().join("tasks").join(id);
+        let (mut mounts, mut served) = (Vec::new(), Vec::new());
+        let mut serve = |name: &str, target: &str, svc: Arc<dyn warren_ns::FileService>| {
+            let at = base.join(name);
+            let m = warren_nsfuse::mount(&at, svc, owner)
+                .map_err(|e| format!("{target} at {}: {e}", at.display()))?;
+            mounts.push(Mount {
+                target: target.into(),
+                kind: MountKind::Bind {
+                    source: at.display().to_string(),
+                    readonly: false,
+                },
+            });
+            served.push(m);
+            Ok::<(), String>(())
+        };
+        if !network.is_empty() {
+            let ws = crate::capws::WsFs::new(Arc::clone(&config), Arc::clone(&audit))
+                .map_err(|e| e.to_string())?;
+            serve("cap-ws", "/cap/ws", Arc::new(ws))?;
+        }
+        if let Some(n) = &manifest.nostr {
+            // One key per agent, kept on the host; the cell never sees it.
+            let key = self
+                .opts
+                .state_dir
+                .join("nostr")
+                .join(format!("{}.key", task.agent));
+            let identity = crate::capnostr::Identity::load_or_create(&key)?;
+            let (auditor, task_id) = (self.audit.clone(), id.to_owned());
+            let grant = crate::capnostr::NostrGrant {
+                relays: n.relays.clone(),
+                kinds: n.kinds.clone(),
+                on_sign: Some(crate::capnostr::SignHook(Arc::new(move |e| {
+                    auditor.record(
+                        Some(&task_id),
+                        "nostr.signed",
+                        &json!({"id": e.id, "kind": e.kind, "pubkey": e.pubkey}),
+                    );
+                }))),
+            };
+            let svc = crate::capnostr::service(Arc::new(identity), grant, config, audit)
+                .map_err(|e| e.to_string())?;
+            serve("cap-nostr", "/cap/nostr", Arc::new(svc))?;
+        }
+        Ok((mounts, served))
     }
 
     async fn start_cell(&self, spec: CellSpec, tries: u32) -> Result<Arc<dyn Cell>, String> {
@@ -894,6 +998,10 @@ impl Engine {
             }
             None => None,
         };
+        if m.tier == "wasi" {
+            spec.tier = warren_cell::Tier::Wasi;
+            spec.wasm_modules = m.modules.iter().map(|w| PathBuf::from(&w.path)).collect();
+        }
         spec.limits.cgroup.memory_bytes = m.memory;
         if let Some(d) = m.disk {
             spec.limits.disk_bytes = Some(d);
@@ -957,6 +1065,11 @@ impl Engine {
         }
         config.system_prompt = match &m.system_prompt {
             Some(p) => p.clone(),
+            None if m.tier == "wasi" => format!(
+                "{}\n\nThis task runs in the wasi tier: there is no shell. Your programs are the \
+                 WebAssembly tools you are offered; each sees /workspace, /task, /logs and /tmp.",
+                warren_agent::system_prompt(&config.network)
+            ),
             None => warren_agent::system_prompt(&config.network),
         };
         config

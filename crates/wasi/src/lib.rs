@@ -124,17 +124,21 @@ pub enum Status {
     MemoryLimit(String),
     /// Any other trap: its message.
     Trapped(String),
+    /// Stopped from outside ([`Invocation::cancel`]).
+    Terminated,
 }
 
 impl Status {
-    /// The exit code a shell would see: the code, 124 for a timeout, 137 for the memory
-    /// limit (as for a cgroup OOM kill), 134 for a trap.
+    /// The exit code Warren reports for it, as for the process tier's commands: the code,
+    /// 124 for a timeout, 123 for the memory limit (Warren's out-of-memory code), 137 when
+    /// terminated (as for SIGKILL), 134 for any other trap (as for SIGABRT).
     pub fn code(&self) -> i32 {
         match self {
             Status::Exited(c) => *c,
             Status::TimedOut => 124,
-            Status::MemoryLimit(_) => 137,
+            Status::MemoryLimit(_) => 123,
             Status::Trapped(_) => 134,
+            Status::Terminated => 137,
         }
     }
 }
@@ -167,6 +171,9 @@ pub struct Invocation {
     pub policy: Policy,
     /// Live output (also kept in the outcome).
     pub sink: Box<dyn Sink>,
+    /// Set from any thread to stop the run: it stops within one epoch tick while the module
+    /// computes, or when a host call it is waiting in returns.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Invocation {
@@ -180,6 +187,7 @@ impl Invocation {
             limits: Limits::default(),
             policy: Policy::default(),
             sink: Box::new(Quiet),
+            cancel: None,
         }
     }
 }
@@ -217,6 +225,8 @@ pub(crate) enum Stop {
     Exit(i32),
     #[error("deadline reached")]
     Deadline,
+    #[error("terminated")]
+    Terminated,
     #[error("{0}")]
     Limit(String),
 }
@@ -456,8 +466,25 @@ impl Runtime {
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|c| &mut c.limiter);
         let ticks = inv.limits.timeout.as_nanos() / TICK.as_nanos() + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        match inv.cancel.clone() {
+            None => {
+                store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+                store.epoch_deadline_trap();
+            }
+            Some(cancel) => {
+                // Wake every tick to look at the flag; the deadline is checked the same way.
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Stop::Terminated.into());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Stop::Deadline.into());
+                    }
+                    Ok(wasmtime::UpdateDeadline::Continue(1))
+                });
+            }
+        }
         store.data_mut().sink = Some(inv.sink);
         let t0 = Instant::now();
         let instance = program.pre.instantiate(&mut store);
@@ -502,6 +529,7 @@ fn classify(e: &wasmtime::Error) -> Status {
         return match stop {
             Stop::Exit(c) => Status::Exited(*c),
             Stop::Deadline => Status::TimedOut,
+            Stop::Terminated => Status::Terminated,
             Stop::Limit(m) => Status::MemoryLimit(m.clone()),
         };
     }

@@ -276,7 +276,7 @@ fn memory_growth_past_the_limit_is_reported_like_an_oom() {
         Status::MemoryLimit(m) => assert!(m.contains("memory limit"), "{m}"),
         s => panic!("{s:?}"),
     }
-    assert_eq!(o.status.code(), 137);
+    assert_eq!(o.status.code(), 123);
     // Within the limit it grows.
     let o = run(&rt, &module(body, &[]), MountTable::new(), |i| {
         i.limits.memory = 8 << 20

@@ -1,4 +1,5 @@
 mod agents;
+mod caps;
 mod check;
 mod cluster;
 mod config;

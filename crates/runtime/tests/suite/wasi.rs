@@ -251,6 +251,7 @@ fn nostr_namespace(
         warren_runtime::capnostr::NostrGrant {
             relays: vec!["ws://relay.test/".into()],
             kinds: vec![(1, 1), (5000, 5999)],
+            ..Default::default()
         },
         Arc::new(config),
         audit.clone(),
@@ -357,4 +358,308 @@ fn attack_nostr_refuses_forged_fields_other_kinds_and_unlisted_relays() {
     );
     assert!(events.lock().expect("lock").is_empty());
     assert_ne!(audit.attempts()[0].decision, Decision::Allowed);
+}
+
+// ---- Agents of the wasi tier: a manifest's modules as tools, over the task's namespace ----
+
+mod tier {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+    use warren_llm::Provider;
+    use warren_protocol::api::TaskState;
+    use warren_runtime::action::{Action, Answer, Query};
+    use warren_runtime::cells::Cells;
+    use warren_runtime::engine::{Engine, Options};
+    use warren_runtime::fake::{FakeCells, ScriptedModel, tool_call as call};
+    use warren_runtime::wasicell::{TieredCells, WasiCells};
+    use warren_store::Store;
+    use warren_store::sqlite::SqliteStore;
+    use warren_testkit::TempDir;
+    use warren_wasi::probe;
+
+    use crate::{deploy, op, submit, wait_state};
+
+    /// Compile a probe to `dir/name.wasm`.
+    fn module(dir: &Path, name: &str, body: &str, data: &[&str]) -> PathBuf {
+        let bytes = wat::parse_str(probe::module(body, data)).expect("wat");
+        let path = dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).expect("write module");
+        path
+    }
+
+    struct Tier {
+        _t: TempDir,
+        state: PathBuf,
+        ws: PathBuf,
+        store: Arc<dyn Store>,
+        engine: Arc<Engine>,
+        manifest: String,
+        wasi: Arc<WasiCells>,
+    }
+
+    fn tier(name: &str, script: Vec<Vec<warren_llm::ToolCall>>) -> Tier {
+        let t = TempDir::new(name);
+        let state = t.path().join("state");
+        let ws = t.path().join("ws");
+        let mods = t.path().join("modules");
+        for d in [&state, &ws, &mods] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(ws.join("gone.txt"), "remove me\n").expect("seed");
+        std::fs::write(ws.join("keep.txt"), "kept\n").expect("seed");
+        // copier: notes.md -> copy.md, and to stdout.
+        let d = ["workspace/notes.md", "workspace/copy.md"];
+        let copier = module(
+            &mods,
+            "copier",
+            &format!(
+                "(call $check (call $open (i32.const 3) {} (i32.const 0) (i64.const 2)))
+                 (call $check (call $read (i32.load (i32.const 16))))
+                 (i32.store (i32.const 24) (i32.load (i32.const 8)))
+                 (call $check (call $open (i32.const 3) {} (i32.const 9) (i64.const 64)))
+                 (call $check (call $write (i32.load (i32.const 16)) (i32.const 8192) (i32.load (i32.const 24))))
+                 (call $check (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 24))))",
+                probe::s(0, &d),
+                probe::s(1, &d)
+            ),
+            &d,
+        );
+        // escaper: `..` out of the namespace; exits with the errno (ENOTCAPABLE is 76).
+        let d = ["workspace/../../etc/passwd"];
+        let escaper = module(
+            &mods,
+            "escaper",
+            &format!(
+                "(call $check (call $open (i32.const 3) {} (i32.const 0) (i64.const 2)))",
+                probe::s(0, &d)
+            ),
+            &d,
+        );
+        // remover: unlinks a file of the project (a whiteout in the layer).
+        let d = ["workspace/gone.txt"];
+        let remover = module(
+            &mods,
+            "remover",
+            &format!(
+                "(call $check (call $path_unlink_file (i32.const 3) {}))",
+                probe::s(0, &d)
+            ),
+            &d,
+        );
+        let spinner = module(&mods, "spinner", "(loop $l (br $l))", &[]);
+        let manifest = format!(
+            "name: coder\ndescription: t\ntier: wasi\n\
+             tools: [copier, escaper, remover, spinner, read_file, write_file, finish]\n\
+             modules:\n\
+             \x20 copier: {{path: {}, description: copy notes.md to copy.md}}\n\
+             \x20 escaper: {{path: {}}}\n\
+             \x20 remover: {{path: {}}}\n\
+             \x20 spinner: {{path: {}}}\n",
+            copier.display(),
+            escaper.display(),
+            remover.display(),
+            spinner.display()
+        );
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&state.join("warren.db")).expect("store"));
+        let model = ScriptedModel::new(vec![("go", script)]);
+        let wasi = Arc::new(WasiCells::new(Some(state.join("wasm-cache"))));
+        let cells = Arc::new(TieredCells {
+            process: FakeCells::new(),
+            wasi: Arc::clone(&wasi),
+        });
+        let opts = Options::for_tests(&state, cells, model as Arc<dyn Provider>).expect("opts");
+        let engine = Engine::new(Arc::clone(&store), opts).expect("engine");
+        tokio::spawn(Arc::clone(&engine).run());
+        Tier {
+            _t: t,
+            state,
+            ws,
+            store,
+            engine,
+            manifest,
+            wasi,
+        }
+    }
+
+    fn tool_calls(store: &Arc<dyn Store>, task: &str) -> Vec<Value> {
+        store
+            .audit_records(0, Some(task), 10_000)
+            .expect("audit")
+            .into_iter()
+            .filter(|r| r.kind == "tool.call")
+            .map(|r| serde_json::from_str(&r.data).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wasi_tier_agent_runs_its_modules_over_the_tasks_live_namespace() {
+        let w = tier(
+            "rt-wasi-tier",
+            vec![
+                vec![call(
+                    "w",
+                    "write_file",
+                    json!({"path": "notes.md", "content": "from the model\n"}),
+                )],
+                vec![call("c", "copier", json!({}))],
+                vec![call("r", "read_file", json!({"path": "copy.md"}))],
+                vec![call("x", "escaper", json!({"args": ["--all"]}))],
+                vec![call("g", "remover", json!({}))],
+                vec![call("f", "finish", json!({"summary": "done"}))],
+            ],
+        );
+        deploy(&w.engine, &w.manifest).await;
+        let id = submit(&w.engine, "go", Some(&w.ws)).await;
+        let t = wait_state(&w.engine, &id, TaskState::Succeeded).await;
+        assert_eq!(t.attempts, 1);
+        let calls = tool_calls(&w.store, &id);
+        let outcome: Vec<(String, bool)> = calls
+            .iter()
+            .map(|c| {
+                (
+                    c["tool"].as_str().unwrap_or("").to_owned(),
+                    c["is_error"].as_bool().unwrap_or(true),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                ("write_file".to_owned(), false),
+                ("copier".to_owned(), false),
+                ("read_file".to_owned(), false),
+                // `..` out of the namespace is refused: the module exits with the errno.
+                ("escaper".to_owned(), true),
+                ("remover".to_owned(), false),
+                ("finish".to_owned(), false),
+            ],
+            "{calls:#?}"
+        );
+        // The project itself is untouched; the changes are the task's layer, as the process
+        // tier's are: what the model wrote, what the module copied, what it removed.
+        assert_eq!(
+            std::fs::read_to_string(w.ws.join("gone.txt")).expect("lower"),
+            "remove me\n"
+        );
+        assert!(!w.ws.join("copy.md").exists());
+        let diff = match w
+            .engine
+            .handle(&op(), Query::Diff { id: id.clone() }.into())
+            .await
+            .expect("diff")
+        {
+            Answer::Diff(d) => d,
+            other => panic!("{other:?}"),
+        };
+        for want in [
+            "notes.md",
+            "copy.md",
+            "+from the model",
+            "gone.txt",
+            "-remove me",
+        ] {
+            assert!(diff.contains(want), "{want:?} not in the diff:\n{diff}");
+        }
+        assert!(!diff.contains("keep.txt"), "{diff}");
+        // finish wrote its result through the namespace, into the task's directory.
+        let result: Value = serde_json::from_str(
+            &std::fs::read_to_string(w.state.join("tasks").join(&id).join("task/result.json"))
+                .expect("result.json"),
+        )
+        .expect("json");
+        assert_eq!(result["summary"], "done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelling_a_wasi_task_stops_a_module_in_an_endless_loop() {
+        let w = tier(
+            "rt-wasi-cancel",
+            vec![vec![call("s", "spinner", json!({}))]],
+        );
+        deploy(&w.engine, &w.manifest).await;
+        let id = submit(&w.engine, "go", Some(&w.ws)).await;
+        wait_state(&w.engine, &id, TaskState::Running).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.wasi.running() == 0 {
+            assert!(Instant::now() < deadline, "the module never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let asked = Instant::now();
+        let a = w
+            .engine
+            .handle(
+                &op(),
+                Action::Cancel {
+                    id: id.clone(),
+                    reason: None,
+                }
+                .into(),
+            )
+            .await
+            .expect("cancel");
+        assert!(matches!(a, Answer::Task(ref t) if t.state == TaskState::Cancelled));
+        // The spinning module stops (its cell was terminated), long before its 120 s limit.
+        while w.wasi.running() > 0 {
+            assert!(
+                asked.elapsed() < Duration::from_secs(20),
+                "the module still runs {:?} after the cancel",
+                asked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!("the module stopped {:?} after the cancel", asked.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attack_a_wasi_cell_runs_nothing_but_its_manifests_modules() {
+        let w = tier("rt-wasi-only", vec![]);
+        deploy(&w.engine, &w.manifest).await;
+        let mut spec = warren_cell::CellSpec::new(&w.state);
+        spec.tier = warren_cell::Tier::Wasi;
+        spec.wasm_modules = vec![w.ws.join("nothing.wasm")];
+        let cell = WasiCells::new(None).start(&spec).expect("start");
+        let mut out = warren_cell::Collect::default();
+        for argv in [
+            vec!["/bin/sh".to_owned(), "-c".into(), "id".into()],
+            vec![w.state.join("warren.db").display().to_string()],
+        ] {
+            let o = cell
+                .exec(
+                    &warren_cell::ExecSpec {
+                        argv: argv.clone(),
+                        env: vec![],
+                        cwd: None,
+                        timeout_ms: Some(5_000),
+                        max_output_bytes: 1 << 16,
+                        stdin: false,
+                    },
+                    None,
+                    &mut out,
+                )
+                .expect("exec");
+            let (code, why) = o.failure.expect("refused");
+            assert_eq!(code, warren_cell::FailureCode::NotFound, "{argv:?}: {why}");
+        }
+        // A listed module that is not WebAssembly is refused as not executable.
+        let o = cell
+            .exec(
+                &warren_cell::ExecSpec {
+                    argv: vec![w.ws.join("nothing.wasm").display().to_string()],
+                    env: vec![],
+                    cwd: None,
+                    timeout_ms: Some(5_000),
+                    max_output_bytes: 1 << 16,
+                    stdin: false,
+                },
+                None,
+                &mut out,
+            )
+            .expect("exec");
+        assert!(o.failure.is_some());
+        assert!(out.stdout.is_empty());
+    }
 }
