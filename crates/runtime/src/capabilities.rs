@@ -43,6 +43,8 @@ pub struct Layer {
     tools: Option<Vec<String>>,
     paths: Option<Vec<PathRule>>,
     network: Option<Vec<String>>,
+    /// `/cap/nostr` (signing with the agent's key): `Some(false)` forbids it.
+    nostr: Option<bool>,
 }
 
 /// An operator's policy file (TOML), `[capabilities]` section (other sections, such as
@@ -67,6 +69,9 @@ pub struct PolicySection {
     pub paths: Option<Vec<PolicyPath>>,
     /// Network destinations any agent may reach (default: none).
     pub network: Option<Vec<String>>,
+    /// Whether agents may sign Nostr events (`/cap/nostr`; default: those whose manifest
+    /// asks). Publishing is bounded by `network` as well.
+    pub nostr: Option<bool>,
     /// Which MCP tool calls wait for a person: `annotations` (the default: those their
     /// server marks destructive or does not mark read-only or non-destructive, and those in
     /// a manifest's `approval_required`) or `listed` (only `approval_required`).
@@ -102,6 +107,9 @@ pub struct LayerSpec {
     /// Network destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Vec<String>>,
+    /// `/cap/nostr` (none: not restricted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nostr: Option<bool>,
 }
 
 /// `mcp_approval`: which MCP tool calls wait for a person.
@@ -201,6 +209,7 @@ impl PolicyFile {
             }),
             // No network unless the policy lists it.
             network: Some(c.network.clone().unwrap_or_default()),
+            nostr: c.nostr,
         }
     }
 }
@@ -225,6 +234,7 @@ impl Layer {
                     .collect()
             }),
             network: Some(m.network.clone()),
+            nostr: Some(m.nostr.is_some()),
         }
     }
 
@@ -256,6 +266,7 @@ impl Layer {
             tools,
             paths,
             network,
+            nostr: None,
         })
     }
 
@@ -269,6 +280,7 @@ impl Layer {
                 .as_ref()
                 .map(|ps| ps.iter().map(|r| (r.glob.clone(), r.write)).collect()),
             network: self.network.clone(),
+            nostr: self.nostr,
         }
     }
 
@@ -282,6 +294,7 @@ impl Layer {
                 .as_ref()
                 .map(|ps| ps.iter().filter_map(|(g, w)| rule(g, *w)).collect()),
             network: s.network.clone(),
+            nostr: s.nostr,
         }
     }
 
@@ -504,6 +517,12 @@ impl Capabilities {
         self.layers.iter().any(|l| l.paths.is_some())
     }
 
+    /// Whether every layer lets the task sign Nostr events (`/cap/nostr`): its manifest asks,
+    /// and no policy or narrowing forbids it.
+    pub fn allows_nostr(&self) -> bool {
+        self.layers.iter().all(|l| l.nostr != Some(false))
+    }
+
     /// The network destinations every layer allows (entries of the innermost restricting
     /// layer that each outer layer covers).
     pub fn network(&self) -> Vec<String> {
@@ -688,7 +707,40 @@ mod tests {
             tools: Some(tools.iter().map(|t| (*t).to_owned()).collect()),
             paths: Some(paths.iter().filter_map(|(g, w)| rule(g, *w)).collect()),
             network: Some(net.iter().map(|t| (*t).to_owned()).collect()),
+            nostr: None,
         }
+    }
+
+    #[test]
+    fn nostr_needs_the_manifest_and_no_layer_forbidding_it() {
+        let manifest = |nostr: bool| {
+            let mut m = Manifest::default();
+            if nostr {
+                m.nostr = Some(Default::default());
+            }
+            Layer::from_manifest(&m)
+        };
+        let policy = |text: &str| {
+            toml::from_str::<PolicyFile>(text)
+                .map(|p| p.layer())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let caps = |m: bool, p: &str| Capabilities::new(manifest(m), policy(p));
+        assert!(caps(true, "").allows_nostr());
+        assert!(caps(true, "[capabilities]\nnostr = true\n").allows_nostr());
+        assert!(!caps(true, "[capabilities]\nnostr = false\n").allows_nostr());
+        assert!(!caps(false, "").allows_nostr());
+        // A child inherits the bound through its stored layers.
+        let parent = caps(true, "");
+        let child = Capabilities::from_layers(
+            parent
+                .inherited()
+                .iter()
+                .map(Layer::from_spec)
+                .chain([policy("[capabilities]\nnostr = false\n")])
+                .collect(),
+        );
+        assert!(!child.allows_nostr());
     }
 
     #[test]

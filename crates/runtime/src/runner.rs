@@ -720,7 +720,15 @@ impl Engine {
         if !network.is_empty() {
             wanted.push("/cap/ws");
         }
-        if manifest.nostr.is_some() {
+        let nostr = manifest.nostr.as_ref().filter(|_| caps.allows_nostr());
+        if manifest.nostr.is_some() && nostr.is_none() {
+            self.audit.record(
+                Some(id),
+                "cap.refused",
+                &json!({"cap": "/cap/nostr", "reason": "the operator's policy forbids it (nostr = false)"}),
+            );
+        }
+        if nostr.is_some() {
             wanted.push("/cap/nostr");
         }
         if wanted.is_empty() {
@@ -765,7 +773,7 @@ impl Engine {
                 .map_err(|e| e.to_string())?;
             serve("cap-ws", "/cap/ws", Arc::new(ws))?;
         }
-        if let Some(n) = &manifest.nostr {
+        if let Some(n) = nostr {
             // One key per agent, kept on the host; the cell never sees it.
             let key = self
                 .opts

@@ -9,17 +9,7 @@ use serde_json::{Value, json};
 use warren_testkit::mockllm::MockLlm;
 use warren_testkit::{TempDir, require_process_tier};
 
-use super::daemon::{DaemonProc, deploy, reply, tool_results, warren_at};
-use super::{stderr, stdout};
-
-fn audit_lines(state: &std::path::Path, task: &str) -> Vec<Value> {
-    let o = warren_at(state, &["audit", "export", "--task", task]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use super::daemon::{DaemonProc, audit_lines, deploy, reply, tool_output, tool_results};
 
 /// A Python program run in the cell: one exchange on a capability file (write, seek back,
 /// read on the same descriptor), printing the answer.
@@ -132,14 +122,7 @@ capabilities:
     let done = d.wait_done(&id, Duration::from_secs(90));
     assert_eq!(done["state"], "succeeded", "{done}");
     let reqs = mock.requests();
-    let out = |n: usize| -> String {
-        let call = format!("s{n}");
-        reqs.iter()
-            .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
-            .find(|m| m["role"] == "tool" && m["tool_call_id"] == call.as_str())
-            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
-            .unwrap_or_default()
-    };
+    let out = |n: usize| tool_output(&reqs, &format!("s{n}"));
     assert!(n_steps == 8);
     for n in 0..n_steps {
         eprintln!("step {n}: {}", out(n));
@@ -194,7 +177,9 @@ capabilities:
         assert!(listing.contains(name), "{listing}");
     }
     assert!(
-        !listing.contains("key\n") && !listing.contains(".key"),
+        !listing
+            .lines()
+            .any(|l| l.ends_with(".key") || l.contains("secret") || l == "key"),
         "{listing}"
     );
     let hostile = out(7);

@@ -289,6 +289,25 @@ pub fn deploy(state: &Path, manifest: &str) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A task's audit records (`warren audit export --task`), parsed.
+pub fn audit_lines(state: &Path, task: &str) -> Vec<Value> {
+    let o = warren_at(state, &["audit", "export", "--task", task]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What the model was told a tool call `call` returned (an OpenAI `tool` message), or "".
+pub fn tool_output(reqs: &[warren_testkit::mockllm::Recorded], call: &str) -> String {
+    reqs.iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == call)
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
 pub fn warren_at(state: &Path, args: &[&str]) -> std::process::Output {
     Command::new(WARREN)
         .arg("--state-dir")

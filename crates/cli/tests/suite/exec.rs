@@ -337,13 +337,23 @@ fn runs_as_an_ordinary_user() {
     std::fs::copy(WARREN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(args)
-            .env("WARREN_STATE_DIR", dir.path().join("state"))
-            .output()
-            .unwrap()
+        // The copy was just written by this process: a fork by another test's thread can hold
+        // its write descriptor until that child's exec, so executing it can fail with ETXTBSY
+        // for a moment (a Linux race, not Warren's). Try again briefly.
+        for _ in 0..50 {
+            let o = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&bin)
+                .args(args)
+                .env("WARREN_STATE_DIR", dir.path().join("state"))
+                .output()
+                .unwrap();
+            if !(code(&o) == 126 && stderr(&o).contains("Text file busy")) {
+                return o;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{} stayed busy", bin.display());
     };
     let o = run(&[
         "exec",

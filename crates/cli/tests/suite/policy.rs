@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use warren_testkit::mockllm::MockLlm;
 use warren_testkit::{TempDir, require_process_tier};
 
-use super::daemon::{DaemonProc, deploy, reply, tool_results, warren_at, workspace};
+use super::daemon::{
+    DaemonProc, audit_lines, deploy, reply, tool_output, tool_results, warren_at, workspace,
+};
 use super::{WARREN, stderr, stdout};
 
 const SCOPED: &str = "name: scoped
@@ -20,15 +22,6 @@ capabilities:
     - {glob: \"src/**\", access: write}
     - {glob: \"**\", access: read}
 ";
-
-fn audit_lines(state: &std::path::Path, task: &str) -> Vec<Value> {
-    let o = warren_at(state, &["audit", "export", "--task", task]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn what_the_gate_refuses_a_shell_command_cannot_do_either_and_all_of_it_is_audited() {
@@ -531,14 +524,7 @@ capabilities:
     let done = d.wait_done(&id, Duration::from_secs(90));
     assert_eq!(done["state"], "succeeded", "{done}");
     let reqs = mock.requests();
-    let out = |n: usize| -> String {
-        let call = format!("s{n}");
-        reqs.iter()
-            .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
-            .find(|m| m["role"] == "tool" && m["tool_call_id"] == call.as_str())
-            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
-            .unwrap_or_default()
-    };
+    let out = |n: usize| tool_output(&reqs, &format!("s{n}"));
     // The model is told what this task's cell can reach (the daemon's agent config follows
     // the effective network capabilities): the proxy and its destinations, not "no network".
     let system = reqs[0].body["messages"][0]["content"]

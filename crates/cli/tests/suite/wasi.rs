@@ -289,3 +289,74 @@ fn wasi_refuses_what_it_cannot_honour_and_names_bad_modules() {
     );
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
 }
+
+#[test]
+fn a_wasi_agent_of_the_daemon_runs_its_c_program_over_the_tasks_namespace() {
+    use super::daemon::{DaemonProc, deploy, reply, tool_output, tool_results, warren_at};
+    use serde_json::json;
+    use warren_testkit::mockllm::MockLlm;
+    let Some(module) = probe() else {
+        return;
+    };
+    let t = TempDir::new("wasi-agent");
+    let state = t.path().join("state");
+    let ws = project(&t);
+    let manifest = format!(
+        "name: wasm-agent
+description: works with a C program compiled to WebAssembly
+provider: openai
+model: mock-model
+tier: wasi
+tools: [probe, read_file, finish]
+modules:
+  probe: {{path: {}, description: 'ls, cat, write FILE TEXT, exit N'}}
+",
+        module.display()
+    );
+    deploy(&state, &manifest);
+    let calls: Vec<(&str, serde_json::Value)> = vec![
+        ("probe", json!({"args": ["ls", "/"]})),
+        (
+            "probe",
+            json!({"args": ["write", "/workspace/hello.txt", "from C"]}),
+        ),
+        ("read_file", json!({"path": "hello.txt"})),
+        ("probe", json!({"args": ["cat", "/etc/passwd"]})),
+    ];
+    let n_calls = calls.len();
+    let mock = MockLlm::start_responder(move |b| {
+        let n = tool_results(b);
+        match calls.get(n) {
+            Some((tool, args)) => reply(vec![(&format!("c{n}"), tool, args.clone())]),
+            None => reply(vec![("f", "finish", json!({"summary": "done"}))]),
+        }
+    })
+    .unwrap();
+    let d = DaemonProc::start(&state, &mock, &[]);
+    let (_, task) = d.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"agent": "wasm-agent", "goal": "write hello", "workspace": ws})),
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = d.wait_done(&id, std::time::Duration::from_secs(90));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let reqs = mock.requests();
+    let out = |n: usize| tool_output(&reqs, &format!("c{n}"));
+    assert!(n_calls == 4);
+    // Its world is the task's namespace: nothing of the host's.
+    let ls = out(0);
+    for want in ["logs", "task", "tmp", "workspace"] {
+        assert!(ls.contains(want), "{ls}");
+    }
+    assert!(!ls.contains("etc") && !ls.contains("usr"), "{ls}");
+    assert!(out(2).contains("from C"), "{}", out(2));
+    assert!(!out(3).contains("root:"), "{}", out(3));
+    // The change is the task's, reviewed like the process tier's; the project is untouched.
+    assert!(!ws.join("hello.txt").exists());
+    let diff = stdout(&warren_at(&state, &["task", "diff", &id]));
+    assert!(
+        diff.contains("hello.txt") && diff.contains("+from C"),
+        "{diff}"
+    );
+}

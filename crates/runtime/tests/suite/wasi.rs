@@ -390,6 +390,17 @@ mod tier {
         path
     }
 
+    /// A module that makes one call (`PATH` stands for `path`'s pointer and length) and exits
+    /// with its errno.
+    fn one_call(dir: &Path, name: &str, call: &str, path: &str) -> PathBuf {
+        let d = [path];
+        let body = format!(
+            "(call $check (call {}))",
+            call.replace("PATH", &probe::s(0, &d))
+        );
+        module(dir, name, &body, &d)
+    }
+
     struct Tier {
         _t: TempDir,
         state: PathBuf,
@@ -428,26 +439,18 @@ mod tier {
             &d,
         );
         // escaper: `..` out of the namespace; exits with the errno (ENOTCAPABLE is 76).
-        let d = ["workspace/../../etc/passwd"];
-        let escaper = module(
+        let escaper = one_call(
             &mods,
             "escaper",
-            &format!(
-                "(call $check (call $open (i32.const 3) {} (i32.const 0) (i64.const 2)))",
-                probe::s(0, &d)
-            ),
-            &d,
+            "$open (i32.const 3) PATH (i32.const 0) (i64.const 2)",
+            "workspace/../../etc/passwd",
         );
         // remover: unlinks a file of the project (a whiteout in the layer).
-        let d = ["workspace/gone.txt"];
-        let remover = module(
+        let remover = one_call(
             &mods,
             "remover",
-            &format!(
-                "(call $check (call $path_unlink_file (i32.const 3) {}))",
-                probe::s(0, &d)
-            ),
-            &d,
+            "$path_unlink_file (i32.const 3) PATH",
+            "workspace/gone.txt",
         );
         let spinner = module(&mods, "spinner", "(loop $l (br $l))", &[]);
         let manifest = format!(
