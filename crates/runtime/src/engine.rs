@@ -432,15 +432,19 @@ impl Engine {
         if plan {
             task.lineage.kind = warren_store::TaskKind::Plan;
         }
-        let rec = lock(&self.sched).submit(task).map_err(|e| match e {
+        // Audited under the scheduler's lock, which its claims take too: a task's
+        // `task.submitted` always precedes its `task.started`.
+        let sched = lock(&self.sched);
+        let rec = sched.submit(task).map_err(|e| match e {
             SchedError::QueueFull { .. } => {
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 ActionError::new(ErrorCode::QueueFull, e.to_string())
             }
             SchedError::Store(e) => e.into(),
         })?;
-        self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
         self.audit_submitted(&rec, by);
+        drop(sched);
+        self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
         self.touch();
         self.wake.notify_one();
         Ok(crate::action::task_view(rec))
