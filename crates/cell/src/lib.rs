@@ -43,16 +43,6 @@ pub enum Tier {
     Wasi,
 }
 
-impl Tier {
-    /// Its name in manifests and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Process => "process",
-            Tier::Wasi => "wasi",
-        }
-    }
-}
-
 /// Receives a command's output as it streams.
 pub trait OutputSink {
     /// Bytes written to stdout.

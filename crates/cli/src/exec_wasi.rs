@@ -14,17 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warren_cell::cow;
-use warren_cell::spec::CowLayer;
+use warren_cell::spec::{CowLayer, WorkspaceMode};
+use warren_ns::MountTable;
 use warren_ns::cow::CowFs;
-use warren_ns::dir::DirFs;
 use warren_ns::mem::MemFs;
-use warren_ns::{FileService, MountTable};
 use warren_protocol::exit;
 use warren_wasi::{Invocation, Limits, Runtime, RuntimeConfig, Status};
 
 use crate::exec::{ExecArgs, Streaming, report_changes};
 use crate::exec_policy::{Mode, Policy};
-use warren_runtime::wasicell::MAX_FILE;
 
 /// The most stdin `-i` forwards to a module (it is read before the run starts).
 const MAX_STDIN: u64 = 64 << 20;
@@ -207,39 +205,19 @@ fn namespace(
     if let Some(dir) = &p.workspace {
         let host =
             std::fs::canonicalize(dir).map_err(|e| format!("workspace {}: {e}", dir.display()))?;
-        let open = |w: bool| -> Result<DirFs, String> {
-            let d = warren_fsx::Dir::open(&host)
-                .map_err(|e| format!("workspace {}: {e}", host.display()))?;
-            Ok(DirFs::new(d, w, MAX_FILE))
+        let mode = match p.mode.unwrap_or(Mode::Cow) {
+            Mode::Ro => WorkspaceMode::ReadOnly,
+            Mode::Rw => WorkspaceMode::ReadWrite,
+            Mode::Cow => WorkspaceMode::Cow,
         };
-        let svc: Arc<dyn FileService> = match p.mode.unwrap_or(Mode::Cow) {
-            Mode::Ro => {
-                ws = Ws::Direct;
-                Arc::new(open(false)?)
-            }
-            Mode::Rw => {
-                ws = Ws::Direct;
-                Arc::new(open(true)?)
-            }
-            Mode::Cow => {
-                let layer = CowLayer::at(state, id);
-                std::fs::create_dir_all(&layer.upper)
-                    .map_err(|e| format!("{}: {e}", layer.upper.display()))?;
-                cow::write_meta(&layer, &host).map_err(|e| e.to_string())?;
-                let upper = warren_fsx::Dir::open(&layer.upper)
-                    .map_err(|e| format!("{}: {e}", layer.upper.display()))?;
-                let view = Arc::new(CowFs::new(
-                    Arc::new(open(false)?),
-                    Arc::new(DirFs::new(upper, true, MAX_FILE)),
-                    MAX_FILE,
-                ));
-                ws = Ws::Cow {
-                    layer,
-                    host: host.clone(),
-                    view: view.clone(),
-                };
-                view
-            }
+        let (svc, cow) = warren_runtime::wasicell::workspace(&host, mode, state, id)?;
+        ws = match cow {
+            Some((layer, view)) => Ws::Cow {
+                layer,
+                host: host.clone(),
+                view,
+            },
+            None => Ws::Direct,
         };
         ns.mount("/workspace", svc).map_err(ns_err)?;
     } else if p.mode.is_some() {

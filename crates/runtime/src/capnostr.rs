@@ -235,6 +235,15 @@ impl Identity {
 #[derive(Clone)]
 pub struct SignHook(pub Arc<dyn Fn(&Event) + Send + Sync>);
 
+impl SignHook {
+    /// Tell `hook`, if any, of `e`.
+    fn tell(hook: &Option<SignHook>, e: &Event) {
+        if let Some(h) = hook {
+            (h.0)(e);
+        }
+    }
+}
+
 impl std::fmt::Debug for SignHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SignHook")
@@ -273,9 +282,7 @@ pub fn service(
         .request("sign", MAX_TEMPLATE, move |body| {
             let v = match parse_template(body).and_then(|t| id_sign.sign(t, &kinds_sign)) {
                 Ok(e) => {
-                    if let Some(h) = &hook_sign {
-                        (h.0)(&e);
-                    }
+                    SignHook::tell(&hook_sign, &e);
                     serde_json::to_value(&e).unwrap_or_default()
                 }
                 Err(e) => json!({"error": e}),
@@ -285,9 +292,7 @@ pub fn service(
         .request("publish", MAX_TEMPLATE, move |body| {
             let event = match parse_template(body).and_then(|t| identity.sign(t, &grant.kinds)) {
                 Ok(e) => {
-                    if let Some(h) = &hook_publish {
-                        (h.0)(&e);
-                    }
+                    SignHook::tell(&hook_publish, &e);
                     e
                 }
                 Err(e) => return Ok(serde_json::to_vec(&json!({"error": e})).unwrap_or_default()),

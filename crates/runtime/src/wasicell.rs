@@ -77,6 +77,42 @@ pub fn record_removals(layer: &CowLayer, view: &CowFs) -> Vec<String> {
     errors
 }
 
+/// A copy-on-write workspace view and the layer its changes land in.
+pub type CowView = (CowLayer, Arc<CowFs>);
+
+/// The project `host` as a workspace service: read-only, read-write, or a copy-on-write view
+/// whose changes land in the layer of cell `id` under `state_dir` (created, with its meta, so
+/// `warren diff/apply/discard` read it like the process tier's).
+pub fn workspace(
+    host: &Path,
+    mode: WorkspaceMode,
+    state_dir: &Path,
+    id: &str,
+) -> Result<(Arc<dyn FileService>, Option<CowView>), String> {
+    let open = |writable: bool| -> Result<DirFs, String> {
+        let d = warren_fsx::Dir::open(host)
+            .map_err(|e| format!("workspace {}: {e}", host.display()))?;
+        Ok(DirFs::new(d, writable, MAX_FILE))
+    };
+    Ok(match mode {
+        WorkspaceMode::ReadOnly => (Arc::new(open(false)?), None),
+        WorkspaceMode::ReadWrite => (Arc::new(open(true)?), None),
+        WorkspaceMode::Cow => {
+            let l = CowLayer::at(state_dir, id);
+            std::fs::create_dir_all(&l.upper).map_err(|e| format!("{}: {e}", l.upper.display()))?;
+            cow::write_meta(&l, host).map_err(|e| e.to_string())?;
+            let upper = warren_fsx::Dir::open(&l.upper)
+                .map_err(|e| format!("{}: {e}", l.upper.display()))?;
+            let view = Arc::new(CowFs::new(
+                Arc::new(open(false)?),
+                Arc::new(DirFs::new(upper, true, MAX_FILE)),
+                MAX_FILE,
+            ));
+            (Arc::clone(&view) as Arc<dyn FileService>, Some((l, view)))
+        }
+    })
+}
+
 /// One file of a host directory as a service whose root is that file (a bind mount of a file,
 /// like `/task/result.json`).
 struct OneFile {
@@ -181,8 +217,7 @@ impl Cells for WasiCells {
     }
 
     fn start(&self, spec: &CellSpec) -> Result<Arc<dyn Cell>, CellError> {
-        let mut cell = WasiCell::start(spec, self.runtime()?)?;
-        cell.running = Arc::clone(&self.running);
+        let cell = WasiCell::start(spec, self.runtime()?, Arc::clone(&self.running))?;
         Ok(Arc::new(cell))
     }
 }
@@ -221,7 +256,7 @@ pub struct WasiCell {
     modules: Vec<PathBuf>,
     memory: u64,
     max_output: u64,
-    layer: Option<(CowLayer, Arc<CowFs>)>,
+    layer: Option<CowView>,
     session: Mutex<Session>,
     cancel: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
@@ -237,8 +272,13 @@ impl Drop for Running<'_> {
 }
 
 impl WasiCell {
-    /// Build the namespace `spec` describes and a cell over it.
-    pub fn start(spec: &CellSpec, runtime: Arc<Runtime>) -> Result<WasiCell, CellError> {
+    /// Build the namespace `spec` describes and a cell over it, counting its runs in
+    /// `running`.
+    pub fn start(
+        spec: &CellSpec,
+        runtime: Arc<Runtime>,
+        running: Arc<AtomicUsize>,
+    ) -> Result<WasiCell, CellError> {
         let id = spec
             .id
             .clone()
@@ -251,30 +291,8 @@ impl WasiCell {
         mount(&mut ns, "/tmp", Arc::new(MemFs::new(spec.limits.tmp_bytes)))?;
         let mut layer = None;
         if let Some(Workspace { host, mode }) = &spec.workspace {
-            let open = |writable: bool| -> Result<DirFs, CellError> {
-                let d = warren_fsx::Dir::open(host)
-                    .map_err(|e| refused(format!("workspace {}: {e}", host.display())))?;
-                Ok(DirFs::new(d, writable, MAX_FILE))
-            };
-            let svc: Arc<dyn FileService> = match mode {
-                WorkspaceMode::ReadOnly => Arc::new(open(false)?),
-                WorkspaceMode::ReadWrite => Arc::new(open(true)?),
-                WorkspaceMode::Cow => {
-                    let l = CowLayer::at(&spec.state_dir, &id);
-                    std::fs::create_dir_all(&l.upper)
-                        .map_err(|e| refused(format!("{}: {e}", l.upper.display())))?;
-                    cow::write_meta(&l, host)?;
-                    let upper = warren_fsx::Dir::open(&l.upper)
-                        .map_err(|e| refused(format!("{}: {e}", l.upper.display())))?;
-                    let view = Arc::new(CowFs::new(
-                        Arc::new(open(false)?),
-                        Arc::new(DirFs::new(upper, true, MAX_FILE)),
-                        MAX_FILE,
-                    ));
-                    layer = Some((l, Arc::clone(&view)));
-                    view
-                }
-            };
+            let (svc, cow) = workspace(host, *mode, &spec.state_dir, &id).map_err(refused)?;
+            layer = cow;
             mount(&mut ns, WORKSPACE, scoped(WORKSPACE, svc, &spec.scopes))?;
         }
         for m in &spec.extra_mounts {
@@ -316,7 +334,7 @@ impl WasiCell {
                 cwd: cwd.into(),
             }),
             cancel: Arc::new(AtomicBool::new(false)),
-            running: Arc::default(),
+            running,
         })
     }
 

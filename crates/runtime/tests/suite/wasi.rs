@@ -624,45 +624,31 @@ mod tier {
         let mut spec = warren_cell::CellSpec::new(&w.state);
         spec.tier = warren_cell::Tier::Wasi;
         spec.wasm_modules = vec![w.ws.join("nothing.wasm")];
+        std::fs::write(w.ws.join("nothing.wasm"), "not WebAssembly").expect("junk module");
         let cell = WasiCells::new(None).start(&spec).expect("start");
         let mut out = warren_cell::Collect::default();
+        let mut exec = |argv: Vec<String>| {
+            let spec = warren_cell::ExecSpec {
+                argv,
+                env: vec![],
+                cwd: None,
+                timeout_ms: Some(5_000),
+                max_output_bytes: 1 << 16,
+                stdin: false,
+            };
+            cell.exec(&spec, None, &mut out).expect("exec").failure
+        };
         for argv in [
             vec!["/bin/sh".to_owned(), "-c".into(), "id".into()],
             vec![w.state.join("warren.db").display().to_string()],
         ] {
-            let o = cell
-                .exec(
-                    &warren_cell::ExecSpec {
-                        argv: argv.clone(),
-                        env: vec![],
-                        cwd: None,
-                        timeout_ms: Some(5_000),
-                        max_output_bytes: 1 << 16,
-                        stdin: false,
-                    },
-                    None,
-                    &mut out,
-                )
-                .expect("exec");
-            let (code, why) = o.failure.expect("refused");
+            let (code, why) = exec(argv.clone()).expect("refused");
             assert_eq!(code, warren_cell::FailureCode::NotFound, "{argv:?}: {why}");
         }
         // A listed module that is not WebAssembly is refused as not executable.
-        let o = cell
-            .exec(
-                &warren_cell::ExecSpec {
-                    argv: vec![w.ws.join("nothing.wasm").display().to_string()],
-                    env: vec![],
-                    cwd: None,
-                    timeout_ms: Some(5_000),
-                    max_output_bytes: 1 << 16,
-                    stdin: false,
-                },
-                None,
-                &mut out,
-            )
-            .expect("exec");
-        assert!(o.failure.is_some());
+        let (code, why) =
+            exec(vec![w.ws.join("nothing.wasm").display().to_string()]).expect("refused");
+        assert_eq!(code, warren_cell::FailureCode::NotExecutable, "{why}");
         assert!(out.stdout.is_empty());
     }
 }
